@@ -1,0 +1,36 @@
+# HelixTrain: `make demo` runs the planning demo, `make test` runs the test suite.
+# Both create .venv and install what they need (torch pinned to the CPU build on this machine's disk).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint schema install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH_PIN)
+	$(PIP) install --quiet -e '.[service,executor,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m planner_service.demo --out out/demo
+
+test: $(STAMP)
+	$(PY) -m ruff check proto planner_service executor tests bench
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check proto planner_service executor tests bench
+	$(PY) -m mypy
+
+schema: $(STAMP)
+	$(PY) -m proto.schema_gen
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,1 @@
+"""HelixTrain executor: applies plans with torch (Ulysses SP, token-level PP, DP)."""

@@ -1,0 +1,1 @@
+"""HelixTrain planner: cost model, simulator, solvers, strategies, CLI and service."""

@@ -1,0 +1,47 @@
+"""HelixTrain wire contract: pydantic v2 models shared by the planner service and the executor.
+
+This package depends on pydantic only. Nothing in it imports `planner_service` or `executor`.
+"""
+
+from proto.batch import Batch
+from proto.cluster import ClusterSpec
+from proto.errors import ErrorBody
+from proto.feedback import Feedback
+from proto.model import ModelSpec
+from proto.plan import (
+    SCHEMA_VERSION,
+    Chunk,
+    Lane,
+    Op,
+    PipelineSpec,
+    Plan,
+    PlanOptions,
+    Predicted,
+    Segment,
+    SolverInfo,
+)
+from proto.profile import CostProfile
+from proto.requests import PlanRequest
+from proto.validation import PlanValidationError, validate_plan
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Batch",
+    "Chunk",
+    "ClusterSpec",
+    "CostProfile",
+    "ErrorBody",
+    "Feedback",
+    "Lane",
+    "ModelSpec",
+    "Op",
+    "PipelineSpec",
+    "Plan",
+    "PlanOptions",
+    "PlanRequest",
+    "PlanValidationError",
+    "Predicted",
+    "Segment",
+    "SolverInfo",
+    "validate_plan",
+]

@@ -1,0 +1,194 @@
+"""The plan for one iteration: pipeline split, lanes, chunks, schedules, recompute, predictions.
+
+Conventions (see DESIGN.md §3):
+- stage p owns ranks [p*N/P, (p+1)*N/P) (its *stage block*);
+- a lane of SP degree s uses s aligned consecutive ranks in every stage block, at the same offset;
+  `Lane.ranks[p][i]` is the rank at stage p, SP position i;
+- a segment [start, end) of a sequence has context C = start (the earlier tokens of the same sequence);
+- `Lane.schedule[p]` is the ordered op list that stage p of the lane executes;
+- `Lane.recompute[p][c]` is how many of stage p's layers recompute for chunk c.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+from proto.fingerprint import fingerprint
+
+SCHEMA_VERSION = "1.0"
+
+SolverStatus = Literal["optimal", "feasible", "heuristic", "fallback", "timeout-fallback"]
+
+
+class Segment(BaseModel):
+    """A token range [start, end) of one sequence."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq_id: int
+    start: int = Field(ge=0)
+    end: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Segment:
+        if self.end <= self.start:
+            raise ValueError(f"segment of seq {self.seq_id}: end ({self.end}) must exceed start ({self.start})")
+        return self
+
+    @property
+    def num_tokens(self) -> int:
+        return self.end - self.start
+
+    @property
+    def context(self) -> int:
+        """Tokens of the same sequence before this segment (the K/V prefix it attends to)."""
+        return self.start
+
+
+class Chunk(BaseModel):
+    """A micro-batch flowing through a lane's pipeline: packed sequences and/or one slice."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    segments: list[Segment] = Field(min_length=1)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.segments)
+
+
+class Op(BaseModel):
+    """One pipeline operation: forward ('F') or backward ('B') of chunk `chunk` (index in the lane)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["F", "B"]
+    chunk: int = Field(ge=0)
+
+    def __str__(self) -> str:
+        return f"{self.kind}{self.chunk}"
+
+
+class PipelineSpec(BaseModel):
+    """P stages and the [first, last) layer range of each."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_stages: int = Field(ge=1)
+    layer_ranges: list[tuple[int, int]]
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineSpec:
+        if len(self.layer_ranges) != self.num_stages:
+            raise ValueError(f"layer_ranges has {len(self.layer_ranges)} entries for {self.num_stages} stages")
+        expected = 0
+        for p, (lo, hi) in enumerate(self.layer_ranges):
+            if lo != expected or hi <= lo:
+                raise ValueError(f"stage {p}: layer range [{lo}, {hi}) must start at {expected} and be non-empty")
+            expected = hi
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        return self.layer_ranges[-1][1]
+
+    def layers_of(self, stage: int) -> int:
+        lo, hi = self.layer_ranges[stage]
+        return hi - lo
+
+    @classmethod
+    def even(cls, num_layers: int, num_stages: int) -> PipelineSpec:
+        """Split layers as evenly as possible; earlier stages get the remainder."""
+        if not 1 <= num_stages <= num_layers:
+            raise ValueError(f"num_stages ({num_stages}) must be between 1 and num_layers ({num_layers})")
+        base, extra = divmod(num_layers, num_stages)
+        ranges, lo = [], 0
+        for p in range(num_stages):
+            hi = lo + base + (1 if p < extra else 0)
+            ranges.append((lo, hi))
+            lo = hi
+        return cls(num_stages=num_stages, layer_ranges=ranges)
+
+
+class Lane(BaseModel):
+    """One pipeline of P x sp_degree devices with its chunks, schedules and recompute counts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lane_id: int = Field(ge=0)
+    sp_degree: int = Field(ge=1)
+    ranks: list[list[int]] = Field(description="ranks[stage][sp_position]")
+    chunks: list[Chunk] = Field(default_factory=list)
+    schedule: list[list[Op]] = Field(description="schedule[stage]: ordered ops")
+    recompute: list[list[int]] = Field(description="recompute[stage][chunk]: layers recomputed")
+
+
+class Predicted(BaseModel):
+    """What the simulator predicts for the plan."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    iteration_s: float = Field(ge=0)
+    ideal_s: float = Field(ge=0, description="Total fwd+bwd compute / N: no comm, no bubbles, no recompute.")
+    lane_s: list[float] = Field(default_factory=list, description="Per-lane pipeline finish time.")
+    peak_memory_bytes: list[float] = Field(default_factory=list, description="Per rank, index = rank.")
+    bubble_fraction: float = Field(default=0.0, ge=0, le=1)
+    compute_s: float = Field(default=0.0, ge=0, description="Busiest device's compute seconds.")
+    comm_s: float = Field(default=0.0, ge=0, description="Busiest device's communication seconds.")
+    recompute_s: float = Field(default=0.0, ge=0, description="Busiest device's recompute seconds.")
+    grad_sync_s: float = Field(default=0.0, ge=0, description="Data-parallel gradient sync seconds.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ratio_to_ideal(self) -> float | None:
+        return self.iteration_s / self.ideal_s if self.ideal_s > 0 else None
+
+
+class SolverInfo(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str = Field(default="none")
+    status: SolverStatus = "heuristic"
+    gap: float | None = Field(default=None, ge=0, description="Relative gap to the best lower bound.")
+    solve_s: float = Field(default=0.0, ge=0)
+    message: str = ""
+
+
+class PlanOptions(BaseModel):
+    """Job options that change the plan's memory and sync costs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        default=0, description="Shard optimizer (1), +grads (2), +params (3) across each stage's devices."
+    )
+
+
+class Plan(BaseModel):
+    """Everything an executor needs for one iteration, plus predictions and solver metadata."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: str = SCHEMA_VERSION
+    plan_id: str = Field(default="", description="Content hash of everything else; set by `with_id()`.")
+    job_id: str | None = None
+    step: int | None = Field(default=None, ge=0)
+    strategy: str
+    cluster_fingerprint: str
+    model_fingerprint: str
+    batch_fingerprint: str
+    options: PlanOptions = Field(default_factory=PlanOptions)
+    pipeline: PipelineSpec
+    lanes: list[Lane] = Field(min_length=1)
+    predicted: Predicted
+    solver: SolverInfo = Field(default_factory=SolverInfo)
+
+    def content_hash(self) -> str:
+        return fingerprint(self.model_dump(mode="json", exclude={"plan_id"}))
+
+    def with_id(self) -> Plan:
+        """A copy whose plan_id is the hash of its content."""
+        return self.model_copy(update={"plan_id": self.content_hash()})

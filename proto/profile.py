@@ -1,0 +1,61 @@
+"""Cost-model coefficients for one (cluster, model) pair.
+
+A profile comes from a documented preset (derived from hardware specs and stated efficiency
+assumptions), from `helix profile` measurements on real devices, or from online calibration.
+Every number the cost model uses is a field here or in `ClusterSpec`/`ModelSpec`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CostProfile(BaseModel):
+    """Per-layer compute coefficients, collective bandwidths and memory coefficients.
+
+    Forward time of one transformer layer for a chunk on a lane of SP degree s:
+        t = (attn_s_per_token2 * sum_seg((C + len)^2 - C^2) + linear_s_per_token * sum_seg(len)) / s
+            + layer_overhead_s
+    where C is the context (earlier tokens of the same sequence) of each segment.
+    Backward = backward_to_forward * forward.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(default="custom", description="Label, e.g. 'preset:a100-40g-8x8/gpt-7b'.")
+    source: str = Field(default="", description="How the numbers were obtained.")
+    # compute (per layer, forward, whole chunk on one device; divided by s for a lane)
+    attn_s_per_token2: float = Field(ge=0, description="a2: seconds per unit of sum((C+len)^2 - C^2), per layer.")
+    linear_s_per_token: float = Field(ge=0, description="a1: seconds per token per layer (projections, MLP).")
+    layer_overhead_s: float = Field(default=0.0, ge=0, description="b: fixed seconds per layer call.")
+    backward_to_forward: float = Field(default=2.0, ge=0.5, le=5.0, description="k_b: backward / forward time.")
+    head_s_per_token: float = Field(default=0.0, ge=0, description="LM head + loss forward seconds per token.")
+    # collectives (effective per-device bytes/s and per-call latency)
+    alltoall_bw_intra: float = Field(gt=0, description="All-to-all bytes/s per device inside one node.")
+    alltoall_bw_inter: float = Field(gt=0, description="All-to-all bytes/s per device when the group spans nodes.")
+    alltoall_latency_intra_s: float = Field(default=1e-5, ge=0, description="Per all-to-all latency in a node.")
+    alltoall_latency_inter_s: float = Field(default=3e-5, ge=0, description="Per all-to-all latency across nodes.")
+    p2p_bw_intra: float = Field(gt=0, description="Pipeline send/recv bytes/s inside a node.")
+    p2p_bw_inter: float = Field(gt=0, description="Pipeline send/recv bytes/s across nodes.")
+    p2p_latency_s: float = Field(default=1e-5, ge=0, description="Per send/recv latency.")
+    allreduce_bw_intra: float = Field(gt=0, description="Ring all-reduce bus bytes/s inside a node.")
+    allreduce_bw_inter: float = Field(gt=0, description="Ring all-reduce bus bytes/s across nodes.")
+    # memory
+    activation_bytes_per_token_layer: float = Field(
+        gt=0, description="Bytes kept per token per layer for backward without recompute (whole layer, s=1)."
+    )
+    checkpoint_bytes_per_token_layer: float = Field(
+        gt=0, description="Bytes kept per token per recomputed layer (its input), s=1."
+    )
+    kv_bytes_per_token_layer: float = Field(gt=0, description="K and V bytes per token per layer, s=1.")
+    head_activation_bytes_per_token: float = Field(
+        default=0.0, ge=0, description="Bytes kept per token by the LM head/loss on the last stage."
+    )
+    bytes_per_param_state: float = Field(
+        default=16.0, gt=0, description="Param+grad+optimizer bytes per parameter (bf16 + fp32 Adam: 2+2+12)."
+    )
+    param_bytes: float = Field(default=2.0, gt=0, description="Bytes per parameter of the working copy.")
+    grad_bytes: float = Field(default=2.0, gt=0, description="Bytes per gradient element.")
+    memory_reserve_bytes: float = Field(
+        default=0.0, ge=0, description="Per-device memory kept free (framework, fragmentation, buffers)."
+    )
