@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from proto.fingerprint import fingerprint
 
@@ -53,11 +53,15 @@ class Chunk(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     segments: list[Segment] = Field(min_length=1)
+    num_tokens: int = Field(default=0, description="Total tokens; derived from the segments.")
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.segments)
+    @model_validator(mode="after")
+    def _derive_tokens(self) -> Chunk:
+        total = sum(s.num_tokens for s in self.segments)
+        if self.num_tokens not in (0, total):
+            raise ValueError(f"num_tokens ({self.num_tokens}) does not match the segments ({total})")
+        object.__setattr__(self, "num_tokens", total)
+        return self
 
 
 class Op(BaseModel):
@@ -141,7 +145,6 @@ class Predicted(BaseModel):
     recompute_s: float = Field(default=0.0, ge=0, description="Busiest device's recompute seconds.")
     grad_sync_s: float = Field(default=0.0, ge=0, description="Data-parallel gradient sync seconds.")
 
-    @computed_field  # type: ignore[prop-decorator]
     @property
     def ratio_to_ideal(self) -> float | None:
         return self.iteration_s / self.ideal_s if self.ideal_s > 0 else None
@@ -177,6 +180,8 @@ class Plan(BaseModel):
     job_id: str | None = None
     step: int | None = Field(default=None, ge=0)
     strategy: str
+    cluster_name: str = Field(default="custom", description="ClusterSpec.name (informational).")
+    model_name: str = Field(default="custom", description="ModelSpec.name (informational).")
     cluster_fingerprint: str
     model_fingerprint: str
     batch_fingerprint: str

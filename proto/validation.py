@@ -6,6 +6,7 @@ broken plan is a precise error, never a hang or a wrong gradient.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 from proto.batch import Batch
@@ -161,7 +162,9 @@ def _check_tokens(plan: Plan, batch: Batch) -> list[str]:
             if start > pos:
                 problems.append(f"sequence {seq_id}: tokens [{pos}, {start}) are missing")
             elif start < pos:
-                problems.append(f"sequence {seq_id}: tokens [{start}, {min(pos, end)}) are duplicated (lane {lane} chunk {c})")
+                problems.append(
+                    f"sequence {seq_id}: tokens [{start}, {min(pos, end)}) are duplicated (lane {lane} chunk {c})"
+                )
             pos = max(pos, end)
         if pos < length:
             problems.append(f"sequence {seq_id}: tokens [{pos}, {length}) are missing")
@@ -205,7 +208,7 @@ def _check_schedule_order(lane: Lane, plan: Plan) -> list[str]:
             if pos[("B", c)] < pos[("F", c)]:
                 problems.append(f"lane {lane.lane_id} stage {stage} chunk {c}: B runs before F")
         for seq, chain in chains:
-            for earlier, later in zip(chain, chain[1:], strict=False):
+            for earlier, later in itertools.pairwise(chain):
                 if pos[("F", later)] < pos[("F", earlier)]:
                     problems.append(
                         f"lane {lane.lane_id} stage {stage}: F{later} runs before F{earlier} but holds a later "
@@ -250,7 +253,9 @@ def _check_deadlock(lane: Lane, num_stages: int) -> list[str]:
     if finished == total:
         return []
     stuck = ", ".join(
-        f"stage {p} waits at {lane.schedule[p][cursor[p]]}" for p in range(num_stages) if cursor[p] < len(lane.schedule[p])
+        f"stage {p} waits at {lane.schedule[p][cursor[p]]}"
+        for p in range(num_stages)
+        if cursor[p] < len(lane.schedule[p])
     )
     return [f"lane {lane.lane_id}: schedule deadlocks ({stuck})"]
 

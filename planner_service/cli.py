@@ -1,0 +1,412 @@
+"""`helix`: offline planning, strategy comparison and plan inspection.
+
+Commands from other installed packages (e.g. `helix verify` from the executor) are loaded from
+the `helix.commands` entry-point group, so this module never imports the executor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from planner_service.cost_model import CostModel
+from planner_service.errors import PlanningError
+from planner_service.planner import make_plan
+from planner_service.presets import PresetError, list_clusters, list_models, resolve_cluster, resolve_model
+from planner_service.strategies.registry import STRATEGIES
+from planner_service.workloads import WorkloadError, load_workload
+from proto import Batch, ClusterSpec, ModelSpec, Plan, PlanOptions
+
+USER_ERRORS = (PlanningError, PresetError, WorkloadError, ValidationError, FileNotFoundError, json.JSONDecodeError)
+EXIT_USER_ERROR = 2
+
+app = typer.Typer(
+    name="helix",
+    help=(
+        "HelixTrain: per-iteration 3D parallel plans (flexible SP x elastic PP x DP) for long-context training.\n\n"
+        "Examples:\n\n"
+        "  helix plan --cluster a100-40g-8x8 --model gpt-7b --dataset github --batch-size 512 --out plan.json\n\n"
+        "  helix compare --cluster a800-80g-4x8 --model llama2-7b --lengths lengths.txt --batch-size 512 --json\n\n"
+        "  helix inspect plan.json --gantt plan.png\n\n"
+        "  helix presets"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+class UserError(Exception):
+    """Raised by commands for a bad argument; printed as one line, exit code 2."""
+
+
+ClusterOpt = Annotated[str, typer.Option("--cluster", "-c", help="Cluster preset name or a YAML/JSON file.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model preset name or a HF config.json / JSON file.")]
+LengthsOpt = Annotated[
+    Path | None, typer.Option("--lengths", help="File with one sequence length per line to sample from.")
+]
+DatasetOpt = Annotated[
+    str | None, typer.Option("--dataset", help="Synthetic corpus: github, commoncrawl, wikipedia; or stdlib.")
+]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Sequences in the global batch.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed.")]
+MaxLenOpt = Annotated[int | None, typer.Option("--max-len", help="Truncate sequences to this many tokens.")]
+ZeroOpt = Annotated[int, typer.Option("--zero", help="ZeRO stage 0-3: shard optimizer/grads/params per stage.")]
+StagesOpt = Annotated[int | None, typer.Option("--stages", help="Fix the pipeline degree P (default: search).")]
+TimeLimitOpt = Annotated[float, typer.Option("--time-limit", help="Solver time limit in seconds.")]
+SolverOpt = Annotated[str, typer.Option("--solver", help="Solver backend: cpsat, pulp-cbc, pulp-highs.")]
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    cluster: ClusterSpec
+    model: ModelSpec
+    batch: Batch
+    description: dict[str, Any]
+
+
+def load_cli_workload(
+    cluster: str, model: str, lengths: Path | None, dataset: str | None, batch_size: int, seed: int, max_len: int | None
+) -> Workload:
+    cluster_spec = resolve_cluster(cluster)
+    model_spec = resolve_model(model)
+    batch = load_workload(
+        lengths_path=str(lengths) if lengths else None,
+        dataset=dataset,
+        batch_size=batch_size,
+        seed=seed,
+        max_len=max_len,
+    )
+    description = {
+        "cluster": cluster_spec.name,
+        "num_devices": cluster_spec.num_devices,
+        "model": model_spec.name,
+        "source": str(lengths) if lengths else dataset,
+        "batch_size": batch_size,
+        "seed": seed,
+        "max_len": max_len,
+        "num_tokens": batch.num_tokens,
+        "longest": max(batch.lengths),
+    }
+    return Workload(cluster=cluster_spec, model=model_spec, batch=batch, description=description)
+
+
+@app.command("plan")
+def plan_command(
+    cluster: ClusterOpt,
+    model: ModelOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the plan JSON.")],
+    lengths: LengthsOpt = None,
+    dataset: DatasetOpt = None,
+    batch_size: BatchSizeOpt = 512,
+    seed: SeedOpt = 0,
+    max_len: MaxLenOpt = None,
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Planning strategy.")] = "static",
+    zero: ZeroOpt = 0,
+    stages: StagesOpt = None,
+    time_limit: TimeLimitOpt = 2.0,
+    solver: SolverOpt = "cpsat",
+) -> None:
+    """Plan one global batch and write the plan as JSON.
+
+    Example: helix plan --cluster a100-40g-8x8 --model gpt-7b --dataset github --batch-size 512 --out plan.json
+    """
+    work = load_cli_workload(cluster, model, lengths, dataset, batch_size, seed, max_len)
+    started = time.perf_counter()
+    plan = make_plan(
+        batch=work.batch,
+        cluster=work.cluster,
+        model=work.model,
+        strategy=strategy,
+        options=PlanOptions(zero_stage=zero),  # type: ignore[arg-type]
+        time_limit_s=time_limit,
+        solver=solver,
+        num_stages=stages,
+    )
+    elapsed = time.perf_counter() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(plan.model_dump_json(indent=1))
+    p = plan.predicted
+    err_console.print(
+        f"[bold]{strategy}[/]: {p.iteration_s:.3f} s/iteration ({p.iteration_s / p.ideal_s:.2f}x ideal), "
+        f"peak {max(p.peak_memory_bytes) / 2**30:.1f} GiB, {len(plan.lanes)} lanes, P={plan.pipeline.num_stages}, "
+        f"planned in {elapsed:.2f} s -> {out}"
+    )
+
+
+def compare_results(work: Workload, strategies: list[str], time_limit: float, solver: str, zero: int) -> dict[str, Any]:
+    options = PlanOptions(zero_stage=zero)  # type: ignore[arg-type]
+    ideal = CostModel.from_specs(work.cluster, work.model, options=options).ideal_s(work.batch)
+    results = []
+    for name in strategies:
+        started = time.perf_counter()
+        try:
+            plan: Plan | None = make_plan(
+                batch=work.batch,
+                cluster=work.cluster,
+                model=work.model,
+                strategy=name,
+                options=options,
+                time_limit_s=time_limit,
+                solver=solver,
+            )
+            status = plan.solver.status if plan else "infeasible"
+        except PlanningError as exc:
+            plan, status = None, f"infeasible: {exc}"
+        elapsed = time.perf_counter() - started
+        results.append(
+            {
+                "strategy": name,
+                "feasible": plan is not None,
+                "iteration_s": plan.predicted.iteration_s if plan else None,
+                "ratio_to_ideal": plan.predicted.iteration_s / ideal if plan and ideal > 0 else None,
+                "peak_memory_gib": max(plan.predicted.peak_memory_bytes) / 2**30 if plan else None,
+                "plan_s": elapsed,
+                "status": status,
+            }
+        )
+    return {"ideal_s": ideal, "workload": work.description, "results": results}
+
+
+def render_comparison(report: dict[str, Any]) -> Table:
+    static = next((r for r in report["results"] if r["strategy"] == "static" and r["feasible"]), None)
+    table = Table(title=f"ideal {report['ideal_s']:.3f} s/iteration")
+    for column in ("strategy", "iteration s", "x ideal", "speedup vs static", "peak GiB", "plan s", "status"):
+        table.add_column(column, justify="left" if column in ("strategy", "status") else "right")
+    for r in report["results"]:
+        if not r["feasible"]:
+            table.add_row(r["strategy"], "-", "-", "-", "-", f"{r['plan_s']:.2f}", r["status"].split(":")[0])
+            continue
+        speedup = f"{static['iteration_s'] / r['iteration_s']:.2f}x" if static else "-"
+        table.add_row(
+            r["strategy"],
+            f"{r['iteration_s']:.3f}",
+            f"{r['ratio_to_ideal']:.2f}",
+            speedup,
+            f"{r['peak_memory_gib']:.1f}",
+            f"{r['plan_s']:.2f}",
+            r["status"],
+        )
+    infeasible = [f"{r['strategy']}: {r['status'].partition(': ')[2]}" for r in report["results"] if not r["feasible"]]
+    if infeasible:
+        table.caption = "\n".join(infeasible)
+    return table
+
+
+@app.command("compare")
+def compare_command(
+    cluster: ClusterOpt,
+    model: ModelOpt,
+    lengths: LengthsOpt = None,
+    dataset: DatasetOpt = None,
+    batch_size: BatchSizeOpt = 512,
+    seed: SeedOpt = 0,
+    max_len: MaxLenOpt = None,
+    strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategies.")] = ",".join(STRATEGIES),
+    zero: ZeroOpt = 0,
+    time_limit: TimeLimitOpt = 2.0,
+    solver: SolverOpt = "cpsat",
+    as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")] = False,
+) -> None:
+    """Plan the same batch with several strategies and compare predicted iteration time and memory.
+
+    Example: helix compare --cluster a100-40g-8x8 --model gpt-7b --dataset wikipedia --batch-size 512 --json
+    """
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        raise UserError(f"--strategies: unknown {unknown or 'empty list'}; choose from {', '.join(STRATEGIES)}")
+    work = load_cli_workload(cluster, model, lengths, dataset, batch_size, seed, max_len)
+    report = compare_results(work, names, time_limit, solver, zero)
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        out_console.print(render_comparison(report))
+
+
+def resolve_plan_specs(plan: Plan, cluster: str | None, model: str | None) -> tuple[ClusterSpec, ModelSpec]:
+    """The specs a stored plan was made for: from options, else from the preset names it records."""
+    from proto.fingerprint import fingerprint
+
+    cluster_spec = resolve_cluster(cluster or plan.cluster_name)
+    model_spec = resolve_model(model or plan.model_name)
+    if fingerprint(cluster_spec) != plan.cluster_fingerprint:
+        raise UserError(f"--cluster: {cluster_spec.name} is not the cluster this plan was made for")
+    if fingerprint(model_spec) != plan.model_fingerprint:
+        raise UserError(f"--model: {model_spec.name} is not the model this plan was made for")
+    return cluster_spec, model_spec
+
+
+def batch_of_plan(plan: Plan) -> Batch:
+    """The batch a plan covers (valid plans cover every token once, so the max segment end is the length)."""
+    lengths: dict[int, int] = {}
+    for lane in plan.lanes:
+        for chunk in lane.chunks:
+            for seg in chunk.segments:
+                lengths[seg.seq_id] = max(lengths.get(seg.seq_id, 0), seg.end)
+    ids = sorted(lengths)
+    return Batch(seq_ids=ids, lengths=[lengths[i] for i in ids])
+
+
+def plan_summary(plan: Plan) -> dict[str, Any]:
+    p = plan.predicted
+    lanes = [
+        {
+            "lane": lane.lane_id,
+            "sp_degree": lane.sp_degree,
+            "ranks": [lane.ranks[0][0], lane.ranks[-1][-1]],
+            "chunks": len(lane.chunks),
+            "tokens": sum(c.num_tokens for c in lane.chunks),
+            "sliced_sequences": len({s.seq_id for c in lane.chunks for s in c.segments if s.start > 0}),
+            "recomputed_layers": sum(sum(r) for r in lane.recompute),
+            "predicted_s": p.lane_s[lane.lane_id] if lane.lane_id < len(p.lane_s) else None,
+        }
+        for lane in plan.lanes
+    ]
+    return {
+        "plan_id": plan.plan_id,
+        "strategy": plan.strategy,
+        "cluster": plan.cluster_name,
+        "model": plan.model_name,
+        "pipeline_stages": plan.pipeline.num_stages,
+        "layer_ranges": plan.pipeline.layer_ranges,
+        "num_lanes": len(plan.lanes),
+        "sp_degrees": sorted({lane.sp_degree for lane in plan.lanes}),
+        "iteration_s": p.iteration_s,
+        "ideal_s": p.ideal_s,
+        "ratio_to_ideal": p.ratio_to_ideal,
+        "bubble_fraction": p.bubble_fraction,
+        "comm_s": p.comm_s,
+        "recompute_s": p.recompute_s,
+        "grad_sync_s": p.grad_sync_s,
+        "peak_memory_gib": max(p.peak_memory_bytes, default=0.0) / 2**30,
+        "solver": plan.solver.model_dump(),
+        "lanes": lanes,
+    }
+
+
+@app.command("inspect")
+def inspect_command(
+    plan_file: Annotated[Path, typer.Argument(help="A plan JSON written by `helix plan` or the service.")],
+    gantt: Annotated[Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG/SVG/PDF).")] = None,
+    cluster: Annotated[str | None, typer.Option("--cluster", help="Cluster, when not a preset.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model, when not a preset.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Summarise a plan (lanes, SP degrees, chunks, recompute, predictions) and draw its Gantt chart.
+
+    Example: helix inspect plan.json --gantt plan.png
+    """
+    try:
+        plan = Plan.model_validate_json(plan_file.read_text())
+    except OSError as exc:
+        raise UserError(f"{plan_file}: cannot read ({exc.strerror})") from None
+    except ValidationError as exc:
+        raise UserError(f"{plan_file}: not a plan ({_first_error(exc)})") from None
+    summary = plan_summary(plan)
+    if gantt is not None:
+        from planner_service.plots.gantt import draw_gantt
+        from planner_service.simulator import simulate
+
+        cluster_spec, model_spec = resolve_plan_specs(plan, cluster, model)
+        cost = CostModel.from_specs(cluster_spec, model_spec, options=plan.options)
+        result = simulate(plan, batch_of_plan(plan), cost)
+        draw_gantt(plan, result, gantt)
+        summary["gantt"] = str(gantt)
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    out_console.print(
+        f"[bold]plan {summary['plan_id']}[/] strategy={summary['strategy']} cluster={summary['cluster']} "
+        f"model={summary['model']}\n"
+        f"P={summary['pipeline_stages']} layers={summary['layer_ranges']} lanes={summary['num_lanes']} "
+        f"SP degrees={summary['sp_degrees']}\n"
+        f"predicted {summary['iteration_s']:.3f} s "
+        f"({summary['ratio_to_ideal']:.2f}x ideal {summary['ideal_s']:.3f} s), "
+        f"bubbles {summary['bubble_fraction']:.1%}, comm {summary['comm_s']:.3f} s, "
+        f"recompute {summary['recompute_s']:.3f} s, grad sync {summary['grad_sync_s']:.3f} s, "
+        f"peak {summary['peak_memory_gib']:.1f} GiB; solver {summary['solver']['backend']} "
+        f"{summary['solver']['status']}"
+    )
+    table = Table()
+    for column in ("lane", "SP", "ranks", "chunks", "tokens", "sliced seqs", "recomputed layers", "predicted s"):
+        table.add_column(column, justify="right")
+    for lane in summary["lanes"]:
+        table.add_row(
+            str(lane["lane"]),
+            str(lane["sp_degree"]),
+            f"{lane['ranks'][0]}-{lane['ranks'][1]}",
+            str(lane["chunks"]),
+            str(lane["tokens"]),
+            str(lane["sliced_sequences"]),
+            str(lane["recomputed_layers"]),
+            f"{lane['predicted_s']:.3f}" if lane["predicted_s"] is not None else "-",
+        )
+    out_console.print(table)
+    if "gantt" in summary:
+        out_console.print(f"Gantt chart written to {summary['gantt']}")
+
+
+@app.command("presets")
+def presets_command() -> None:
+    """List the cluster and model presets."""
+    out_console.print("clusters: " + ", ".join(list_clusters()))
+    out_console.print("models:   " + ", ".join(list_models()))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(x) for x in err.get("loc", ())) or "input"
+    return f"{where}: {err.get('msg', 'invalid')}"
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group="helix.commands"):
+        try:
+            ep.load()(app)
+        except ImportError as exc:  # an optional extra (e.g. torch) is missing
+            logging.getLogger(__name__).debug("helix command %s unavailable: %s", ep.name, exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _load_plugins()
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except click.exceptions.ClickException as exc:  # usage errors: click's own message, exit 2
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return 130
+    except ValidationError as exc:
+        err_console.print(f"error: {_first_error(exc)}", highlight=False, soft_wrap=True)
+        return EXIT_USER_ERROR
+    except (UserError, *USER_ERRORS) as exc:
+        field = getattr(exc, "field", None)
+        prefix = f"{field}: " if field and field not in str(exc) else ""
+        err_console.print(f"error: {prefix}{exc}", highlight=False, soft_wrap=True)
+        return EXIT_USER_ERROR
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""1F1B schedules that respect the token-level ordering of sliced sequences.
+
+Forward runs chunks in lane order. Backward order is the forward order with each sequence's
+slice chain reversed (B of slice j+1 before B of slice j, because gradients of earlier K/V come
+from later slices). Stage p warms up with P-p-1 forwards, then alternates one forward and one
+backward; a backward whose chunk has not run forward on this stage yet (a long slice chain)
+is postponed by running forwards first. If the result could deadlock across stages (checked by
+replaying it), the lane falls back to all-forwards-then-all-backwards, which never deadlocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from proto import Chunk, Op
+
+
+def backward_order(chunks: Sequence[Chunk]) -> list[int]:
+    """Chunk indices in backward order: forward order with every slice chain reversed in place."""
+    chunks_of: dict[int, list[int]] = {}  # seq id -> chunks holding a piece of it, in lane order
+    for c, chunk in enumerate(chunks):
+        for seg in chunk.segments:
+            chunks_of.setdefault(seg.seq_id, []).append(c)
+    order = list(range(len(chunks)))
+    for chain in chunks_of.values():
+        if len(chain) > 1:
+            for pos, c in zip(chain, reversed(chain), strict=True):
+                order[pos] = c
+    return order
+
+
+def _one_f_one_b(num_chunks: int, b_order: list[int], stage: int, num_stages: int) -> list[Op]:
+    warmup = num_stages - stage - 1
+    ops: list[Op] = []
+    forwarded: set[int] = set()
+    next_f = 0
+    next_b = 0
+    while next_b < num_chunks:
+        in_flight = next_f - next_b
+        b_ready = next_b < num_chunks and b_order[next_b] in forwarded
+        if next_f < num_chunks and (in_flight <= warmup or not b_ready):
+            ops.append(Op(kind="F", chunk=next_f))
+            forwarded.add(next_f)
+            next_f += 1
+        else:
+            ops.append(Op(kind="B", chunk=b_order[next_b]))
+            next_b += 1
+    return ops
+
+
+def _deadlocks(schedule: list[list[Op]]) -> bool:
+    num_stages = len(schedule)
+    done: set[tuple[str, int, int]] = set()
+    cursor = [0] * num_stages
+    progress = True
+    while progress:
+        progress = False
+        for p in range(num_stages):
+            while cursor[p] < len(schedule[p]):
+                op = schedule[p][cursor[p]]
+                dep = ("F", op.chunk, p - 1) if op.kind == "F" else ("B", op.chunk, p + 1)
+                edge = p == 0 if op.kind == "F" else p == num_stages - 1
+                if not edge and dep not in done:
+                    break
+                done.add((op.kind, op.chunk, p))
+                cursor[p] += 1
+                progress = True
+    return any(cursor[p] < len(schedule[p]) for p in range(num_stages))
+
+
+def build_schedule(chunks: Sequence[Chunk], num_stages: int) -> list[list[Op]]:
+    """Per-stage op lists for a lane's chunks (in their lane order)."""
+    n = len(chunks)
+    b_order = backward_order(chunks)
+    schedule = [_one_f_one_b(n, b_order, p, num_stages) for p in range(num_stages)]
+    if _deadlocks(schedule):
+        flat = [Op(kind="F", chunk=c) for c in range(n)] + [Op(kind="B", chunk=c) for c in b_order]
+        schedule = [list(flat) for _ in range(num_stages)]
+    return schedule

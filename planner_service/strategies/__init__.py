@@ -1,0 +1,1 @@
+"""Planning strategies: each maps a `PlanningContext` to a `Plan` (registry in `registry.py`)."""

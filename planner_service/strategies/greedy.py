@@ -1,0 +1,108 @@
+"""`greedy`: a plan that is always valid when the batch can run at all (the fallback and warm start).
+
+Uniform lanes of the smallest SP degree on which the longest sequence fits; sequences dealt
+longest-first to the least-loaded lane by estimated cost (LPT); per lane, sequences longer than
+the chunk cap are sliced at equal-cost cut points when P > 1 (token-level pipelining), the rest
+packed best-fit decreasing under the cap. Recompute is off when memory allows and on for every
+layer otherwise. No solver, no search beyond that: it must be fast and never fail on a feasible
+batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from planner_service.errors import InfeasibleWorkload
+from planner_service.plan_assembly import LaneDraft, PlanningContext, assemble_plan, fits_memory, uniform_recompute
+from planner_service.strategies.lane_layout import stage_block_size, valid_pipeline_degrees, valid_sp_degrees
+from planner_service.strategies.packing import pack_best_fit_decreasing, sequence_cost, slice_sequence
+from proto import Chunk, PipelineSpec, Plan, SolverInfo
+
+
+def lpt_assign(costs: list[tuple[int, int, float]], num_lanes: int) -> list[list[tuple[int, int]]]:
+    """Longest-processing-time-first: each (seq_id, length, cost) to the lane with least cost so far."""
+    loads = [0.0] * num_lanes
+    lanes: list[list[tuple[int, int]]] = [[] for _ in range(num_lanes)]
+    for seq_id, length, cost in sorted(costs, key=lambda x: (-x[2], x[0])):
+        lane = min(range(num_lanes), key=lambda i: (loads[i], i))
+        lanes[lane].append((seq_id, length))
+        loads[lane] += cost
+    return lanes
+
+
+def lane_chunks(ctx: PlanningContext, items: list[tuple[int, int]], cap: int, num_stages: int) -> list[Chunk]:
+    """Slice sequences over `cap` tokens (P > 1 only), pack the rest; long slices first."""
+    profile = ctx.cost.profile
+    sliced: list[Chunk] = []
+    short: list[tuple[int, int]] = []
+    for seq_id, length in items:
+        if length > cap and num_stages > 1:
+            pieces = slice_sequence(profile, seq_id, length, math.ceil(length / cap))
+            sliced += [Chunk(segments=[seg]) for seg in pieces]
+        else:
+            short.append((seq_id, length))
+    return sliced + pack_best_fit_decreasing(short, max(cap, max((n for _, n in short), default=1)))
+
+
+def greedy_drafts(
+    ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int, cap: int, full: bool
+) -> list[LaneDraft]:
+    block = stage_block_size(ctx.cluster, pipeline.num_stages)
+    num_lanes = block // sp_degree
+    profile = ctx.cost.profile
+    costs = [(i, n, sequence_cost(profile, n)) for i, n in zip(ctx.batch.seq_ids, ctx.batch.lengths, strict=True)]
+    drafts = []
+    for lane, items in enumerate(lpt_assign(costs, num_lanes)):
+        chunks = lane_chunks(ctx, items, cap, pipeline.num_stages)
+        drafts.append(
+            LaneDraft(
+                sp_degree=sp_degree,
+                offset=lane * sp_degree,
+                chunks=tuple(chunks),
+                recompute=uniform_recompute(pipeline, len(chunks), full),
+            )
+        )
+    return drafts
+
+
+def greedy_pipeline_degrees(ctx: PlanningContext) -> list[int]:
+    """P fixed by the job, else powers of two in increasing order (model states shrink with P)."""
+    if ctx.num_stages:
+        return [ctx.num_stages]
+    return [p for p in valid_pipeline_degrees(ctx.cluster, ctx.model) if p & (p - 1) == 0]
+
+
+def plan_greedy(ctx: PlanningContext, *, strategy: str = "greedy", status: str = "heuristic", reason: str = "") -> Plan:
+    """A valid plan: the smallest P, then the smallest SP degree, whose plan fits memory (recompute if needed)."""
+    started = time.perf_counter()
+    longest = max(ctx.batch.lengths)
+    tried: list[str] = []
+    for num_stages in greedy_pipeline_degrees(ctx):
+        pipeline = PipelineSpec.even(ctx.model.num_layers, num_stages)
+        degrees = valid_sp_degrees(ctx.model, stage_block_size(ctx.cluster, num_stages))
+        cap = max(1, math.ceil(longest / num_stages)) if num_stages > 1 else longest
+        for sp_degree in degrees:
+            for full in (False, True):
+                plan, _ = assemble_plan(
+                    ctx,
+                    strategy=strategy,
+                    pipeline=pipeline,
+                    drafts=greedy_drafts(ctx, pipeline, sp_degree, cap, full),
+                    solver=SolverInfo(backend="greedy", status=status),  # type: ignore[arg-type]
+                )
+                if fits_memory(plan, ctx.cluster):
+                    solver = SolverInfo(
+                        backend="greedy",
+                        status=status,  # type: ignore[arg-type]
+                        solve_s=time.perf_counter() - started,
+                        message=reason
+                        or f"P={num_stages}, uniform SP degree {sp_degree}, {'full' if full else 'no'} recompute",
+                    )
+                    return plan.model_copy(update={"solver": solver}).with_id()
+        tried.append(f"P={num_stages} with SP degrees {degrees}")
+    raise InfeasibleWorkload(
+        f"the longest sequence ({longest} tokens) does not fit on any lane of {ctx.cluster.name} "
+        f"({'; '.join(tried) or 'no valid pipeline degree'}; with and without recompute)",
+        field="lengths",
+    )

@@ -1,0 +1,30 @@
+"""Strategy name -> planning function. New strategies register here and appear everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import MappingProxyType
+
+from planner_service.errors import UnknownStrategy
+from planner_service.plan_assembly import PlanningContext
+from planner_service.strategies.greedy import plan_greedy
+from planner_service.strategies.static_baseline import plan_static
+from proto import Plan
+
+StrategyFn = Callable[[PlanningContext], Plan]
+
+STRATEGIES: MappingProxyType[str, StrategyFn] = MappingProxyType(
+    {
+        "static": plan_static,
+        "greedy": plan_greedy,
+    }
+)
+
+
+def get_strategy(name: str) -> StrategyFn:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise UnknownStrategy(
+            f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}", field="strategy"
+        ) from None
