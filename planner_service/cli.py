@@ -164,7 +164,7 @@ def compare_results(work: Workload, strategies: list[str], time_limit: float, so
                 time_limit_s=time_limit,
                 solver=solver,
             )
-            status = plan.solver.status if plan else "infeasible"
+            status: str = plan.solver.status
         except PlanningError as exc:
             plan, status = None, f"infeasible: {exc}"
         elapsed = time.perf_counter() - started

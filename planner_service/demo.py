@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -28,9 +29,9 @@ DEMO_SETUPS = (
 )
 
 
-def run_demo(out_dir: Path, console: Console) -> dict[str, object]:
+def run_demo(out_dir: Path, console: Console) -> dict[str, dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    reports = {}
+    reports: dict[str, dict[str, Any]] = {}
     for cluster, model, batch_size in DEMO_SETUPS:
         work = load_cli_workload(cluster, model, None, "stdlib", batch_size, 1, None)
         console.rule(

@@ -154,16 +154,16 @@ def _check_tokens(plan: Plan, batch: Batch) -> list[str]:
         if not pieces:
             problems.append(f"sequence {seq_id} (length {length}) is in no chunk")
             continue
-        lanes = {lane for _, _, lane, _ in pieces}
-        if len(lanes) > 1:
-            problems.append(f"sequence {seq_id}: slices are spread over lanes {sorted(lanes)} (must share one)")
+        lane_ids = {lane_id for _, _, lane_id, _ in pieces}
+        if len(lane_ids) > 1:
+            problems.append(f"sequence {seq_id}: slices are spread over lanes {sorted(lane_ids)} (must share one)")
         pos = 0
-        for start, end, lane, c in pieces:
+        for start, end, lane_id, c in pieces:
             if start > pos:
                 problems.append(f"sequence {seq_id}: tokens [{pos}, {start}) are missing")
             elif start < pos:
                 problems.append(
-                    f"sequence {seq_id}: tokens [{start}, {min(pos, end)}) are duplicated (lane {lane} chunk {c})"
+                    f"sequence {seq_id}: tokens [{start}, {min(pos, end)}) are duplicated (lane {lane_id} chunk {c})"
                 )
             pos = max(pos, end)
         if pos < length:

@@ -1,0 +1,1 @@
+"""One router per resource: stateless plans, jobs, per-step job plans, feedback, profiles, operations."""

@@ -1,0 +1,264 @@
+"""`CostModel`: one object answering every time and memory question the planner and simulator ask.
+
+It binds a cluster, a model, a `CostProfile` and the job's `PlanOptions`, and composes the pure functions of
+`compute_model`, `comm_model` and `memory_model`. Solvers, the simulator and the CLI all price plans through it,
+so every strategy is compared with the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from planner_service.cost_model import comm_model, compute_model, memory_model
+from planner_service.cost_model.profile_presets import profile_for
+from proto import Batch, Chunk, ClusterSpec, CostProfile, ModelSpec, PipelineSpec, PlanOptions
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkShape:
+    """What the cost of a chunk depends on: its token count and its causal attention pairs Σ((C+L)^2 − C^2)."""
+
+    num_tokens: int
+    attn_pairs: float
+
+    @classmethod
+    def of(cls, chunk: Chunk | ChunkShape) -> ChunkShape:
+        if isinstance(chunk, ChunkShape):
+            return chunk
+        tokens, pairs = 0, 0
+        for seg in chunk.segments:
+            c, e = seg.start, seg.end
+            tokens += e - c
+            pairs += e * e - c * c
+        return cls(num_tokens=tokens, attn_pairs=float(pairs))
+
+    @classmethod
+    def from_segments(cls, segments: Iterable[tuple[int, int]]) -> ChunkShape:
+        """From (context, length) pairs, e.g. [(0, n)] for a whole sequence of n tokens."""
+        segs = list(segments)
+        return cls(num_tokens=sum(n for _, n in segs), attn_pairs=compute_model.attention_pairs(segs))
+
+
+@dataclass(frozen=True, slots=True)
+class OpCost:
+    """Seconds of one pipeline op on each device of a lane's stage, split by cause.
+
+    `recompute_s` (backward only) is the forward of the recomputed layers, including their all-to-alls.
+    """
+
+    compute_s: float
+    comm_s: float
+    recompute_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.comm_s + self.recompute_s
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CostModel:
+    """Time and memory of chunks, stages and collectives for one (cluster, model, profile, options)."""
+
+    cluster: ClusterSpec
+    """The devices and their links."""
+    model: ModelSpec
+    """The transformer shape (parameter counts, widths for communication volumes)."""
+    profile: CostProfile
+    """Every fitted or assumed coefficient."""
+    options: PlanOptions = field(default_factory=PlanOptions)
+    """Job options that change memory and sync (ZeRO stage)."""
+
+    @classmethod
+    def from_specs(
+        cls,
+        cluster: ClusterSpec,
+        model: ModelSpec,
+        profile: CostProfile | None = None,
+        options: PlanOptions | None = None,
+    ) -> CostModel:
+        """Bind the specs; without a measured profile, use the documented preset."""
+        return cls(
+            cluster=cluster,
+            model=model,
+            profile=profile_for(cluster, model, profile),
+            options=options if options is not None else PlanOptions(),
+        )
+
+    # ---- compute -----------------------------------------------------------------------------------------
+    def layer_forward_s(self, segments: Sequence[tuple[int, int]], sp_degree: int) -> float:
+        """Forward compute seconds of one layer for (context, length) segments on a lane of SP degree s."""
+        return compute_model.layer_forward_segments_s(self.profile, segments, sp_degree)
+
+    def layer_terms(
+        self, chunk: Chunk | ChunkShape, *, sp_degree: int, spans_nodes: bool
+    ) -> tuple[float, float, float]:
+        """(one layer's forward compute, one layer's forward all-to-alls, LM-head forward) seconds per device.
+
+        The building blocks of every op cost; the simulator calls this once per (chunk, placement).
+        """
+        shape = ChunkShape.of(chunk)
+        layer = compute_model.layer_forward_s(
+            self.profile, attn_pairs=shape.attn_pairs, num_tokens=shape.num_tokens, sp_degree=sp_degree
+        )
+        a2a = comm_model.ulysses_layer_comm_s(
+            self.profile, self.model, num_tokens=shape.num_tokens, sp_degree=sp_degree, spans_nodes=spans_nodes
+        )
+        head = compute_model.head_forward_s(self.profile, num_tokens=shape.num_tokens, sp_degree=sp_degree)
+        return layer, a2a, head
+
+    def stage_forward_s(
+        self, chunk: Chunk | ChunkShape, *, sp_degree: int, num_layers: int, spans_nodes: bool, is_last_stage: bool
+    ) -> OpCost:
+        """F(chunk) on a stage of `num_layers` layers: layers (+ LM head on the last stage) and their all-to-alls."""
+        layer, a2a, head = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
+        return OpCost(compute_s=num_layers * layer + (head if is_last_stage else 0.0), comm_s=num_layers * a2a)
+
+    def stage_backward_s(
+        self,
+        chunk: Chunk | ChunkShape,
+        *,
+        sp_degree: int,
+        num_layers: int,
+        spans_nodes: bool,
+        is_last_stage: bool,
+        recompute_layers: int = 0,
+    ) -> OpCost:
+        """B(chunk): k_b × forward compute, the backward all-to-alls, and the forward of the recomputed layers."""
+        layer, a2a, head = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
+        r = min(max(recompute_layers, 0), num_layers)
+        fwd = num_layers * layer + (head if is_last_stage else 0.0)
+        return OpCost(
+            compute_s=compute_model.backward_s(self.profile, fwd),
+            comm_s=num_layers * a2a,
+            recompute_s=r * (layer + a2a),
+        )
+
+    def chunk_cost_s(
+        self,
+        chunk: Chunk | ChunkShape,
+        *,
+        sp_degree: int,
+        num_layers: int,
+        is_last_stage: bool = False,
+        spans_nodes: bool = False,
+        recompute_layers: int = 0,
+        include_comm: bool = True,
+    ) -> float:
+        """Forward + backward seconds of a chunk on one stage, for balancing chunks and lanes.
+
+        With `include_comm` (default) the all-to-alls are included, since they scale with the chunk's tokens
+        and dominate on inter-node lanes; without it, only compute (+ recompute).
+        """
+        f = self.stage_forward_s(
+            chunk, sp_degree=sp_degree, num_layers=num_layers, spans_nodes=spans_nodes, is_last_stage=is_last_stage
+        )
+        b = self.stage_backward_s(
+            chunk,
+            sp_degree=sp_degree,
+            num_layers=num_layers,
+            spans_nodes=spans_nodes,
+            is_last_stage=is_last_stage,
+            recompute_layers=recompute_layers,
+        )
+        if include_comm:
+            return f.total_s + b.total_s
+        return f.compute_s + b.compute_s + b.recompute_s
+
+    def ideal_s(self, batch: Batch) -> float:
+        """Lower bound: forward + backward compute of the whole batch on the full model / N devices.
+
+        Sequences unsliced, s = 1, all layers + the LM head, no communication, no recompute, no bubbles, and no
+        per-call overhead b (it depends on how the plan packs chunks, so a bound must leave it out).
+        """
+        p = self.profile
+        pairs = float(sum(n * n for n in batch.lengths))
+        tokens = float(sum(batch.lengths))
+        fwd = self.model.num_layers * (p.attn_s_per_token2 * pairs + p.linear_s_per_token * tokens)
+        fwd += p.head_s_per_token * tokens
+        return (1.0 + p.backward_to_forward) * fwd / self.cluster.num_devices
+
+    # ---- communication -----------------------------------------------------------------------------------
+    def alltoall_layer_s(self, num_tokens: int, sp_degree: int, spans_nodes: bool) -> float:
+        """The 4 Ulysses all-to-alls of one layer (forward; backward is the same again)."""
+        return comm_model.ulysses_layer_comm_s(
+            self.profile, self.model, num_tokens=num_tokens, sp_degree=sp_degree, spans_nodes=spans_nodes
+        )
+
+    def p2p_s(self, num_tokens: int, sp_degree: int, crosses_nodes: bool) -> float:
+        """Send of a chunk's activations (or gradients) between neighbouring stages of a lane."""
+        return comm_model.p2p_s(
+            self.profile, self.model, num_tokens=num_tokens, sp_degree=sp_degree, crosses_nodes=crosses_nodes
+        )
+
+    def grad_sync_s(self, stage: int, pipeline: PipelineSpec, dp_size: int, spans_nodes: bool) -> float:
+        """Data-parallel gradient sync of one stage across its `dp_size` (= N/P) devices."""
+        latency = self.cluster.inter_node_latency_s if spans_nodes else self.cluster.intra_node_latency_s
+        return comm_model.grad_sync_s(
+            self.profile,
+            num_params=memory_model.stage_params(self.model, pipeline, stage),
+            dp_size=dp_size,
+            zero_stage=self.options.zero_stage,
+            spans_nodes=spans_nodes,
+            latency_s=latency,
+        )
+
+    # ---- memory ------------------------------------------------------------------------------------------
+    @property
+    def usable_memory_bytes(self) -> float:
+        """What model states + activations may use on one device (device memory less the reserve)."""
+        return memory_model.usable_memory_bytes(self.profile, self.cluster.device_memory_bytes)
+
+    @property
+    def memory_reserve_bytes(self) -> float:
+        return self.profile.memory_reserve_bytes
+
+    def model_state_bytes(self, stage: int, pipeline: PipelineSpec, dp_size: int) -> float:
+        """Params + grads + optimizer of one stage on one device, ZeRO-sharded per `options.zero_stage`."""
+        return memory_model.model_state_bytes(
+            self.profile, self.model, pipeline, stage=stage, dp_size=dp_size, zero_stage=self.options.zero_stage
+        )
+
+    def chunk_activation_bytes(
+        self,
+        chunk: Chunk | ChunkShape | int,
+        *,
+        sp_degree: int,
+        num_layers: int,
+        recompute_layers: int = 0,
+        is_last_stage: bool = False,
+    ) -> float:
+        """Bytes one device keeps for a chunk between its forward and backward (`chunk` may be a token count)."""
+        tokens = chunk if isinstance(chunk, int) else ChunkShape.of(chunk).num_tokens
+        return memory_model.chunk_activation_bytes(
+            self.profile,
+            tokens_per_device=comm_model.tokens_per_device(tokens, sp_degree),
+            num_layers=num_layers,
+            recompute_layers=recompute_layers,
+            is_last_stage=is_last_stage,
+        )
+
+    def kv_bytes(self, num_tokens: int, sp_degree: int, num_layers: int) -> float:
+        """K/V bytes per device of `num_tokens` tokens over `num_layers` layers (GQA replication included)."""
+        return memory_model.kv_bytes(
+            self.profile, self.model, num_tokens=num_tokens, sp_degree=sp_degree, num_layers=num_layers
+        )
+
+    def transient_bytes(self, chunk: Chunk | ChunkShape | int, *, sp_degree: int, is_last_stage: bool) -> float:
+        """Working memory on top of what is held while an op of this chunk runs."""
+        tokens = chunk if isinstance(chunk, int) else ChunkShape.of(chunk).num_tokens
+        return memory_model.transient_bytes(
+            self.profile,
+            tokens_per_device=comm_model.tokens_per_device(tokens, sp_degree),
+            is_last_stage=is_last_stage,
+        )
+
+    # ---- placement helpers -------------------------------------------------------------------------------
+    def dp_size(self, pipeline: PipelineSpec) -> int:
+        """Devices holding one stage (the stage block): N / P."""
+        return self.cluster.num_devices // pipeline.num_stages
+
+    def stage_block_spans_nodes(self, stage: int, pipeline: PipelineSpec) -> bool:
+        """Whether stage `stage`'s block of N/P devices sits on more than one node."""
+        block = self.dp_size(pipeline)
+        return self.cluster.spans_nodes(range(stage * block, (stage + 1) * block))

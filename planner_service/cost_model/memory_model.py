@@ -1,0 +1,107 @@
+"""Per-device memory (DESIGN §6): model states, chunk activations, K/V of slices, transient working memory.
+
+All functions return bytes on *one* device. A lane of SP degree s splits a chunk's tokens over its s devices
+(padded to a multiple of s), so activation terms scale with ceil(tokens / s). Model states are a full replica
+of the stage on every device of the stage block (Ulysses SP replicates weights), optionally ZeRO-sharded
+across the stage's N/P devices.
+"""
+
+from __future__ import annotations
+
+from proto import CostProfile, ModelSpec, PipelineSpec
+
+ZERO3_GATHERED_LAYERS = 2
+"""With ZeRO-3 a device materialises the full parameters of the layer it is running plus the next one
+(DeepSpeed prefetches one layer ahead), so two layers of unsharded parameters are resident at a time."""
+
+
+def stage_params(model: ModelSpec, pipeline: PipelineSpec, stage: int) -> int:
+    """Parameters held by one stage: its layers, the embedding on stage 0, final norm + LM head on the last.
+
+    With tied embeddings and P > 1 the last stage keeps its own copy of the embedding matrix for the LM head
+    (Megatron's scheme: the two copies' gradients are summed), so it pays for it too.
+    """
+    num_stages = pipeline.num_stages
+    params = pipeline.layers_of(stage) * model.params_per_layer
+    if stage == 0:
+        params += model.embedding_params
+    if stage == num_stages - 1:
+        params += model.head_params
+        if model.tie_embeddings and num_stages > 1:
+            params += model.embedding_params
+    return params
+
+
+def model_state_bytes(
+    profile: CostProfile, model: ModelSpec, pipeline: PipelineSpec, *, stage: int, dp_size: int, zero_stage: int
+) -> float:
+    """Params + grads + optimizer bytes of a stage on one device, with ZeRO sharding over `dp_size` devices.
+
+    bytes_per_param_state = param + grad + optimizer bytes; ZeRO-1 shards the optimizer part, ZeRO-2 also the
+    gradients, ZeRO-3 also the parameters (plus `ZERO3_GATHERED_LAYERS` layers gathered at a time).
+    """
+    n = stage_params(model, pipeline, stage)
+    d = max(dp_size, 1)
+    p_b, g_b = profile.param_bytes, profile.grad_bytes
+    o_b = max(profile.bytes_per_param_state - p_b - g_b, 0.0)
+    if zero_stage <= 0:
+        per_param = p_b + g_b + o_b
+    elif zero_stage == 1:
+        per_param = p_b + g_b + o_b / d
+    elif zero_stage == 2:
+        per_param = p_b + (g_b + o_b) / d
+    else:
+        per_param = (p_b + g_b + o_b) / d
+    total = n * per_param
+    if zero_stage >= 3 and d > 1:
+        gathered = min(ZERO3_GATHERED_LAYERS, pipeline.layers_of(stage)) * model.params_per_layer
+        total += gathered * p_b * (d - 1) / d
+    return total
+
+
+def chunk_activation_bytes(
+    profile: CostProfile, *, tokens_per_device: int, num_layers: int, recompute_layers: int, is_last_stage: bool
+) -> float:
+    """Bytes a chunk keeps on a device from the end of its forward until its backward finishes.
+
+    Layers that recompute keep only their input (checkpoint); the others keep everything backward needs.
+    The last stage also keeps the LM head's activations (final norm, fp32 logits).
+    """
+    r = min(max(recompute_layers, 0), num_layers)
+    per_token = (
+        profile.activation_bytes_per_token_layer * (num_layers - r) + profile.checkpoint_bytes_per_token_layer * r
+    )
+    if is_last_stage:
+        per_token += profile.head_activation_bytes_per_token
+    return tokens_per_device * per_token
+
+
+def kv_bytes(profile: CostProfile, model: ModelSpec, *, num_tokens: int, sp_degree: int, num_layers: int) -> float:
+    """K/V bytes per device for `num_tokens` tokens over `num_layers` layers.
+
+    K/V live head-sharded after the all-to-all: each device holds all tokens of max(num_kv_heads, s)/s K/V heads
+    (K/V heads are replicated when num_kv_heads < s, see `comm_model.ulysses_kv_width`), i.e.
+    tokens/s × kv_bytes × max(1, s / num_kv_heads).
+    """
+    if num_tokens <= 0 or num_layers <= 0:
+        return 0.0
+    replication = max(1.0, sp_degree / model.num_kv_heads)
+    return num_tokens / sp_degree * profile.kv_bytes_per_token_layer * replication * num_layers
+
+
+def transient_bytes(profile: CostProfile, *, tokens_per_device: int, is_last_stage: bool) -> float:
+    """Working memory while one op of a chunk runs, on top of what is held.
+
+    One layer at a time is live: in forward its activations are being produced; in backward the gradients of
+    its saved tensors (and, for a recomputed layer, the rematerialised activations) are about one layer's
+    activations. On the last stage the logits gradient (fp32, like the saved logits) is live during backward.
+    """
+    per_token = profile.activation_bytes_per_token_layer
+    if is_last_stage:
+        per_token += profile.head_activation_bytes_per_token
+    return tokens_per_device * per_token
+
+
+def usable_memory_bytes(profile: CostProfile, device_memory_bytes: float) -> float:
+    """Memory a plan may fill with model states and activations: the device less the profile's reserve."""
+    return device_memory_bytes - profile.memory_reserve_bytes

@@ -1,0 +1,162 @@
+"""Preset cost profiles: every coefficient derived from `ClusterSpec` + `ModelSpec` and the named assumptions below.
+
+A preset is the planner's starting point before `helix profile` measures the real devices or step feedback
+calibrates it. Each efficiency assumption is a module-level constant with its source, so a reader can see
+(and a test can pin) exactly what the numbers mean. Nothing else in the cost model holds a hardware constant.
+"""
+
+from __future__ import annotations
+
+from proto import ClusterSpec, CostProfile, ModelSpec
+
+GIB = 2**30
+
+# --- compute efficiency -------------------------------------------------------------------------------
+MATMUL_MFU = 0.5
+"""Fraction of dense bf16 peak reached by the projection/MLP GEMMs of a transformer layer.
+
+Megatron-LM reports 45-55% model FLOPs utilisation for GPT training on A100 (Narayanan et al. 2021; Korthikanti
+et al. 2022 report 54-56% hardware utilisation at scale), and the same range holds for H100 in bf16.
+"""
+
+ATTENTION_EFFICIENCY = 0.45
+"""Fraction of peak reached by causal flash attention (forward).
+
+FlashAttention-2 (Dao 2023) reports 50-73% of A100 peak for the forward pass at head dim 128 on long sequences
+and less for causal masks and shorter rows; 0.4-0.5 is the usual planning figure for mixed real workloads.
+"""
+
+BACKWARD_TO_FORWARD = 2.0
+"""Backward / forward time: two GEMMs (input and weight gradients) per forward GEMM (Kaplan et al. 2020's
+6ND = 2ND forward + 4ND backward). Flash-attention backward is ~2.5x its forward, but attention is the smaller
+share for most chunks, so one factor of 2 is used for the whole layer."""
+
+KERNELS_PER_LAYER = 12
+"""Kernel launches per layer forward (2 norms, fused QKV, RoPE, attention, out-proj, 2 residual adds, gate/up,
+activation, down-proj, plus a few small ones) as in a Llama block without CUDA graphs."""
+
+KERNEL_LAUNCH_S = 5e-6
+"""Launch + tail cost of one small kernel on A100/H100 (~3-7 us measured with the PyTorch profiler)."""
+
+LOSS_OVERHEAD_FRACTION = 0.05
+"""Softmax cross-entropy on top of the LM-head GEMM: a few memory-bound passes over the logits, a few percent of
+the head GEMM time for vocabularies of 32K-128K."""
+
+# --- communication -----------------------------------------------------------------------------------
+ALLTOALL_BW_FRACTION = 1.0
+"""All-to-all bytes/s as a fraction of the cluster's per-device bandwidth. `ClusterSpec` bandwidths are already
+effective collective numbers (FlexSP measured ~97-120 GB/s NVLink and ~5-10 GB/s IB for all-to-all), so 1.0."""
+
+P2P_BW_FRACTION = 1.0
+"""Pipeline send/recv bytes/s as a fraction of the per-device bandwidth (one stream per device pair)."""
+
+ALLREDUCE_BW_FRACTION = 1.0
+"""Ring all-reduce *bus* bandwidth as a fraction of the per-device bandwidth (NCCL's busbw, which the ring
+formula 2(d-1)/d * bytes / busbw turns into time)."""
+
+# --- memory ------------------------------------------------------------------------------------------
+MEMORY_RESERVE_BYTES = 2.5 * GIB
+"""Per-device memory kept free: CUDA context (~0.5-1 GiB), NCCL buffers (~0.5-1 GiB) and allocator
+fragmentation (~1 GiB) as seen in Megatron/DeepSpeed runs on 40-80 GB parts."""
+
+MEMORY_RESERVE_MAX_FRACTION = 0.1
+"""Cap on the reserve as a fraction of device memory, so small (CPU or test) devices keep most of theirs."""
+
+SOFTMAX_STATS_BYTES = 4
+"""Flash attention saves one fp32 log-sum-exp per query head per token for backward."""
+
+NORM_STATS_BYTES = 4
+"""RMSNorm saves one fp32 reciprocal RMS per token for backward."""
+
+LOGIT_BYTES = 4
+"""Cross-entropy keeps the logits (or softmax) in fp32 per token per vocabulary entry for backward."""
+
+
+def activation_bytes_per_token_layer(model: ModelSpec) -> float:
+    """Bytes saved for backward per token by one Llama/GPT block with flash attention and no recompute.
+
+    With h = hidden, kv = kv_dim, f = ffn_hidden, e = bytes_per_element, a = num_heads:
+      attention half: norm input (h) + norm output = QKV-GEMM input (h) + q (h) + k (kv) + v (kv)
+                      + attention output = out-proj input (h) + softmax stats (a fp32) + norm rstd (fp32)
+      MLP half:       norm input (h) + norm output = MLP input (h) + rstd (fp32)
+                      gated (SwiGLU, fused activation): gate (f) + up (f) + act product = down-proj input (f)
+                      non-gated (GELU): fc1 output = GELU input (f) + GELU output = fc2 input (f)
+    bytes = e·(6h + 2kv + (3f | 2f)) + 4·a + 2·4.
+    No dropout masks (Llama trains without dropout) and no s×s score matrix (flash attention).
+    Sanity check (tests): a GPT block (MHA, f = 4h, GELU, e = 2) gives 32·h bytes (+ a few fp32 stats) against
+    Korthikanti et al. 2022's 34·h bytes per token per layer (16-bit, no recompute) once flash attention removes
+    their 5·a·s score/softmax/dropout term; the 2·h difference is their two 1-byte dropout masks.
+    """
+    h, kv, f, e = model.hidden_size, model.kv_dim, model.ffn_hidden_size, model.bytes_per_element
+    mlp_inner = (3 if model.gated_mlp else 2) * f
+    return e * (6 * h + 2 * kv + mlp_inner) + SOFTMAX_STATS_BYTES * model.num_heads + 2 * NORM_STATS_BYTES
+
+
+def checkpoint_bytes_per_token_layer(model: ModelSpec) -> float:
+    """A recomputed layer keeps only its input (the residual stream): h elements per token."""
+    return float(model.hidden_size * model.bytes_per_element)
+
+
+def kv_bytes_per_token_layer(model: ModelSpec) -> float:
+    """K and V of one token in one layer: 2·kv_dim elements."""
+    return float(2 * model.kv_dim * model.bytes_per_element)
+
+
+def head_activation_bytes_per_token(model: ModelSpec) -> float:
+    """Final norm input + output (2h elements, + fp32 rstd) and the fp32 logits kept by the loss."""
+    return 2.0 * model.hidden_size * model.bytes_per_element + NORM_STATS_BYTES + LOGIT_BYTES * model.vocab_size
+
+
+def memory_reserve_bytes(cluster: ClusterSpec) -> float:
+    return min(MEMORY_RESERVE_BYTES, MEMORY_RESERVE_MAX_FRACTION * cluster.device_memory_bytes)
+
+
+def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
+    """The documented-assumption profile for this (cluster, model) pair.
+
+    Compute: forward linear FLOPs per token per layer = 2·(matmul params); causal attention of a segment of
+    length L after context C has ((C+L)^2 − C^2)/2 query-key pairs at 4·hidden FLOPs each (QK^T and PV, 2 FLOPs
+    per MAC), so a2 = 2·hidden / (peak·ATTENTION_EFFICIENCY) and t_attn = a2·((C+L)^2 − C^2).
+    """
+    h = model.hidden_size
+    matmul_params = model.params_per_layer - 2 * h  # the two norm weight vectors do no GEMM
+    peak = cluster.peak_flops
+    linear_s = 2.0 * matmul_params / (peak * MATMUL_MFU)
+    attn_s = 2.0 * h / (peak * ATTENTION_EFFICIENCY)
+    head_s = 2.0 * h * model.vocab_size / (peak * MATMUL_MFU) * (1.0 + LOSS_OVERHEAD_FRACTION)
+    intra, inter = cluster.intra_node_bandwidth, cluster.inter_node_bandwidth
+    e = model.bytes_per_element
+    return CostProfile(
+        name=f"preset:{cluster.name}/{model.name}",
+        source=(
+            f"planner_service.cost_model.profile_presets: MFU {MATMUL_MFU}, attention efficiency "
+            f"{ATTENTION_EFFICIENCY}, backward/forward {BACKWARD_TO_FORWARD}, collectives at cluster bandwidths"
+        ),
+        attn_s_per_token2=attn_s,
+        linear_s_per_token=linear_s,
+        layer_overhead_s=KERNELS_PER_LAYER * KERNEL_LAUNCH_S,
+        backward_to_forward=BACKWARD_TO_FORWARD,
+        head_s_per_token=head_s,
+        alltoall_bw_intra=intra * ALLTOALL_BW_FRACTION,
+        alltoall_bw_inter=inter * ALLTOALL_BW_FRACTION,
+        alltoall_latency_intra_s=cluster.intra_node_latency_s,
+        alltoall_latency_inter_s=cluster.inter_node_latency_s,
+        p2p_bw_intra=intra * P2P_BW_FRACTION,
+        p2p_bw_inter=inter * P2P_BW_FRACTION,
+        p2p_latency_s=cluster.intra_node_latency_s,
+        allreduce_bw_intra=intra * ALLREDUCE_BW_FRACTION,
+        allreduce_bw_inter=inter * ALLREDUCE_BW_FRACTION,
+        activation_bytes_per_token_layer=activation_bytes_per_token_layer(model),
+        checkpoint_bytes_per_token_layer=checkpoint_bytes_per_token_layer(model),
+        kv_bytes_per_token_layer=kv_bytes_per_token_layer(model),
+        head_activation_bytes_per_token=head_activation_bytes_per_token(model),
+        bytes_per_param_state=float(e + e + 12),  # working params + grads + fp32 master, Adam m and v
+        param_bytes=float(e),
+        grad_bytes=float(e),
+        memory_reserve_bytes=memory_reserve_bytes(cluster),
+    )
+
+
+def profile_for(cluster: ClusterSpec, model: ModelSpec, profile: CostProfile | None = None) -> CostProfile:
+    """The given (measured or calibrated) profile, or the preset when there is none."""
+    return profile if profile is not None else preset_profile(cluster, model)

@@ -1,0 +1,112 @@
+"""Activation-side memory of one (lane, stage) along its op order, linear in the recompute counts.
+
+Shared by the simulator (peak for given recompute counts) and the recompute ILP (one memory row
+per op), so the solver budgets exactly what the simulator will predict.
+
+Model (see pipeline_simulator's docstring): chunk c is held from F(c) until B(c) ends, costing
+`base[c] + per_layer[c] * r_c` bytes with r_c recomputed layers (activations of recomputed layers
+shrink to checkpoints; a non-final slice keeps the K/V of those layers for later slices). From the
+backward of a sequence's last slice until an earlier slice's own backward ends, that earlier
+slice also holds dK/dV accumulators (`kv_grad`). Every op adds its transient working memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from planner_service.cost_model import CostModel
+from proto import Lane, PipelineSpec
+
+
+@dataclass(frozen=True, slots=True)
+class StageMemory:
+    """Bytes of one (lane, stage): chunk terms plus per-op constants, in the stage's op order."""
+
+    num_layers: int
+    base: tuple[float, ...]
+    """base[c]: bytes held for chunk c with no recompute."""
+    per_layer: tuple[float, ...]
+    """per_layer[c]: change in held bytes per recomputed layer (negative: recompute saves memory)."""
+    op_chunks: tuple[int, ...]
+    op_is_forward: tuple[bool, ...]
+    op_constant: tuple[float, ...]
+    """op_constant[t]: transient bytes of op t plus dK/dV accumulators held while it runs."""
+
+    def held_at(self) -> list[tuple[int, ...]]:
+        """For each op, the chunks whose activations are held while it runs (for the ILP rows)."""
+        held: set[int] = set()
+        out = []
+        for c, fwd in zip(self.op_chunks, self.op_is_forward, strict=True):
+            if fwd:
+                held.add(c)
+            out.append(tuple(sorted(held)))
+            if not fwd:
+                held.discard(c)
+        return out
+
+    def peak(self, recompute: Sequence[int]) -> float:
+        held = 0.0
+        peak = 0.0
+        for c, fwd, const in zip(self.op_chunks, self.op_is_forward, self.op_constant, strict=True):
+            size = self.base[c] + self.per_layer[c] * recompute[c]
+            if fwd:
+                held += size
+            peak = max(peak, held + const)
+            if not fwd:
+                held -= size
+        return peak
+
+
+def stage_memory(
+    lane: Lane, pipeline: PipelineSpec, stage: int, cost: CostModel, lengths: Mapping[int, int], tokens: Sequence[int]
+) -> StageMemory:
+    """Build the linear memory model of `lane` on `stage` (tokens[c]: tokens of chunk c)."""
+    s = lane.sp_degree
+    layers = pipeline.layers_of(stage)
+    last = stage == pipeline.num_stages - 1
+    num_chunks = len(lane.chunks)
+    # tokens of non-final slices (their K/V is read by later slices) and each sliced sequence's chain
+    slice_tokens = [0] * num_chunks
+    chains: dict[int, list[tuple[int, int]]] = {}
+    for c, chunk in enumerate(lane.chunks):
+        for seg in chunk.segments:
+            length = lengths.get(seg.seq_id, seg.end)
+            if seg.start > 0 or seg.end < length:
+                chains.setdefault(seg.seq_id, []).append((seg.start, c))
+                if seg.end < length:
+                    slice_tokens[c] += seg.end - seg.start
+    earlier_of_last: dict[int, list[int]] = {}
+    for chain in chains.values():
+        ordered = [c for _, c in sorted(chain)]
+        if len(ordered) > 1:
+            earlier_of_last.setdefault(ordered[-1], []).extend(ordered[:-1])
+
+    def held_bytes(c: int, r: int) -> float:
+        act = cost.chunk_activation_bytes(
+            tokens[c], sp_degree=s, num_layers=layers, recompute_layers=r, is_last_stage=last
+        )
+        return act + (cost.kv_bytes(slice_tokens[c], s, r) if slice_tokens[c] and r else 0.0)
+
+    base = tuple(held_bytes(c, 0) for c in range(num_chunks))
+    per_layer = tuple(held_bytes(c, 1) - base[c] if layers else 0.0 for c in range(num_chunks))
+    kv_grad = [cost.kv_bytes(slice_tokens[c], s, layers) if slice_tokens[c] else 0.0 for c in range(num_chunks)]
+    transient = [cost.transient_bytes(tokens[c], sp_degree=s, is_last_stage=last) for c in range(num_chunks)]
+    ops = lane.schedule[stage]
+    constants = []
+    grads = 0.0
+    for op in ops:
+        c = op.chunk
+        if op.kind == "B":
+            grads += sum(kv_grad[e] for e in earlier_of_last.get(c, ()))
+        constants.append(transient[c] + grads)
+        if op.kind == "B":
+            grads -= kv_grad[c]
+    return StageMemory(
+        num_layers=layers,
+        base=base,
+        per_layer=per_layer,
+        op_chunks=tuple(op.chunk for op in ops),
+        op_is_forward=tuple(op.kind == "F" for op in ops),
+        op_constant=tuple(constants),
+    )

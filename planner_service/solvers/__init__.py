@@ -1,0 +1,1 @@
+"""Solvers: bucketing DP, the lane-size/assignment ILP, the recompute ILP, and their backends."""
