@@ -155,7 +155,7 @@ def compare_results(work: Workload, strategies: list[str], time_limit: float, so
     for name in strategies:
         started = time.perf_counter()
         try:
-            plan: Plan | None = make_plan(
+            made = make_plan(
                 batch=work.batch,
                 cluster=work.cluster,
                 model=work.model,
@@ -164,7 +164,8 @@ def compare_results(work: Workload, strategies: list[str], time_limit: float, so
                 time_limit_s=time_limit,
                 solver=solver,
             )
-            status: str = plan.solver.status
+            plan: Plan | None = made
+            status: str = made.solver.status
         except PlanningError as exc:
             plan, status = None, f"infeasible: {exc}"
         elapsed = time.perf_counter() - started

@@ -36,7 +36,17 @@ from planner_service.presets import CLUSTERS, MODELS
 from planner_service.store import PlanConflictError, PlanRecord, PlanStore
 from planner_service.strategies.registry import STRATEGIES
 from planner_service.workloads import sample_synthetic
-from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, PlanRequest, PlanValidationError
+from proto import (
+    Batch,
+    ClusterSpec,
+    CostProfile,
+    ModelSpec,
+    PipelineSpec,
+    Plan,
+    PlanOptions,
+    PlanRequest,
+    PlanValidationError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +273,6 @@ class PlanningService:
                     422, "invalid_input", f"num_stages ({req.num_stages}) must divide the {cluster.num_devices} "
                     f"devices and be at most num_layers ({model.num_layers})", field="num_stages",
                 )  # fmt: skip
-            from proto import PipelineSpec
-
             split = PipelineSpec.even(model.num_layers, req.num_stages)
             return JobDecisions(
                 num_stages=req.num_stages, layer_ranges=split.layer_ranges, sample_source="fixed", sample_size=0
@@ -286,7 +294,7 @@ class PlanningService:
             tried = [c for c, _ in results]
             feasible = [(c, plan) for c, plan in results if plan is not None]
             if feasible:
-                best, plan = min(feasible, key=lambda cp: (cp[1].predicted.iteration_s, cp[0].num_stages))
+                _, plan = min(feasible, key=lambda cp: (cp[1].predicted.iteration_s, cp[0].num_stages))
                 return JobDecisions(
                     num_stages=plan.pipeline.num_stages,
                     layer_ranges=plan.pipeline.layer_ranges,
