@@ -40,6 +40,7 @@ app = typer.Typer(
         "  helix plan --cluster a100-40g-8x8 --model gpt-7b --dataset github --batch-size 512 --out plan.json\n\n"
         "  helix compare --cluster a800-80g-4x8 --model llama2-7b --lengths lengths.txt --batch-size 512 --json\n\n"
         "  helix inspect plan.json --gantt plan.png\n\n"
+        "  helix serve --port 8000 --db plans.db\n\n"
         "  helix presets"
     ),
     no_args_is_help=True,
@@ -302,7 +303,12 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
 
 @app.command("inspect")
 def inspect_command(
-    plan_file: Annotated[Path, typer.Argument(help="A plan JSON written by `helix plan` or the service.")],
+    plan_file: Annotated[
+        Path | None, typer.Argument(help="A plan JSON written by `helix plan` (or use --server/--job/--step).")
+    ] = None,
+    server: Annotated[str | None, typer.Option("--server", help="Planner service URL to fetch the plan from.")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Job id on --server.")] = None,
+    step: Annotated[int | None, typer.Option("--step", help="Step number on --server.")] = None,
     gantt: Annotated[Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG/SVG/PDF).")] = None,
     cluster: Annotated[str | None, typer.Option("--cluster", help="Cluster, when not a preset.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model, when not a preset.")] = None,
@@ -310,14 +316,24 @@ def inspect_command(
 ) -> None:
     """Summarise a plan (lanes, SP degrees, chunks, recompute, predictions) and draw its Gantt chart.
 
-    Example: helix inspect plan.json --gantt plan.png
+    Examples: helix inspect plan.json --gantt plan.png;
+    helix inspect --server http://127.0.0.1:8000 --job J --step 3 (token from HELIX_API_TOKEN)
     """
-    try:
-        plan = Plan.model_validate_json(plan_file.read_text())
-    except OSError as exc:
-        raise UserError(f"{plan_file}: cannot read ({exc.strerror})") from None
-    except ValidationError as exc:
-        raise UserError(f"{plan_file}: not a plan ({_first_error(exc)})") from None
+    remote = (server, job, step)
+    if plan_file is not None and any(x is not None for x in remote):
+        raise UserError("give either a plan file or --server/--job/--step, not both")
+    if plan_file is None:
+        if any(x is None for x in remote):
+            raise UserError("give a plan file, or all of --server URL --job ID --step N to fetch a stored plan")
+        assert server is not None and job is not None and step is not None
+        plan = _fetch_plan(server, job, step)
+    else:
+        try:
+            plan = Plan.model_validate_json(plan_file.read_text())
+        except OSError as exc:
+            raise UserError(f"{plan_file}: cannot read ({exc.strerror})") from None
+        except ValidationError as exc:
+            raise UserError(f"{plan_file}: not a plan ({_first_error(exc)})") from None
     summary = plan_summary(plan)
     if gantt is not None:
         from planner_service.plots.gantt import draw_gantt
@@ -364,6 +380,62 @@ def _print_summary(summary: dict[str, Any]) -> None:
     out_console.print(table)
     if "gantt" in summary:
         out_console.print(f"Gantt chart written to {summary['gantt']}")
+
+
+def _fetch_plan(server: str, job: str, step: int) -> Plan:
+    """A stored plan from the planner service (`GET /v1/jobs/{job}/plans/{step}`)."""
+    import os
+
+    from planner_service.client import PlannerApiError, PlannerClient
+
+    with PlannerClient(server, token=os.environ.get("HELIX_API_TOKEN") or None, retries=1, timeout=30.0) as client:
+        try:
+            return client.get_plan(job, step)
+        except PlannerApiError as exc:
+            raise UserError(f"--server {server}: {exc}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name may resolve anywhere
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option("--host", help="Address to bind (non-loopback needs HELIX_API_TOKEN).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8000,
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite plan store (default: HELIX_DB).")] = None,
+) -> None:
+    """Run the planner service (REST API, SQLite plan store, Prometheus /metrics) under uvicorn.
+
+    Settings come from HELIX_* environment variables (HELIX_API_TOKEN, HELIX_DB, HELIX_SOLVER_TIME_LIMIT_S,
+    HELIX_MAX_CONCURRENT_SOLVES, HELIX_MAX_BODY_BYTES, HELIX_MAX_SEQUENCES).
+
+    Example: HELIX_API_TOKEN=$(openssl rand -hex 24) helix serve --host 0.0.0.0 --port 8000 --db plans.db
+    """
+    try:
+        from planner_service.api.settings import Settings
+    except ImportError as exc:  # the service extra is not installed
+        raise UserError(f"helix serve needs the service extra: pip install 'helixtrain[service]' ({exc})") from None
+    try:
+        settings = Settings() if db is None else Settings(db=db)
+    except ValidationError as exc:
+        raise UserError(f"settings: {_first_error(exc)}") from None
+    if settings.token is None and not _is_loopback(host):
+        raise UserError(f"--host {host} is not a loopback address; set HELIX_API_TOKEN to serve it with auth")
+    import uvicorn
+
+    from planner_service.api.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
 @app.command("presets")

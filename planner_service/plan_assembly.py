@@ -8,7 +8,7 @@ derived here the same way for every strategy, so strategies compare apples to ap
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from planner_service.cost_model import CostModel
 from planner_service.schedules import build_schedule
@@ -43,6 +43,28 @@ class LaneDraft:
     chunks: tuple[Chunk, ...]
     recompute: tuple[tuple[int, ...], ...]
     """recompute[stage][chunk]: layers of that stage recomputed for that chunk."""
+
+
+MIN_ACTIVATION_SHARE = 0.25
+"""A pipeline layout whose model states leave less than this share of usable memory for activations gets
+the next ZeRO stage (see `options_that_fit`)."""
+
+
+def options_that_fit(ctx: PlanningContext, pipeline: PipelineSpec) -> PlanningContext:
+    """The context with the smallest ZeRO stage >= the job's whose model states leave room for activations.
+
+    The job's ZeRO stage is a floor, not a ceiling: every strategy may shard model states further when a
+    layout would otherwise have almost no memory for activations (ZeRO-1/2 cost the same sync volume as an
+    all-reduce; the plan records the stage it needs so the executor applies it).
+    """
+    for stage in range(ctx.options.zero_stage, 4):
+        options = PlanOptions(zero_stage=stage)  # type: ignore[arg-type]
+        cost = replace(ctx.cost, options=options)
+        dp = cost.dp_size(pipeline)
+        states = max(cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
+        if states <= (1 - MIN_ACTIVATION_SHARE) * cost.usable_memory_bytes:
+            return replace(ctx, options=options, cost=cost) if stage != ctx.options.zero_stage else ctx
+    return ctx
 
 
 def uniform_recompute(pipeline: PipelineSpec, num_chunks: int, full: bool) -> tuple[tuple[int, ...], ...]:

@@ -39,16 +39,17 @@ def create_app(settings: Settings | None = None, *, plan_fn: PlanFn = make_plan)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.store = PlanStore(settings.db)
-        state.planner = PlanningService(settings=settings, store=state.store, metrics=state.metrics, plan_fn=plan_fn)
+        store = PlanStore(settings.db)
+        planner = PlanningService(settings=settings, store=store, metrics=state.metrics, plan_fn=plan_fn)
+        state.store, state.planner = store, planner
         log.info("planner service ready (db %s, auth %s)", settings.db, "on" if settings.token else "off")
         try:
             yield
         finally:
-            state.planner.close()
-            state.store.close()
-            state.planner = None
-            state.store = None
+            if state.planner is planner:
+                state.store, state.planner = None, None
+            planner.close()
+            store.close()
 
     app = FastAPI(
         title="HelixTrain planner",

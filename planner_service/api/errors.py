@@ -107,7 +107,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(422, "invalid_input", "invalid request")
         first = errors[0]
         field = validation_field(first)
-        msg = str(first.get("msg", "invalid value"))
+        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
         where = f"{field}: " if field else ""
         return error_response(422, "invalid_input", f"{where}{msg}{more}", field)
@@ -122,6 +122,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8)
+            return error_response(422, "invalid_input", f"body: {exc.detail}", "body")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = str(exc.detail) if exc.detail else code
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))

@@ -224,7 +224,17 @@ class PlanningService:
         check_strategy(req.strategy)
         check_sequence_count(len(req.batch.lengths), self.settings, "batch.lengths")
         started = time.perf_counter()
-        plan = await self.solve(
+        try:
+            plan = await self._solve_stateless(req, cluster, model)
+        except PlanningError as exc:
+            if exc.field in ("lengths", "seq_ids"):  # the planner names Batch fields; here they sit under batch
+                exc.field = f"batch.{exc.field}"
+            raise
+        self.metrics.plan_latency.labels(kind="stateless", source="solve").observe(time.perf_counter() - started)
+        return plan_bytes(plan)
+
+    async def _solve_stateless(self, req: PlanRequest, cluster: ClusterSpec, model: ModelSpec) -> Plan:
+        return await self.solve(
             "stateless",
             batch=req.batch,
             cluster=cluster,
@@ -235,8 +245,6 @@ class PlanningService:
             time_limit_s=self.time_limit(req.time_limit_s),
             solver=req.solver,
         )
-        self.metrics.plan_latency.labels(kind="stateless", source="solve").observe(time.perf_counter() - started)
-        return plan_bytes(plan)
 
     # jobs -------------------------------------------------------------------------------------------
     async def register_job(self, req: JobCreate) -> str:

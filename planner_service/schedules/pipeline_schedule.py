@@ -2,10 +2,10 @@
 
 Forward runs chunks in lane order. Backward order is the forward order with each sequence's
 slice chain reversed (B of slice j+1 before B of slice j, because gradients of earlier K/V come
-from later slices). Stage p warms up with P-p-1 forwards, then alternates one forward and one
-backward; a backward whose chunk has not run forward on this stage yet (a long slice chain)
-is postponed by running forwards first. If the result could deadlock across stages (checked by
-replaying it), the lane falls back to all-forwards-then-all-backwards, which never deadlocks.
+from later slices). Stage p keeps P-p-1 forwards in flight beyond the furthest chunk whose
+backward is due, which is plain 1F1B without slices and never drains the pipeline after a chain.
+If the result could deadlock across stages (checked by replaying it), the lane falls back to
+all-forwards-then-all-backwards, which never deadlocks.
 """
 
 from __future__ import annotations
@@ -30,21 +30,20 @@ def backward_order(chunks: Sequence[Chunk]) -> list[int]:
 
 
 def _one_f_one_b(num_chunks: int, b_order: list[int], stage: int, num_stages: int) -> list[Op]:
+    """1F1B generalised to slice chains: B(b_order[j]) runs once `warmup` forwards past the furthest
+    chunk among b_order[:j+1] are done, so every stage keeps its P-p-1 chunks in flight beyond a chain
+    instead of draining the pipeline at the end of each chain."""
     warmup = num_stages - stage - 1
     ops: list[Op] = []
-    forwarded: set[int] = set()
     next_f = 0
-    next_b = 0
-    while next_b < num_chunks:
-        in_flight = next_f - next_b
-        b_ready = next_b < num_chunks and b_order[next_b] in forwarded
-        if next_f < num_chunks and (in_flight <= warmup or not b_ready):
+    furthest = -1
+    for chunk in b_order:
+        furthest = max(furthest, chunk)
+        needed = min(num_chunks, furthest + 1 + warmup)
+        while next_f < needed:
             ops.append(Op(kind="F", chunk=next_f))
-            forwarded.add(next_f)
             next_f += 1
-        else:
-            ops.append(Op(kind="B", chunk=b_order[next_b]))
-            next_b += 1
+        ops.append(Op(kind="B", chunk=chunk))
     return ops
 
 

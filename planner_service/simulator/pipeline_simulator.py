@@ -8,9 +8,11 @@ Model of execution (the executor's, see DESIGN §9):
   Sends are asynchronous: they delay the receiver, not the sender.
 - Each op is compute and all-to-alls in series (Ulysses all-to-alls sit on the critical path of every layer);
   a B op first recomputes the forward of its recomputed layers.
-- Stage p's data-parallel gradient sync starts when every lane has finished all its ops on stage p; the
-  iteration ends when the last stage's sync ends. (Overlapping the sync with the last backward is not modelled:
-  a conservative choice.)
+- Stage p's data-parallel gradient sync is bucketed layer by layer behind the final backward, as DDP buckets,
+  Megatron's overlap_grad_reduce and ZeRO's overlap_comm do: gradients are final only during each lane's last
+  B op on the stage, so the sync starts when the last lane starts its final B and ends no earlier than that
+  start plus the whole sync, nor than the stage's finish plus one layer's share of it (the last bucket stays
+  exposed). The iteration ends when the last stage's sync ends.
 
 Memory depends only on each stage's op order: a chunk's activations are held from its forward until its
 backward ends; a non-final slice of a sequence also keeps the K/V of its recomputed layers (later slices attend
@@ -70,6 +72,7 @@ class _StageTotals:
     p2p_s: float = 0.0
     recompute_s: float = 0.0
     peak_activation_bytes: float = 0.0
+    last_b_start_s: float = 0.0
 
     @property
     def busy_s(self) -> float:
@@ -102,6 +105,7 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
     events: list[TimelineEvent] = []
 
     stage_finish = [0.0] * num_stages
+    last_b_start = [0.0] * num_stages
     lane_s: list[float] = []
     per_lane: list[list[_StageTotals]] = []
     for lane in plan.lanes:
@@ -110,11 +114,15 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
         lane_s.append(max((t.finish_s for t in totals), default=0.0))
         for p, t in enumerate(totals):
             stage_finish[p] = max(stage_finish[p], t.finish_s)
+            last_b_start[p] = max(last_b_start[p], t.last_b_start_s)
 
     sync_s = [
         cost.grad_sync_s(p, pipeline, dp_size, cost.stage_block_spans_nodes(p, pipeline)) for p in range(num_stages)
     ]
-    iteration_s = max(stage_finish[p] + sync_s[p] for p in range(num_stages))
+    sync_end = [
+        max(stage_finish[p] + sync_s[p] / pipeline.layers_of(p), last_b_start[p] + sync_s[p]) for p in range(num_stages)
+    ]
+    iteration_s = max(sync_end)
     if record_events:
         for lane in plan.lanes:
             for p in range(num_stages):
@@ -127,8 +135,8 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
                             (ranks[0], ranks[-1]),
                             "SYNC",
                             -1,
-                            stage_finish[p],
-                            stage_finish[p] + sync_s[p],
+                            sync_end[p] - sync_s[p],
+                            sync_end[p],
                         )
                     )
         events.sort(key=attrgetter("start_s"))  # stable: ties keep lane, stage, op order
@@ -261,6 +269,7 @@ def _simulate_lane(
                         break
                     ready = nxt + p2p[p][c]
                 start = max(free[p], ready)
+                t.last_b_start_s = start
                 recomp, comp, comm = b_cost[p][c]
                 end = start + recomp + comp + comm
                 b_end[p][c] = end

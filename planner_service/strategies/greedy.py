@@ -14,7 +14,14 @@ import math
 import time
 
 from planner_service.errors import InfeasibleWorkload
-from planner_service.plan_assembly import LaneDraft, PlanningContext, assemble_plan, fits_memory, uniform_recompute
+from planner_service.plan_assembly import (
+    LaneDraft,
+    PlanningContext,
+    assemble_plan,
+    fits_memory,
+    options_that_fit,
+    uniform_recompute,
+)
 from planner_service.strategies.lane_layout import stage_block_size, valid_pipeline_degrees, valid_sp_degrees
 from planner_service.strategies.packing import pack_best_fit_decreasing, sequence_cost, slice_sequence
 from proto import Chunk, PipelineSpec, Plan, SolverInfo
@@ -78,8 +85,10 @@ def plan_greedy(ctx: PlanningContext, *, strategy: str = "greedy", status: str =
     started = time.perf_counter()
     longest = max(ctx.batch.lengths)
     tried: list[str] = []
-    for num_stages in greedy_pipeline_degrees(ctx):
-        pipeline = PipelineSpec.even(ctx.model.num_layers, num_stages)
+    job_ctx = ctx
+    for num_stages in greedy_pipeline_degrees(job_ctx):
+        pipeline = PipelineSpec.even(job_ctx.model.num_layers, num_stages)
+        ctx = options_that_fit(job_ctx, pipeline)
         degrees = valid_sp_degrees(ctx.model, stage_block_size(ctx.cluster, num_stages))
         cap = max(1, math.ceil(longest / num_stages)) if num_stages > 1 else longest
         for sp_degree in degrees:

@@ -7,7 +7,10 @@ from types import MappingProxyType
 
 from planner_service.errors import UnknownStrategy
 from planner_service.plan_assembly import PlanningContext
+from planner_service.strategies.flexsp_strategy import plan_flexsp
 from planner_service.strategies.greedy import plan_greedy
+from planner_service.strategies.helix_strategy import plan_helix
+from planner_service.strategies.infinipipe_strategy import plan_infinipipe
 from planner_service.strategies.static_baseline import plan_static
 from proto import Plan
 
@@ -16,6 +19,9 @@ StrategyFn = Callable[[PlanningContext], Plan]
 STRATEGIES: MappingProxyType[str, StrategyFn] = MappingProxyType(
     {
         "static": plan_static,
+        "flexsp": plan_flexsp,
+        "infinipipe": plan_infinipipe,
+        "helix": plan_helix,
         "greedy": plan_greedy,
     }
 )

@@ -14,7 +14,14 @@ import time
 from dataclasses import dataclass
 
 from planner_service.errors import InfeasibleWorkload
-from planner_service.plan_assembly import LaneDraft, PlanningContext, assemble_plan, fits_memory, uniform_recompute
+from planner_service.plan_assembly import (
+    LaneDraft,
+    PlanningContext,
+    assemble_plan,
+    fits_memory,
+    options_that_fit,
+    uniform_recompute,
+)
 from planner_service.strategies.lane_layout import stage_block_size, valid_pipeline_degrees, valid_sp_degrees
 from planner_service.strategies.packing import pack_next_fit
 from proto import Chunk, PipelineSpec, Plan, SolverInfo
@@ -83,11 +90,12 @@ def plan_static(ctx: PlanningContext) -> Plan:
         if layout.full_recompute and key in skip_full:
             continue  # no recompute already fits; full recompute can only be slower
         pipeline = PipelineSpec.even(ctx.model.num_layers, layout.num_stages)
+        layout_ctx = options_that_fit(ctx, pipeline)
         plan, _ = assemble_plan(
-            ctx,
+            layout_ctx,
             strategy="static",
             pipeline=pipeline,
-            drafts=static_drafts(ctx, layout, pipeline),
+            drafts=static_drafts(layout_ctx, layout, pipeline),
             solver=SolverInfo(backend="grid-search", status="optimal"),
         )
         tried += 1

@@ -63,7 +63,7 @@ def test_compare_json_is_exactly_one_object(capsys: pytest.CaptureFixture[str]) 
     report = json.loads(out)
     assert set(report) == {"ideal_s", "workload", "results"}
     assert report["ideal_s"] > 0
-    assert [r["strategy"] for r in report["results"]] == ["static", "greedy"]
+    assert [r["strategy"] for r in report["results"]] == ["static", "flexsp", "infinipipe", "helix", "greedy"]
     keys = {"strategy", "feasible", "iteration_s", "ratio_to_ideal", "peak_memory_gib", "plan_s", "status"}
     for r in report["results"]:
         assert set(r) == keys

@@ -1,0 +1,95 @@
+"""Recompute per (stage, chunk): fewest recompute-seconds such that every point of the stage's
+schedule fits memory.
+
+For one (lane, stage) with chunks c and r_c in {0..L_p} recomputed layers:
+
+    minimise    sum_c t_c * r_c                          t_c: forward seconds of one layer of chunk c
+    subject to  sum_{c held at op k} (base_c + d_c * r_c) + const_k <= budget    for every op k
+
+with base/d/const from `memory_timeline.StageMemory` (exactly what the simulator will predict).
+Stages are independent (each has its own memory), so each is a small ILP. When no recompute is
+needed the ILP is skipped; when even full recompute does not fit, the stage is infeasible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from planner_service.simulator.memory_timeline import StageMemory
+from planner_service.solvers.integer_program import IntegerProgram, solve
+
+
+@dataclass(frozen=True, slots=True)
+class RecomputeResult:
+    counts: tuple[int, ...]
+    status: str
+    """none-needed, optimal, feasible, infeasible, or greedy (solver gave no answer in time)."""
+
+
+def greedy_recompute(memory: StageMemory, layer_s: Sequence[float], budget: float) -> tuple[int, ...] | None:
+    """Raise recompute where it saves the most bytes per second until every op fits; None if impossible."""
+    counts = [0] * len(memory.base)
+    held_at = memory.held_at()
+    for k, held in enumerate(held_at):
+
+        def need(held: tuple[int, ...] = held, k: int = k) -> float:
+            used = memory.op_constant[k] + sum(memory.base[c] + memory.per_layer[c] * counts[c] for c in held)
+            return used - budget
+
+        over = need()
+        if over <= 0:
+            continue
+        candidates = sorted(
+            (c for c in held if memory.per_layer[c] < 0),
+            key=lambda c: layer_s[c] / -memory.per_layer[c],
+        )
+        for c in candidates:
+            if over <= 0:
+                break
+            room = memory.num_layers - counts[c]
+            take = min(room, int(-(-over // -memory.per_layer[c])))
+            counts[c] += take
+            over = need()
+        if over > 0:
+            return None
+    return tuple(counts)
+
+
+def choose_recompute(
+    memory: StageMemory,
+    layer_s: Sequence[float],
+    budget: float,
+    *,
+    backend: str = "cpsat",
+    time_limit_s: float = 0.2,
+) -> RecomputeResult:
+    """Recompute counts for one (lane, stage); `layer_s[c]` is one layer's forward seconds of chunk c."""
+    n = len(memory.base)
+    zero = (0,) * n
+    if memory.peak(zero) <= budget:
+        return RecomputeResult(zero, "none-needed")
+    full = (memory.num_layers,) * n
+    if memory.peak(full) > budget:
+        return RecomputeResult(full, "infeasible")
+    greedy = greedy_recompute(memory, layer_s, budget)
+    prog = IntegerProgram()
+    r = [prog.add_var(f"r_{c}", 0, memory.num_layers) for c in range(n)]
+    worst: dict[tuple[int, ...], float] = {}  # one row per distinct set of held chunks, at its worst op
+    for held, const in zip(memory.held_at(), memory.op_constant, strict=True):
+        worst[held] = max(worst.get(held, const), const)
+    for held, const in worst.items():
+        fixed = sum(memory.base[c] for c in held) + const
+        if fixed > budget:
+            prog.add_le({r[c]: memory.per_layer[c] for c in held if memory.per_layer[c] != 0}, budget - fixed)
+    prog.objective = {r[c]: max(layer_s[c], 1e-12) for c in range(n)}
+    if greedy is not None:
+        prog.hint = {r[c]: v for c, v in enumerate(greedy)}
+    sol = solve(prog, backend=backend, time_limit_s=time_limit_s)
+    if sol.status in ("optimal", "feasible"):
+        counts = tuple(sol.values)
+        if memory.peak(counts) <= budget * (1 + 1e-9):
+            return RecomputeResult(counts, sol.status)
+    if greedy is not None:
+        return RecomputeResult(greedy, "greedy")
+    return RecomputeResult(full, "greedy")
