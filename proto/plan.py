@@ -176,7 +176,9 @@ class Plan(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: str = SCHEMA_VERSION
-    plan_id: str = Field(default="", description="Content hash of everything else; set by `with_id()`.")
+    plan_id: str = Field(
+        default="", description="Content hash of everything else except the solve time; set by `with_id()`."
+    )
     job_id: str | None = None
     step: int | None = Field(default=None, ge=0)
     strategy: str
@@ -192,7 +194,8 @@ class Plan(BaseModel):
     solver: SolverInfo = Field(default_factory=SolverInfo)
 
     def content_hash(self) -> str:
-        return fingerprint(self.model_dump(mode="json", exclude={"plan_id"}))
+        """Hash of the plan's content; the solver's wall time is left out so equal decisions give equal ids."""
+        return fingerprint(self.model_dump(mode="json", exclude={"plan_id": True, "solver": {"solve_s"}}))
 
     def with_id(self) -> Plan:
         """A copy whose plan_id is the hash of its content."""

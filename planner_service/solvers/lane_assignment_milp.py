@@ -56,7 +56,8 @@ class LaneSolution:
     makespan_s: float
     lower_bound_s: float
     status: str
-    """optimal (gap <= tolerance), feasible (time limit hit first), or heuristic (warm start only)."""
+    """optimal (gap <= tolerance), feasible (time limit hit first), or heuristic (no probe answered in time:
+    the uniform warm start)."""
     solve_s: float
     probes: int
     backend: str
@@ -156,6 +157,7 @@ def solve_lanes(
         ub = max(max(w for w in row if not math.isinf(w)) for row in problem.max_work) * sum(problem.counts)
         best = None
     probes = 0
+    improved = 0
     proven = True
     nk = len(problem.sizes)
     while probes < MAX_PROBES and (best is None or (ub - lb) > tolerance * ub):
@@ -171,6 +173,7 @@ def solve_lanes(
             counts = tuple(vals[:nk])
             assignment = tuple(tuple(vals[nk + q * nk : nk + (q + 1) * nk]) for q in range(len(problem.counts)))
             found = model_makespan(problem, counts, assignment)
+            improved += 1
             if best is None or found < ub:
                 best, ub = (counts, assignment), found
             else:
@@ -184,7 +187,8 @@ def solve_lanes(
             break
     if best is None:
         return None
-    status = "optimal" if proven and (ub - lb) <= tolerance * ub else ("feasible" if probes else "heuristic")
+    converged = proven and (ub - lb) <= tolerance * ub
+    status = "optimal" if converged else ("feasible" if improved else "heuristic")
     return LaneSolution(
         lane_counts=best[0],
         assignment=best[1],

@@ -280,11 +280,20 @@ def lane_recompute(
     return tuple(out)
 
 
+SEARCH_SHARE = 0.75
+"""Share of a strategy's time limit spent searching; the rest is kept for polishing the winner's recompute
+with the ILP and validating, so a call returns close to its limit."""
+
+
 class Deadline:
     """Wall-clock budget shared by the steps of one planning call."""
 
     def __init__(self, seconds: float) -> None:
         self.end = time.perf_counter() + seconds
+
+    @classmethod
+    def for_search(cls, time_limit_s: float) -> Deadline:
+        return cls(time_limit_s * SEARCH_SHARE)
 
     def left(self) -> float:
         return max(0.0, self.end - time.perf_counter())
@@ -319,8 +328,9 @@ def finalize(candidates: Sequence[Candidate | None], deadline: Deadline) -> Plan
     if best.recipe.recompute != "adaptive" or not any(any(map(any, lane.recompute)) for lane in plan.lanes):
         return plan
     stages = sum(1 for lane in plan.lanes for r in lane.recompute if any(r))
+    polish_s = deadline.left() + best.recipe.ctx.time_limit_s * (1 - SEARCH_SHARE)
     exact = build_dynamic_plan(
-        best.recipe, exact_recompute=True, recompute_time_limit_s=max(0.02, deadline.left() / max(stages, 1))
+        best.recipe, exact_recompute=True, recompute_time_limit_s=max(0.02, polish_s / max(stages, 1))
     )
     if exact is not None and exact.predicted.iteration_s <= plan.predicted.iteration_s:
         message = f"{exact.solver.message}; recompute by ILP ({ctx_backend(best.recipe)})"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-import numpy as np
-
 from planner_service.plan_assembly import PlanningContext
-from planner_service.solvers.bucketing import DEFAULT_NUM_BUCKETS, bucket_lengths
+from planner_service.solvers.bucketing import DEFAULT_NUM_BUCKETS, Bucket, bucket_lengths
 from planner_service.solvers.lane_assignment_milp import LaneSolution, solve_lanes
 from planner_service.strategies.dynamic_lanes import LaneSpec, lane_problem, realize_lanes
 from planner_service.strategies.lane_layout import valid_sp_degrees
@@ -38,6 +37,12 @@ class FlexibleLanes:
         )
 
 
+@functools.lru_cache(maxsize=16)
+def quadratic_buckets(lengths: tuple[int, ...], a2: float, a1: float, num_buckets: int) -> tuple[Bucket, ...]:
+    """Buckets under cost a2*L^2 + a1*L, memoised: a planning call asks once per candidate pipeline degree."""
+    return tuple(bucket_lengths(lengths, lambda x: a2 * x * x + a1 * x, num_buckets))
+
+
 def flexible_lanes(
     ctx: PlanningContext, pipeline: PipelineSpec, *, sliced: bool, time_limit_s: float
 ) -> FlexibleLanes | None:
@@ -47,11 +52,9 @@ def flexible_lanes(
     if not sizes:
         return None
     profile = ctx.cost.profile
-
-    def cost(lengths: np.ndarray) -> np.ndarray:
-        return profile.attn_s_per_token2 * lengths * lengths + profile.linear_s_per_token * lengths
-
-    buckets = bucket_lengths(ctx.batch.lengths, cost, DEFAULT_NUM_BUCKETS)
+    buckets = quadratic_buckets(
+        tuple(ctx.batch.lengths), profile.attn_s_per_token2, profile.linear_s_per_token, DEFAULT_NUM_BUCKETS
+    )
     problem, models = lane_problem(ctx, pipeline, buckets, sizes, sliced=sliced)
     solution = solve_lanes(problem, backend=ctx.solver, time_limit_s=time_limit_s)
     if solution is None:

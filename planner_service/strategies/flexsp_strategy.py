@@ -39,7 +39,7 @@ def flexsp_candidate(ctx: PlanningContext, deadline: Deadline, *, strategy: str 
 
 
 def plan_flexsp(ctx: PlanningContext) -> Plan:
-    deadline = Deadline(ctx.time_limit_s)
+    deadline = Deadline.for_search(ctx.time_limit_s)
     plan = finalize([flexsp_candidate(ctx, deadline)], deadline)
     if plan is None:
         raise InfeasibleWorkload(

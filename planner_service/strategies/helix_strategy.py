@@ -55,7 +55,7 @@ def helix_candidates(ctx: PlanningContext, deadline: Deadline) -> list[Candidate
 
 
 def plan_helix(ctx: PlanningContext) -> Plan:
-    deadline = Deadline(ctx.time_limit_s)
+    deadline = Deadline.for_search(ctx.time_limit_s)
     candidates: list[Candidate | None] = []
     if not ctx.num_stages or ctx.num_stages == 1:
         candidates.append(flexsp_candidate(ctx, Deadline(deadline.share(BASELINE_SHARE)), strategy="helix"))

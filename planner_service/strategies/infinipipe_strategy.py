@@ -91,7 +91,7 @@ def infinipipe_candidates(ctx: PlanningContext, deadline: Deadline, *, strategy:
 
 
 def plan_infinipipe(ctx: PlanningContext) -> Plan:
-    deadline = Deadline(ctx.time_limit_s)
+    deadline = Deadline.for_search(ctx.time_limit_s)
     plan = finalize(infinipipe_candidates(ctx, deadline), deadline)
     if plan is None:
         raise InfeasibleWorkload(
