@@ -8,6 +8,8 @@ SP groups worth planning for.
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 from proto import CostProfile, ModelSpec
@@ -72,12 +74,25 @@ def p2p_s(profile: CostProfile, model: ModelSpec, *, num_tokens: int, sp_degree:
     )
 
 
-def ring_allreduce_s(num_bytes: float, *, num_devices: int, bus_bw: float, latency_s: float) -> float:
-    """Ring all-reduce: 2(d−1)/d × bytes over the bus bandwidth, plus 2(d−1) latency steps."""
-    if num_devices <= 1 or num_bytes <= 0:
+def hierarchical_phase_s(
+    num_bytes: float,
+    *,
+    per_node: int,
+    nodes: int,
+    intra_bw: float,
+    inter_bw: float,
+    intra_latency_s: float,
+    inter_latency_s: float,
+) -> float:
+    """One reduce-scatter (or all-gather) of `num_bytes` over `nodes` x `per_node` devices, done hierarchically
+    as NCCL does across nodes: (k-1)/k of the data inside each node, then (n-1)/n of each device's 1/k shard
+    across nodes on that device's own network share, so every NIC of a node works at once."""
+    k, n = per_node, nodes
+    if k * n <= 1 or num_bytes <= 0:
         return 0.0
-    d = num_devices
-    return 2 * (d - 1) / d * num_bytes / bus_bw + 2 * (d - 1) * latency_s
+    intra = (k - 1) / k * num_bytes / intra_bw + (k - 1) * intra_latency_s
+    inter = (n - 1) / n * (num_bytes / k) / inter_bw + (n - 1) * inter_latency_s if n > 1 else 0.0
+    return intra + inter
 
 
 def grad_sync_s(
@@ -85,24 +100,31 @@ def grad_sync_s(
     *,
     num_params: int,
     dp_size: int,
+    nodes: int,
     zero_stage: int,
-    spans_nodes: bool,
-    latency_s: float,
+    intra_latency_s: float,
+    inter_latency_s: float,
 ) -> float:
-    """Seconds of one stage's data-parallel gradient sync across its `dp_size` devices.
+    """Seconds of one stage's data-parallel gradient sync across its `dp_size` devices on `nodes` nodes.
 
-    ZeRO-0: ring all-reduce of the gradients. ZeRO-1/2: reduce-scatter of the gradients then all-gather of the
-    updated parameters: (d−1)/d × (grad bytes + param bytes), the same volume as the all-reduce when they are
-    the same dtype. ZeRO-3: the same reduce-scatter + all-gather, counted once per iteration: this assumes the
-    per-layer parameter gathers of forward/backward are prefetched and hidden under compute (a known
-    optimism for ZeRO-3 with many micro-batches; documented rather than guessed).
+    ZeRO-0: all-reduce of the gradients = reduce-scatter + all-gather of the gradient bytes. ZeRO-1/2:
+    reduce-scatter of the gradients then all-gather of the updated parameters (the same volume when both are
+    the same dtype). ZeRO-3: the same, counted once per iteration: this assumes the per-layer parameter
+    gathers of forward/backward are prefetched and hidden under compute (a known optimism for ZeRO-3 with many
+    micro-batches; documented rather than guessed). Each phase is hierarchical across nodes.
     """
     if dp_size <= 1 or num_params <= 0:
         return 0.0
-    bw = profile.allreduce_bw_inter if spans_nodes else profile.allreduce_bw_intra
+    nodes = max(1, min(nodes, dp_size))
+    phase = functools.partial(
+        hierarchical_phase_s,
+        per_node=dp_size // nodes,
+        nodes=nodes,
+        intra_bw=profile.allreduce_bw_intra,
+        inter_bw=profile.allreduce_bw_inter,
+        intra_latency_s=intra_latency_s,
+        inter_latency_s=inter_latency_s,
+    )
     grad_bytes = num_params * profile.grad_bytes
-    if zero_stage == 0:
-        return ring_allreduce_s(grad_bytes, num_devices=dp_size, bus_bw=bw, latency_s=latency_s)
-    d = dp_size
-    volume = (d - 1) / d * (grad_bytes + num_params * profile.param_bytes)
-    return volume / bw + 2 * (d - 1) * latency_s
+    gathered = grad_bytes if zero_stage == 0 else num_params * profile.param_bytes
+    return phase(grad_bytes) + phase(gathered)

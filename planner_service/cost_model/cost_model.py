@@ -191,16 +191,18 @@ class CostModel:
             self.profile, self.model, num_tokens=num_tokens, sp_degree=sp_degree, crosses_nodes=crosses_nodes
         )
 
-    def grad_sync_s(self, stage: int, pipeline: PipelineSpec, dp_size: int, spans_nodes: bool) -> float:
-        """Data-parallel gradient sync of one stage across its `dp_size` (= N/P) devices."""
-        latency = self.cluster.inter_node_latency_s if spans_nodes else self.cluster.intra_node_latency_s
+    def grad_sync_s(self, stage: int, pipeline: PipelineSpec) -> float:
+        """Data-parallel gradient sync of one stage across its stage block (N/P devices, hierarchical)."""
+        block = self.dp_size(pipeline)
+        nodes = len({self.cluster.node_of(r) for r in range(stage * block, (stage + 1) * block)})
         return comm_model.grad_sync_s(
             self.profile,
             num_params=memory_model.stage_params(self.model, pipeline, stage),
-            dp_size=dp_size,
+            dp_size=block,
+            nodes=nodes,
             zero_stage=self.options.zero_stage,
-            spans_nodes=spans_nodes,
-            latency_s=latency,
+            intra_latency_s=self.cluster.intra_node_latency_s,
+            inter_latency_s=self.cluster.inter_node_latency_s,
         )
 
     # ---- memory ------------------------------------------------------------------------------------------
@@ -257,8 +259,3 @@ class CostModel:
     def dp_size(self, pipeline: PipelineSpec) -> int:
         """Devices holding one stage (the stage block): N / P."""
         return self.cluster.num_devices // pipeline.num_stages
-
-    def stage_block_spans_nodes(self, stage: int, pipeline: PipelineSpec) -> bool:
-        """Whether stage `stage`'s block of N/P devices sits on more than one node."""
-        block = self.dp_size(pipeline)
-        return self.cluster.spans_nodes(range(stage * block, (stage + 1) * block))

@@ -116,9 +116,7 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
             stage_finish[p] = max(stage_finish[p], t.finish_s)
             last_b_start[p] = max(last_b_start[p], t.last_b_start_s)
 
-    sync_s = [
-        cost.grad_sync_s(p, pipeline, dp_size, cost.stage_block_spans_nodes(p, pipeline)) for p in range(num_stages)
-    ]
+    sync_s = [cost.grad_sync_s(p, pipeline) for p in range(num_stages)]
     sync_end = [
         max(stage_finish[p] + sync_s[p] / pipeline.layers_of(p), last_b_start[p] + sync_s[p]) for p in range(num_stages)
     ]

@@ -187,7 +187,8 @@ class Recipe:
 @dataclass(frozen=True, slots=True)
 class Candidate:
     plan: Plan
-    recipe: Recipe
+    recipe: Recipe | None
+    """How to rebuild it with exact recompute; None for a finished plan (e.g. the greedy one)."""
 
 
 def build_dynamic_plan(recipe: Recipe, *, exact_recompute: bool, recompute_time_limit_s: float = 0.2) -> Plan | None:
@@ -325,18 +326,19 @@ def finalize(candidates: Sequence[Candidate | None], deadline: Deadline) -> Plan
         return None
     best = min(found, key=lambda c: c.plan.predicted.iteration_s)
     plan = best.plan
-    if best.recipe.recompute != "adaptive" or not any(any(map(any, lane.recompute)) for lane in plan.lanes):
+    recipe = best.recipe
+    if (
+        recipe is None
+        or recipe.recompute != "adaptive"
+        or not any(any(map(any, lane.recompute)) for lane in plan.lanes)
+    ):
         return plan
     stages = sum(1 for lane in plan.lanes for r in lane.recompute if any(r))
-    polish_s = deadline.left() + best.recipe.ctx.time_limit_s * (1 - SEARCH_SHARE)
+    polish_s = deadline.left() + recipe.ctx.time_limit_s * (1 - SEARCH_SHARE)
     exact = build_dynamic_plan(
-        best.recipe, exact_recompute=True, recompute_time_limit_s=max(0.02, polish_s / max(stages, 1))
+        recipe, exact_recompute=True, recompute_time_limit_s=max(0.02, polish_s / max(stages, 1))
     )
     if exact is not None and exact.predicted.iteration_s <= plan.predicted.iteration_s:
-        message = f"{exact.solver.message}; recompute by ILP ({ctx_backend(best.recipe)})"
+        message = f"{exact.solver.message}; recompute by ILP ({recipe.ctx.solver})"
         return exact.model_copy(update={"solver": exact.solver.model_copy(update={"message": message})}).with_id()
     return plan
-
-
-def ctx_backend(recipe: Recipe) -> str:
-    return recipe.ctx.solver

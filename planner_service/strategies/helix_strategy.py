@@ -3,17 +3,18 @@
 For each candidate pipeline degree (the job's fixed P, or a search over P), the lane ILP picks lane
 sizes and the sequence assignment with slicing allowed, each lane is cut into cost-balanced chunks,
 and the plan is simulated for a few chunk counts. The `flexsp` and `infinipipe` candidates compete
-too, so `helix` is never slower than either when the solvers converge within the time limit. The
-winner's recompute is then re-solved exactly by the recompute ILP.
+too, so `helix` is never slower than either when the solvers converge within the time limit, and so
+does the greedy fallback plan. The winner's recompute is then re-solved exactly by the recompute ILP.
 """
 
 from __future__ import annotations
 
-from planner_service.errors import InfeasibleWorkload
+from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.plan_assembly import PlanningContext, options_that_fit
 from planner_service.strategies.dynamic_lanes import Candidate, Deadline, Recipe, finalize, search_knobs
 from planner_service.strategies.flexible_lanes import flexible_lanes
 from planner_service.strategies.flexsp_strategy import LANE_SOLVER_SHARE, flexsp_candidate
+from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.infinipipe_strategy import (
     CHUNKS_PER_STAGE,
     infinipipe_candidates,
@@ -62,6 +63,11 @@ def plan_helix(ctx: PlanningContext) -> Plan:
     if ctx.num_stages != 1:
         candidates += infinipipe_candidates(ctx, Deadline(deadline.share(BASELINE_SHARE / 0.75)), strategy="helix")
     candidates += helix_candidates(ctx, deadline)
+    try:  # the fallback plan competes too: it costs little and helix must never lose to it
+        greedy = plan_greedy(ctx, strategy="helix")
+        candidates.append(Candidate(greedy, recipe=None))
+    except PlanningError:
+        pass
     plan = finalize(candidates, deadline)
     if plan is None:
         raise InfeasibleWorkload(

@@ -27,7 +27,7 @@ from proto import PipelineSpec, Plan, SolverInfo
 
 MAX_DYNAMIC_PIPELINE_DEGREE = 8
 """Pipeline degrees searched per batch (both papers evaluate P <= 8 for 7B-30B models)."""
-CHUNKS_PER_STAGE = (2, 1, 4)
+CHUNKS_PER_STAGE = (4, 2, 8)
 """Chunks per pipeline stage tried per lane (first is the default): more chunks, smaller bubbles, more overhead."""
 CANDIDATES_BUILT = 3
 """(P, s) layouts built and simulated, best-estimated first."""

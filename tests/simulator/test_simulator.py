@@ -250,7 +250,7 @@ def test_single_stage_single_lane_matches_closed_form(seed: int) -> None:
         else:
             last_b_start = total
             total += cost.stage_backward_s(chunk, recompute_layers=lane.recompute[0][op.chunk], **kw).total_s
-    sync = cost.grad_sync_s(0, plan.pipeline, cluster.num_devices, cluster.spans_nodes(range(cluster.num_devices)))
+    sync = cost.grad_sync_s(0, plan.pipeline)
     result = simulate(plan, batch, cost)
     expected = max(total + sync / layers, last_b_start + sync)
     assert result.predicted.iteration_s == pytest.approx(expected, rel=1e-12)
@@ -321,7 +321,7 @@ def test_two_stage_1f1b_timeline_by_hand() -> None:
     for key, (lo, hi) in expected.items():
         assert timeline[key] == (pytest.approx(lo), pytest.approx(hi)), key
     pred = result.predicted
-    sync0 = cost.grad_sync_s(0, plan.pipeline, 1, False)
+    sync0 = cost.grad_sync_s(0, plan.pipeline)
     assert sync0 == 0.0  # one device per stage: nothing to sync
     assert pred.iteration_s == pytest.approx(19)
     assert pred.lane_s == [pytest.approx(19)]
