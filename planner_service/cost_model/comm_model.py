@@ -9,7 +9,6 @@ SP groups worth planning for.
 from __future__ import annotations
 
 import functools
-
 import math
 
 from proto import CostProfile, ModelSpec

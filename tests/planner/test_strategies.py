@@ -18,9 +18,9 @@ from proto import Batch, validate_plan
 CLUSTER = resolve_cluster("a800-80g-4x8")
 MODEL = resolve_model("llama2-7b")
 
-batches = st.lists(
-    st.one_of(st.integers(64, 4096), st.integers(4096, 65536)), min_size=4, max_size=40
-).map(Batch.from_lengths)
+batches = st.lists(st.one_of(st.integers(64, 4096), st.integers(4096, 65536)), min_size=4, max_size=40).map(
+    Batch.from_lengths
+)
 
 
 @pytest.mark.slow
@@ -40,7 +40,9 @@ def test_every_strategy_plans_validly(batch: Batch) -> None:
 @given(batch=batches)
 def test_helix_never_slower_than_flexsp_or_infinipipe(batch: Batch) -> None:
     times = {
-        name: make_plan(batch=batch, cluster=CLUSTER, model=MODEL, strategy=name, time_limit_s=20.0).predicted.iteration_s
+        name: make_plan(
+            batch=batch, cluster=CLUSTER, model=MODEL, strategy=name, time_limit_s=20.0
+        ).predicted.iteration_s
         for name in ("flexsp", "infinipipe", "helix")
     }
     assert times["helix"] <= min(times["flexsp"], times["infinipipe"]) * (1 + 1e-9), times
