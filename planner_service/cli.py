@@ -179,6 +179,7 @@ def compare_results(work: Workload, strategies: list[str], time_limit: float, so
                 "peak_memory_gib": max(plan.predicted.peak_memory_bytes) / 2**30 if plan else None,
                 "plan_s": elapsed,
                 "status": status,
+                "gap": plan.solver.gap if plan else None,
             }
         )
     return {"ideal_s": ideal, "workload": work.description, "results": results}
@@ -187,11 +188,12 @@ def compare_results(work: Workload, strategies: list[str], time_limit: float, so
 def render_comparison(report: dict[str, Any]) -> Table:
     static = next((r for r in report["results"] if r["strategy"] == "static" and r["feasible"]), None)
     table = Table(title=f"ideal {report['ideal_s']:.3f} s/iteration")
-    for column in ("strategy", "iteration s", "x ideal", "speedup vs static", "peak GiB", "plan s", "status"):
+    columns = ("strategy", "iteration s", "x ideal", "speedup vs static", "peak GiB", "plan s", "status", "gap")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("strategy", "status") else "right")
     for r in report["results"]:
         if not r["feasible"]:
-            table.add_row(r["strategy"], "-", "-", "-", "-", f"{r['plan_s']:.2f}", r["status"].split(":")[0])
+            table.add_row(r["strategy"], "-", "-", "-", "-", f"{r['plan_s']:.2f}", r["status"].split(":")[0], "-")
             continue
         speedup = f"{static['iteration_s'] / r['iteration_s']:.2f}x" if static else "-"
         table.add_row(
@@ -202,6 +204,7 @@ def render_comparison(report: dict[str, Any]) -> Table:
             f"{r['peak_memory_gib']:.1f}",
             f"{r['plan_s']:.2f}",
             r["status"],
+            f"{r['gap']:.1%}" if r["gap"] is not None else "-",
         )
     infeasible = [f"{r['strategy']}: {r['status'].partition(': ')[2]}" for r in report["results"] if not r["feasible"]]
     if infeasible:

@@ -64,7 +64,7 @@ def test_compare_json_is_exactly_one_object(capsys: pytest.CaptureFixture[str]) 
     assert set(report) == {"ideal_s", "workload", "results"}
     assert report["ideal_s"] > 0
     assert [r["strategy"] for r in report["results"]] == ["static", "flexsp", "infinipipe", "helix", "greedy"]
-    keys = {"strategy", "feasible", "iteration_s", "ratio_to_ideal", "peak_memory_gib", "plan_s", "status"}
+    keys = {"strategy", "feasible", "iteration_s", "ratio_to_ideal", "peak_memory_gib", "plan_s", "status", "gap"}
     for r in report["results"]:
         assert set(r) == keys
         assert r["feasible"] is True
