@@ -306,6 +306,43 @@ class Deadline:
         return self.left() * fraction
 
 
+def pipelined_estimate_s(per_stage_s: float, num_stages: int, chunks_per_stage: int) -> float:
+    """Per-stage work stretched by the 1F1B fill and drain: (P - 1) of the m = chunks_per_stage * P chunks."""
+    return per_stage_s * (1 + (num_stages - 1) / (chunks_per_stage * num_stages))
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A candidate layout not yet built: its work-model estimate, its recipe and the chunk counts to try."""
+
+    estimate_s: float
+    recipe: Recipe
+    knobs: tuple[int, ...]
+
+
+def build_best_first(
+    proposals: Sequence[Proposal], deadline: Deadline, *, min_builds: int = 1, refine: int = 2
+) -> list[Candidate]:
+    """Build proposals at their first chunk count in order of estimate until the deadline (at least
+    `min_builds`), then try the other chunk counts on the `refine` fastest while time is left."""
+    built: list[tuple[Candidate, Proposal]] = []
+    for i, proposal in enumerate(sorted(proposals, key=lambda p: p.estimate_s)):
+        if i >= min_builds and deadline.expired():
+            break
+        candidate = search_knobs(proposal.recipe, proposal.knobs[:1], deadline)
+        if candidate is not None:
+            built.append((candidate, proposal))
+    built.sort(key=lambda cp: cp[0].plan.predicted.iteration_s)
+    out = []
+    for rank, (candidate, proposal) in enumerate(built):
+        if rank < refine and len(proposal.knobs) > 1 and not deadline.expired():
+            better = search_knobs(proposal.recipe, proposal.knobs[1:], deadline)
+            if better is not None and better.plan.predicted.iteration_s < candidate.plan.predicted.iteration_s:
+                candidate = better
+        out.append(candidate)
+    return out
+
+
 def search_knobs(recipe: Recipe, knobs: Sequence[int], deadline: Deadline) -> Candidate | None:
     """Build with each chunk count (always the first, the rest while time is left); keep the fastest."""
     best: Candidate | None = None

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from planner_service.errors import InfeasibleWorkload
 from planner_service.plan_assembly import PlanningContext, options_that_fit
-from planner_service.strategies.dynamic_lanes import Candidate, Deadline, Recipe, finalize, search_knobs
+from planner_service.strategies.dynamic_lanes import (
+    Deadline,
+    Proposal,
+    Recipe,
+    RecomputeMode,
+    build_best_first,
+    finalize,
+)
 from planner_service.strategies.flexible_lanes import flexible_lanes
 from proto import PipelineSpec, Plan
 
@@ -19,7 +26,10 @@ LANE_SOLVER_SHARE = 0.6
 """Share of the time left given to the lane ILP (the rest builds and simulates plans)."""
 
 
-def flexsp_candidate(ctx: PlanningContext, deadline: Deadline, *, strategy: str = "flexsp") -> Candidate | None:
+def flexsp_proposal(
+    ctx: PlanningContext, deadline: Deadline, *, strategy: str = "flexsp", recompute: RecomputeMode = "lane-uniform"
+) -> Proposal | None:
+    """Flexible lanes without a pipeline; None when some sequence fits no lane."""
     pipeline = PipelineSpec.even(ctx.model.num_layers, 1)
     ctx = options_that_fit(ctx, pipeline)
     lanes = flexible_lanes(ctx, pipeline, sliced=False, time_limit_s=max(deadline.share(LANE_SOLVER_SHARE), 0.05))
@@ -32,15 +42,16 @@ def flexsp_candidate(ctx: PlanningContext, deadline: Deadline, *, strategy: str 
         strategy=strategy,
         chunks_per_stage=1,
         sliced=False,
-        recompute="lane-uniform",
-        solver=lanes.solver_info(),
+        recompute=recompute,
+        solver=lanes.solver_info(extra="; P=1"),
     )
-    return search_knobs(recipe, (1,), deadline)
+    return Proposal(lanes.solution.makespan_s, recipe, (1,))
 
 
 def plan_flexsp(ctx: PlanningContext) -> Plan:
     deadline = Deadline.for_search(ctx.time_limit_s)
-    plan = finalize([flexsp_candidate(ctx, deadline)], deadline)
+    proposal = flexsp_proposal(ctx, deadline)
+    plan = finalize(build_best_first([proposal] if proposal else [], deadline), deadline)
     if plan is None:
         raise InfeasibleWorkload(
             f"flexsp: the longest sequence ({max(ctx.batch.lengths)} tokens) fits no SP lane without a pipeline",

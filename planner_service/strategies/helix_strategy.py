@@ -1,42 +1,51 @@
 """`helix`: 3D dynamic parallelism: flexible SP lanes x elastic pipeline x data parallelism.
 
-For each candidate pipeline degree (the job's fixed P, or a search over P), the lane ILP picks lane
-sizes and the sequence assignment with slicing allowed, each lane is cut into cost-balanced chunks,
-and the plan is simulated for a few chunk counts. The `flexsp` and `infinipipe` candidates compete
-too, so `helix` is never slower than either when the solvers converge within the time limit, and so
-does the greedy fallback plan. The winner's recompute is then re-solved exactly by the recompute ILP.
+Proposals come from three families, each with a work-model estimate: flexible lanes chosen by the lane
+ILP for every candidate pipeline degree P (the job's fixed P, or a search; slicing when P > 1), the
+uniform SP x PP layouts of `infinipipe`, and the flexible P = 1 lanes of `flexsp`. They are built and
+simulated best-estimate first until the time limit, the greedy fallback plan competes too, and the
+winner's recompute is re-solved exactly by the recompute ILP. So `helix` is never slower than flexsp,
+infinipipe or greedy when the search finishes inside the limit.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.plan_assembly import PlanningContext, options_that_fit
-from planner_service.strategies.dynamic_lanes import Candidate, Deadline, Recipe, finalize, search_knobs
+from planner_service.strategies.dynamic_lanes import (
+    Candidate,
+    Deadline,
+    Proposal,
+    Recipe,
+    build_best_first,
+    finalize,
+    pipelined_estimate_s,
+)
 from planner_service.strategies.flexible_lanes import flexible_lanes
-from planner_service.strategies.flexsp_strategy import LANE_SOLVER_SHARE, flexsp_candidate
+from planner_service.strategies.flexsp_strategy import LANE_SOLVER_SHARE, flexsp_proposal
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.infinipipe_strategy import (
     CHUNKS_PER_STAGE,
-    infinipipe_candidates,
+    infinipipe_proposals,
     pipeline_candidates,
 )
 from proto import PipelineSpec, Plan
 
-BASELINE_SHARE = 0.25
-"""Share of the time limit given to each of the flexsp and infinipipe candidate searches."""
+MIN_BUILDS = 3
+"""Proposals built even past the deadline: the best three estimates are always simulated."""
 
 
-def helix_candidates(ctx: PlanningContext, deadline: Deadline) -> list[Candidate]:
-    """Flexible-lane candidates for every candidate P (P = 1 without slicing)."""
-    candidates = pipeline_candidates(ctx, include_one=True)
-    out: list[Candidate] = []
-    for i, p in enumerate(candidates):
-        if i > 0 and deadline.expired():
-            break
+def flexible_proposals(ctx: PlanningContext, deadline: Deadline) -> list[Proposal]:
+    """Lane-ILP layouts for every candidate P > 1 (P = 1 comes from `flexsp_proposal`)."""
+    degrees = pipeline_candidates(ctx, include_one=False)
+    out: list[Proposal] = []
+    for i, p in enumerate(degrees):
         pipeline = PipelineSpec.even(ctx.model.num_layers, p)
         p_ctx = options_that_fit(ctx, pipeline)
-        share = deadline.share(LANE_SOLVER_SHARE) / max(1, len(candidates) - i)
-        lanes = flexible_lanes(p_ctx, pipeline, sliced=p > 1, time_limit_s=max(share, 0.05))
+        share = deadline.share(LANE_SOLVER_SHARE) / max(1, len(degrees) - i)
+        lanes = flexible_lanes(p_ctx, pipeline, sliced=True, time_limit_s=max(share, 0.02))
         if lanes is None:
             continue
         recipe = Recipe(
@@ -44,30 +53,29 @@ def helix_candidates(ctx: PlanningContext, deadline: Deadline) -> list[Candidate
             pipeline=pipeline,
             lanes=tuple(lanes.lanes),
             strategy="helix",
-            chunks_per_stage=CHUNKS_PER_STAGE[0] if p > 1 else 1,
-            sliced=p > 1,
+            chunks_per_stage=CHUNKS_PER_STAGE[0],
+            sliced=True,
             recompute="adaptive",
             solver=lanes.solver_info(extra=f"; P={p}"),
         )
-        candidate = search_knobs(recipe, CHUNKS_PER_STAGE if p > 1 else (1,), deadline)
-        if candidate is not None:
-            out.append(candidate)
+        estimate = pipelined_estimate_s(lanes.solution.makespan_s, p, CHUNKS_PER_STAGE[0])
+        out.append(Proposal(estimate, recipe, CHUNKS_PER_STAGE))
     return out
 
 
 def plan_helix(ctx: PlanningContext) -> Plan:
     deadline = Deadline.for_search(ctx.time_limit_s)
-    candidates: list[Candidate | None] = []
+    proposals: list[Proposal] = []
     if not ctx.num_stages or ctx.num_stages == 1:
-        candidates.append(flexsp_candidate(ctx, Deadline(deadline.share(BASELINE_SHARE)), strategy="helix"))
+        flexsp = flexsp_proposal(ctx, deadline, strategy="helix", recompute="adaptive")
+        if flexsp is not None:
+            proposals.append(flexsp)
     if ctx.num_stages != 1:
-        candidates += infinipipe_candidates(ctx, Deadline(deadline.share(BASELINE_SHARE / 0.75)), strategy="helix")
-    candidates += helix_candidates(ctx, deadline)
-    try:  # the fallback plan competes too: it costs little and helix must never lose to it
-        greedy = plan_greedy(ctx, strategy="helix")
-        candidates.append(Candidate(greedy, recipe=None))
-    except PlanningError:
-        pass
+        proposals += infinipipe_proposals(ctx, strategy="helix")
+        proposals += flexible_proposals(ctx, deadline)
+    candidates: list[Candidate] = build_best_first(proposals, deadline, min_builds=MIN_BUILDS)
+    with contextlib.suppress(PlanningError):  # the fallback plan competes: it is cheap and helix must not lose to it
+        candidates.append(Candidate(plan_greedy(ctx, strategy="helix"), recipe=None))
     plan = finalize(candidates, deadline)
     if plan is None:
         raise InfeasibleWorkload(

@@ -13,11 +13,12 @@ import numpy as np
 from planner_service.errors import InfeasibleWorkload
 from planner_service.plan_assembly import PlanningContext, options_that_fit
 from planner_service.strategies.dynamic_lanes import (
-    Candidate,
     Deadline,
+    Proposal,
     Recipe,
+    build_best_first,
     finalize,
-    search_knobs,
+    pipelined_estimate_s,
     uniform_lanes,
     work_model,
 )
@@ -44,55 +45,48 @@ def pipeline_candidates(ctx: PlanningContext, *, include_one: bool) -> list[int]
 
 
 def estimate_uniform(ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int) -> float:
-    """Work-model estimate of a uniform layout: the busier of average lane load and longest sequence,
-    stretched by the 1F1B bubble with two chunks per stage."""
+    """Work-model estimate of a uniform layout: the busier of the average lane's per-stage work and the
+    longest sequence's (it runs on every stage of its lane), stretched by the 1F1B fill and drain."""
     model = work_model(ctx.cost, pipeline, sp_degree)
     work = model(np.array(ctx.batch.lengths, dtype=np.float64))
     lanes = ctx.cost.dp_size(pipeline) // sp_degree
-    p = pipeline.num_stages
-    return max(float(work.sum()) / lanes, float(work.max()) / p) * (1 + (p - 1) / (2 * p))
+    per_stage = max(float(work.sum()) / lanes, float(work.max()))
+    return pipelined_estimate_s(per_stage, pipeline.num_stages, CHUNKS_PER_STAGE[0])
 
 
-def infinipipe_candidates(ctx: PlanningContext, deadline: Deadline, *, strategy: str = "infinipipe") -> list[Candidate]:
-    """Built candidates for the best-estimated uniform (P, s) layouts."""
+def infinipipe_proposals(ctx: PlanningContext, *, strategy: str = "infinipipe") -> list[Proposal]:
+    """Every uniform (P > 1, s) layout the longest sequence fits, with its estimate (cheap: no solver)."""
     longest = max(ctx.batch.lengths)
-    ranked: list[tuple[float, int, int]] = []
+    out: list[Proposal] = []
     for p in pipeline_candidates(ctx, include_one=False):
         pipeline = PipelineSpec.even(ctx.model.num_layers, p)
         p_ctx = options_that_fit(ctx, pipeline)
         for s in valid_sp_degrees(ctx.model, ctx.cost.dp_size(pipeline)):
-            if sequence_fits(p_ctx.cost, pipeline, longest, s, sliced=True):
-                ranked.append((estimate_uniform(p_ctx, pipeline, s), p, s))
-    ranked.sort()
-    out: list[Candidate] = []
-    for i, (estimate, p, s) in enumerate(ranked[:CANDIDATES_BUILT]):
-        if i > 0 and deadline.expired():
-            break
-        pipeline = PipelineSpec.even(ctx.model.num_layers, p)
-        p_ctx = options_that_fit(ctx, pipeline)
-        recipe = Recipe(
-            ctx=p_ctx,
-            pipeline=pipeline,
-            lanes=tuple(uniform_lanes(p_ctx, pipeline, s, work_model(p_ctx.cost, pipeline, s))),
-            strategy=strategy,
-            chunks_per_stage=CHUNKS_PER_STAGE[0],
-            sliced=True,
-            recompute="adaptive",
-            solver=SolverInfo(
-                backend="enumeration",
-                status="feasible",
-                message=f"uniform SP {s} x P {p}; #{i + 1} of {len(ranked)} ranked layouts (estimate {estimate:.4f} s)",
-            ),
-        )
-        candidate = search_knobs(recipe, CHUNKS_PER_STAGE, deadline)
-        if candidate is not None:
-            out.append(candidate)
+            if not sequence_fits(p_ctx.cost, pipeline, longest, s, sliced=True):
+                continue
+            estimate = estimate_uniform(p_ctx, pipeline, s)
+            recipe = Recipe(
+                ctx=p_ctx,
+                pipeline=pipeline,
+                lanes=tuple(uniform_lanes(p_ctx, pipeline, s, work_model(p_ctx.cost, pipeline, s))),
+                strategy=strategy,
+                chunks_per_stage=CHUNKS_PER_STAGE[0],
+                sliced=True,
+                recompute="adaptive",
+                solver=SolverInfo(
+                    backend="enumeration",
+                    status="feasible",
+                    message=f"uniform SP {s} x P {p} (estimate {estimate:.4f} s)",
+                ),
+            )
+            out.append(Proposal(estimate, recipe, CHUNKS_PER_STAGE))
     return out
 
 
 def plan_infinipipe(ctx: PlanningContext) -> Plan:
     deadline = Deadline.for_search(ctx.time_limit_s)
-    plan = finalize(infinipipe_candidates(ctx, deadline), deadline)
+    proposals = sorted(infinipipe_proposals(ctx), key=lambda p: p.estimate_s)[:CANDIDATES_BUILT]
+    plan = finalize(build_best_first(proposals, deadline, min_builds=CANDIDATES_BUILT), deadline)
     if plan is None:
         raise InfeasibleWorkload(
             f"infinipipe: the longest sequence ({max(ctx.batch.lengths)} tokens) fits no uniform SP x PP layout",
