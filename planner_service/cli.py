@@ -149,10 +149,14 @@ def plan_command(
     )
 
 
-def compare_results(work: Workload, strategies: list[str], time_limit: float, solver: str, zero: int) -> dict[str, Any]:
+def compare_results(
+    work: Workload, strategies: list[str], time_limit: float, solver: str, zero: int
+) -> tuple[dict[str, Any], dict[str, Plan]]:
+    """The comparison report (the `--json` object) and the plans of the feasible strategies."""
     options = PlanOptions(zero_stage=zero)  # type: ignore[arg-type]
     ideal = CostModel.from_specs(work.cluster, work.model, options=options).ideal_s(work.batch)
     results = []
+    plans: dict[str, Plan] = {}
     for name in strategies:
         started = time.perf_counter()
         try:
@@ -166,6 +170,7 @@ def compare_results(work: Workload, strategies: list[str], time_limit: float, so
                 solver=solver,
             )
             plan: Plan | None = made
+            plans[name] = made
             status: str = made.solver.status
         except PlanningError as exc:
             plan, status = None, f"infeasible: {exc}"
@@ -182,7 +187,7 @@ def compare_results(work: Workload, strategies: list[str], time_limit: float, so
                 "gap": plan.solver.gap if plan else None,
             }
         )
-    return {"ideal_s": ideal, "workload": work.description, "results": results}
+    return {"ideal_s": ideal, "workload": work.description, "results": results}, plans
 
 
 def render_comparison(report: dict[str, Any]) -> Table:
@@ -236,7 +241,7 @@ def compare_command(
     if unknown or not names:
         raise UserError(f"--strategies: unknown {unknown or 'empty list'}; choose from {', '.join(STRATEGIES)}")
     work = load_cli_workload(cluster, model, lengths, dataset, batch_size, seed, max_len)
-    report = compare_results(work, names, time_limit, solver, zero)
+    report, _ = compare_results(work, names, time_limit, solver, zero)
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:

@@ -17,8 +17,6 @@ from rich.console import Console
 
 from planner_service.cli import batch_of_plan, compare_results, load_cli_workload, render_comparison
 from planner_service.cost_model import CostModel
-from planner_service.errors import PlanningError
-from planner_service.planner import make_plan
 from planner_service.plots.gantt import draw_gantt
 from planner_service.simulator import simulate
 from planner_service.strategies.registry import STRATEGIES
@@ -39,14 +37,9 @@ def run_demo(out_dir: Path, console: Console) -> dict[str, dict[str, Any]]:
             f"longest {max(work.batch.lengths)}"
         )
         with console.status("planning with " + ", ".join(STRATEGIES)):
-            report = compare_results(work, list(STRATEGIES), time_limit=2.0, solver="cpsat", zero=0)
+            report, plans = compare_results(work, list(STRATEGIES), time_limit=2.0, solver="cpsat", zero=0)
         console.print(render_comparison(report))
-        for name in STRATEGIES:
-            try:
-                plan = make_plan(batch=work.batch, cluster=work.cluster, model=work.model, strategy=name)
-            except PlanningError as exc:
-                console.print(f"{name}: {exc}")
-                continue
+        for name, plan in plans.items():
             stem = f"{cluster}_{model}_{name}"
             (out_dir / f"{stem}.plan.json").write_text(plan.model_dump_json(indent=1))
             cost = CostModel.from_specs(work.cluster, work.model, options=plan.options)
