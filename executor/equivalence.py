@@ -1,0 +1,245 @@
+"""Check that applying plans across ranks gives the single-process reference's losses, gradients and weights.
+
+Worker side (`run_cases`, on every rank of one launched group): for each case, build a fresh executor,
+apply each step's plan, and let the first rank of every stage block write the stage's gradients (before
+the optimizer step) and final parameters to `out_dir`. A refused plan is recorded, not raised, so the
+group stays alive for the next case.
+
+Parent side (`compare_case`): rerun the same batches on `ReferenceTrainer` and report per-step loss and
+max relative gradient error and the final max relative parameter error, where the relative error of a
+set of tensors is max over tensors of ||a - b||_max / max(||b||_max, tiny).
+
+Many cases share one launch, because starting a gloo group costs 5-13 s here (DESIGN §13).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from executor.launch import launch_local
+from executor.optimizer import AdamWConfig
+from executor.plan_role import PlanRefused
+from executor.plan_runner import ExecutorConfig, PlanExecutor
+from executor.process_groups import ProcessGroups, create_process_groups
+from executor.reference import ReferenceTrainer
+from proto.batch import Batch
+from proto.cluster import ClusterSpec
+from proto.model import ModelSpec
+from proto.plan import PipelineSpec, Plan
+
+log = logging.getLogger(__name__)
+
+TINY = 1e-300
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
+"""Default max relative error per dtype. float32 is loose because AdamW's first update of a gradient
+entry near zero is ~lr * sign(g), so reduction-order noise can flip it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepInput:
+    batch: Batch
+    plan: Plan
+    token_seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class EquivalenceCase:
+    """A model and cluster, and one (batch, plan) per training step."""
+
+    name: str
+    cluster: ClusterSpec
+    model: ModelSpec
+    steps: tuple[StepInput, ...]
+    seed: int = 0
+    dtype: str = "float64"
+    zero1: bool = False
+    attention_backend: str = "auto"
+    optimizer: AdamWConfig = field(default_factory=AdamWConfig)
+
+    @property
+    def pipeline(self) -> PipelineSpec:
+        return self.steps[0].plan.pipeline
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    """What one rank saw for one case: the global loss per completed step, or why it stopped."""
+
+    case: str
+    rank: int
+    losses: list[float]
+    error: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    loss: float
+    ref_loss: float
+    max_rel_grad_err: float
+
+    @property
+    def rel_loss_err(self) -> float:
+        return abs(self.loss - self.ref_loss) / max(abs(self.ref_loss), TINY)
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    name: str
+    steps: list[StepReport]
+    max_rel_param_err: float
+    tolerance: float
+
+    @property
+    def max_rel_grad_err(self) -> float:
+        return max((s.max_rel_grad_err for s in self.steps), default=0.0)
+
+    @property
+    def max_rel_loss_err(self) -> float:
+        return max((s.rel_loss_err for s in self.steps), default=0.0)
+
+    @property
+    def ok(self) -> bool:
+        worst = max(self.max_rel_grad_err, self.max_rel_loss_err, self.max_rel_param_err)
+        return bool(self.steps) and worst <= self.tolerance
+
+
+def max_rel_error(actual: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> float:
+    """max over tensors of ||a - b||_max / max(||b||_max, tiny); the key sets must match."""
+    if set(actual) != set(expected):
+        missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+        raise ValueError(f"tensor names differ: missing {missing[:5]}, unexpected {extra[:5]}")
+    worst = 0.0
+    for name, b in expected.items():
+        a = actual[name].to(b.dtype)
+        scale = max(float(b.abs().max()), TINY) if b.numel() else TINY
+        err = float((a - b).abs().max()) if b.numel() else 0.0
+        worst = max(worst, err / scale)
+    return worst
+
+
+# --- worker side -------------------------------------------------------------------------------------------
+
+
+def run_cases(cases: Sequence[EquivalenceCase], out_dir: str, groups: ProcessGroups | None = None) -> list[RankOutcome]:
+    """On every rank: apply every case's plans, writing gradients and parameters under `out_dir`.
+
+    Creates the process groups for the cases' pipeline degrees unless `groups` is given."""
+    if groups is None:
+        groups = create_process_groups({case.pipeline.num_stages for case in cases})
+    return [_run_case(index, case, groups, Path(out_dir)) for index, case in enumerate(cases)]
+
+
+def _run_case(index: int, case: EquivalenceCase, groups: ProcessGroups, out_dir: Path) -> RankOutcome:
+    began = time.perf_counter()
+    rank = groups.rank
+    config = ExecutorConfig(
+        seed=case.seed,
+        dtype=DTYPES[case.dtype],
+        attention_backend=case.attention_backend,
+        optimizer=case.optimizer,
+        zero1=case.zero1,
+    )
+    losses: list[float] = []
+    try:
+        executor = PlanExecutor(
+            model=case.model, cluster=case.cluster, pipeline=case.pipeline, groups=groups, config=config
+        )
+        writer = executor.dp_ranks[0] == rank
+        case_dir = out_dir / f"case{index:03d}"
+        for k, step in enumerate(case.steps):
+            result = executor.forward_backward(step.plan, step.batch, token_seed=step.token_seed)
+            losses.append(result.loss)
+            if writer:
+                case_dir.mkdir(parents=True, exist_ok=True)
+                grads = {n: p.grad.detach().clone() for n, p in executor.module.named_parameters()}  # type: ignore[union-attr]
+                torch.save(grads, case_dir / f"grads_step{k}_stage{executor.stage}.pt")
+            executor.optimizer_step()
+        if writer:
+            params = {n: p.detach().clone() for n, p in executor.module.named_parameters()}
+            torch.save(params, case_dir / f"params_stage{executor.stage}.pt")
+        dist.barrier()  # files are complete before any rank reports success
+    except PlanRefused as err:
+        log.info("case %s: %s", case.name, err)
+        return RankOutcome(case.name, rank, losses, str(err), time.perf_counter() - began)
+    return RankOutcome(case.name, rank, losses, None, time.perf_counter() - began)
+
+
+# --- parent side -------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _torch_threads(num_threads: int) -> Iterator[None]:
+    """Temporarily set torch's intra-op threads. The reference's ops are tiny: on a 2-core machine two
+    threads made a step 10x slower than one (273 s vs 24 s) whenever another process was busy."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _load_merged(case_dir: Path, pattern: str) -> dict[str, torch.Tensor]:
+    merged: dict[str, torch.Tensor] = {}
+    files = sorted(case_dir.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no files {pattern} in {case_dir}")
+    for path in files:
+        merged.update(torch.load(path, weights_only=True))
+    return merged
+
+
+def compare_case(
+    index: int, case: EquivalenceCase, outcomes: Sequence[RankOutcome], out_dir: str, tolerance: float | None = None
+) -> CaseReport:
+    """Rerun `case` on the single-process reference and compare with what the ranks wrote."""
+    errors = {o.error for o in outcomes if o.error is not None}
+    if errors:
+        raise RuntimeError(f"case {case.name} was refused: {sorted(errors)[0]}")
+    losses = outcomes[0].losses
+    for o in outcomes:
+        assert o.losses == losses, f"case {case.name}: rank {o.rank} reports losses {o.losses}, rank 0 {losses}"
+    case_dir = Path(out_dir) / f"case{index:03d}"
+    dtype = DTYPES[case.dtype]
+    reference = ReferenceTrainer(model=case.model, seed=case.seed, dtype=dtype, optimizer_config=case.optimizer)
+    steps = []
+    for k, step in enumerate(case.steps):
+        ref = reference.forward_backward(step.batch, token_seed=step.token_seed)
+        grads = _load_merged(case_dir, f"grads_step{k}_stage*.pt")
+        steps.append(StepReport(k, losses[k], ref.loss, max_rel_error(grads, ref.grads)))
+        reference.optimizer_step()
+    param_err = max_rel_error(_load_merged(case_dir, "params_stage*.pt"), reference.parameters())
+    tol = TOLERANCE[case.dtype] if tolerance is None else tolerance
+    return CaseReport(case.name, steps, param_err, tol)
+
+
+def run_and_compare(
+    cases: Sequence[EquivalenceCase], *, world_size: int, out_dir: str, tolerance: float | None = None
+) -> list[CaseReport]:
+    """Launch one group of `world_size` ranks for all cases, then compare each with the reference."""
+    began = time.perf_counter()
+    results = launch_local(run_cases, (list(cases), out_dir), world_size=world_size)
+    launched = time.perf_counter()
+    by_case = list(zip(*(results[r] for r in sorted(results)), strict=True))
+    with _torch_threads(1):
+        reports = [compare_case(i, case, by_case[i], out_dir, tolerance) for i, case in enumerate(cases)]
+    log.info(
+        "%d cases on %d ranks: launch + run %.1f s (slowest rank in cases %.1f s), reference + compare %.1f s",
+        len(cases),
+        world_size,
+        launched - began,
+        max(sum(o.seconds for o in outcomes) for outcomes in results.values()),
+        time.perf_counter() - launched,
+    )
+    return reports

@@ -1,0 +1,79 @@
+"""Worker-side suite for the distributed executor tests: everything one launched gloo group checks.
+
+One launch per world size (start-up costs 5-13 s here), running: direct Ulysses checks against
+whole-chunk attention, then plan-equivalence cases (gradients and weights written for the parent to
+compare with the single-process reference), including plans every rank must refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from executor.attention import varlen_causal_attention
+from executor.chunk_shards import chunk_layout
+from executor.equivalence import EquivalenceCase, RankOutcome, run_cases
+from executor.process_groups import create_process_groups
+from executor.ulysses import UlyssesAttention
+from proto.plan import Chunk, Segment
+
+
+@dataclass(frozen=True)
+class UlyssesCheck:
+    """Every lane of `layout` attends over a chunk with these segment lengths, heads and kv heads."""
+
+    layout: list[list[int]]
+    segment_lengths: list[int]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int = 4
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    rank: int
+    ulysses_errors: list[float]
+    """Per check: max abs error of this rank's output rows and q/k/v gradient rows vs whole-chunk attention."""
+    outcomes: list[RankOutcome]
+
+
+def run_suite(checks: list[UlyssesCheck], cases: list[EquivalenceCase], out_dir: str) -> SuiteResult:
+    groups = create_process_groups({1} | {c.pipeline.num_stages for c in cases})
+    rank = dist.get_rank()
+    errors = []
+    for i, check in enumerate(checks):
+        lane = next(ranks for ranks in check.layout if rank in ranks)
+        errors.append(_ulysses_error(check, lane, groups.get(lane) if len(lane) > 1 else None, rank, seed=i))
+    return SuiteResult(rank, errors, run_cases(cases, out_dir, groups))
+
+
+def _ulysses_error(
+    check: UlyssesCheck, lane: list[int], group: dist.ProcessGroup | None, rank: int, seed: int
+) -> float:
+    s, sp_rank = len(lane), lane.index(rank)
+    chunk = Chunk(segments=[Segment(seq_id=i, start=0, end=n) for i, n in enumerate(check.segment_lengths)])
+    layout = chunk_layout(chunk, s)
+    gen = torch.Generator().manual_seed(1000 + seed + 7 * lane[0])
+    total, d = layout.padded_tokens, check.head_dim
+
+    def rand(h: int) -> torch.Tensor:
+        return torch.randn(total, h, d, generator=gen, dtype=torch.float64)
+
+    q, k, v = rand(check.num_heads), rand(check.num_kv_heads), rand(check.num_kv_heads)
+    weight = rand(check.num_heads)
+    # whole-chunk reference, identical on every rank of the lane
+    full = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    ref = varlen_causal_attention(*full, layout.cu_seqlens, backend="naive")
+    ref_grads = torch.autograd.grad((ref * weight).sum(), full)
+    # this rank's shard through Ulysses
+    lo, hi = layout.shard_range(sp_rank)
+    local = [t[lo:hi].clone().requires_grad_(True) for t in (q, k, v)]
+    attend = UlyssesAttention(group=group, sp_degree=s, cu_seqlens=layout.cu_seqlens, backend="sdpa")
+    out = attend(0, *local)
+    grads = torch.autograd.grad((out * weight[lo:hi]).sum(), local)
+    err = float((out - ref[lo:hi]).abs().max())
+    for g, rg in zip(grads, ref_grads, strict=True):
+        err = max(err, float((g - rg[lo:hi]).abs().max()))
+    return err

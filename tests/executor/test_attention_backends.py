@@ -1,0 +1,131 @@
+"""Varlen causal attention backends against a naive per-segment reference, including K/V prefixes."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+import torch
+
+from executor.attention import naive_causal_attention, resolve_backend, varlen_causal_attention
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _qkv(total: int, hq: int, hkv: int, d: int, seed: int) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(
+        torch.randn(total, h, d, generator=gen, dtype=torch.float64, requires_grad=True) for h in (hq, hkv, hkv)
+    )
+
+
+def _grads(out: torch.Tensor, inputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    return list(torch.autograd.grad((out * weight).sum(), inputs, retain_graph=True))
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (8, 2), (4, 1)])
+@pytest.mark.parametrize("pad", [0, 3])
+def test_sdpa_matches_naive_on_packed_segments(hq: int, hkv: int, pad: int) -> None:
+    """Looped SDPA equals naive attention per segment (GQA included); padding rows are zero with zero grad.
+
+    Guards against masks leaking across packed sequences and against padding polluting real tokens."""
+    lengths = [1, 7, 3, 12]
+    bounds = [0]
+    for n in lengths:
+        bounds.append(bounds[-1] + n)
+    q, k, v = _qkv(bounds[-1] + pad, hq, hkv, 8, seed=1)
+    out = varlen_causal_attention(q, k, v, bounds, backend="sdpa")
+    expected = torch.cat([naive_causal_attention(q[a:b], k[a:b], v[a:b], 8**-0.5) for a, b in pairwise(bounds)])
+    torch.testing.assert_close(out[: bounds[-1]], expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(out[bounds[-1] :], torch.zeros_like(out[bounds[-1] :]))
+    got = _grads(out, [q, k, v], seed=2)
+    ref = _grads(torch.cat([expected, out[bounds[-1] :]]), [q, k, v], seed=2)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for g in got:
+        assert torch.equal(g[bounds[-1] :], torch.zeros_like(g[bounds[-1] :]))
+
+
+def test_naive_reference_is_causal_softmax() -> None:
+    """The naive reference itself: output row i is the softmax-weighted mean of values 0..i."""
+    q, k, v = (t.detach() for t in _qkv(5, 1, 1, 4, seed=3))
+    out = naive_causal_attention(q, k, v, 0.5)
+    for i in range(5):
+        w = torch.softmax((k[: i + 1, 0] @ q[i, 0]) * 0.5, dim=0)
+        torch.testing.assert_close(out[i, 0], w @ v[: i + 1, 0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "naive"])
+def test_kv_prefix_is_lower_right_causal_and_matches_whole_sequence(backend: str) -> None:
+    """A slice [C, C+L) attending to a K/V prefix of C tokens gives the rows the whole sequence gives.
+
+    Lower-right alignment: query i of the slice sees keys up to C+i. Gradients flow into the prefix
+    exactly as they flow into those keys in the whole sequence (needed for sliced sequences)."""
+    hq, hkv, d = 4, 2, 8
+    whole_len, cut = 19, 11
+    q, k, v = _qkv(whole_len, hq, hkv, d, seed=4)
+    whole = varlen_causal_attention(q, k, v, [0, whole_len], backend="naive")
+    short = 3  # a second, unsliced segment packed after the slice
+    qs, ks, vs = _qkv(short, hq, hkv, d, seed=5)
+    q2 = torch.cat([q[cut:], qs])
+    k2 = torch.cat([k[cut:], ks])
+    v2 = torch.cat([v[cut:], vs])
+    out = varlen_causal_attention(
+        q2,
+        k2,
+        v2,
+        [0, whole_len - cut, whole_len - cut + short],
+        context_kv=[(k[:cut], v[:cut]), None],
+        backend=backend,
+    )
+    torch.testing.assert_close(out[: whole_len - cut], whole[cut:], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        out[whole_len - cut :], varlen_causal_attention(qs, ks, vs, [0, short], backend="naive"), rtol=1e-12, atol=1e-12
+    )
+    # gradients w.r.t. the prefix keys equal the whole sequence's gradient contribution from rows >= cut
+    weight = torch.randn(whole_len - cut, hq, d, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    g_slice = torch.autograd.grad((out[: whole_len - cut] * weight).sum(), [k, v])
+    g_whole = torch.autograd.grad((whole[cut:] * weight).sum(), [k, v])
+    for a, b in zip(g_slice, g_whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_prefix_mask_shape() -> None:
+    """Query i of a 3-token slice after a 2-token prefix sees exactly keys 0..2+i."""
+    q = torch.zeros(3, 1, 2, dtype=torch.float64)
+    k = torch.zeros(3, 1, 2, dtype=torch.float64)
+    v = torch.arange(3, dtype=torch.float64).view(3, 1, 1).expand(3, 1, 2).contiguous()
+    kc = torch.zeros(2, 1, 2, dtype=torch.float64)
+    vc = torch.full((2, 1, 2), 10.0, dtype=torch.float64)
+    out = varlen_causal_attention(q, k, v, [0, 3], context_kv=[(kc, vc)], backend="sdpa")
+    # uniform weights over prefix (10, 10) and own values 0..i
+    expected = [(20 + sum(range(i + 1))) / (3 + i) for i in range(3)]
+    torch.testing.assert_close(out[:, 0, 0], torch.tensor(expected, dtype=torch.float64))
+
+
+def test_backend_resolution() -> None:
+    """auto is the exact SDPA path on CPU; CUDA-only backends are refused on CPU with a reason."""
+    assert resolve_backend("auto", torch.device("cpu")) == "sdpa"
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_backend("flash", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        resolve_backend("magic", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("context", [0, 37])
+def test_long_segments_in_query_blocks_match_naive(context: int) -> None:
+    """Segments longer than one SDPA query block (and a prefix) still give exact causal attention."""
+    from executor.attention import SDPA_QUERY_BLOCK
+
+    length = 2 * SDPA_QUERY_BLOCK + 21
+    q, k, v = _qkv(length + 5, 4, 2, 8, seed=9)
+    kc, vc = (t.detach().requires_grad_(True) for t in _qkv(context, 2, 2, 8, seed=10)[1:]) if context else (None, None)
+    ctx = [(kc, vc) if context else None, None]
+    bounds = [0, length, length + 5]
+    out = varlen_causal_attention(q, k, v, bounds, context_kv=ctx, backend="sdpa")
+    ref = varlen_causal_attention(q, k, v, bounds, context_kv=ctx, backend="naive")
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    inputs = [q, k, v] + ([kc, vc] if context else [])
+    for a, b in zip(_grads(out, inputs, seed=11), _grads(ref, inputs, seed=11), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -1,0 +1,69 @@
+"""`helix verify` as the CLI loads it (a `register(app)` plugin): JSON contract, exit codes, plan files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from executor_fixtures import make_plan, random_batch
+from typer.testing import CliRunner
+
+from executor.verify_command import register
+from planner_service.presets import resolve_cluster, resolve_model
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Keep `verify` a subcommand (a one-command typer app would swallow its name)."""
+
+    register(app)
+    return app
+
+
+WORKLOAD = ["--cluster", "cpu-2x2", "--model", "tiny", "--dataset", "github", "--batch-size", "6", "--max-len", "96"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_verify_json_reports_exact_equivalence() -> None:
+    """stdout is exactly one JSON object with the documented keys; exit 0 because every error is tiny."""
+    result = CliRunner().invoke(
+        _app(), ["verify", *WORKLOAD, "--strategy", "static", "--seed", "1", "--steps", "2", "--zero", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) == {"steps", "max_rel_param_err", "tolerance", "ok"}
+    assert report["ok"] is True and report["tolerance"] == 1e-9
+    assert [s["step"] for s in report["steps"]] == [0, 1]
+    for s in report["steps"]:
+        assert set(s) == {"step", "loss", "ref_loss", "max_rel_grad_err"}
+        assert s["max_rel_grad_err"] <= 1e-9
+        assert abs(s["loss"] - s["ref_loss"]) <= 1e-9 * abs(s["ref_loss"])
+    assert report["max_rel_param_err"] <= 1e-9
+
+
+@pytest.mark.timeout(60)
+def test_plan_file_for_another_batch_is_refused(tmp_path: Path) -> None:
+    """A plan file that does not fit the workload is a usage error naming the mismatch, before any launch."""
+    import random
+
+    cluster, model = resolve_cluster("cpu-2x2"), resolve_model("tiny")
+    batch = random_batch(random.Random(0), num_seqs=3, max_len=20)
+    plan = make_plan(batch, cluster, model, [([0, 1, 2, 3], [batch.seq_ids])])
+    path = tmp_path / "plan.json"
+    path.write_text(plan.model_dump_json())
+    result = CliRunner().invoke(_app(), ["verify", *WORKLOAD, "--plan-file", str(path), "--json"])
+    assert result.exit_code == 2
+    assert "plan was made for another batch" in result.output
+
+
+@pytest.mark.timeout(60)
+def test_bad_dtype_is_a_usage_error() -> None:
+    result = CliRunner().invoke(_app(), ["verify", *WORKLOAD, "--dtype", "float16"])
+    assert result.exit_code == 2 and "float16" in result.output
