@@ -323,11 +323,21 @@ class Proposal:
 def build_best_first(
     proposals: Sequence[Proposal], deadline: Deadline, *, min_builds: int = 1, refine: int = 2
 ) -> list[Candidate]:
-    """Build proposals at their first chunk count in order of estimate until the deadline (at least
-    `min_builds`), then try the other chunk counts on the `refine` fastest while time is left."""
+    """`build_proposals` of the `min_builds` best estimates first, then of the rest while time is left."""
+    ranked = sorted(proposals, key=lambda p: p.estimate_s)
+    return build_proposals(ranked[:min_builds], ranked[min_builds:], deadline, refine=refine)
+
+
+def build_proposals(
+    required: Sequence[Proposal], optional: Sequence[Proposal], deadline: Deadline, *, refine: int = 2
+) -> list[Candidate]:
+    """Build every `required` proposal at its first chunk count, then the `optional` ones in order of estimate
+    until the deadline; then try the other chunk counts, fastest first: on the `refine` fastest always (each
+    knob after the first only while time is left), on the others while the deadline has not passed."""
     built: list[tuple[Candidate, Proposal]] = []
-    for i, proposal in enumerate(sorted(proposals, key=lambda p: p.estimate_s)):
-        if i >= min_builds and deadline.expired():
+    queue = [*required, *sorted(optional, key=lambda p: p.estimate_s)]
+    for i, proposal in enumerate(queue):
+        if i >= len(required) and deadline.expired():
             break
         candidate = search_knobs(proposal.recipe, proposal.knobs[:1], deadline)
         if candidate is not None:
@@ -335,7 +345,7 @@ def build_best_first(
     built.sort(key=lambda cp: cp[0].plan.predicted.iteration_s)
     out = []
     for rank, (candidate, proposal) in enumerate(built):
-        if rank < refine and len(proposal.knobs) > 1 and not deadline.expired():
+        if len(proposal.knobs) > 1 and (rank < refine or not deadline.expired()):
             better = search_knobs(proposal.recipe, proposal.knobs[1:], deadline)
             if better is not None and better.plan.predicted.iteration_s < candidate.plan.predicted.iteration_s:
                 candidate = better
@@ -356,14 +366,9 @@ def search_knobs(recipe: Recipe, knobs: Sequence[int], deadline: Deadline) -> Ca
     return best
 
 
-def finalize(candidates: Sequence[Candidate | None], deadline: Deadline) -> Plan | None:
-    """The fastest candidate, with its recompute re-solved by the recompute ILP when it has any."""
-    found = [c for c in candidates if c is not None]
-    if not found:
-        return None
-    best = min(found, key=lambda c: c.plan.predicted.iteration_s)
-    plan = best.plan
-    recipe = best.recipe
+def polish(candidate: Candidate, time_limit_s: float) -> Plan:
+    """The candidate with its recompute re-solved by the recompute ILP, when that is at least as fast."""
+    plan, recipe = candidate.plan, candidate.recipe
     if (
         recipe is None
         or recipe.recompute != "adaptive"
@@ -371,11 +376,25 @@ def finalize(candidates: Sequence[Candidate | None], deadline: Deadline) -> Plan
     ):
         return plan
     stages = sum(1 for lane in plan.lanes for r in lane.recompute if any(r))
-    polish_s = deadline.left() + recipe.ctx.time_limit_s * (1 - SEARCH_SHARE)
-    exact = build_dynamic_plan(
-        recipe, exact_recompute=True, recompute_time_limit_s=max(0.02, polish_s / max(stages, 1))
-    )
-    if exact is not None and exact.predicted.iteration_s <= plan.predicted.iteration_s:
-        message = f"{exact.solver.message}; recompute by ILP ({recipe.ctx.solver})"
-        return exact.model_copy(update={"solver": exact.solver.model_copy(update={"message": message})}).with_id()
-    return plan
+    exact = build_dynamic_plan(recipe, exact_recompute=True, recompute_time_limit_s=max(0.02, time_limit_s / stages))
+    if exact is None or exact.predicted.iteration_s > plan.predicted.iteration_s:
+        return plan
+    message = f"{exact.solver.message}; recompute by ILP ({recipe.ctx.solver})"
+    return exact.model_copy(update={"solver": exact.solver.model_copy(update={"message": message})}).with_id()
+
+
+def finalize(candidates: Sequence[Candidate | None], deadline: Deadline) -> Plan | None:
+    """The fastest candidate after polishing: the fastest is always polished, the next ones while the search
+    deadline has not passed (so a long limit polishes them all and the choice does not hinge on the order)."""
+    found = sorted((c for c in candidates if c is not None), key=lambda c: c.plan.predicted.iteration_s)
+    if not found:
+        return None
+    reserve = found[0].recipe.ctx.time_limit_s * (1 - SEARCH_SHARE) if found[0].recipe else 0.0
+    best = polish(found[0], deadline.left() + reserve)
+    for candidate in found[1:]:
+        if deadline.expired():
+            break
+        polished = polish(candidate, deadline.left())
+        if polished.predicted.iteration_s < best.predicted.iteration_s:
+            best = polished
+    return best

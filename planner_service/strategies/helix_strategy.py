@@ -2,10 +2,12 @@
 
 Proposals come from three families, each with a work-model estimate: flexible lanes chosen by the lane
 ILP for every candidate pipeline degree P (the job's fixed P, or a search; slicing when P > 1), the
-uniform SP x PP layouts of `infinipipe`, and the flexible P = 1 lanes of `flexsp`. They are built and
-simulated best-estimate first until the time limit, the greedy fallback plan competes too, and the
-winner's recompute is re-solved exactly by the recompute ILP. So `helix` is never slower than flexsp,
-infinipipe or greedy when the search finishes inside the limit.
+uniform SP x PP layouts of `infinipipe`, and the flexible P = 1 lanes of `flexsp`. What `flexsp` and
+`infinipipe` would build, and the best flexible layout, are always built and simulated; the remaining
+proposals best-estimate first until the time limit. The greedy fallback plan competes too, and the
+winners' recompute is re-solved by the recompute ILP. So `helix` is never slower than flexsp,
+infinipipe or greedy when the search finishes inside the limit (a tight limit on a busy machine can
+cut the chunk-count refinement short).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from planner_service.strategies.dynamic_lanes import (
     Deadline,
     Proposal,
     Recipe,
-    build_best_first,
+    build_proposals,
     finalize,
     pipelined_estimate_s,
 )
@@ -27,14 +29,12 @@ from planner_service.strategies.flexible_lanes import flexible_lanes
 from planner_service.strategies.flexsp_strategy import LANE_SOLVER_SHARE, flexsp_proposal
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.infinipipe_strategy import (
+    CANDIDATES_BUILT,
     CHUNKS_PER_STAGE,
     infinipipe_proposals,
     pipeline_candidates,
 )
 from proto import PipelineSpec, Plan
-
-MIN_BUILDS = 3
-"""Proposals built even past the deadline: the best three estimates are always simulated."""
 
 
 def flexible_proposals(ctx: PlanningContext, deadline: Deadline) -> list[Proposal]:
@@ -65,15 +65,18 @@ def flexible_proposals(ctx: PlanningContext, deadline: Deadline) -> list[Proposa
 
 def plan_helix(ctx: PlanningContext) -> Plan:
     deadline = Deadline.for_search(ctx.time_limit_s)
-    proposals: list[Proposal] = []
+    required: list[Proposal] = []  # what flexsp and infinipipe would build, plus the best flexible layout
+    optional: list[Proposal] = []
     if not ctx.num_stages or ctx.num_stages == 1:
         flexsp = flexsp_proposal(ctx, deadline, strategy="helix", recompute="adaptive")
         if flexsp is not None:
-            proposals.append(flexsp)
+            required.append(flexsp)
     if ctx.num_stages != 1:
-        proposals += infinipipe_proposals(ctx, strategy="helix")
-        proposals += flexible_proposals(ctx, deadline)
-    candidates: list[Candidate] = build_best_first(proposals, deadline, min_builds=MIN_BUILDS)
+        uniform = sorted(infinipipe_proposals(ctx, strategy="helix"), key=lambda p: p.estimate_s)
+        flexible = sorted(flexible_proposals(ctx, deadline), key=lambda p: p.estimate_s)
+        required += uniform[:CANDIDATES_BUILT] + flexible[:1]
+        optional += uniform[CANDIDATES_BUILT:] + flexible[1:]
+    candidates: list[Candidate] = build_proposals(required, optional, deadline)
     with contextlib.suppress(PlanningError):  # the fallback plan competes: it is cheap and helix must not lose to it
         candidates.append(Candidate(plan_greedy(ctx, strategy="helix"), recipe=None))
     plan = finalize(candidates, deadline)
