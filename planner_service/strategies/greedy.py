@@ -22,20 +22,10 @@ from planner_service.plan_assembly import (
     options_that_fit,
     uniform_recompute,
 )
+from planner_service.strategies.dynamic_lanes import uniform_lanes, work_model
 from planner_service.strategies.lane_layout import stage_block_size, valid_pipeline_degrees, valid_sp_degrees
-from planner_service.strategies.packing import pack_best_fit_decreasing, sequence_cost, slice_sequence
+from planner_service.strategies.packing import pack_best_fit_decreasing, slice_sequence
 from proto import Chunk, PipelineSpec, Plan, SolverInfo
-
-
-def lpt_assign(costs: list[tuple[int, int, float]], num_lanes: int) -> list[list[tuple[int, int]]]:
-    """Longest-processing-time-first: each (seq_id, length, cost) to the lane with least cost so far."""
-    loads = [0.0] * num_lanes
-    lanes: list[list[tuple[int, int]]] = [[] for _ in range(num_lanes)]
-    for seq_id, length, cost in sorted(costs, key=lambda x: (-x[2], x[0])):
-        lane = min(range(num_lanes), key=lambda i: (loads[i], i))
-        lanes[lane].append((seq_id, length))
-        loads[lane] += cost
-    return lanes
 
 
 def lane_chunks(ctx: PlanningContext, items: list[tuple[int, int]], cap: int, num_stages: int) -> list[Chunk]:
@@ -55,13 +45,10 @@ def lane_chunks(ctx: PlanningContext, items: list[tuple[int, int]], cap: int, nu
 def greedy_drafts(
     ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int, cap: int, full: bool
 ) -> list[LaneDraft]:
-    block = stage_block_size(ctx.cluster, pipeline.num_stages)
-    num_lanes = block // sp_degree
-    profile = ctx.cost.profile
-    costs = [(i, n, sequence_cost(profile, n)) for i, n in zip(ctx.batch.seq_ids, ctx.batch.lengths, strict=True)]
+    lanes = uniform_lanes(ctx, pipeline, sp_degree, work_model(ctx.cost, pipeline, sp_degree))
     drafts = []
-    for lane, items in enumerate(lpt_assign(costs, num_lanes)):
-        chunks = lane_chunks(ctx, items, cap, pipeline.num_stages)
+    for lane, spec in enumerate(lanes):
+        chunks = lane_chunks(ctx, list(spec.items), cap, pipeline.num_stages)
         drafts.append(
             LaneDraft(
                 sp_degree=sp_degree,
