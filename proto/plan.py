@@ -138,7 +138,11 @@ class Predicted(BaseModel):
     iteration_s: float = Field(ge=0)
     ideal_s: float = Field(ge=0, description="Total fwd+bwd compute / N: no comm, no bubbles, no recompute.")
     lane_s: list[float] = Field(default_factory=list, description="Per-lane pipeline finish time.")
-    peak_memory_bytes: list[float] = Field(default_factory=list, description="Per rank, index = rank.")
+    peak_memory_bytes: list[float] = Field(
+        default_factory=list,
+        description="Per rank (index = rank): model states + peak activations + the profile's memory reserve, "
+        "i.e. what is compared with the device memory.",
+    )
     bubble_fraction: float = Field(default=0.0, ge=0, le=1)
     compute_s: float = Field(default=0.0, ge=0, description="Busiest device's compute seconds.")
     comm_s: float = Field(default=0.0, ge=0, description="Busiest device's communication seconds.")
