@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from executor.launch import launch_local
 from executor.optimizer import AdamWConfig
+from executor.pipeline_links import ReceiveTimeout
 from executor.plan_role import PlanRefused
 from executor.plan_runner import ExecutorConfig, PlanExecutor
 from executor.process_groups import ProcessGroups, create_process_groups
@@ -64,6 +65,7 @@ class EquivalenceCase:
     zero1: bool = False
     attention_backend: str = "auto"
     optimizer: AdamWConfig = field(default_factory=AdamWConfig)
+    recv_timeout_s: float = 300.0
 
     @property
     def pipeline(self) -> PipelineSpec:
@@ -79,6 +81,8 @@ class RankOutcome:
     losses: list[float]
     error: str | None
     seconds: float
+    peak_activation_bytes: list[int] = field(default_factory=list)
+    """Measured per completed step (`executor.memory_probe`)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class StepReport:
     loss: float
     ref_loss: float
     max_rel_grad_err: float
+    peak_activation_bytes: tuple[int, ...] = ()
+    """Measured per rank (index = rank)."""
 
     @property
     def rel_loss_err(self) -> float:
@@ -149,8 +155,10 @@ def _run_case(index: int, case: EquivalenceCase, groups: ProcessGroups, out_dir:
         attention_backend=case.attention_backend,
         optimizer=case.optimizer,
         zero1=case.zero1,
+        recv_timeout_s=case.recv_timeout_s,
     )
     losses: list[float] = []
+    peaks: list[int] = []
     try:
         executor = PlanExecutor(
             model=case.model, cluster=case.cluster, pipeline=case.pipeline, groups=groups, config=config
@@ -160,6 +168,7 @@ def _run_case(index: int, case: EquivalenceCase, groups: ProcessGroups, out_dir:
         for k, step in enumerate(case.steps):
             result = executor.forward_backward(step.plan, step.batch, token_seed=step.token_seed)
             losses.append(result.loss)
+            peaks.append(result.peak_activation_bytes)
             if writer:
                 case_dir.mkdir(parents=True, exist_ok=True)
                 grads = {n: p.grad.detach().clone() for n, p in executor.module.named_parameters()}  # type: ignore[union-attr]
@@ -169,10 +178,10 @@ def _run_case(index: int, case: EquivalenceCase, groups: ProcessGroups, out_dir:
             params = {n: p.detach().clone() for n, p in executor.module.named_parameters()}
             torch.save(params, case_dir / f"params_stage{executor.stage}.pt")
         dist.barrier()  # files are complete before any rank reports success
-    except PlanRefused as err:
+    except (PlanRefused, ReceiveTimeout) as err:
         log.info("case %s: %s", case.name, err)
-        return RankOutcome(case.name, rank, losses, str(err), time.perf_counter() - began)
-    return RankOutcome(case.name, rank, losses, None, time.perf_counter() - began)
+        return RankOutcome(case.name, rank, losses, str(err), time.perf_counter() - began, peaks)
+    return RankOutcome(case.name, rank, losses, None, time.perf_counter() - began, peaks)
 
 
 # --- parent side -------------------------------------------------------------------------------------------
@@ -217,7 +226,8 @@ def compare_case(
     for k, step in enumerate(case.steps):
         ref = reference.forward_backward(step.batch, token_seed=step.token_seed)
         grads = _load_merged(case_dir, f"grads_step{k}_stage*.pt")
-        steps.append(StepReport(k, losses[k], ref.loss, max_rel_error(grads, ref.grads)))
+        peaks = tuple(o.peak_activation_bytes[k] for o in sorted(outcomes, key=lambda o: o.rank))
+        steps.append(StepReport(k, losses[k], ref.loss, max_rel_error(grads, ref.grads), peaks))
         reference.optimizer_step()
     param_err = max_rel_error(_load_merged(case_dir, "params_stage*.pt"), reference.parameters())
     tol = TOLERANCE[case.dtype] if tolerance is None else tolerance

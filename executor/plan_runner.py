@@ -4,16 +4,18 @@ Per step, on every rank:
 1. refuse the plan unless it fits the world, batch, cluster, model and the job's pipeline (no collective
    has run yet, so a refusal is the same clean error everywhere);
 2. find the rank's lane, stage and SP position;
-3. run the lane's schedule for this stage: F(c) materialises only this rank's share of chunk c and runs
-   the stage (Ulysses attention over the lane's SP group); B(c) back-propagates it;
+3. run the lane's schedule for this stage (`executor.pipeline_runtime`): F(c) materialises only this rank's
+   share of chunk c (or receives it from the previous stage) and runs the stage's layers with Ulysses
+   attention over the lane's SP group and K/V caches for sliced sequences; B(c) back-propagates it and
+   sends the input gradient back;
 4. all-reduce (sum) gradients over the stage's data-parallel group.
 
 The loss of a chunk is the sum of its token cross-entropies divided by the number of target tokens of
 the *global* batch, so summing over chunks, SP ranks and lanes gives the single-device loss exactly
 (a per-group mean would bias the gradient, DESIGN §12).
 
-Pipeline stages (P > 1) and sliced sequences (segments that start after 0 or end before the sequence
-does) arrive with Executor II; until then such plans are refused with a clear message.
+Each rank builds only its stage's layers (the pipeline split is fixed per job): the embedding on the first
+stage, final norm + LM head + loss on the last.
 """
 
 from __future__ import annotations
@@ -24,14 +26,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from executor.chunk_shards import IGNORE_INDEX, chunk_layout, materialize_shard, total_targets
+from executor.chunk_shards import total_targets
 from executor.model import build_stage
 from executor.optimizer import AdamWConfig, build_optimizer
-from executor.plan_role import PlanRefused, RankRole, check_plan, find_role, lane_of
+from executor.pipeline_runtime import StageRunResult, StageRunSettings, StageRuntime
+from executor.plan_role import RankRole, check_plan, find_role, lane_of
 from executor.process_groups import ProcessGroups, stage_block
-from executor.ulysses import UlyssesAttention
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
@@ -52,6 +53,8 @@ class ExecutorConfig:
     optimizer: AdamWConfig = field(default_factory=AdamWConfig)
     zero1: bool = False
     """Shard AdamW state over each stage's data-parallel group (ZeroRedundancyOptimizer)."""
+    recv_timeout_s: float = 300.0
+    """A pipeline receive that waits longer fails with a message naming rank, stage, lane and op."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class StepResult:
     num_chunks: int
     local_tokens: int
     seconds: float
+    peak_activation_bytes: int = 0
+    """Measured peak activation memory of this rank in the step (`executor.memory_probe`)."""
 
 
 class PlanExecutor:
@@ -117,18 +122,17 @@ class PlanExecutor:
             rank=self.rank,
             pipeline=self.pipeline,
         )
-        _refuse_unsupported(plan, batch, self.rank)
         role = find_role(plan, rank=self.rank, world_size=self.world_size)
         assert role.stage == self.stage, f"rank {self.rank}: plan puts it on stage {role.stage}, not {self.stage}"
         lane = lane_of(plan, role)
         self.module.zero_grad(set_to_none=True)
-        local_loss, local_tokens = self._run_schedule(lane, role, batch, token_seed=token_seed)
+        run = self._run_schedule(lane, role, batch, token_seed=token_seed)
         self._sync_gradients()
-        loss = torch.tensor([local_loss], dtype=torch.float64)
+        loss = torch.tensor([run.local_loss], dtype=torch.float64)
         dist.all_reduce(loss)
         seconds = time.perf_counter() - began
         log.info(
-            "rank %d step %s: lane %d stage %d sp %d/%d, %d chunks, %d tokens, loss %.6f, %.3f s",
+            "rank %d step %s: lane %d stage %d sp %d/%d, %d chunks, %d tokens, loss %.6f, %.3f s, peak act %d B",
             self.rank,
             plan.step,
             role.lane_id,
@@ -136,11 +140,14 @@ class PlanExecutor:
             role.sp_rank,
             role.sp_degree,
             len(lane.chunks),
-            local_tokens,
+            run.local_tokens,
             loss.item(),
             seconds,
+            run.peak_activation_bytes,
         )
-        return StepResult(float(loss.item()), role, len(lane.chunks), local_tokens, seconds)
+        return StepResult(
+            float(loss.item()), role, len(lane.chunks), run.local_tokens, seconds, run.peak_activation_bytes
+        )
 
     def optimizer_step(self) -> None:
         self.optimizer.step()
@@ -152,41 +159,25 @@ class PlanExecutor:
 
     # --- internals -------------------------------------------------------------------------------------
 
-    def _run_schedule(self, lane: Lane, role: RankRole, batch: Batch, *, token_seed: int) -> tuple[float, int]:
+    def _run_schedule(self, lane: Lane, role: RankRole, batch: Batch, *, token_seed: int) -> StageRunResult:
         lengths = batch.length_of()
-        norm = max(total_targets(lengths), 1)
-        sp_group = self.groups.get(role.sp_ranks) if role.sp_degree > 1 else None
-        pending: dict[int, torch.Tensor] = {}
-        local_loss, local_tokens = 0.0, 0
-        for op in lane.schedule[role.stage]:
-            if op.kind == "F":
-                chunk = lane.chunks[op.chunk]
-                layout = chunk_layout(chunk, role.sp_degree)
-                shard = materialize_shard(
-                    layout,
-                    role.sp_rank,
-                    lengths=lengths,
-                    token_seed=token_seed,
-                    vocab_size=self.model_spec.vocab_size,
-                    device=self.config.device,
-                )
-                attend = UlyssesAttention(
-                    group=sp_group,
-                    sp_degree=role.sp_degree,
-                    cu_seqlens=layout.cu_seqlens,
-                    backend=self.config.attention_backend,
-                )
-                logits = self.module(
-                    shard.token_ids, shard.positions, attend, lane.recompute[role.stage][op.chunk]
-                )  # (S, V)
-                loss = F.cross_entropy(logits, shard.targets, ignore_index=IGNORE_INDEX, reduction="sum") / norm
-                pending[op.chunk] = loss
-                local_loss += float(loss.detach())
-                local_tokens += layout.shard_tokens
-            else:
-                pending.pop(op.chunk).backward()
-        assert not pending, f"rank {self.rank}: chunks {sorted(pending)} ran forward but never backward"
-        return local_loss, local_tokens
+        runtime = StageRuntime(
+            module=self.module,
+            lane=lane,
+            role=role,
+            sp_group=self.groups.get(role.sp_ranks) if role.sp_degree > 1 else None,
+            lengths=lengths,
+            token_seed=token_seed,
+            loss_norm=max(total_targets(lengths), 1),
+            settings=StageRunSettings(
+                dtype=self.config.dtype,
+                device=self.config.device,
+                attention_backend=self.config.attention_backend,
+                vocab_size=self.model_spec.vocab_size,
+                recv_timeout_s=self.config.recv_timeout_s,
+            ),
+        )
+        return runtime.run()
 
     def _sync_gradients(self) -> None:
         """Sum gradients over the stage's data-parallel group in one flat all-reduce."""
@@ -203,19 +194,3 @@ class PlanExecutor:
             n = p.numel()
             p.grad.copy_(flat[offset : offset + n].view_as(p))  # type: ignore[union-attr]
             offset += n
-
-
-def _refuse_unsupported(plan: Plan, batch: Batch, rank: int) -> None:
-    """Plans this executor cannot apply yet (Executor II adds them)."""
-    where = f"rank {rank} refuses plan {plan.plan_id or '<no id>'} (step {plan.step})"
-    if plan.pipeline.num_stages > 1:
-        raise PlanRefused(f"{where}: pipeline degree {plan.pipeline.num_stages} > 1 is not supported yet")
-    lengths = batch.length_of()
-    for lane in plan.lanes:
-        for c, chunk in enumerate(lane.chunks):
-            for seg in chunk.segments:
-                if seg.start > 0 or seg.end < lengths[seg.seq_id]:
-                    raise PlanRefused(
-                        f"{where}: lane {lane.lane_id} chunk {c} holds a slice [{seg.start}, {seg.end}) of sequence "
-                        f"{seg.seq_id}; sliced sequences are not supported yet"
-                    )

@@ -19,12 +19,14 @@ differentiates like the single-device model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
-from executor.attention import KVPrefix, varlen_causal_attention
+from executor.attention import KVPrefix
+from executor.prefix_attention import prefix_attention
 
 
 def _scatter_heads(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
@@ -80,12 +82,21 @@ def kv_replication(num_heads: int, num_kv_heads: int, sp_degree: int) -> int:
     return sp_degree // num_kv_heads
 
 
+class KVBinding(Protocol):
+    """Gives sliced segments their K/V prefix and records K/V for later slices (`executor.kv_cache`)."""
+
+    def bind(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[Sequence[KVPrefix]]]: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class UlyssesAttention:
     """The `attend` callable of one chunk on one SP rank (an `executor.model.AttendFn`).
 
-    `cu_seqlens` are the segment boundaries in the whole padded chunk; `context_kv(layer)` returns the
-    per-segment K/V prefixes (head-sharded like the attention itself) for sliced sequences.
+    `cu_seqlens` are the segment boundaries in the whole padded chunk; `kv_binding` (for chunks holding
+    slices) sees the head-sharded K/V of every layer, exactly as the attention does, and returns the
+    per-segment K/V prefixes of earlier slices.
     """
 
     group: dist.ProcessGroup | None
@@ -93,14 +104,18 @@ class UlyssesAttention:
     sp_degree: int
     cu_seqlens: Sequence[int]
     backend: str = "auto"
-    context_kv: dict[int, list[KVPrefix | None]] = field(default_factory=dict)
-    """layer -> one entry per segment (empty: no prefixes)."""
+    kv_binding: KVBinding | None = None
+
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        prefixes = None
+        if self.kv_binding is not None:
+            k, v, prefixes = self.kv_binding.bind(layer, k, v)
+        return prefix_attention(q, k, v, self.cu_seqlens, prefixes, backend=self.backend)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        contexts = self.context_kv.get(layer)
         s = self.sp_degree
         if s == 1:
-            return varlen_causal_attention(q, k, v, self.cu_seqlens, context_kv=contexts, backend=self.backend)
+            return self._attend(layer, q, k, v)
         assert self.group is not None, "an SP degree above 1 needs a process group"
         shard, num_heads, d = q.shape
         rep = kv_replication(num_heads, k.shape[1], s)
@@ -112,6 +127,6 @@ class UlyssesAttention:
         )  # (S, s, hq + 2*hkv, d)
         full = SeqToHeads.apply(packed, self.group)  # (T_pad, hq + 2*hkv, d)
         qh, kh, vh = full.split([hq, hkv, hkv], dim=1)
-        out = varlen_causal_attention(qh, kh, vh, self.cu_seqlens, context_kv=contexts, backend=self.backend)
+        out = self._attend(layer, qh, kh, vh)
         back = HeadsToSeq.apply(out, self.group, s)  # (S, s, hq, d)
         return back.reshape(shard, num_heads, d)

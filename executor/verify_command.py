@@ -5,6 +5,10 @@ executor). Each step draws a new batch (seed + step), plans it with the in-proce
 `cluster.num_devices` spawned ranks, and compares the step's loss and every parameter gradient (before
 the optimizer step), and the parameters after the last step, with `ReferenceTrainer` on the same batches.
 Exit code 0 only when every relative error is within tolerance.
+
+Each step also reports every rank's measured peak activation memory next to the planner's memory model
+for that rank (`executor.memory_prediction`, profile with this executor's coefficients at the run dtype).
+`--stages P` forces the pipeline degree (the planner otherwise picks it, often P = 1 on tiny CPU clusters).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +65,9 @@ def verify_command(
     ] = None,
     tolerance: Annotated[float | None, typer.Option("--tolerance", help="Override the dtype's tolerance.")] = None,
     time_limit: Annotated[float, typer.Option("--time-limit", help="Planner time limit per step (s).")] = 2.0,
+    stages: Annotated[
+        int | None, typer.Option("--stages", help="Pipeline degree P for the planner (default: its choice).", min=1)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
 ) -> None:
     """Check that executing plans across ranks reproduces single-device training exactly.
@@ -97,6 +105,7 @@ def verify_command(
         zero=zero,
         plan_file=plan_file,
         time_limit=time_limit,
+        stages=stages,
     )
     log.info("planned %d steps in %.2f s", steps, time.perf_counter() - planned_at)
     case = EquivalenceCase(
@@ -118,20 +127,61 @@ def verify_command(
             Console(stderr=True).print(f"error: {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from err
     seconds = time.perf_counter() - began
+    memory = memory_rows(case, report)
     if as_json:
-        typer.echo(json.dumps(report_json(report)))
+        typer.echo(json.dumps(report_json(report, memory)))
     else:
-        _print_table(report, cluster_spec, model_spec, strategy, seconds)
+        _print_table(report, memory, cluster_spec, model_spec, strategy, seconds)
     if not report.ok:
         raise typer.Exit(code=1)
 
 
-def report_json(report: CaseReport) -> dict[str, object]:
+@dataclass(frozen=True)
+class StepMemory:
+    """Per rank (index = rank): measured peak activation bytes and the planner model's held peak."""
+
+    pipeline: tuple[tuple[int, int], ...]
+    measured: tuple[int, ...]
+    predicted: tuple[float, ...]
+
+    @property
+    def max_ratio(self) -> float:
+        return max((m / p for m, p in zip(self.measured, self.predicted, strict=True) if p > 0), default=0.0)
+
+
+def memory_rows(case: EquivalenceCase, report: CaseReport) -> list[StepMemory]:
+    from executor.memory_prediction import memory_profile, predict_activation_memory
+
+    profile = memory_profile(case.cluster, case.model, DTYPES[case.dtype], "executor")
+    rows = []
+    for step, result in zip(case.steps, report.steps, strict=True):
+        predicted = predict_activation_memory(step.plan, step.batch, case.cluster, case.model, profile)
+        rows.append(
+            StepMemory(
+                pipeline=tuple(step.plan.pipeline.layer_ranges),
+                measured=result.peak_activation_bytes,
+                predicted=tuple(predicted[r].held_peak_bytes for r in range(len(result.peak_activation_bytes))),
+            )
+        )
+    return rows
+
+
+def report_json(report: CaseReport, memory: list[StepMemory] | None = None) -> dict[str, object]:
+    steps = []
+    for k, s in enumerate(report.steps):
+        row: dict[str, object] = {
+            "step": s.step,
+            "loss": s.loss,
+            "ref_loss": s.ref_loss,
+            "max_rel_grad_err": s.max_rel_grad_err,
+        }
+        if memory is not None:
+            row["num_stages"] = len(memory[k].pipeline)
+            row["peak_activation_bytes"] = list(memory[k].measured)
+            row["predicted_activation_bytes"] = [round(p) for p in memory[k].predicted]
+        steps.append(row)
     return {
-        "steps": [
-            {"step": s.step, "loss": s.loss, "ref_loss": s.ref_loss, "max_rel_grad_err": s.max_rel_grad_err}
-            for s in report.steps
-        ],
+        "steps": steps,
         "max_rel_param_err": report.max_rel_param_err,
         "tolerance": report.tolerance,
         "ok": report.ok,
@@ -152,6 +202,7 @@ def _step_inputs(
     zero: int,
     plan_file: Path | None,
     time_limit: float,
+    stages: int | None = None,
 ) -> list[StepInput]:
     from planner_service.planner import make_plan
     from planner_service.workloads import load_workload
@@ -187,19 +238,36 @@ def _step_inputs(
             strategy=strategy,
             options=PlanOptions(zero_stage=zero),  # type: ignore[arg-type]
             time_limit_s=time_limit,
+            num_stages=stages,
             step=k,
         )
         inputs.append(StepInput(batch=batch, plan=plan, token_seed=token_seed_of(seed, k)))
     return inputs
 
 
-def _print_table(report: CaseReport, cluster: ClusterSpec, model: ModelSpec, strategy: str, seconds: float) -> None:
+def _print_table(
+    report: CaseReport,
+    memory: list[StepMemory],
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    strategy: str,
+    seconds: float,
+) -> None:
     where = f"{cluster.name} ({cluster.num_devices} ranks)"
     table = Table(title=f"helix verify: {strategy} on {where}, model {model.name}, {seconds:.1f} s")
-    for column in ("step", "loss", "reference loss", "max rel grad err"):
+    columns = ("step", "P", "loss", "reference loss", "max rel grad err", "max act MiB", "measured/predicted")
+    for column in columns:
         table.add_column(column, justify="right")
-    for s in report.steps:
-        table.add_row(str(s.step), f"{s.loss:.12g}", f"{s.ref_loss:.12g}", f"{s.max_rel_grad_err:.3e}")
+    for s, m in zip(report.steps, memory, strict=True):
+        table.add_row(
+            str(s.step),
+            str(len(m.pipeline)),
+            f"{s.loss:.12g}",
+            f"{s.ref_loss:.12g}",
+            f"{s.max_rel_grad_err:.3e}",
+            f"{max(m.measured, default=0) / 2**20:.2f}",
+            f"<= {m.max_ratio:.3f}",
+        )
     console = Console()
     console.print(table)
     verdict = "[green]OK[/]" if report.ok else "[red]FAILED[/]"

@@ -2,11 +2,13 @@
 
 One launch per world size (start-up costs 5-13 s here), running: direct Ulysses checks against
 whole-chunk attention, then plan-equivalence cases (gradients and weights written for the parent to
-compare with the single-process reference), including plans every rank must refuse.
+compare with the single-process reference), including plans every rank must refuse, and last the
+receive-timeout check (a timed-out gloo receive closes its pair, so nothing may follow it).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +17,9 @@ import torch.distributed as dist
 from executor.attention import varlen_causal_attention
 from executor.chunk_shards import chunk_layout
 from executor.equivalence import EquivalenceCase, RankOutcome, run_cases
-from executor.process_groups import create_process_groups
+from executor.pipeline_links import ReceiveTimeout
+from executor.plan_runner import ExecutorConfig, PlanExecutor
+from executor.process_groups import ProcessGroups, create_process_groups
 from executor.ulysses import UlyssesAttention
 from proto.plan import Chunk, Segment
 
@@ -37,16 +41,64 @@ class SuiteResult:
     ulysses_errors: list[float]
     """Per check: max abs error of this rank's output rows and q/k/v gradient rows vs whole-chunk attention."""
     outcomes: list[RankOutcome]
+    timeout_error: str | None = None
+    """What the timeout check raised on this rank ("stalled" on the ranks that stalled)."""
+    timeout_seconds: float = 0.0
 
 
-def run_suite(checks: list[UlyssesCheck], cases: list[EquivalenceCase], out_dir: str) -> SuiteResult:
+@dataclass(frozen=True)
+class TimeoutCheck:
+    """Run `step` (a P = 2 plan) with a short receive timeout while every rank of the last stage stalls."""
+
+    case: EquivalenceCase
+    recv_timeout_s: float
+
+
+def run_suite(
+    checks: list[UlyssesCheck], cases: list[EquivalenceCase], out_dir: str, timeout_check: TimeoutCheck | None = None
+) -> SuiteResult:
     groups = create_process_groups({1} | {c.pipeline.num_stages for c in cases})
     rank = dist.get_rank()
     errors = []
     for i, check in enumerate(checks):
         lane = next(ranks for ranks in check.layout if rank in ranks)
         errors.append(_ulysses_error(check, lane, groups.get(lane) if len(lane) > 1 else None, rank, seed=i))
-    return SuiteResult(rank, errors, run_cases(cases, out_dir, groups))
+    outcomes = run_cases(cases, out_dir, groups)
+    if timeout_check is None:
+        return SuiteResult(rank, errors, outcomes)
+    began = time.perf_counter()
+    error = _stalled_peer(timeout_check, groups)
+    return SuiteResult(rank, errors, outcomes, error, time.perf_counter() - began)
+
+
+def _stalled_peer(check: TimeoutCheck, groups: ProcessGroups) -> str | None:
+    """The last stage's ranks never run their ops (they sleep past the timeout, then leave); every other
+    rank runs the step and must fail with `ReceiveTimeout` instead of hanging. Must be the suite's last
+    use of the group: a timed-out gloo receive closes its pair."""
+    case = check.case
+    (step,) = case.steps
+    block = groups.world_size // case.pipeline.num_stages
+    if groups.rank >= (case.pipeline.num_stages - 1) * block:
+        time.sleep(check.recv_timeout_s + 3.0)
+        return "stalled"
+    config = ExecutorConfig(seed=case.seed, dtype=torch.float64, recv_timeout_s=check.recv_timeout_s)
+    executor = PlanExecutor(
+        model=case.model, cluster=case.cluster, pipeline=case.pipeline, groups=groups, config=config
+    )
+    try:
+        executor.forward_backward(step.plan, step.batch, token_seed=step.token_seed)
+    except ReceiveTimeout as err:
+        return str(err)
+    return None
+
+
+def timeout_case(case: EquivalenceCase, recv_timeout_s: float = 1.0) -> TimeoutCheck:
+    """The first step of `case` (which must have P >= 2) as a timeout check."""
+    assert case.pipeline.num_stages >= 2, "the timeout check needs a pipeline"
+    return TimeoutCheck(
+        EquivalenceCase(name=f"timeout-{case.name}", cluster=case.cluster, model=case.model, steps=case.steps[:1]),
+        recv_timeout_s,
+    )
 
 
 def _ulysses_error(
@@ -73,7 +125,7 @@ def _ulysses_error(
     attend = UlyssesAttention(group=group, sp_degree=s, cu_seqlens=layout.cu_seqlens, backend="sdpa")
     out = attend(0, *local)
     grads = torch.autograd.grad((out * weight[lo:hi]).sum(), local)
-    err = float((out - ref[lo:hi]).abs().max())
+    err = float((out - ref[lo:hi]).detach().abs().max())
     for g, rg in zip(grads, ref_grads, strict=True):
         err = max(err, float((g - rg[lo:hi]).abs().max()))
     return err

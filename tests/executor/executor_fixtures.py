@@ -6,6 +6,7 @@ random power-of-two lane layouts, random packing of sequences into chunks, rando
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from proto.batch import Batch
@@ -127,3 +128,131 @@ def random_plan(
     if random_recompute:
         recompute = [[rng.randint(0, model.num_layers) for _ in chunks] for _, chunks in lanes]
     return make_plan(batch, cluster, model, lanes, interleaved=rng.random() < 0.7, recompute=recompute)
+
+
+# --- pipeline plans (P >= 1) with sliced sequences ------------------------------------------------------------
+
+SegmentSpec = tuple[int, int, int]
+"""(seq_id, start, end)"""
+
+
+def make_pipeline_plan(
+    batch: Batch,
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    pipeline: PipelineSpec,
+    lanes: list[tuple[int, int, list[list[SegmentSpec]]]],
+    *,
+    recompute: list[list[list[int]]] | None = None,
+    schedule: list[list[list[Op]]] | None = None,
+) -> Plan:
+    """A validated plan: per lane (offset inside the stage block, SP degree, chunks as segment lists).
+
+    Schedules come from the planner's `build_schedule` (1F1B honouring the slice order) unless given;
+    recompute[lane][stage][chunk] defaults to zeros.
+    """
+    from planner_service.schedules import build_schedule
+
+    block = cluster.num_devices // pipeline.num_stages
+    built = []
+    for i, (offset, sp, chunk_specs) in enumerate(lanes):
+        chunks = [Chunk(segments=[Segment(seq_id=q, start=a, end=b) for q, a, b in spec]) for spec in chunk_specs]
+        ranks = [[p * block + offset + j for j in range(sp)] for p in range(pipeline.num_stages)]
+        built.append(
+            Lane(
+                lane_id=i,
+                sp_degree=sp,
+                ranks=ranks,
+                chunks=chunks,
+                schedule=schedule[i] if schedule is not None else build_schedule(chunks, pipeline.num_stages),
+                recompute=recompute[i] if recompute is not None else [[0] * len(chunks)] * pipeline.num_stages,
+            )
+        )
+    plan = Plan(
+        strategy="hand",
+        cluster_fingerprint=fingerprint(cluster),
+        model_fingerprint=fingerprint(model),
+        batch_fingerprint=batch.fingerprint,
+        pipeline=pipeline,
+        lanes=built,
+        predicted=Predicted(iteration_s=0, ideal_s=0),
+    ).with_id()
+    validate_plan(plan, batch, cluster, model)
+    return plan
+
+
+def random_layer_split(rng: random.Random, num_layers: int, num_stages: int) -> PipelineSpec:
+    """A random (possibly uneven) split of the layers into `num_stages` non-empty stages."""
+    cuts = sorted(rng.sample(range(1, num_layers), num_stages - 1))
+    bounds = [0, *cuts, num_layers]
+    return PipelineSpec(num_stages=num_stages, layer_ranges=list(itertools.pairwise(bounds)))
+
+
+def random_slices(rng: random.Random, length: int, max_slices: int) -> list[tuple[int, int]]:
+    """Random cut points: 1..max_slices consecutive [start, end) ranges covering [0, length)."""
+    count = rng.randint(1, min(max_slices, length))
+    cuts = sorted(rng.sample(range(1, length), count - 1)) if count > 1 else []
+    bounds = [0, *cuts, length]
+    return list(itertools.pairwise(bounds))
+
+
+def random_lane_chunks(
+    rng: random.Random, seqs: list[int], lengths: dict[int, int], slice_prob: float, max_slices: int
+) -> list[list[SegmentSpec]]:
+    """Chunks of one lane: sequences sliced at random points (each slice its own chunk), short sequences
+    packed, and sometimes packed *after* a tail slice in the same chunk (a hybrid chunk)."""
+    chunks: list[list[SegmentSpec]] = []
+    open_chunk = False  # the last chunk may take more whole sequences
+    for seq in seqs:
+        n = lengths[seq]
+        pieces = random_slices(rng, n, max_slices) if n > 1 and rng.random() < slice_prob else [(0, n)]
+        if len(pieces) == 1:
+            if open_chunk and rng.random() < 0.6:
+                chunks[-1].append((seq, 0, n))
+            else:
+                chunks.append([(seq, 0, n)])
+            open_chunk = True
+            continue
+        for a, b in pieces:
+            chunks.append([(seq, a, b)])
+        open_chunk = True  # the tail slice's chunk may take short sequences: a hybrid chunk
+    return chunks
+
+
+def perturb_plan(
+    rng: random.Random,
+    plan: Plan,
+    batch: Batch,
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    *,
+    pipeline: PipelineSpec | None = None,
+    slice_prob: float = 0.5,
+    max_slices: int = 4,
+) -> Plan:
+    """A random valid variant of `plan`: random lane layout (per stage block), sequences kept in the plan's
+    order but dealt to random lanes, random slice points (hybrid chunks included), random recompute counts,
+    `build_schedule` schedules, and `pipeline` (default: the plan's) for the layer split."""
+    pipeline = pipeline or plan.pipeline
+    lengths = batch.length_of()
+    order: list[int] = []
+    for lane in plan.lanes:
+        for chunk in lane.chunks:
+            order += [seg.seq_id for seg in chunk.segments if seg.seq_id not in order]
+    block = cluster.num_devices // pipeline.num_stages
+    layout = random_lane_layout(rng, block, model)
+    while len(layout) > len(order):  # every lane needs a sequence
+        layout = random_lane_layout(rng, block, model, split_prob=0.2)
+    members: list[list[int]] = [[] for _ in layout]
+    firsts = rng.sample(order, len(layout))  # one sequence for each lane, the rest anywhere
+    for seq in order:
+        lane = firsts.index(seq) if seq in firsts else rng.randrange(len(layout))
+        members[lane].append(seq)
+    lanes = []
+    recompute = []
+    for ranks, seqs in zip(layout, members, strict=True):
+        lanes.append((ranks[0], len(ranks), random_lane_chunks(rng, seqs, lengths, slice_prob, max_slices)))
+        recompute.append(
+            [[rng.randint(0, pipeline.layers_of(p)) for _ in lanes[-1][2]] for p in range(pipeline.num_stages)]
+        )
+    return make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=recompute)

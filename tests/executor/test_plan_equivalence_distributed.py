@@ -1,22 +1,30 @@
-"""The strongest executor test: random valid single-stage plans on 4 and 8 gloo ranks (float64) give the
-single-process reference's loss, every parameter gradient and the weights after AdamW, to 1e-9 relative.
+"""The strongest executor test: random valid plans on 4 and 8 gloo ranks (float64) give the single-process
+reference's loss, every parameter gradient and the weights after AdamW, to 1e-9 relative.
 
-Each world size is launched once (module fixture) and runs many cases: direct Ulysses checks, random lane
-layouts / packings / op orders / recompute, ZeRO-1, several steps, `static` and `flexsp` plans from the
-planner, and plans every rank must refuse.
+Each world size is launched once (module fixture) and runs many cases: direct Ulysses checks, random
+single-stage lane layouts / packings / op orders / recompute, ZeRO-1, several steps, `static` and `flexsp`
+plans from the planner, plans every rank must refuse; and the pipeline cases of `pipeline_cases` (P = 2
+and 4, sliced sequences, hybrid chunks, recompute on and off, `infinipipe` and `helix` plans, randomly
+perturbed plans), whose measured activation memory is also checked against the planner's memory model;
+last, a receive timeout against stalled peers.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from executor_dist_suite import SuiteResult, UlyssesCheck, run_suite
+import torch
+from executor_dist_suite import SuiteResult, UlyssesCheck, run_suite, timeout_case
 from executor_fixtures import cpu_cluster, make_plan, random_batch, random_plan, tiny_model
+from pipeline_cases import RecomputePair, executor2_cases
 
-from executor.equivalence import EquivalenceCase, StepInput, compare_case
+from executor.equivalence import CaseReport, EquivalenceCase, StepInput, compare_case, max_rel_error
 from executor.launch import launch_local
+from executor.memory_prediction import memory_profile, predict_activation_memory
 from planner_service.planner import make_plan as make_planner_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from proto.batch import Batch
@@ -115,55 +123,181 @@ def _checks(world: int) -> list[UlyssesCheck]:
     ]
 
 
+@dataclass(frozen=True)
+class Suite:
+    world: int
+    cases: list[EquivalenceCase]
+    results: dict[int, SuiteResult]
+    out_dir: str
+    seconds: float
+    recompute_pair: RecomputePair
+
+    def index(self, name: str) -> int:
+        return next(i for i, case in enumerate(self.cases) if case.name == name)
+
+    def report(self, name: str) -> CaseReport:
+        i = self.index(name)
+        outcomes = [self.results[r].outcomes[i] for r in sorted(self.results)]
+        return compare_case(i, self.cases[i], outcomes, self.out_dir, tolerance=TOL)
+
+
 @pytest.fixture(scope="module", params=[4, 8], ids=["cpu-2x2", "cpu-2x4"])
-def suite(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[int, list, dict[int, SuiteResult], str, float]:
+def suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Suite:
     world = request.param
     out_dir = str(tmp_path_factory.mktemp(f"equivalence{world}"))
-    cases = _cases(world, seed=world)
+    pipeline_cases, pair = executor2_cases(world, seed=world)
+    cases = _cases(world, seed=world) + pipeline_cases
+    stalled = timeout_case(next(c for c in pipeline_cases if c.name == pair.without))
     began = time.perf_counter()
-    results = launch_local(run_suite, (_checks(world), cases, out_dir), world_size=world)
-    return world, cases, results, out_dir, time.perf_counter() - began
+    results = launch_local(run_suite, (_checks(world), cases, out_dir, stalled), world_size=world)
+    return Suite(world, cases, results, out_dir, time.perf_counter() - began, pair)
 
 
 @pytest.mark.timeout(240)
-def test_ulysses_matches_whole_chunk_attention(suite) -> None:  # type: ignore[no-untyped-def]
+def test_ulysses_matches_whole_chunk_attention(suite: Suite) -> None:
     """Ulysses output and q/k/v gradients on each rank equal the rows of whole-chunk attention (chunk
     lengths not divisible by s; kv heads fewer than s; two lanes of different SP degree at once)."""
-    world, _, results, _, _ = suite
-    assert sorted(results) == list(range(world))
-    for r in results.values():
+    assert sorted(suite.results) == list(range(suite.world))
+    for r in suite.results.values():
         assert max(r.ulysses_errors) < 1e-12, (r.rank, r.ulysses_errors)
 
 
 @pytest.mark.timeout(240)
-def test_random_plans_match_reference(suite) -> None:  # type: ignore[no-untyped-def]
-    world, cases, results, out_dir, seconds = suite
+def test_random_plans_match_reference(suite: Suite) -> None:
+    """Every case, single-stage and pipelined, matches the single-process reference to 1e-9."""
     worst = 0.0
-    for i, case in enumerate(cases):
+    for case in suite.cases:
         if case.name.startswith("refuse"):
             continue
-        outcomes = [results[r].outcomes[i] for r in sorted(results)]
-        report = compare_case(i, case, outcomes, out_dir, tolerance=TOL)
+        report = suite.report(case.name)
         assert report.max_rel_grad_err <= TOL, (case.name, report)
         assert report.max_rel_loss_err <= TOL, (case.name, report)
         assert report.max_rel_param_err <= TOL, (case.name, report)
         assert report.ok
         worst = max(worst, report.max_rel_grad_err, report.max_rel_param_err, report.max_rel_loss_err)
-    print(f"world {world}: {len(cases)} cases, worst relative error {worst:.3e}, launch+run {seconds:.1f} s")
+    print(
+        f"world {suite.world}: {len(suite.cases)} cases, worst relative error {worst:.3e}, "
+        f"launch+run {suite.seconds:.1f} s"
+    )
 
 
 @pytest.mark.timeout(240)
-def test_mismatched_plans_are_refused_on_every_rank(suite) -> None:  # type: ignore[no-untyped-def]
+def test_mismatched_plans_are_refused_on_every_rank(suite: Suite) -> None:
     """A plan for another world size or another batch fails on every rank with a message saying why,
     before any collective (the group then runs the next case, so nothing hung)."""
-    world, cases, results, _, _ = suite
-    expect = {"refuse-world": f"world size is {world}", "refuse-batch": "plan was made for another batch"}
-    for i, case in enumerate(cases):
+    expect = {"refuse-world": f"world size is {suite.world}", "refuse-batch": "plan was made for another batch"}
+    for i, case in enumerate(suite.cases):
         if case.name in expect:
-            for r in sorted(results):
-                outcome = results[r].outcomes[i]
+            for r in sorted(suite.results):
+                outcome = suite.results[r].outcomes[i]
                 assert outcome.error is not None and expect[case.name] in outcome.error, (r, outcome.error)
                 assert f"rank {r} refuses plan" in outcome.error
                 assert outcome.losses == []
+
+
+@pytest.mark.timeout(240)
+def test_pipeline_cases_cover_slices_and_stages(suite: Suite) -> None:
+    """The pipeline cases really exercise what they claim: P = 2 (and 4 on 8 ranks), a sequence in 3+ slices
+    across chunks, a hybrid chunk, recompute, SP > 1 lanes, and planner plans that slice."""
+    seen = {"P2": False, "P4": False, "3+ slices": False, "hybrid": False, "recompute": False, "sp>1": False}
+    for case in suite.cases:
+        if case.name.startswith("refuse"):
+            continue
+        for step in case.steps:
+            plan, lengths = step.plan, step.batch.length_of()
+            seen["P2"] |= plan.pipeline.num_stages == 2
+            seen["P4"] |= plan.pipeline.num_stages == 4
+            for lane in plan.lanes:
+                seen["recompute"] |= plan.pipeline.num_stages > 1 and any(map(any, lane.recompute))
+                seen["sp>1"] |= plan.pipeline.num_stages > 1 and lane.sp_degree > 1
+                pieces: dict[int, int] = {}
+                for chunk in lane.chunks:
+                    partial = [s for s in chunk.segments if s.start > 0 or s.end < lengths[s.seq_id]]
+                    seen["hybrid"] |= len(chunk.segments) > 1 and any(s.start > 0 for s in partial)
+                    for seg in partial:
+                        pieces[seg.seq_id] = pieces.get(seg.seq_id, 0) + 1
+                seen["3+ slices"] |= any(n >= 3 for n in pieces.values())
+    expected = {k for k in seen if k != "P4" or suite.world >= 8}
+    assert {k for k, v in seen.items() if v} >= expected, seen
+    for name in ("planner-infinipipe-P2", "planner-helix-P2"):
+        case = suite.cases[suite.index(name)]
+        assert case.pipeline.num_stages == 2
+        lengths = case.steps[0].batch.length_of()
+        segments = [s for lane in case.steps[0].plan.lanes for c in lane.chunks for s in c.segments]
+        assert any(s.end < lengths[s.seq_id] for s in segments), name
+
+
+@pytest.mark.timeout(240)
+def test_recompute_on_and_off_give_identical_gradients(suite: Suite) -> None:
+    """The same sliced plan with no recompute and with every layer recomputed (K/V of earlier slices kept as
+    copies while their layers recompute) gives the same gradients, to round-off."""
+    pair = suite.recompute_pair
+    dirs = [Path(suite.out_dir) / f"case{suite.index(name):03d}" for name in (pair.without, pair.with_all)]
+    for stage_file in sorted(p.name for p in dirs[0].glob("grads_step0_stage*.pt")):
+        plain, recomputed = (torch.load(d / stage_file, weights_only=True) for d in dirs)
+        assert max_rel_error(recomputed, plain) <= 1e-13, stage_file
+    for name in (pair.without, pair.with_all):
+        assert suite.report(name).ok
+
+
+@pytest.mark.timeout(120)
+def test_receive_timeout_names_rank_stage_lane_and_op(suite: Suite) -> None:
+    """With every last-stage rank stalled, every other rank fails after the receive timeout with a message
+    naming itself, its stage and lane and the op it waited in, instead of hanging."""
+    block = suite.world // 2
+    for rank, result in sorted(suite.results.items()):
+        if rank >= block:
+            assert result.timeout_error == "stalled"
+            continue
+        error = result.timeout_error
+        assert error is not None, rank
+        assert f"rank {rank} (lane 0, stage 0) timed out after 1 s in op B" in error, error
+        assert f"from rank {rank + block}" in error, error
+        assert result.timeout_seconds < 30, result.timeout_seconds
+
+
+@pytest.mark.timeout(240)
+def test_measured_activation_memory_matches_the_planner_model(suite: Suite) -> None:
+    """Measured peak activation memory per rank (saved tensors + K/V leaves and their gradients) against the
+    planner's memory walk (`stage_memory`, held part) for every pipelined case.
+
+    With the executor's own per-token coefficients (`memory_profile(..., "executor")`) the walk must agree
+    to -15% / +6%, plus the per-chunk RoPE tables and token ids that the per-layer model has no term for.
+    Below: the walk holds a chunk's activations and its earlier slices' dK/dV accumulators for the whole
+    B op, while backward frees one layer's activations before the next layer's dK/dV exist. With the
+    planner's preset coefficients (fused bf16-era kernels, fp32 logits) scaled to float64, measured is
+    0.9-1.75x the prediction: see `executor.memory_prediction`.
+    """
+    ratios = []
+    for case in suite.cases:
+        if case.pipeline.num_stages == 1:
+            continue
+        report = suite.report(case.name)
+        for k, step in enumerate(case.steps):
+            predicted = {
+                kind: predict_activation_memory(
+                    step.plan,
+                    step.batch,
+                    case.cluster,
+                    case.model,
+                    memory_profile(case.cluster, case.model, torch.float64, kind),
+                )
+                for kind in ("executor", "preset")
+            }
+            for rank, measured in enumerate(report.steps[k].peak_activation_bytes):
+                matched, preset = predicted["executor"][rank], predicted["preset"][rank]
+                lane = next(lane for lane in step.plan.lanes if rank in lane.ranks[matched.stage])
+                shard_tokens = sum(-(-c.num_tokens // lane.sp_degree) for c in lane.chunks)
+                slack = shard_tokens * (2 * case.model.head_dim * 8 + 16)
+                where = (case.name, k, rank, measured, matched, preset)
+                assert 0.85 * matched.held_peak_bytes - slack <= measured, where
+                assert measured <= 1.06 * matched.held_peak_bytes + slack, where
+                assert 0.9 * preset.held_peak_bytes <= measured <= 1.75 * preset.held_peak_bytes + slack, where
+                ratios.append((measured / matched.held_peak_bytes, measured / preset.held_peak_bytes))
+    assert ratios
+    lo, hi = min(r for r, _ in ratios), max(r for r, _ in ratios)
+    plo, phi = min(p for _, p in ratios), max(p for _, p in ratios)
+    print(
+        f"world {suite.world}: measured/predicted activation memory over {len(ratios)} ranks x steps: "
+        f"executor profile {lo:.3f}..{hi:.3f}, preset profile {plo:.3f}..{phi:.3f}"
+    )

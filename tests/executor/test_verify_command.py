@@ -25,6 +25,15 @@ def _app() -> typer.Typer:
     return app
 
 
+STEP_KEYS = {
+    "step",
+    "loss",
+    "ref_loss",
+    "max_rel_grad_err",
+    "num_stages",
+    "peak_activation_bytes",
+    "predicted_activation_bytes",
+}
 WORKLOAD = ["--cluster", "cpu-2x2", "--model", "tiny", "--dataset", "github", "--batch-size", "6", "--max-len", "96"]
 
 
@@ -42,10 +51,31 @@ def test_verify_json_reports_exact_equivalence() -> None:
     assert report["ok"] is True and report["tolerance"] == 1e-9
     assert [s["step"] for s in report["steps"]] == [0, 1]
     for s in report["steps"]:
-        assert set(s) == {"step", "loss", "ref_loss", "max_rel_grad_err"}
+        assert set(s) == STEP_KEYS
         assert s["max_rel_grad_err"] <= 1e-9
         assert abs(s["loss"] - s["ref_loss"]) <= 1e-9 * abs(s["ref_loss"])
+        assert len(s["peak_activation_bytes"]) == len(s["predicted_activation_bytes"]) == 4
     assert report["max_rel_param_err"] <= 1e-9
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_verify_forced_pipeline_with_slices() -> None:
+    """`--stages 2` makes the planner pipeline the job; infinipipe slices the long sequences; still exact, and
+    every rank's measured activation memory is reported next to the planner's prediction."""
+    result = CliRunner().invoke(
+        _app(),
+        ["verify", *WORKLOAD, "--max-len", "160", "--strategy", "infinipipe", "--stages", "2", "--seed", "4", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    (step,) = report["steps"]
+    assert step["num_stages"] == 2
+    assert all(m > 0 for m in step["peak_activation_bytes"])
+    for measured, predicted in zip(step["peak_activation_bytes"], step["predicted_activation_bytes"], strict=True):
+        assert 0.8 * predicted <= measured <= 1.3 * predicted
 
 
 @pytest.mark.timeout(60)

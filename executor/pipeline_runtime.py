@@ -1,0 +1,168 @@
+"""Run one rank's op list of a plan: F/B of its lane's chunks at its stage, with sends, receives and K/V caches.
+
+For op F(c) the rank materialises its SP share of chunk c's inputs (token ids on the first stage, else the
+activations received from the same SP position of stage p-1), runs the stage's layers with Ulysses
+attention over the lane's SP group and the K/V cache of sliced sequences, recomputing the plan's number of
+layers for (stage, c), and sends the output to stage p+1 (on the last stage it computes the chunk's loss).
+For B(c) it back-propagates the loss (last stage) or the gradient received from stage p+1, adds the
+accumulated dK/dV of the chunk's non-final slice, sends the input gradient to stage p-1 and releases the
+chunk's activations and K/V leaves.
+
+Shapes come from the plan: a chunk of T tokens on a lane of SP degree s is (ceil(T/s), hidden) per rank.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from executor.chunk_shards import IGNORE_INDEX, chunk_layout, materialize_shard
+from executor.kv_cache import ChunkKVBinding, SliceKVCache
+from executor.memory_probe import ActivationMemoryProbe
+from executor.model import DecoderStage
+from executor.pipeline_links import StageLinks
+from executor.plan_role import RankRole
+from executor.ulysses import UlyssesAttention
+from proto.plan import Lane
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageRunSettings:
+    """Per-job constants of a rank's stage runs."""
+
+    dtype: torch.dtype
+    device: str
+    attention_backend: str
+    vocab_size: int
+    recv_timeout_s: float
+
+
+@dataclass(frozen=True)
+class StageRunResult:
+    local_loss: float
+    """Sum of this rank's chunk losses (non-zero on the last stage only)."""
+    local_tokens: int
+    """Rows this rank processed (padded shard sizes)."""
+    peak_activation_bytes: int
+    """Measured peak of activations saved for backward plus held K/V (see `executor.memory_probe`)."""
+
+
+@dataclass
+class _InFlight:
+    """What a chunk keeps between its forward and its backward on this rank."""
+
+    inputs: torch.Tensor
+    output: torch.Tensor
+    """The loss on the last stage, else the activations sent to the next stage."""
+    kv: ChunkKVBinding
+
+
+@dataclass(kw_only=True)
+class StageRuntime:
+    """One rank's execution of its lane's schedule at its stage, for one step."""
+
+    module: DecoderStage
+    lane: Lane
+    role: RankRole
+    sp_group: dist.ProcessGroup | None
+    lengths: Mapping[int, int]
+    token_seed: int
+    loss_norm: int
+    settings: StageRunSettings
+    _cache: SliceKVCache = field(default_factory=SliceKVCache)
+    _in_flight: dict[int, _InFlight] = field(default_factory=dict)
+
+    def run(self) -> StageRunResult:
+        role, lane = self.role, self.lane
+        links = StageLinks(
+            rank=role.rank,
+            lane_id=role.lane_id,
+            stage=role.stage,
+            prev_rank=None if role.is_first_stage else lane.ranks[role.stage - 1][role.sp_rank],
+            next_rank=None if role.is_last_stage else lane.ranks[role.stage + 1][role.sp_rank],
+            timeout_s=self.settings.recv_timeout_s,
+        )
+        probe = ActivationMemoryProbe(
+            exclude=self.module.parameters(), held=self._cache.held_tensors, device=self.settings.device
+        )
+        local_loss, local_tokens = 0.0, 0
+        probe.start()
+        for op in lane.schedule[role.stage]:
+            if op.kind == "F":
+                with probe.forward():
+                    loss, tokens = self._forward(op.chunk, links)
+                local_loss += loss
+                local_tokens += tokens
+            else:
+                self._backward(op.chunk, links)
+                probe.sample()
+            if log.isEnabledFor(logging.DEBUG):
+                held, peak = probe.live_bytes, probe.peak_bytes
+                log.debug("rank %d %s: held activations %d B, peak %d B", role.rank, op, held, peak)
+        links.finish()
+        if self._in_flight:
+            raise RuntimeError(f"rank {role.rank}: chunks {sorted(self._in_flight)} ran forward but never backward")
+        if self._cache.keys():
+            raise RuntimeError(f"rank {role.rank}: K/V of slices {self._cache.keys()} were never released")
+        return StageRunResult(local_loss, local_tokens, probe.peak_bytes)
+
+    def _forward(self, c: int, links: StageLinks) -> tuple[float, int]:
+        role, settings = self.role, self.settings
+        layout = chunk_layout(self.lane.chunks[c], role.sp_degree)
+        shard = materialize_shard(
+            layout,
+            role.sp_rank,
+            lengths=dict(self.lengths),
+            token_seed=self.token_seed,
+            vocab_size=settings.vocab_size,
+            device=settings.device,
+        )
+        recompute = self.lane.recompute[role.stage][c]
+        kv = ChunkKVBinding(
+            cache=self._cache,
+            segments=layout.segments,
+            cu_seqlens=layout.cu_seqlens,
+            lengths=self.lengths,
+            first_layer=self.module.lo,
+            recompute_layers=recompute,
+        )
+        attend = UlyssesAttention(
+            group=self.sp_group,
+            sp_degree=role.sp_degree,
+            cu_seqlens=layout.cu_seqlens,
+            backend=settings.attention_backend,
+            kv_binding=kv if kv.is_needed else None,
+        )
+        if role.is_first_stage:
+            inputs = shard.token_ids
+        else:
+            shape = (layout.shard_tokens, self.module.spec.hidden_size)
+            inputs = links.recv_activation(c, shape, settings.dtype, settings.device).requires_grad_(True)
+        out = self.module(inputs, shard.positions, attend, recompute)
+        loss_value = 0.0
+        if role.is_last_stage:
+            out = F.cross_entropy(out, shard.targets, ignore_index=IGNORE_INDEX, reduction="sum") / self.loss_norm
+            loss_value = float(out.detach())
+        else:
+            links.send_activation(c, out)
+        self._in_flight[c] = _InFlight(inputs, out, kv)
+        return loss_value, layout.shard_tokens
+
+    def _backward(self, c: int, links: StageLinks) -> None:
+        flight = self._in_flight.pop(c)
+        if self.role.is_last_stage:
+            flight.output.backward()
+        else:
+            grad = links.recv_gradient(c, tuple(flight.output.shape), self.settings.dtype, self.settings.device)
+            torch.autograd.backward(flight.output, grad)
+        if not self.role.is_first_stage:
+            assert flight.inputs.grad is not None, f"rank {self.role.rank}: B{c} produced no input gradient"
+            links.send_gradient(c, flight.inputs.grad)
+        flight.kv.release()
