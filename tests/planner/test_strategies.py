@@ -3,17 +3,20 @@ timeouts fall back to a valid greedy plan instead of stopping training."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import planner_service.planner as planner_module
+from planner_service.plan_assembly import PlanningContext
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.solvers import lane_assignment_milp
 from planner_service.solvers.integer_program import Solution
-from planner_service.strategies.registry import STRATEGIES
-from proto import Batch, validate_plan
+from planner_service.strategies.registry import STRATEGIES, StrategyFn
+from proto import Batch, Plan, validate_plan
 
 CLUSTER = resolve_cluster("a800-80g-4x8")
 MODEL = resolve_model("llama2-7b")
@@ -87,12 +90,10 @@ def test_invalid_strategy_output_falls_back(monkeypatch: pytest.MonkeyPatch) -> 
     other = Batch.from_lengths([100, 200])
     real_get = planner_module.get_strategy
 
-    def wrong_batch_strategy(name: str):  # noqa: ANN202
+    def wrong_batch_strategy(name: str) -> StrategyFn:
         fn = real_get("greedy")
 
-        def plan(ctx):  # noqa: ANN001, ANN202
-            from dataclasses import replace
-
+        def plan(ctx: PlanningContext) -> Plan:
             return fn(replace(ctx, batch=other))
 
         return plan
