@@ -78,7 +78,7 @@ def draw_gantt(plan: Plan, result: SimulationResult, path: Path) -> Path:
     ax.legend(
         handles=[Patch(facecolor=c, hatch=h, label=label) for c, h, label in STYLE.values()],
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.1),
+        bbox_to_anchor=(0.5, -0.14),
         ncol=len(STYLE),
         fontsize=8,
     )

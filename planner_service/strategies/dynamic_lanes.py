@@ -249,6 +249,12 @@ def lane_recompute(
     """Recompute counts per stage of one lane, or None when even full recompute does not fit."""
     cost = ctx.cost
     p_count = pipeline.num_stages
+    tokens = [c.num_tokens for c in chunks]
+    zero = (0,) * len(chunks)
+    if all(
+        no_recompute_bound(cost, pipeline, p, sp_degree, tokens) <= budgets[p] for p in range(p_count)
+    ):  # every chunk held at once still fits: no need to walk the schedule
+        return tuple(zero for _ in range(p_count))
     lane = Lane(
         lane_id=0,
         sp_degree=sp_degree,
@@ -257,10 +263,8 @@ def lane_recompute(
         schedule=build_schedule(chunks, p_count),
         recompute=[[0] * len(chunks) for _ in range(p_count)],
     )
-    tokens = [c.num_tokens for c in chunks]
     spans = sp_degree > ctx.cluster.devices_per_node
     layer_s = [sum(cost.layer_terms(c, sp_degree=sp_degree, spans_nodes=spans)[:2]) for c in chunks]
-    zero = (0,) * len(chunks)
     out = []
     for p in range(p_count):
         memory = stage_memory(lane, pipeline, p, cost, lengths, tokens)
@@ -286,10 +290,24 @@ SEARCH_SHARE = 0.75
 with the ILP and validating, so a call returns close to its limit."""
 
 
+def no_recompute_bound(cost: CostModel, pipeline: PipelineSpec, stage: int, sp_degree: int, tokens: list[int]) -> float:
+    """An upper bound on a lane's activation-side peak on `stage` without recompute: every chunk held at once,
+    dK/dV accumulators for every token, and the largest chunk's working memory (`StageMemory.peak` <= this)."""
+    layers = pipeline.layers_of(stage)
+    last = stage == pipeline.num_stages - 1
+    held = sum(
+        cost.chunk_activation_bytes(t, sp_degree=sp_degree, num_layers=layers, is_last_stage=last)
+        + cost.kv_bytes(t, sp_degree, layers)
+        for t in tokens
+    )
+    return held + cost.transient_bytes(max(tokens, default=0), sp_degree=sp_degree, is_last_stage=last)
+
+
 class Deadline:
     """Wall-clock budget shared by the steps of one planning call."""
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.end = time.perf_counter() + seconds
 
     @classmethod
@@ -301,6 +319,10 @@ class Deadline:
 
     def expired(self) -> bool:
         return self.left() <= 0.0
+
+    def overrun(self) -> bool:
+        """Past the deadline by its whole budget again: even the steps that are normally forced are skipped."""
+        return time.perf_counter() > self.end + self.seconds
 
     def share(self, fraction: float) -> float:
         return self.left() * fraction
@@ -332,8 +354,9 @@ def build_proposals(
     required: Sequence[Proposal], optional: Sequence[Proposal], deadline: Deadline, *, refine: int = 2
 ) -> list[Candidate]:
     """Build every `required` proposal at its first chunk count, then the `optional` ones in order of estimate
-    until the deadline; then try the other chunk counts, fastest first: on the `refine` fastest always (each
-    knob after the first only while time is left), on the others while the deadline has not passed."""
+    until the deadline; then try the other chunk counts, fastest first: on the `refine` fastest unless the
+    deadline is overrun (each knob after the first only while time is left), on the others while the deadline
+    has not passed."""
     built: list[tuple[Candidate, Proposal]] = []
     queue = [*required, *sorted(optional, key=lambda p: p.estimate_s)]
     for i, proposal in enumerate(queue):
@@ -345,7 +368,8 @@ def build_proposals(
     built.sort(key=lambda cp: cp[0].plan.predicted.iteration_s)
     out = []
     for rank, (candidate, proposal) in enumerate(built):
-        if len(proposal.knobs) > 1 and (rank < refine or not deadline.expired()):
+        forced = rank < refine and not deadline.overrun()
+        if len(proposal.knobs) > 1 and (forced or not deadline.expired()):
             better = search_knobs(proposal.recipe, proposal.knobs[1:], deadline)
             if better is not None and better.plan.predicted.iteration_s < candidate.plan.predicted.iteration_s:
                 candidate = better

@@ -4,8 +4,8 @@ Proposals come from three families, each with a work-model estimate: flexible la
 ILP for every candidate pipeline degree P (the job's fixed P, or a search; slicing when P > 1), the
 uniform SP x PP layouts of `infinipipe`, and the flexible P = 1 lanes of `flexsp`. What `flexsp` and
 `infinipipe` would build, and the best flexible layout, are always built and simulated; the remaining
-proposals best-estimate first until the time limit. The greedy fallback plan competes too, and the
-winners' recompute is re-solved by the recompute ILP. So `helix` is never slower than flexsp,
+proposals best-estimate first until the time limit. The greedy fallback plan competes too (while time is
+left), and the winners' recompute is re-solved by the recompute ILP. So `helix` is never slower than flexsp,
 infinipipe or greedy when the search finishes inside the limit (a tight limit on a busy machine can
 cut the chunk-count refinement short).
 """
@@ -77,8 +77,9 @@ def plan_helix(ctx: PlanningContext) -> Plan:
         required += uniform[:CANDIDATES_BUILT] + flexible[:1]
         optional += uniform[CANDIDATES_BUILT:] + flexible[1:]
     candidates: list[Candidate] = build_proposals(required, optional, deadline)
-    with contextlib.suppress(PlanningError):  # the fallback plan competes: it is cheap and helix must not lose to it
-        candidates.append(Candidate(plan_greedy(ctx, strategy="helix"), recipe=None))
+    if not candidates or not deadline.expired():  # the fallback plan competes while time is left
+        with contextlib.suppress(PlanningError):
+            candidates.append(Candidate(plan_greedy(ctx, strategy="helix"), recipe=None))
     plan = finalize(candidates, deadline)
     if plan is None:
         raise InfeasibleWorkload(
