@@ -169,14 +169,21 @@ def _packed_with_context(k, v, bounds, contexts):  # type: ignore[no-untyped-def
     return torch.cat(ks), torch.cat(vs), cu_k
 
 
-def _flash(q, k, v, bounds, contexts, scale):  # type: ignore[no-untyped-def]
-    flash_varlen = _flash_varlen()
-    assert flash_varlen is not None
+def _varlen_inputs(q, k, v, bounds, contexts):  # type: ignore[no-untyped-def]
+    """Keys/values packed with their prefixes, the int32 cumulative lengths and the longest q and k segments,
+    as the fused varlen kernels take them."""
     kk, vv, cu_k = _packed_with_context(k, v, bounds, contexts)
     cu_q_t = torch.tensor(bounds, dtype=torch.int32, device=q.device)
     cu_k_t = torch.tensor(cu_k, dtype=torch.int32, device=q.device)
     max_q = max(b - a for a, b in pairwise(bounds))
     max_k = max(b - a for a, b in pairwise(cu_k))
+    return kk, vv, cu_q_t, cu_k_t, max_q, max_k
+
+
+def _flash(q, k, v, bounds, contexts, scale):  # type: ignore[no-untyped-def]
+    flash_varlen = _flash_varlen()
+    assert flash_varlen is not None
+    kk, vv, cu_q_t, cu_k_t, max_q, max_k = _varlen_inputs(q, k, v, bounds, contexts)
     # flash-attn >= 2.1 aligns the causal mask to the bottom-right corner when seqlen_k > seqlen_q.
     return flash_varlen(q[: bounds[-1]], kk, vv, cu_q_t, cu_k_t, max_q, max_k, softmax_scale=scale, causal=True)
 
@@ -184,11 +191,7 @@ def _flash(q, k, v, bounds, contexts, scale):  # type: ignore[no-untyped-def]
 def _torch_varlen_impl(q, k, v, bounds, contexts, scale):  # type: ignore[no-untyped-def]
     varlen = _torch_varlen()
     assert varlen is not None
-    kk, vv, cu_k = _packed_with_context(k, v, bounds, contexts)
-    cu_q_t = torch.tensor(bounds, dtype=torch.int32, device=q.device)
-    cu_k_t = torch.tensor(cu_k, dtype=torch.int32, device=q.device)
-    max_q = max(b - a for a, b in pairwise(bounds))
-    max_k = max(b - a for a, b in pairwise(cu_k))
+    kk, vv, cu_q_t, cu_k_t, max_q, max_k = _varlen_inputs(q, k, v, bounds, contexts)
     params = inspect.signature(varlen).parameters  # the keyword set changed between torch releases
     kwargs: dict[str, object] = {"scale": scale}
     if q.shape[1] != kk.shape[1]:
