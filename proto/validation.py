@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Sequence
 
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.fingerprint import fingerprint
 from proto.model import ModelSpec
-from proto.plan import Lane, Plan
+from proto.plan import Lane, Op, Plan
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -222,22 +223,21 @@ def _check_schedule_order(lane: Lane, plan: Plan) -> list[str]:
     return problems
 
 
-def _check_deadlock(lane: Lane, num_stages: int) -> list[str]:
-    """Replay the schedules with blocking receives and asynchronous sends.
+def schedule_stuck_points(schedule: Sequence[Sequence[Op]]) -> list[str]:
+    """Replay per-stage op lists with blocking receives and asynchronous sends; empty when they complete.
 
     F(c) on stage p waits for F(c) on stage p-1 (its input activation); B(c) on stage p waits for
     B(c) on stage p+1 (its output gradient). If no stage can advance before all are done, the
-    executor would hang: report where each stage is stuck.
+    executor would hang: the result says where each stage is stuck.
     """
+    num_stages = len(schedule)
     done: set[tuple[str, int, int]] = set()
     cursor = [0] * num_stages
-    total = sum(len(ops) for ops in lane.schedule)
-    finished = 0
     progress = True
-    while progress and finished < total:
+    while progress:
         progress = False
         for p in range(num_stages):
-            ops = lane.schedule[p]
+            ops = schedule[p]
             while cursor[p] < len(ops):
                 op = ops[cursor[p]]
                 if op.kind == "F":
@@ -248,16 +248,13 @@ def _check_deadlock(lane: Lane, num_stages: int) -> list[str]:
                     break
                 done.add((op.kind, op.chunk, p))
                 cursor[p] += 1
-                finished += 1
                 progress = True
-    if finished == total:
-        return []
-    stuck = ", ".join(
-        f"stage {p} waits at {lane.schedule[p][cursor[p]]}"
-        for p in range(num_stages)
-        if cursor[p] < len(lane.schedule[p])
-    )
-    return [f"lane {lane.lane_id}: schedule deadlocks ({stuck})"]
+    return [f"stage {p} waits at {schedule[p][cursor[p]]}" for p in range(num_stages) if cursor[p] < len(schedule[p])]
+
+
+def _check_deadlock(lane: Lane, num_stages: int) -> list[str]:
+    stuck = schedule_stuck_points(lane.schedule[:num_stages])
+    return [f"lane {lane.lane_id}: schedule deadlocks ({', '.join(stuck)})"] if stuck else []
 
 
 def _check_memory(plan: Plan, cluster: ClusterSpec) -> list[str]:

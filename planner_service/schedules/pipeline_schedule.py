@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from proto import Chunk, Op
+from proto.validation import schedule_stuck_points
 
 
 def backward_order(chunks: Sequence[Chunk]) -> list[int]:
@@ -47,32 +48,12 @@ def _one_f_one_b(num_chunks: int, b_order: list[int], stage: int, num_stages: in
     return ops
 
 
-def _deadlocks(schedule: list[list[Op]]) -> bool:
-    num_stages = len(schedule)
-    done: set[tuple[str, int, int]] = set()
-    cursor = [0] * num_stages
-    progress = True
-    while progress:
-        progress = False
-        for p in range(num_stages):
-            while cursor[p] < len(schedule[p]):
-                op = schedule[p][cursor[p]]
-                dep = ("F", op.chunk, p - 1) if op.kind == "F" else ("B", op.chunk, p + 1)
-                edge = p == 0 if op.kind == "F" else p == num_stages - 1
-                if not edge and dep not in done:
-                    break
-                done.add((op.kind, op.chunk, p))
-                cursor[p] += 1
-                progress = True
-    return any(cursor[p] < len(schedule[p]) for p in range(num_stages))
-
-
 def build_schedule(chunks: Sequence[Chunk], num_stages: int) -> list[list[Op]]:
     """Per-stage op lists for a lane's chunks (in their lane order)."""
     n = len(chunks)
     b_order = backward_order(chunks)
     schedule = [_one_f_one_b(n, b_order, p, num_stages) for p in range(num_stages)]
-    if _deadlocks(schedule):
+    if schedule_stuck_points(schedule):
         flat = [Op(kind="F", chunk=c) for c in range(n)] + [Op(kind="B", chunk=c) for c in b_order]
         schedule = [list(flat) for _ in range(num_stages)]
     return schedule

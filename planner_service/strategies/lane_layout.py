@@ -32,7 +32,3 @@ def valid_sp_degrees(model: ModelSpec, max_degree: int) -> list[int]:
 def valid_pipeline_degrees(cluster: ClusterSpec, model: ModelSpec) -> list[int]:
     """P values that divide the device count and do not exceed the layer count."""
     return [p for p in range(1, min(cluster.num_devices, model.num_layers) + 1) if cluster.num_devices % p == 0]
-
-
-def spans_nodes(cluster: ClusterSpec, ranks: list[int]) -> bool:
-    return cluster.spans_nodes(ranks)
