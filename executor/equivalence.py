@@ -142,7 +142,7 @@ def run_cases(cases: Sequence[EquivalenceCase], out_dir: str, groups: ProcessGro
 
     Creates the process groups for the cases' pipeline degrees unless `groups` is given."""
     if groups is None:
-        groups = create_process_groups({case.pipeline.num_stages for case in cases})
+        groups = create_process_groups(cases[0].cluster, {case.pipeline.num_stages for case in cases})
     return [_run_case(index, case, groups, Path(out_dir)) for index, case in enumerate(cases)]
 
 

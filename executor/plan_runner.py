@@ -32,7 +32,7 @@ from executor.model import build_stage
 from executor.optimizer import AdamWConfig, build_optimizer
 from executor.pipeline_runtime import StageRunResult, StageRunSettings, StageRuntime
 from executor.plan_role import RankRole, check_plan, find_role, lane_of
-from executor.process_groups import ProcessGroups, stage_block
+from executor.process_groups import ProcessGroups
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
@@ -93,10 +93,10 @@ class PlanExecutor:
             raise ValueError(f"cluster has {cluster.num_devices} devices but the world size is {self.world_size}")
         if pipeline.num_layers != model.num_layers:
             raise ValueError(f"pipeline covers {pipeline.num_layers} layers, the model has {model.num_layers}")
-        num_stages = pipeline.num_stages
-        self.stage = self.rank // (self.world_size // num_stages)
-        self.dp_ranks = stage_block(self.world_size, num_stages, self.stage)
-        self.dp_group = groups.dp_group(num_stages, self.stage)
+        topology = groups.topology(pipeline.num_stages)
+        self.stage = topology.stage_of(self.rank)
+        self.dp_ranks = topology.stage_block(self.stage)
+        self.dp_group = groups.dp_group(pipeline.num_stages, self.stage)
         self.module = build_stage(
             model,
             seed=config.seed,

@@ -19,34 +19,18 @@ from types import MappingProxyType
 
 import torch.distributed as dist
 
+from proto.cluster import ClusterSpec
+from proto.topology import Ranks, Topology
+
 log = logging.getLogger(__name__)
 
-Ranks = tuple[int, ...]
 
-
-def stage_block(world_size: int, num_stages: int, stage: int) -> Ranks:
-    """The ranks that hold stage `stage` when `world_size` ranks run a `num_stages`-stage pipeline."""
-    assert world_size % num_stages == 0, f"pipeline degree {num_stages} does not divide world size {world_size}"
-    size = world_size // num_stages
-    return tuple(range(stage * size, (stage + 1) * size))
-
-
-def aligned_sp_groups(block: Ranks) -> list[Ranks]:
-    """Every aligned power-of-two run inside a block, smallest first: size 1, 2, 4, ... at offsets k*size."""
-    groups, size = [], 1
-    while size <= len(block):
-        groups += [block[off : off + size] for off in range(0, len(block) - size + 1, size)]
-        size *= 2
-    return groups
-
-
-def planned_groups(world_size: int, pipeline_degrees: Iterable[int]) -> list[Ranks]:
-    """The ranks of every group to create, deduplicated, in one deterministic order."""
+def planned_groups(topologies: Iterable[Topology]) -> list[Ranks]:
+    """The ranks of every group to create, deduplicated, in one deterministic order (by pipeline degree)."""
     ordered: dict[Ranks, None] = {}
-    for num_stages in sorted(set(pipeline_degrees)):
-        for stage in range(num_stages):
-            block = stage_block(world_size, num_stages, stage)
-            for ranks in [*aligned_sp_groups(block), block]:
+    for topology in sorted(topologies, key=lambda t: t.num_stages):
+        for stage in range(topology.num_stages):
+            for ranks in [*topology.aligned_sp_groups(stage), topology.stage_block(stage)]:
                 ordered.setdefault(ranks, None)
     return list(ordered)
 
@@ -58,6 +42,8 @@ class ProcessGroups:
     world_size: int
     rank: int
     groups: Mapping[Ranks, dist.ProcessGroup]
+    topologies: Mapping[int, Topology]
+    """The topology of every configured pipeline degree, by P."""
 
     def get(self, ranks: Iterable[int]) -> dist.ProcessGroup:
         key = tuple(ranks)
@@ -68,20 +54,28 @@ class ProcessGroups:
             )
         return self.groups[key]
 
+    def topology(self, num_stages: int) -> Topology:
+        if num_stages not in self.topologies:
+            raise KeyError(
+                f"pipeline degree {num_stages} was not configured at start-up (configured: {sorted(self.topologies)})"
+            )
+        return self.topologies[num_stages]
+
     def dp_group(self, num_stages: int, stage: int) -> dist.ProcessGroup:
         """The data-parallel group of `stage`: its whole stage block."""
-        return self.get(stage_block(self.world_size, num_stages, stage))
+        return self.get(self.topology(num_stages).stage_block(stage))
 
 
-def create_process_groups(pipeline_degrees: Iterable[int] = (1,)) -> ProcessGroups:
+def create_process_groups(cluster: ClusterSpec, pipeline_degrees: Iterable[int] = (1,)) -> ProcessGroups:
     """Create all SP and DP groups for the given pipeline degrees (collective: call on every rank)."""
     assert dist.is_initialized(), "init_process_group must run before create_process_groups"
     world_size, rank = dist.get_world_size(), dist.get_rank()
-    degrees = sorted(set(pipeline_degrees))
-    for p in degrees:
-        if p < 1 or world_size % p:
-            raise ValueError(f"pipeline degree {p} does not divide the world size {world_size}")
+    if cluster.num_devices != world_size:
+        raise ValueError(f"cluster {cluster.name} has {cluster.num_devices} devices but the world size is {world_size}")
+    topologies = {p: Topology.of(cluster, p) for p in sorted(set(pipeline_degrees))}
     began = time.perf_counter()
-    groups = {ranks: dist.new_group(list(ranks)) for ranks in planned_groups(world_size, degrees)}
+    groups = {ranks: dist.new_group(list(ranks)) for ranks in planned_groups(topologies.values())}
     log.info("rank %d: created %d process groups in %.3f s", rank, len(groups), time.perf_counter() - began)
-    return ProcessGroups(world_size=world_size, rank=rank, groups=MappingProxyType(groups))
+    return ProcessGroups(
+        world_size=world_size, rank=rank, groups=MappingProxyType(groups), topologies=MappingProxyType(topologies)
+    )

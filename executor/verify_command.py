@@ -29,7 +29,7 @@ from executor.equivalence import DTYPES, CaseReport, EquivalenceCase, StepInput,
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
-from proto.plan import Plan, PlanOptions
+from proto.plan import Plan, PlanOptions, ZeroStage
 from proto.validation import PlanValidationError, validate_plan
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def _step_inputs(
             cluster=cluster,
             model=model,
             strategy=strategy,
-            options=PlanOptions(zero_stage=zero),  # type: ignore[arg-type]
+            options=PlanOptions(zero_stage=ZeroStage(zero)),
             time_limit_s=time_limit,
             num_stages=stages,
             step=k,

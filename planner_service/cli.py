@@ -27,7 +27,7 @@ from planner_service.planner import make_plan
 from planner_service.presets import PresetError, list_clusters, list_models, resolve_cluster, resolve_model
 from planner_service.strategies.registry import STRATEGIES
 from planner_service.workloads import WorkloadError, load_workload
-from proto import Batch, ClusterSpec, ModelSpec, Plan, PlanOptions
+from proto import Batch, ClusterSpec, ModelSpec, Plan, PlanOptions, ZeroStage
 
 USER_ERRORS = (PlanningError, PresetError, WorkloadError, ValidationError, FileNotFoundError, json.JSONDecodeError)
 EXIT_USER_ERROR = 2
@@ -133,7 +133,7 @@ def plan_command(
         cluster=work.cluster,
         model=work.model,
         strategy=strategy,
-        options=PlanOptions(zero_stage=zero),  # type: ignore[arg-type]
+        options=PlanOptions(zero_stage=ZeroStage(zero)),
         time_limit_s=time_limit,
         solver=solver,
         num_stages=stages,
@@ -153,7 +153,7 @@ def compare_results(
     work: Workload, strategies: list[str], time_limit: float, solver: str, zero: int
 ) -> tuple[dict[str, Any], dict[str, Plan]]:
     """The comparison report (the `--json` object) and the plans of the feasible strategies."""
-    options = PlanOptions(zero_stage=zero)  # type: ignore[arg-type]
+    options = PlanOptions(zero_stage=ZeroStage(zero))
     ideal = CostModel.from_specs(work.cluster, work.model, options=options).ideal_s(work.batch)
     results = []
     plans: dict[str, Plan] = {}
@@ -171,7 +171,7 @@ def compare_results(
             )
             plan: Plan | None = made
             plans[name] = made
-            status: str = made.solver.status
+            status: str = made.solver.status.value
         except PlanningError as exc:
             plan, status = None, f"infeasible: {exc}"
         elapsed = time.perf_counter() - started

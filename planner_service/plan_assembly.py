@@ -13,9 +13,21 @@ from dataclasses import dataclass, field, replace
 from planner_service.cost_model import CostModel
 from planner_service.schedules import build_schedule
 from planner_service.simulator import SimulationResult, simulate
-from planner_service.strategies.lane_layout import lane_ranks
-from proto import Batch, Chunk, ClusterSpec, Lane, ModelSpec, PipelineSpec, Plan, PlanOptions, Predicted, SolverInfo
+from proto import (
+    Batch,
+    Chunk,
+    ClusterSpec,
+    Lane,
+    ModelSpec,
+    PipelineSpec,
+    Plan,
+    PlanOptions,
+    Predicted,
+    SolverInfo,
+    ZeroStage,
+)
 from proto.fingerprint import fingerprint
+from proto.topology import Topology
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,7 +70,7 @@ def options_that_fit(ctx: PlanningContext, pipeline: PipelineSpec) -> PlanningCo
     all-reduce; the plan records the stage it needs so the executor applies it).
     """
     for stage in range(ctx.options.zero_stage, 4):
-        options = PlanOptions(zero_stage=stage)  # type: ignore[arg-type]
+        options = PlanOptions(zero_stage=ZeroStage(stage))
         cost = replace(ctx.cost, options=options)
         dp = cost.dp_size(pipeline)
         states = max(cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
@@ -83,13 +95,12 @@ def assemble_plan(
     solver: SolverInfo,
 ) -> tuple[Plan, SimulationResult]:
     """Build lanes with 1F1B schedules, simulate, and return the plan with its predictions and id."""
+    topology = Topology.of(ctx.cluster, pipeline.num_stages)
     lanes = [
         Lane(
             lane_id=i,
             sp_degree=d.sp_degree,
-            ranks=lane_ranks(
-                offset=d.offset, sp_degree=d.sp_degree, num_stages=pipeline.num_stages, cluster=ctx.cluster
-            ),
+            ranks=topology.lane_ranks(offset=d.offset, sp_degree=d.sp_degree),
             chunks=list(d.chunks),
             schedule=build_schedule(d.chunks, pipeline.num_stages),
             recompute=[list(r) for r in d.recompute],

@@ -14,7 +14,7 @@ from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.plan_assembly import PlanningContext
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.registry import get_strategy
-from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, validate_plan
+from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, SolverStatus, validate_plan
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def make_plan(
         raise
     except Exception as exc:  # a broken or timed-out strategy must not stop training
         log.warning("strategy %s failed (%s); returning the greedy fallback plan", strategy, exc)
-        plan = plan_greedy(ctx, strategy=strategy, status="fallback", reason=f"{type(exc).__name__}: {exc}")
+        plan = plan_greedy(ctx, strategy=strategy, status=SolverStatus.FALLBACK, reason=f"{type(exc).__name__}: {exc}")
         validate_plan(plan, batch, cluster, model)
     if step is not None or job_id is not None:
         plan = plan.model_copy(update={"step": step, "job_id": job_id}).with_id()

@@ -19,9 +19,12 @@ from proto.plan import (
     Predicted,
     Segment,
     SolverInfo,
+    SolverStatus,
+    ZeroStage,
 )
 from proto.profile import CostProfile
 from proto.requests import PlanRequest
+from proto.topology import Topology
 from proto.validation import PlanValidationError, validate_plan
 
 __all__ = [
@@ -43,5 +46,8 @@ __all__ = [
     "Predicted",
     "Segment",
     "SolverInfo",
+    "SolverStatus",
+    "Topology",
+    "ZeroStage",
     "validate_plan",
 ]

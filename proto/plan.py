@@ -11,6 +11,7 @@ Conventions (see DESIGN.md §3):
 
 from __future__ import annotations
 
+from enum import Enum, IntEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -19,7 +20,36 @@ from proto.fingerprint import fingerprint
 
 SCHEMA_VERSION = "1.0"
 
-SolverStatus = Literal["optimal", "feasible", "heuristic", "fallback", "timeout-fallback"]
+
+class SolverStatus(str, Enum):
+    """How a plan's layout was found; travels as its string value."""
+
+    OPTIMAL = "optimal"
+    """The solver proved its model's optimum."""
+    FEASIBLE = "feasible"
+    """A solution without an optimality proof (time limit, or a search that does not prove one)."""
+    HEURISTIC = "heuristic"
+    """Built by a heuristic (greedy) on purpose."""
+    FALLBACK = "fallback"
+    """The strategy failed; the greedy plan was returned instead (the message says why)."""
+    TIMEOUT_FALLBACK = "timeout-fallback"
+    """The solver found nothing inside its limit; a heuristic layout was used."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ZeroStage(IntEnum):
+    """How far model states are sharded over each stage's data-parallel group (DeepSpeed ZeRO numbering)."""
+
+    NONE = 0
+    """Every rank holds full parameters, gradients and optimizer state."""
+    OPTIMIZER = 1
+    """Optimizer state sharded."""
+    GRADIENTS = 2
+    """Optimizer state and gradients sharded."""
+    PARAMETERS = 3
+    """Optimizer state, gradients and parameters sharded (gathered per layer when used)."""
 
 
 class Segment(BaseModel):
@@ -158,7 +188,7 @@ class SolverInfo(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     backend: str = Field(default="none")
-    status: SolverStatus = "heuristic"
+    status: SolverStatus = SolverStatus.HEURISTIC
     gap: float | None = Field(default=None, ge=0, description="Relative gap to the best lower bound.")
     solve_s: float = Field(default=0.0, ge=0)
     message: str = ""
@@ -169,8 +199,9 @@ class PlanOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    zero_stage: Literal[0, 1, 2, 3] = Field(
-        default=0, description="Shard optimizer (1), +grads (2), +params (3) across each stage's devices."
+    zero_stage: ZeroStage = Field(
+        default=ZeroStage.NONE,
+        description="Shard optimizer (1), +grads (2), +params (3) across each stage's devices.",
     )
 
 

@@ -15,6 +15,7 @@ from proto.cluster import ClusterSpec
 from proto.fingerprint import fingerprint
 from proto.model import ModelSpec
 from proto.plan import Lane, Op, Plan
+from proto.topology import Topology, sp_degree_problem
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -28,21 +29,6 @@ class PlanValidationError(ValueError):
         more = len(problems) - len(shown)
         text = "; ".join(shown) + (f"; ... and {more} more" if more > 0 else "")
         super().__init__(f"invalid plan: {text}")
-
-
-def is_power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
-
-def sp_degree_problem(sp_degree: int, model: ModelSpec) -> str | None:
-    """Why an SP degree cannot run Ulysses attention on this model, or None when it can."""
-    if not is_power_of_two(sp_degree):
-        return f"SP degree {sp_degree} is not a power of two"
-    if model.num_heads % sp_degree != 0:
-        return f"SP degree {sp_degree} does not divide num_heads ({model.num_heads})"
-    if model.num_kv_heads % sp_degree != 0 and sp_degree % model.num_kv_heads != 0:
-        return f"SP degree {sp_degree} and num_kv_heads ({model.num_kv_heads}) do not divide one another"
-    return None
 
 
 def validate_plan(plan: Plan, batch: Batch, cluster: ClusterSpec, model: ModelSpec) -> None:
@@ -94,8 +80,8 @@ def _check_pipeline(plan: Plan, cluster: ClusterSpec, model: ModelSpec) -> list[
 
 def _check_lane_layout(plan: Plan, cluster: ClusterSpec, model: ModelSpec) -> list[str]:
     problems = []
-    n, p = cluster.num_devices, plan.pipeline.num_stages
-    block = n // p
+    topology = Topology.of(cluster, plan.pipeline.num_stages)  # `_check_pipeline` made sure P divides N
+    block = topology.stage_block_size
     owner: dict[int, int] = {}
     ids = [lane.lane_id for lane in plan.lanes]
     if len(set(ids)) != len(ids):
@@ -111,7 +97,7 @@ def _check_lane_layout(plan: Plan, cluster: ClusterSpec, model: ModelSpec) -> li
             if len(ranks) != s:
                 problems.append(f"lane {lane.lane_id} stage {stage}: {len(ranks)} ranks for SP degree {s}")
                 continue
-            if ranks != list(range(ranks[0], ranks[0] + s)) or not lo <= ranks[0] < lo + block or (ranks[0] - lo) % s:
+            if not topology.is_aligned_group(stage, ranks):
                 problems.append(
                     f"lane {lane.lane_id} stage {stage}: ranks {ranks} are not an aligned block of {s} "
                     f"inside stage block [{lo}, {lo + block})"
@@ -123,7 +109,7 @@ def _check_lane_layout(plan: Plan, cluster: ClusterSpec, model: ModelSpec) -> li
                 owner[r] = lane.lane_id
         if len(offsets) > 1:
             problems.append(f"lane {lane.lane_id}: SP group offset differs between stages {sorted(offsets)}")
-    idle = sorted(set(range(n)) - owner.keys())
+    idle = sorted(set(range(topology.num_devices)) - owner.keys())
     if idle:
         problems.append(f"ranks {idle[:16]}{'...' if len(idle) > 16 else ''} belong to no lane")
     return problems

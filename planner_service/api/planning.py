@@ -47,6 +47,7 @@ from proto import (
     PlanRequest,
     PlanValidationError,
 )
+from proto.topology import pipeline_degree_candidates
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +151,6 @@ def check_finite(value: Any, field: str) -> None:
             check_finite(item, f"{field}[{i}]")
 
 
-def candidate_stage_counts(cluster: ClusterSpec, model: ModelSpec) -> list[int]:
-    """Pipeline degrees worth trying: powers of two that divide the device count and do not exceed the layers."""
-    out, p = [], 1
-    while p <= min(cluster.num_devices, model.num_layers):
-        if cluster.num_devices % p == 0:
-            out.append(p)
-        p *= 2
-    return out
-
-
 class PlanningService:
     """Runs `plan_fn` off the event loop, coalesces per-step requests and owns the job-level decision."""
 
@@ -205,7 +196,7 @@ class PlanningService:
             self.metrics.solve_seconds.labels(strategy=str(kwargs.get("strategy"))).observe(
                 time.perf_counter() - started
             )
-        self.metrics.solver_status.labels(status=plan.solver.status).inc()
+        self.metrics.solver_status.labels(status=plan.solver.status.value).inc()
         return plan
 
     async def solve(self, kind: str, **kwargs: Any) -> Plan:
@@ -274,7 +265,7 @@ class PlanningService:
         self, req: JobCreate, cluster: ClusterSpec, model: ModelSpec, time_limit: float
     ) -> JobDecisions:
         """Choose P once per job: plan a sample batch for every candidate P and keep the fastest feasible."""
-        candidates = candidate_stage_counts(cluster, model)
+        candidates = pipeline_degree_candidates(cluster.num_devices, model.num_layers)
         if req.num_stages is not None:
             if cluster.num_devices % req.num_stages or req.num_stages > model.num_layers:
                 raise ApiError(
@@ -342,7 +333,7 @@ class PlanningService:
                 num_stages=p,
                 feasible=True,
                 iteration_s=plan.predicted.iteration_s,
-                solver_status=plan.solver.status,
+                solver_status=plan.solver.status.value,
             ),
             plan,
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from planner_service.cost_model import comm_model, compute_model, memory_model
 from planner_service.cost_model.profile_presets import profile_for
 from proto import Batch, Chunk, ClusterSpec, CostProfile, ModelSpec, PipelineSpec, PlanOptions
+from proto.topology import Topology
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +194,8 @@ class CostModel:
 
     def grad_sync_s(self, stage: int, pipeline: PipelineSpec) -> float:
         """Data-parallel gradient sync of one stage across its stage block (N/P devices, hierarchical)."""
-        block = self.dp_size(pipeline)
-        nodes = len({self.cluster.node_of(r) for r in range(stage * block, (stage + 1) * block)})
+        topology = self.topology(pipeline)
+        block, nodes = topology.stage_block_size, topology.nodes_of_stage(stage)
         return comm_model.grad_sync_s(
             self.profile,
             num_params=memory_model.stage_params(self.model, pipeline, stage),
@@ -256,6 +257,10 @@ class CostModel:
         )
 
     # ---- placement helpers -------------------------------------------------------------------------------
+    def topology(self, pipeline: PipelineSpec) -> Topology:
+        """Where the ranks of this cluster sit under `pipeline` (stage blocks, lanes, nodes)."""
+        return Topology.of(self.cluster, pipeline.num_stages)
+
     def dp_size(self, pipeline: PipelineSpec) -> int:
-        """Devices holding one stage (the stage block): N / P."""
-        return self.cluster.num_devices // pipeline.num_stages
+        """Devices holding one stage (the stage block, N / P): its data-parallel degree."""
+        return self.topology(pipeline).stage_block_size

@@ -9,8 +9,8 @@ from planner_service.plan_assembly import PlanningContext
 from planner_service.solvers.bucketing import DEFAULT_NUM_BUCKETS, Bucket, bucket_lengths
 from planner_service.solvers.lane_assignment_milp import LaneSolution, solve_lanes
 from planner_service.strategies.dynamic_lanes import LaneSpec, lane_problem, realize_lanes
-from planner_service.strategies.lane_layout import valid_sp_degrees
-from proto import PipelineSpec, SolverInfo
+from proto import PipelineSpec, SolverInfo, SolverStatus
+from proto.topology import valid_sp_degrees
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,14 +20,16 @@ class FlexibleLanes:
 
     def solver_info(self, *, extra: str = "") -> SolverInfo:
         sol = self.solution
-        status = {"optimal": "optimal", "feasible": "feasible"}.get(sol.status, "timeout-fallback")
+        status = {"optimal": SolverStatus.OPTIMAL, "feasible": SolverStatus.FEASIBLE}.get(
+            sol.status, SolverStatus.TIMEOUT_FALLBACK
+        )
         sizes: dict[int, int] = {}
         for lane in self.lanes:
             sizes[lane.sp_degree] = sizes.get(lane.sp_degree, 0) + 1
         layout = " + ".join(f"{n}x{s}" for s, n in sorted(sizes.items(), reverse=True))
         return SolverInfo(
             backend=sol.backend,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             gap=sol.gap,
             solve_s=sol.solve_s,
             message=(

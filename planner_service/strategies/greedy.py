@@ -23,9 +23,9 @@ from planner_service.plan_assembly import (
     uniform_recompute,
 )
 from planner_service.strategies.dynamic_lanes import uniform_lanes, work_model
-from planner_service.strategies.lane_layout import stage_block_size, valid_pipeline_degrees, valid_sp_degrees
 from planner_service.strategies.packing import pack_best_fit_decreasing, slice_sequence
-from proto import Chunk, PipelineSpec, Plan, SolverInfo
+from proto import Chunk, PipelineSpec, Plan, SolverInfo, SolverStatus
+from proto.topology import Topology, pipeline_degree_candidates, valid_sp_degrees
 
 
 def lane_chunks(ctx: PlanningContext, items: list[tuple[int, int]], cap: int, num_stages: int) -> list[Chunk]:
@@ -64,10 +64,16 @@ def greedy_pipeline_degrees(ctx: PlanningContext) -> list[int]:
     """P fixed by the job, else powers of two in increasing order (model states shrink with P)."""
     if ctx.num_stages:
         return [ctx.num_stages]
-    return [p for p in valid_pipeline_degrees(ctx.cluster, ctx.model) if p & (p - 1) == 0]
+    return pipeline_degree_candidates(ctx.cluster.num_devices, ctx.model.num_layers)
 
 
-def plan_greedy(ctx: PlanningContext, *, strategy: str = "greedy", status: str = "heuristic", reason: str = "") -> Plan:
+def plan_greedy(
+    ctx: PlanningContext,
+    *,
+    strategy: str = "greedy",
+    status: SolverStatus = SolverStatus.HEURISTIC,
+    reason: str = "",
+) -> Plan:
     """A valid plan: the smallest P, then the smallest SP degree, whose plan fits memory (recompute if needed)."""
     started = time.perf_counter()
     longest = max(ctx.batch.lengths)
@@ -76,7 +82,7 @@ def plan_greedy(ctx: PlanningContext, *, strategy: str = "greedy", status: str =
     for num_stages in greedy_pipeline_degrees(job_ctx):
         pipeline = PipelineSpec.even(job_ctx.model.num_layers, num_stages)
         ctx = options_that_fit(job_ctx, pipeline)
-        degrees = valid_sp_degrees(ctx.model, stage_block_size(ctx.cluster, num_stages))
+        degrees = valid_sp_degrees(ctx.model, Topology.of(ctx.cluster, num_stages).stage_block_size)
         cap = max(1, math.ceil(longest / num_stages)) if num_stages > 1 else longest
         for sp_degree in degrees:
             for full in (False, True):
@@ -85,12 +91,12 @@ def plan_greedy(ctx: PlanningContext, *, strategy: str = "greedy", status: str =
                     strategy=strategy,
                     pipeline=pipeline,
                     drafts=greedy_drafts(ctx, pipeline, sp_degree, cap, full),
-                    solver=SolverInfo(backend="greedy", status=status),  # type: ignore[arg-type]
+                    solver=SolverInfo(backend="greedy", status=status),
                 )
                 if fits_memory(plan, ctx.cluster):
                     solver = SolverInfo(
                         backend="greedy",
-                        status=status,  # type: ignore[arg-type]
+                        status=status,
                         solve_s=time.perf_counter() - started,
                         message=reason
                         or f"P={num_stages}, uniform SP degree {sp_degree}, {'full' if full else 'no'} recompute",

@@ -23,8 +23,8 @@ from planner_service.strategies.dynamic_lanes import (
     work_model,
 )
 from planner_service.strategies.elastic_pipeline import sequence_fits
-from planner_service.strategies.lane_layout import valid_pipeline_degrees, valid_sp_degrees
 from proto import PipelineSpec, Plan, SolverInfo
+from proto.topology import pipeline_degree_candidates, valid_sp_degrees
 
 MAX_DYNAMIC_PIPELINE_DEGREE = 8
 """Pipeline degrees searched per batch (both papers evaluate P <= 8 for 7B-30B models)."""
@@ -37,11 +37,10 @@ CANDIDATES_BUILT = 3
 def pipeline_candidates(ctx: PlanningContext, *, include_one: bool) -> list[int]:
     if ctx.num_stages:
         return [ctx.num_stages]
-    return [
-        p
-        for p in valid_pipeline_degrees(ctx.cluster, ctx.model)
-        if p & (p - 1) == 0 and p <= MAX_DYNAMIC_PIPELINE_DEGREE and (include_one or p > 1)
-    ]
+    degrees = pipeline_degree_candidates(
+        ctx.cluster.num_devices, ctx.model.num_layers, max_degree=MAX_DYNAMIC_PIPELINE_DEGREE
+    )
+    return [p for p in degrees if include_one or p > 1]
 
 
 def estimate_uniform(ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int) -> float:

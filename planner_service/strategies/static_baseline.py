@@ -22,9 +22,9 @@ from planner_service.plan_assembly import (
     options_that_fit,
     uniform_recompute,
 )
-from planner_service.strategies.lane_layout import stage_block_size, valid_pipeline_degrees, valid_sp_degrees
 from planner_service.strategies.packing import pack_next_fit
 from proto import Chunk, PipelineSpec, Plan, SolverInfo
+from proto.topology import Topology, pipeline_degree_candidates, valid_sp_degrees
 
 MICRO_BATCH_MULTIPLIERS = (1, 2, 4)
 """Micro-batch budgets tried: the longest sequence rounded up to a power of two, times these."""
@@ -48,19 +48,24 @@ def static_layouts(ctx: PlanningContext) -> list[StaticLayout]:
     """The grid the baseline searches (pipeline degree fixed when the job fixes it)."""
     longest = max(ctx.batch.lengths)
     base = next_power_of_two(longest)
-    stages = [ctx.num_stages] if ctx.num_stages else valid_pipeline_degrees(ctx.cluster, ctx.model)
-    stages = [p for p in stages if p & (p - 1) == 0 and p <= MAX_STATIC_PIPELINE_DEGREE] or stages[:1]
+    stages = (
+        [ctx.num_stages]
+        if ctx.num_stages
+        else pipeline_degree_candidates(
+            ctx.cluster.num_devices, ctx.model.num_layers, max_degree=MAX_STATIC_PIPELINE_DEGREE
+        )
+    )
     return [
         StaticLayout(num_stages=p, sp_degree=s, micro_batch_tokens=base * m, full_recompute=full)
         for p in stages
-        for s in valid_sp_degrees(ctx.model, stage_block_size(ctx.cluster, p))
+        for s in valid_sp_degrees(ctx.model, Topology.of(ctx.cluster, p).stage_block_size)
         for m in MICRO_BATCH_MULTIPLIERS
         for full in (False, True)
     ]
 
 
 def static_drafts(ctx: PlanningContext, layout: StaticLayout, pipeline: PipelineSpec) -> list[LaneDraft]:
-    block = stage_block_size(ctx.cluster, layout.num_stages)
+    block = Topology.of(ctx.cluster, layout.num_stages).stage_block_size
     num_lanes = block // layout.sp_degree
     micro_batches = pack_next_fit(
         list(zip(ctx.batch.seq_ids, ctx.batch.lengths, strict=True)), layout.micro_batch_tokens

@@ -57,7 +57,7 @@ class TimeoutCheck:
 def run_suite(
     checks: list[UlyssesCheck], cases: list[EquivalenceCase], out_dir: str, timeout_check: TimeoutCheck | None = None
 ) -> SuiteResult:
-    groups = create_process_groups({1} | {c.pipeline.num_stages for c in cases})
+    groups = create_process_groups(cases[0].cluster, {1} | {c.pipeline.num_stages for c in cases})
     rank = dist.get_rank()
     errors = []
     for i, check in enumerate(checks):
@@ -77,8 +77,7 @@ def _stalled_peer(check: TimeoutCheck, groups: ProcessGroups) -> str | None:
     use of the group: a timed-out gloo receive closes its pair."""
     case = check.case
     (step,) = case.steps
-    block = groups.world_size // case.pipeline.num_stages
-    if groups.rank >= (case.pipeline.num_stages - 1) * block:
+    if groups.topology(case.pipeline.num_stages).stage_of(groups.rank) == case.pipeline.num_stages - 1:
         time.sleep(check.recv_timeout_s + 3.0)
         return "stalled"
     config = ExecutorConfig(seed=case.seed, dtype=torch.float64, recv_timeout_s=check.recv_timeout_s)

@@ -14,7 +14,8 @@ from proto.cluster import ClusterSpec
 from proto.fingerprint import fingerprint
 from proto.model import ModelSpec
 from proto.plan import Chunk, Lane, Op, PipelineSpec, Plan, Predicted, Segment
-from proto.validation import sp_degree_problem, validate_plan
+from proto.topology import sp_degree_problem
+from proto.validation import validate_plan
 
 
 def cpu_cluster(num_nodes: int, devices_per_node: int) -> ClusterSpec:
