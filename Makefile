@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint schema install clean
+.PHONY: demo test test-fast lint schema install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check proto planner_service executor tests bench
 	$(PY) -m pytest -q
+
+# The edit-test loop: everything but the slow and multi-process tests (`make test` and CI still run all).
+test-fast: $(STAMP)
+	$(PY) -m ruff check proto planner_service executor tests bench
+	$(PY) -m pytest -q -m "not slow and not distributed"
 
 lint: $(STAMP)
 	$(PY) -m ruff check proto planner_service executor tests bench

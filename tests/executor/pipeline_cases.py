@@ -9,14 +9,20 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from executor_fixtures import cpu_cluster, make_pipeline_plan, make_plan, perturb_plan, random_batch, tiny_model
-
 from executor.equivalence import EquivalenceCase, StepInput
 from planner_service.planner import make_plan as make_planner_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from proto.batch import Batch
 from proto.model import ModelSpec
 from proto.plan import PipelineSpec
+from tests.executor.executor_fixtures import (
+    cpu_cluster,
+    make_pipeline_plan,
+    make_plan,
+    perturb_plan,
+    random_batch,
+    tiny_model,
+)
 
 SKEWED = (
     Batch.from_lengths([600, 200, 40, 30, 20, 10, 5, 1]),

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from executor_fixtures import tiny_model
 
 from executor.attention import varlen_causal_attention
 from executor.chunk_shards import IGNORE_INDEX, chunk_layout, materialize_shard, sequence_inputs, total_targets
 from executor.model import build_stage
 from executor.synthetic_tokens import synthetic_token_ids
 from proto.plan import Chunk, Segment
+from tests.executor.executor_fixtures import tiny_model
 
 pytestmark = pytest.mark.timeout(60)
 

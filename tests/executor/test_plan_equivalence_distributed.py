@@ -18,9 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from executor_dist_suite import SuiteResult, UlyssesCheck, run_suite, timeout_case
-from executor_fixtures import cpu_cluster, make_plan, random_batch, random_plan, tiny_model
-from pipeline_cases import RecomputePair, executor2_cases
 
 from executor.equivalence import CaseReport, EquivalenceCase, StepInput, compare_case, max_rel_error
 from executor.launch import launch_local
@@ -29,6 +26,9 @@ from planner_service.planner import make_plan as make_planner_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from proto.batch import Batch
 from proto.model import ModelSpec
+from tests.executor.executor_dist_suite import SuiteResult, UlyssesCheck, run_suite, timeout_case
+from tests.executor.executor_fixtures import cpu_cluster, make_plan, random_batch, random_plan, tiny_model
+from tests.executor.pipeline_cases import RecomputePair, executor2_cases
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

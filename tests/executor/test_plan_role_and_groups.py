@@ -6,12 +6,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from executor_fixtures import cpu_cluster, make_plan, random_batch, random_plan, tiny_model
 
 from executor.plan_role import PlanRefused, check_plan, find_role
 from executor.process_groups import planned_groups
 from proto.plan import PipelineSpec
 from proto.topology import Topology
+from tests.executor.executor_fixtures import cpu_cluster, make_plan, random_batch, random_plan, tiny_model
 
 pytestmark = pytest.mark.timeout(60)
 

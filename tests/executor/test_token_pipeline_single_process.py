@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from executor_fixtures import tiny_model
 
 from executor.attention import varlen_causal_attention
 from executor.chunk_shards import total_targets
@@ -20,6 +19,7 @@ from executor.reference import reference_step
 from planner_service.schedules import build_schedule
 from proto.batch import Batch
 from proto.plan import Chunk, Lane, Segment
+from tests.executor.executor_fixtures import tiny_model
 
 pytestmark = pytest.mark.timeout(120)
 

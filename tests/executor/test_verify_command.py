@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import typer
-from executor_fixtures import make_plan, random_batch
 from typer.testing import CliRunner
 
 from executor.verify_command import register
 from planner_service.presets import resolve_cluster, resolve_model
+from tests.executor.executor_fixtures import make_plan, random_batch
 
 
 def _app() -> typer.Typer:

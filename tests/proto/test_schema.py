@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from plan_factory import two_stage_plan
-
 from proto import Plan
 from proto.schema_gen import SCHEMA_DIR, render
+from tests.proto.plan_factory import two_stage_plan
 
 
 def test_plan_round_trip() -> None:

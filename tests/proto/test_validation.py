@@ -6,9 +6,9 @@ Guards against executors applying plans that would lose tokens, overlap devices,
 from __future__ import annotations
 
 import pytest
-from plan_factory import BATCH, CLUSTER, MODEL, two_stage_plan
 
 from proto import Batch, Chunk, Lane, Op, Plan, PlanValidationError, Predicted, Segment, validate_plan
+from tests.proto.plan_factory import BATCH, CLUSTER, MODEL, two_stage_plan
 
 
 def replace_lane(plan: Plan, index: int, **changes: object) -> Plan:

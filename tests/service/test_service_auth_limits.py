@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LENGTHS, SMALL_JOB, TOKEN, small_settings
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from planner_service.api import Settings, create_app
+from tests.service.conftest import LENGTHS, SMALL_JOB, TOKEN, small_settings
 
 V1_CALLS = [
     ("post", "/v1/plans"),

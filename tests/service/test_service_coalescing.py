@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import LENGTHS, SMALL_JOB, SolveCounter, small_settings
 
 from planner_service.api import create_app
+from tests.service.conftest import LENGTHS, SMALL_JOB, SolveCounter, small_settings
 
 
 async def _run(tmp_path: Path, counter: SolveCounter) -> None:

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import LENGTHS, TOKEN, live_server, small_settings
 
 from planner_service.cli import main
 from planner_service.client import PlannerApiError, PlannerClient
 from planner_service.cost_model import CostModel
 from planner_service.presets import CLUSTERS, MODELS
 from proto import Batch, Feedback, Plan, validate_plan
+from tests.service.conftest import LENGTHS, TOKEN, live_server, small_settings
 
 
 def test_client_against_live_server_and_restart_survival(tmp_path: Path) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conftest import LENGTHS, SMALL_JOB
 from fastapi.testclient import TestClient
 
 from planner_service.presets import CLUSTERS, MODELS
 from planner_service.strategies.registry import STRATEGIES
 from proto import Batch, Plan, validate_plan
+from tests.service.conftest import LENGTHS, SMALL_JOB
 
 
 def assert_error(response: Any, status: int, code: str, field: str | None = None) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import SMALL_JOB, small_settings
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -25,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from planner_service.api import create_app
+from tests.service.conftest import SMALL_JOB, small_settings
 
 _TMP = tempfile.TemporaryDirectory(prefix="helix-schemathesis-")
 _SETTINGS = small_settings(Path(_TMP.name) / "fuzz.db", solver_time_limit_s=1.0, default_sample_size=8)
