@@ -1,0 +1,151 @@
+"""Where each step's plan comes from, on the job's coordinating rank (rank 0): the service, or in-process.
+
+Service path: the plan of step t+1 is requested in the background while step t trains (`prefetch`), so
+planning is off the critical path. When the service is unreachable, slower than the deadline, or returns
+something that does not validate, the step is planned in-process with the job's strategy (the planner
+itself falls back to greedy when a strategy fails), the reason is logged and counted, and the next step
+asks the service again. Only this rank plans; the others receive the plan by broadcast (time-limited
+solvers on several ranks could return different plans).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Literal
+
+from planner_service.client import PlannerApiError, PlannerClient
+from planner_service.planner import make_plan
+from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions, validate_plan
+from proto.validation import PlanValidationError
+
+log = logging.getLogger(__name__)
+
+PlanOrigin = Literal["service", "fallback", "local"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobPlanning:
+    """What every plan of the job is made with; `num_stages` is chosen once per job."""
+
+    cluster: ClusterSpec
+    model: ModelSpec
+    strategy: str
+    options: PlanOptions = field(default_factory=PlanOptions)
+    solver: str = "cpsat"
+    time_limit_s: float = 2.0
+    num_stages: int
+    profile: CostProfile | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedPlan:
+    plan: Plan
+    origin: PlanOrigin
+    reason: str = ""
+    """Why a fallback was used ('' otherwise)."""
+    wait_s: float = 0.0
+    """Seconds the training loop waited for this plan (0 when the prefetch had finished)."""
+
+
+def plan_in_process(job: JobPlanning, step: int, batch: Batch, *, job_id: str | None = None) -> Plan:
+    """The job's strategy at the job's P, planned here (the planner returns greedy if the strategy fails)."""
+    return make_plan(
+        batch=batch,
+        cluster=job.cluster,
+        model=job.model,
+        strategy=job.strategy,
+        options=job.options,
+        profile=job.profile,
+        time_limit_s=job.time_limit_s,
+        solver=job.solver,
+        num_stages=job.num_stages,
+        step=step,
+        job_id=job_id,
+    )
+
+
+class LocalPlanSource:
+    """`--planner local`: every plan made in-process."""
+
+    def __init__(self, job: JobPlanning) -> None:
+        self.job = job
+        self.fallbacks = 0
+
+    def prefetch(self, step: int, batch: Batch) -> None:
+        """Nothing to prefetch: planning in-process happens when the step asks."""
+
+    def plan(self, step: int, batch: Batch) -> SourcedPlan:
+        began = time.perf_counter()
+        plan = plan_in_process(self.job, step, batch)
+        return SourcedPlan(plan, "local", wait_s=time.perf_counter() - began)
+
+    def send_feedback(self, feedback: Feedback) -> None:
+        """No service to tell."""
+
+    def close(self) -> None:
+        pass
+
+
+class ServicePlanSource:
+    """Plans from the planner service for a registered job, prefetched one step ahead, with local fallback."""
+
+    def __init__(self, client: PlannerClient, job_id: str, job: JobPlanning, *, deadline_s: float) -> None:
+        self.client, self.job_id, self.job, self.deadline_s = client, job_id, job, deadline_s
+        self.fallbacks = 0
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="helix-plan")
+        self._pending: dict[int, tuple[str, Future[Plan]]] = {}
+        self._lock = threading.Lock()
+
+    def prefetch(self, step: int, batch: Batch) -> None:
+        """Ask the service for `step`'s plan in the background (a repeated call for the same step is free)."""
+        with self._lock:
+            if step not in self._pending:
+                self._pending[step] = (batch.fingerprint, self._pool.submit(self._fetch, step, batch))
+
+    def plan(self, step: int, batch: Batch) -> SourcedPlan:
+        """The service's plan for `step` if it comes within the deadline and validates, else a local one."""
+        began = time.perf_counter()
+        self.prefetch(step, batch)
+        with self._lock:
+            fingerprint, future = self._pending.pop(step)
+        if fingerprint != batch.fingerprint:  # the caller changed its mind about the batch: ask again
+            future = self._pool.submit(self._fetch, step, batch)
+        try:
+            plan = future.result(timeout=self.deadline_s)
+            validate_plan(plan, batch, self.job.cluster, self.job.model)
+            if plan.pipeline.num_stages != self.job.num_stages:
+                raise PlanValidationError(
+                    [f"the service planned P={plan.pipeline.num_stages}, the job runs P={self.job.num_stages}"]
+                )
+            return SourcedPlan(plan, "service", wait_s=time.perf_counter() - began)
+        except FutureTimeout:
+            reason = f"the service did not answer within {self.deadline_s:.1f} s"
+        except PlannerApiError as exc:
+            reason = f"the service failed: {exc}"
+        except PlanValidationError as exc:
+            reason = f"the service's plan is invalid: {exc}"
+        self.fallbacks += 1
+        log.warning("step %d: planning in-process (fallback %d): %s", step, self.fallbacks, reason)
+        plan = plan_in_process(self.job, step, batch, job_id=self.job_id)
+        return SourcedPlan(plan, "fallback", reason=reason, wait_s=time.perf_counter() - began)
+
+    def send_feedback(self, feedback: Feedback) -> None:
+        """Report a step in the background; a failure is logged, never raised into training."""
+        self._pool.submit(self._post_feedback, feedback)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _fetch(self, step: int, batch: Batch) -> Plan:
+        return self.client.plan_for_step(self.job_id, step, batch.lengths, batch.seq_ids)
+
+    def _post_feedback(self, feedback: Feedback) -> None:
+        try:
+            self.client.send_feedback(self.job_id, feedback)
+        except PlannerApiError as exc:
+            log.info("step %d: feedback not recorded (%s)", feedback.step, exc)
