@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from executor.attention import varlen_causal_attention
-from executor.chunk_shards import chunk_layout
-from executor.equivalence import EquivalenceCase, RankOutcome, run_cases
-from executor.pipeline_links import ReceiveTimeout
-from executor.plan_runner import ExecutorConfig, PlanExecutor
-from executor.process_groups import ProcessGroups, create_process_groups
-from executor.ulysses import UlyssesAttention
+from executor.attention.backends import varlen_causal_attention
+from executor.parallel.groups import ProcessGroups, create_process_groups
+from executor.parallel.pipeline.links import ReceiveTimeout
+from executor.parallel.pipeline.shards import chunk_layout
+from executor.parallel.ulysses import UlyssesAttention
+from executor.runner import ExecutorConfig, PlanExecutor
+from executor.verify.equivalence import EquivalenceCase, RankOutcome, run_cases
+from executor.verify.synthetic_tokens import SyntheticTokens
 from proto.plan import Chunk, Segment
 
 
@@ -85,7 +86,7 @@ def _stalled_peer(check: TimeoutCheck, groups: ProcessGroups) -> str | None:
         model=case.model, cluster=case.cluster, pipeline=case.pipeline, groups=groups, config=config
     )
     try:
-        executor.forward_backward(step.plan, step.batch, token_seed=step.token_seed)
+        executor.forward_backward(step.plan, step.batch, tokens=SyntheticTokens(step.token_seed, case.model.vocab_size))
     except ReceiveTimeout as err:
         return str(err)
     return None
