@@ -128,7 +128,7 @@ class PlanExecutor:
         lane = lane_of(plan, role)
         self.module.zero_grad(set_to_none=True)
         run = self._run_schedule(lane, role, batch, tokens=tokens)
-        sync_gradients(list(self.module.parameters()), self.dp_group, len(self.dp_ranks))
+        sync_gradients(list(self.module.parameters()), self.dp_group)
         loss = torch.tensor([run.local_loss], dtype=torch.float64)
         dist.all_reduce(loss)
         seconds = time.perf_counter() - began

@@ -52,7 +52,7 @@ def build_optimizer(
     )
 
 
-def sync_gradients(params: Sequence[torch.nn.Parameter], dp_group: dist.ProcessGroup, dp_size: int) -> None:
+def sync_gradients(params: Sequence[torch.nn.Parameter], dp_group: dist.ProcessGroup) -> None:
     """Sum the gradients of `params` over the stage's data-parallel group in one flat all-reduce.
 
     A parameter that received no gradient on this rank (e.g. no chunk reached it) gets zeros first, so
@@ -62,7 +62,7 @@ def sync_gradients(params: Sequence[torch.nn.Parameter], dp_group: dist.ProcessG
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         grads.append(p.grad)
-    if dp_size == 1:
+    if dist.get_world_size(group=dp_group) == 1:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, group=dp_group)
