@@ -30,7 +30,7 @@ from proto.model import ModelSpec
 from proto.plan import Plan
 from tests.executor.executor_fixtures import cpu_cluster, make_plan, random_batch, random_plan, tiny_model
 from tests.executor.verify.dist_suite import SuiteResult, UlyssesCheck, run_suite, timeout_case
-from tests.executor.verify.pipeline_cases import RecomputePair, executor2_cases
+from tests.executor.verify.pipeline_cases import SKEWED, RecomputePair, executor2_cases
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -57,10 +57,6 @@ def _cases(world: int, seed: int) -> list[EquivalenceCase]:
         )
     # plans from the planner itself (static at P = 1, flexsp) on skewed batches: mixed lane sizes
     preset_cluster, preset_model = resolve_cluster(f"cpu-2x{world // 2}"), resolve_model("tiny")
-    skewed = [
-        Batch.from_lengths([600, 200, 40, 30, 20, 10, 5, 1]),
-        Batch.from_lengths([300, 60, 50, 40, 30, 8, 3, 2, 1]),
-    ]
     for strategy in ("static", "flexsp"):
         steps = tuple(
             StepInput(
@@ -70,7 +66,7 @@ def _cases(world: int, seed: int) -> list[EquivalenceCase]:
                 ),
                 token_seed=k,
             )
-            for k, b in enumerate(skewed)
+            for k, b in enumerate(SKEWED)
         )
         cases.append(
             EquivalenceCase(name=f"planner-{strategy}", cluster=preset_cluster, model=preset_model, steps=steps, seed=3)
