@@ -154,8 +154,9 @@ class DecoderStage(nn.Module):
             return x
         assert self.norm is not None
         x = self.norm(x)
-        head = self.lm_head.weight if self.lm_head is not None else self.embed.weight  # type: ignore[union-attr]
-        return F.linear(x, head)  # (T, V)
+        head = self.lm_head if self.lm_head is not None else self.embed  # the embedding when tied
+        assert head is not None
+        return F.linear(x, head.weight)  # (T, V)
 
 
 def init_parameters(module: nn.Module, seed: int) -> None:

@@ -41,7 +41,7 @@ def tiny_model(**overrides: object) -> ModelSpec:
         "vocab_size": 256,
     }
     fields.update(overrides)
-    return ModelSpec(**fields)  # type: ignore[arg-type]
+    return ModelSpec.model_validate(fields)
 
 
 def random_batch(rng: random.Random, *, num_seqs: int, max_len: int, first_id: int = 0) -> Batch:

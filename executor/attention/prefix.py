@@ -2,9 +2,9 @@
 
 `prefix_attention(q, k, v, cu_seqlens, prefixes)` is `varlen_causal_attention` with segment i's prefix
 given as the list of (k, v) pieces of the earlier slices of its sequence, concatenated only while the
-attention runs. The pieces are usually K/V cache leaves (`executor.kv_cache`): passing them as inputs
-makes their gradients flow into the leaves, and keeping them as pieces means no concatenated copy of the
-whole context is kept for backward.
+attention runs. The pieces are usually K/V cache leaves (`executor.parallel.pipeline.kv_cache`): passing
+them as inputs makes their gradients flow into the leaves, and keeping them as pieces means no
+concatenated copy of the whole context is kept for backward.
 
 Memory: the exact CPU paths (``sdpa`` looped over query blocks with a mask, ``naive``) keep the softmax
 matrix for backward, which is quadratic in the segment length and would dwarf every other activation. On
@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from executor.attention import KVPrefix, resolve_backend, varlen_causal_attention
+from executor.attention.backends import KVPrefix, resolve_backend, varlen_causal_attention
 
 SCORE_KEEPING_BACKENDS = frozenset({"sdpa", "naive"})
 """Backends whose autograd graph keeps the (query x key) probabilities for backward."""
@@ -80,13 +81,15 @@ class _InputSavingAttention(torch.autograd.Function):
     """Keeps q, k, v and the prefix pieces; recomputes the attention graph in backward."""
 
     @staticmethod
-    def forward(ctx, layout: _Layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *flat: torch.Tensor):  # type: ignore[no-untyped-def, override]
+    def forward(
+        ctx: Any, layout: _Layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *flat: torch.Tensor
+    ) -> torch.Tensor:
         ctx.layout = layout
         ctx.save_for_backward(q, k, v, *flat)
         return _attend(layout, q, k, v, flat)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def, override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[1:]
         with torch.enable_grad():

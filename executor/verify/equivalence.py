@@ -24,13 +24,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from executor.launch import launch_local
-from executor.optimizer import AdamWConfig
-from executor.pipeline_links import ReceiveTimeout
-from executor.plan_role import PlanRefused
-from executor.plan_runner import ExecutorConfig, PlanExecutor
-from executor.process_groups import ProcessGroups, create_process_groups
-from executor.reference import ReferenceTrainer
+from executor.model import named_gradients
+from executor.parallel.data import AdamWConfig
+from executor.parallel.groups import ProcessGroups, create_process_groups
+from executor.parallel.pipeline.links import ReceiveTimeout
+from executor.role import PlanRefused
+from executor.runner import ExecutorConfig, PlanExecutor
+from executor.verify.launch import launch_local
+from executor.verify.reference import ReferenceTrainer
+from executor.verify.synthetic_tokens import SyntheticTokens
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
@@ -82,7 +84,7 @@ class RankOutcome:
     error: str | None
     seconds: float
     peak_activation_bytes: list[int] = field(default_factory=list)
-    """Measured per completed step (`executor.memory_probe`)."""
+    """Measured per completed step (`executor.parallel.pipeline.memory_probe`)."""
 
 
 @dataclass(frozen=True)
@@ -166,12 +168,13 @@ def _run_case(index: int, case: EquivalenceCase, groups: ProcessGroups, out_dir:
         writer = executor.dp_ranks[0] == rank
         case_dir = out_dir / f"case{index:03d}"
         for k, step in enumerate(case.steps):
-            result = executor.forward_backward(step.plan, step.batch, token_seed=step.token_seed)
+            tokens = SyntheticTokens(step.token_seed, case.model.vocab_size)
+            result = executor.forward_backward(step.plan, step.batch, tokens=tokens)
             losses.append(result.loss)
             peaks.append(result.peak_activation_bytes)
             if writer:
                 case_dir.mkdir(parents=True, exist_ok=True)
-                grads = {n: p.grad.detach().clone() for n, p in executor.module.named_parameters()}  # type: ignore[union-attr]
+                grads = {n: g.detach().clone() for n, g in named_gradients(executor.module)}
                 torch.save(grads, case_dir / f"grads_step{k}_stage{executor.stage}.pt")
             executor.optimizer_step()
         if writer:

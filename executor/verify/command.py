@@ -7,7 +7,7 @@ the optimizer step), and the parameters after the last step, with `ReferenceTrai
 Exit code 0 only when every relative error is within tolerance.
 
 Each step also reports every rank's measured peak activation memory next to the planner's memory model
-for that rank (`executor.memory_prediction`, profile with this executor's coefficients at the run dtype).
+for that rank (`memory_prediction`, profile with this executor's coefficients at the run dtype).
 `--stages P` forces the pipeline degree (the planner otherwise picks it, often P = 1 on tiny CPU clusters).
 """
 
@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from executor.equivalence import DTYPES, CaseReport, EquivalenceCase, StepInput, run_and_compare
+from executor.verify.equivalence import DTYPES, CaseReport, EquivalenceCase, StepInput, run_and_compare
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
@@ -150,7 +150,7 @@ class StepMemory:
 
 
 def memory_rows(case: EquivalenceCase, report: CaseReport) -> list[StepMemory]:
-    from executor.memory_prediction import memory_profile, predict_activation_memory
+    from executor.verify.memory_prediction import memory_profile, predict_activation_memory
 
     profile = memory_profile(case.cluster, case.model, DTYPES[case.dtype], "executor")
     rows = []

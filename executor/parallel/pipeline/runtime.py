@@ -21,13 +21,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from executor.chunk_shards import IGNORE_INDEX, chunk_layout, materialize_shard
-from executor.kv_cache import ChunkKVBinding, SliceKVCache
-from executor.memory_probe import ActivationMemoryProbe
 from executor.model import DecoderStage
-from executor.pipeline_links import StageLinks
-from executor.plan_role import RankRole
-from executor.ulysses import UlyssesAttention
+from executor.parallel.pipeline.kv_cache import ChunkKVBinding, SliceKVCache
+from executor.parallel.pipeline.links import StageLinks
+from executor.parallel.pipeline.memory_probe import ActivationMemoryProbe
+from executor.parallel.pipeline.shards import IGNORE_INDEX, TokenSource, chunk_layout, materialize_shard
+from executor.parallel.ulysses import UlyssesAttention
+from executor.role import RankRole
 from proto.plan import Lane
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ class StageRunSettings:
     dtype: torch.dtype
     device: str
     attention_backend: str
-    vocab_size: int
     recv_timeout_s: float
 
 
@@ -51,7 +50,7 @@ class StageRunResult:
     local_tokens: int
     """Rows this rank processed (padded shard sizes)."""
     peak_activation_bytes: int
-    """Measured peak of activations saved for backward plus held K/V (see `executor.memory_probe`)."""
+    """Measured peak of activations saved for backward plus held K/V (see `memory_probe`)."""
 
 
 @dataclass
@@ -73,7 +72,7 @@ class StageRuntime:
     role: RankRole
     sp_group: dist.ProcessGroup | None
     lengths: Mapping[int, int]
-    token_seed: int
+    tokens: TokenSource
     loss_norm: int
     settings: StageRunSettings
     _cache: SliceKVCache = field(default_factory=SliceKVCache)
@@ -120,8 +119,7 @@ class StageRuntime:
             layout,
             role.sp_rank,
             lengths=dict(self.lengths),
-            token_seed=self.token_seed,
-            vocab_size=settings.vocab_size,
+            tokens=self.tokens,
             device=settings.device,
         )
         recompute = self.lane.recompute[role.stage][c]

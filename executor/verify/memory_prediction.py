@@ -53,7 +53,7 @@ def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[s
       RMSNorm (x * rsqrt(mean(x^2) + eps) * w), twice: input x, rstd (1), x*rstd, and its output (saved
         by the next projection): 3h + 1;
       attention: q, k, v after RoPE (h + 2kv; under Ulysses one packed head-sharded tensor), kept by the
-        input-saving attention (`executor.prefix_attention`), and the out-projection input (h);
+        input-saving attention (`executor.attention.prefix`), and the out-projection input (h);
       SwiGLU unfused: gate (f), silu(gate) (f), up (f) and their product, the down-projection input (f);
       GELU MLP: fc1 output (f) and GELU output (f).
     Head (last stage): final RMSNorm 3h + 1, log-softmax output (V), and int64 targets (1).

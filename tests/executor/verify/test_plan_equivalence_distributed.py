@@ -19,16 +19,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from executor.equivalence import CaseReport, EquivalenceCase, StepInput, compare_case, max_rel_error
-from executor.launch import launch_local
-from executor.memory_prediction import memory_profile, predict_activation_memory
+from executor.verify.equivalence import CaseReport, EquivalenceCase, StepInput, compare_case, max_rel_error
+from executor.verify.launch import launch_local
+from executor.verify.memory_prediction import memory_profile, predict_activation_memory
 from planner_service.planner import make_plan as make_planner_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from proto.batch import Batch
+from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
-from tests.executor.executor_dist_suite import SuiteResult, UlyssesCheck, run_suite, timeout_case
+from proto.plan import Plan
 from tests.executor.executor_fixtures import cpu_cluster, make_plan, random_batch, random_plan, tiny_model
-from tests.executor.pipeline_cases import RecomputePair, executor2_cases
+from tests.executor.verify.dist_suite import SuiteResult, UlyssesCheck, run_suite, timeout_case
+from tests.executor.verify.pipeline_cases import SKEWED, RecomputePair, executor2_cases
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -55,10 +57,6 @@ def _cases(world: int, seed: int) -> list[EquivalenceCase]:
         )
     # plans from the planner itself (static at P = 1, flexsp) on skewed batches: mixed lane sizes
     preset_cluster, preset_model = resolve_cluster(f"cpu-2x{world // 2}"), resolve_model("tiny")
-    skewed = [
-        Batch.from_lengths([600, 200, 40, 30, 20, 10, 5, 1]),
-        Batch.from_lengths([300, 60, 50, 40, 30, 8, 3, 2, 1]),
-    ]
     for strategy in ("static", "flexsp"):
         steps = tuple(
             StepInput(
@@ -68,7 +66,7 @@ def _cases(world: int, seed: int) -> list[EquivalenceCase]:
                 ),
                 token_seed=k,
             )
-            for k, b in enumerate(skewed)
+            for k, b in enumerate(SKEWED)
         )
         cases.append(
             EquivalenceCase(name=f"planner-{strategy}", cluster=preset_cluster, model=preset_model, steps=steps, seed=3)
@@ -77,11 +75,7 @@ def _cases(world: int, seed: int) -> list[EquivalenceCase]:
     model = tiny_model()
     batch = random_batch(rng, num_seqs=5, max_len=40)
     plan = make_plan(batch, cluster, model, [(list(range(world)), [[s] for s in batch.seq_ids])])
-    cases.append(
-        EquivalenceCase(
-            name="one-lane", cluster=cluster, model=model, steps=(StepInput(batch=batch, plan=plan, token_seed=1),)
-        )
-    )
+    cases.append(_one_step_case("one-lane", cluster, model, batch, plan))
     # plans that must be refused on every rank: made for another world size, and for another batch
     other = cpu_cluster(2, 2 * world // 2)
     wrong_world = make_plan(
@@ -90,24 +84,16 @@ def _cases(world: int, seed: int) -> list[EquivalenceCase]:
         model,
         [(list(range(world)), [batch.seq_ids[:2]]), (list(range(world, 2 * world)), [batch.seq_ids[2:]])],
     )
-    cases.append(
-        EquivalenceCase(
-            name="refuse-world",
-            cluster=cluster,
-            model=model,
-            steps=(StepInput(batch=batch, plan=wrong_world, token_seed=1),),
-        )
-    )
+    cases.append(_one_step_case("refuse-world", cluster, model, batch, wrong_world))
     other_batch = random_batch(rng, num_seqs=4, max_len=20, first_id=5000)
-    cases.append(
-        EquivalenceCase(
-            name="refuse-batch",
-            cluster=cluster,
-            model=model,
-            steps=(StepInput(batch=other_batch, plan=plan, token_seed=1),),
-        )
-    )
+    cases.append(_one_step_case("refuse-batch", cluster, model, other_batch, plan))
     return cases
+
+
+def _one_step_case(name: str, cluster: ClusterSpec, model: ModelSpec, batch: Batch, plan: Plan) -> EquivalenceCase:
+    return EquivalenceCase(
+        name=name, cluster=cluster, model=model, steps=(StepInput(batch=batch, plan=plan, token_seed=1),)
+    )
 
 
 def _checks(world: int) -> list[UlyssesCheck]:
@@ -242,18 +228,20 @@ def test_recompute_on_and_off_give_identical_gradients(suite: Suite) -> None:
 
 @pytest.mark.timeout(120)
 def test_receive_timeout_names_rank_stage_lane_and_op(suite: Suite) -> None:
-    """With every last-stage rank stalled, every other rank fails after the receive timeout with a message
-    naming itself, its stage and lane and the op it waited in, instead of hanging."""
+    """With every last-stage rank stalled, every other rank fails with `ReceiveTimeout` naming itself, its
+    lane and stage, the op it waited in and the silent peer, instead of hanging. The stalled ranks leave
+    only after every running rank has reported, so each running rank was released by its own timeout
+    while its peer was still stalled, not by a peer that gave up and closed the connection."""
     block = suite.world // 2
     for rank, result in sorted(suite.results.items()):
+        outcome = result.timeout
+        assert outcome is not None, rank
         if rank >= block:
-            assert result.timeout_error == "stalled"
+            assert outcome.stalled and outcome.peers_timed_out_while_stalled, (rank, outcome)
             continue
-        error = result.timeout_error
-        assert error is not None, rank
-        assert f"rank {rank} (lane 0, stage 0) timed out after 1 s in op B" in error, error
-        assert f"from rank {rank + block}" in error, error
-        assert result.timeout_seconds < 30, result.timeout_seconds
+        assert not outcome.stalled and outcome.error is not None, (rank, outcome)
+        assert f"rank {rank} (lane 0, stage 0) timed out after 1 s in op B" in outcome.error, outcome.error
+        assert f"from rank {rank + block}" in outcome.error, outcome.error
 
 
 @pytest.mark.timeout(240)
@@ -266,7 +254,7 @@ def test_measured_activation_memory_matches_the_planner_model(suite: Suite) -> N
     Below: the walk holds a chunk's activations and its earlier slices' dK/dV accumulators for the whole
     B op, while backward frees one layer's activations before the next layer's dK/dV exist. With the
     planner's preset coefficients (fused bf16-era kernels, fp32 logits) scaled to float64, measured is
-    0.9-1.75x the prediction: see `executor.memory_prediction`.
+    0.9-1.75x the prediction: see `executor.verify.memory_prediction`.
     """
     ratios = []
     for case in suite.cases:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from executor.attention import resolve_backend, varlen_causal_attention
+from executor.attention.backends import resolve_backend, varlen_causal_attention
 
 pytestmark = [
     pytest.mark.gpu,

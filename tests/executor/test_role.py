@@ -1,5 +1,5 @@
-"""Pure (no process group) checks: which groups start-up creates, how a rank finds its role, and the
-refusal messages for plans that do not fit the world, batch, cluster or pipeline."""
+"""Pure (no process group) checks: how a rank finds its role, and the refusal messages for plans that do
+not fit the world, batch, cluster or pipeline."""
 
 from __future__ import annotations
 
@@ -7,28 +7,11 @@ import random
 
 import pytest
 
-from executor.plan_role import PlanRefused, check_plan, find_role
-from executor.process_groups import planned_groups
+from executor.role import PlanRefused, check_plan, find_role
 from proto.plan import PipelineSpec
-from proto.topology import Topology
 from tests.executor.executor_fixtures import cpu_cluster, make_plan, random_batch, random_plan, tiny_model
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def test_every_aligned_power_of_two_group_once_in_a_fixed_order() -> None:
-    def topo(p: int, n: int = 8) -> Topology:
-        return Topology(num_devices=n, devices_per_node=4, num_stages=p)
-
-    groups = planned_groups([topo(1)])
-    assert len(groups) == 15 and len(set(groups)) == 15
-    assert groups[:8] == [(r,) for r in range(8)]
-    assert groups[8:12] == [(0, 1), (2, 3), (4, 5), (6, 7)]
-    assert groups[12:] == [(0, 1, 2, 3), (4, 5, 6, 7), tuple(range(8))]
-    # P = 2 adds nothing new (its blocks are groups of P = 1); P = 1 and 2 together keep one order
-    assert planned_groups([topo(2), topo(1)]) == planned_groups([topo(1), topo(2)]) == groups
-    assert topo(2).stage_block(1) == (4, 5, 6, 7)
-    assert topo(2, n=6).aligned_sp_groups(1) == [(3,), (4,), (5,), (3, 4)]  # a non-power-of-two block
 
 
 def test_find_role_covers_every_rank_once() -> None:

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from executor.attention import KVPrefix
+from executor.attention.backends import KVPrefix
 from proto.plan import Segment
 
 
@@ -98,12 +99,14 @@ class KVGradTap(torch.autograd.Function):
     """Identity on (k, v) whose backward adds each tapped slice's accumulated leaf gradients to its rows."""
 
     @staticmethod
-    def forward(ctx, k: torch.Tensor, v: torch.Tensor, taps: tuple[tuple[int, int, KVEntry], ...]):  # type: ignore[no-untyped-def, override]
+    def forward(
+        ctx: Any, k: torch.Tensor, v: torch.Tensor, taps: tuple[tuple[int, int, KVEntry], ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.taps = taps
         return k.view_as(k), v.view_as(v)
 
     @staticmethod
-    def backward(ctx, grad_k: torch.Tensor, grad_v: torch.Tensor):  # type: ignore[no-untyped-def, override]
+    def backward(ctx: Any, grad_k: torch.Tensor, grad_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         grad_k, grad_v = grad_k.clone(), grad_v.clone()
         for lo, hi, entry in ctx.taps:
             if entry.k.grad is not None:

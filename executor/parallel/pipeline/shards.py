@@ -7,18 +7,27 @@ no target, and attention never looks at them (they lie past the last segment bou
 Targets belong to the original sequence: the token at position t predicts token t+1 of the same
 sequence, so the last token of a segment [start, end) predicts token `end` when end < length; only a
 sequence's final token has no target.
+
+Token ids come from a `TokenSource`, which serves any range of a sequence on its own, so a rank builds
+only its rows (synthetic ids in `helix verify`; a tokenised corpus in training).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from executor.synthetic_tokens import synthetic_token_ids
 from proto.plan import Chunk, Segment
 
 IGNORE_INDEX = -100
+
+
+class TokenSource(Protocol):
+    """Token ids of positions [start, end) of sequence `seq_id`: an (end - start,) int64 tensor."""
+
+    def __call__(self, seq_id: int, start: int, end: int) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,7 @@ def materialize_shard(
     sp_rank: int,
     *,
     lengths: dict[int, int],
-    token_seed: int,
-    vocab_size: int,
+    tokens: TokenSource,
     device: torch.device | str = "cpu",
 ) -> ChunkShard:
     """Build only rows [r*S, (r+1)*S) of the padded chunk for SP rank `sp_rank`."""
@@ -87,23 +95,17 @@ def materialize_shard(
         first = seg.start + (a - seg_lo)  # position in the sequence of row a
         last = first + (b - a)  # one past the position of row b - 1
         length = lengths[seg.seq_id]
-        ids = synthetic_token_ids(
-            seed=token_seed, seq_id=seg.seq_id, start=first, end=min(last + 1, length), vocab_size=vocab_size
-        )
+        ids = tokens(seg.seq_id, first, min(last + 1, length))
         token_ids[a - lo : b - lo] = ids[: b - a]
         positions[a - lo : b - lo] = torch.arange(first, last)
         targets[a - lo : a - lo + ids.numel() - 1] = ids[1:]
     return ChunkShard(token_ids.to(device), positions.to(device), targets.to(device))
 
 
-def sequence_inputs(
-    seq_id: int, length: int, *, token_seed: int, vocab_size: int, device: torch.device | str = "cpu"
-) -> ChunkShard:
+def sequence_inputs(seq_id: int, length: int, *, tokens: TokenSource, device: torch.device | str = "cpu") -> ChunkShard:
     """A whole sequence as one shard (the single-process reference's view)."""
     layout = chunk_layout(Chunk(segments=[Segment(seq_id=seq_id, start=0, end=length)]), 1)
-    return materialize_shard(
-        layout, 0, lengths={seq_id: length}, token_seed=token_seed, vocab_size=vocab_size, device=device
-    )
+    return materialize_shard(layout, 0, lengths={seq_id: length}, tokens=tokens, device=device)
 
 
 def total_targets(lengths: dict[int, int]) -> int:

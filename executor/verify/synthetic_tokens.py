@@ -7,6 +7,8 @@ same ids, without shipping data between processes. A counter-based hash (splitmi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -30,3 +32,14 @@ def synthetic_token_ids(*, seed: int, seq_id: int, start: int, end: int, vocab_s
         counters = np.arange(start, end, dtype=np.uint64)
         values = _splitmix64(counters ^ key) & _MASK64
     return torch.from_numpy((values % np.uint64(vocab_size)).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class SyntheticTokens:
+    """The token source of `helix verify` (an `executor.parallel.pipeline.shards.TokenSource`)."""
+
+    seed: int
+    vocab_size: int
+
+    def __call__(self, seq_id: int, start: int, end: int) -> torch.Tensor:
+        return synthetic_token_ids(seed=self.seed, seq_id=seq_id, start=start, end=end, vocab_size=self.vocab_size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from executor.equivalence import EquivalenceCase, StepInput
+from executor.verify.equivalence import EquivalenceCase, StepInput
 from planner_service.planner import make_plan as make_planner_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from proto.batch import Batch

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 
-from executor.attention import KVPrefix
-from executor.prefix_attention import prefix_attention
+from executor.attention.backends import KVPrefix
+from executor.attention.prefix import prefix_attention
 
 
 def _scatter_heads(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
@@ -51,12 +51,12 @@ class SeqToHeads(torch.autograd.Function):
     """(S, s, hx, d) -> (s*S, hx, d); backward is the inverse all-to-all."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
         ctx.group, ctx.s = group, x.shape[1]
         return _scatter_heads(x, group)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return _gather_heads(grad, ctx.group, ctx.s), None
 
 
@@ -64,12 +64,12 @@ class HeadsToSeq(torch.autograd.Function):
     """(s*S, hx, d) -> (S, s, hx, d); backward is the inverse all-to-all."""
 
     @staticmethod
-    def forward(ctx, y: torch.Tensor, group: dist.ProcessGroup, s: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, y: torch.Tensor, group: dist.ProcessGroup, s: int) -> torch.Tensor:
         ctx.group = group
         return _gather_heads(y, group, s)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         return _scatter_heads(grad, ctx.group), None, None
 
 
@@ -83,7 +83,7 @@ def kv_replication(num_heads: int, num_kv_heads: int, sp_degree: int) -> int:
 
 
 class KVBinding(Protocol):
-    """Gives sliced segments their K/V prefix and records K/V for later slices (`executor.kv_cache`)."""
+    """Gives sliced segments their K/V prefix and records K/V for later slices (`pipeline.kv_cache`)."""
 
     def bind(
         self, layer: int, k: torch.Tensor, v: torch.Tensor

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from executor.verify_command import register
+from executor.verify.command import register
 from planner_service.presets import resolve_cluster, resolve_model
 from tests.executor.executor_fixtures import make_plan, random_batch
 

@@ -4,11 +4,11 @@ Per step, on every rank:
 1. refuse the plan unless it fits the world, batch, cluster, model and the job's pipeline (no collective
    has run yet, so a refusal is the same clean error everywhere);
 2. find the rank's lane, stage and SP position;
-3. run the lane's schedule for this stage (`executor.pipeline_runtime`): F(c) materialises only this rank's
-   share of chunk c (or receives it from the previous stage) and runs the stage's layers with Ulysses
-   attention over the lane's SP group and K/V caches for sliced sequences; B(c) back-propagates it and
-   sends the input gradient back;
-4. all-reduce (sum) gradients over the stage's data-parallel group.
+3. run the lane's schedule for this stage (`executor.parallel.pipeline.runtime`): F(c) materialises only
+   this rank's share of chunk c (or receives it from the previous stage) and runs the stage's layers with
+   Ulysses attention over the lane's SP group and K/V caches for sliced sequences; B(c) back-propagates
+   it and sends the input gradient back;
+4. all-reduce (sum) gradients over the stage's data-parallel group (`executor.parallel.data`).
 
 The loss of a chunk is the sum of its token cross-entropies divided by the number of target tokens of
 the *global* batch, so summing over chunks, SP ranks and lanes gives the single-device loss exactly
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from executor.chunk_shards import total_targets
 from executor.model import build_stage
-from executor.optimizer import AdamWConfig, build_optimizer
-from executor.pipeline_runtime import StageRunResult, StageRunSettings, StageRuntime
-from executor.plan_role import RankRole, check_plan, find_role, lane_of
-from executor.process_groups import ProcessGroups
+from executor.parallel.data import AdamWConfig, build_optimizer, sync_gradients
+from executor.parallel.groups import ProcessGroups
+from executor.parallel.pipeline.runtime import StageRunResult, StageRunSettings, StageRuntime
+from executor.parallel.pipeline.shards import TokenSource, total_targets
+from executor.role import RankRole, check_plan, find_role, lane_of
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
@@ -66,7 +66,7 @@ class StepResult:
     local_tokens: int
     seconds: float
     peak_activation_bytes: int = 0
-    """Measured peak activation memory of this rank in the step (`executor.memory_probe`)."""
+    """Measured peak activation memory of this rank in the step (`executor.parallel.pipeline.memory_probe`)."""
 
 
 class PlanExecutor:
@@ -110,8 +110,9 @@ class PlanExecutor:
 
     # --- one step --------------------------------------------------------------------------------------
 
-    def forward_backward(self, plan: Plan, batch: Batch, *, token_seed: int) -> StepResult:
-        """Run this rank's part of `plan` on `batch`; leaves the stage's synchronised gradients in `.grad`."""
+    def forward_backward(self, plan: Plan, batch: Batch, *, tokens: TokenSource) -> StepResult:
+        """Run this rank's part of `plan` on `batch` (token ids from `tokens`); leaves the stage's
+        synchronised gradients in `.grad`."""
         began = time.perf_counter()
         check_plan(
             plan,
@@ -126,8 +127,8 @@ class PlanExecutor:
         assert role.stage == self.stage, f"rank {self.rank}: plan puts it on stage {role.stage}, not {self.stage}"
         lane = lane_of(plan, role)
         self.module.zero_grad(set_to_none=True)
-        run = self._run_schedule(lane, role, batch, token_seed=token_seed)
-        self._sync_gradients()
+        run = self._run_schedule(lane, role, batch, tokens=tokens)
+        sync_gradients(list(self.module.parameters()), self.dp_group)
         loss = torch.tensor([run.local_loss], dtype=torch.float64)
         dist.all_reduce(loss)
         seconds = time.perf_counter() - began
@@ -152,14 +153,14 @@ class PlanExecutor:
     def optimizer_step(self) -> None:
         self.optimizer.step()
 
-    def train_step(self, plan: Plan, batch: Batch, *, token_seed: int) -> StepResult:
-        result = self.forward_backward(plan, batch, token_seed=token_seed)
+    def train_step(self, plan: Plan, batch: Batch, *, tokens: TokenSource) -> StepResult:
+        result = self.forward_backward(plan, batch, tokens=tokens)
         self.optimizer_step()
         return result
 
     # --- internals -------------------------------------------------------------------------------------
 
-    def _run_schedule(self, lane: Lane, role: RankRole, batch: Batch, *, token_seed: int) -> StageRunResult:
+    def _run_schedule(self, lane: Lane, role: RankRole, batch: Batch, *, tokens: TokenSource) -> StageRunResult:
         lengths = batch.length_of()
         runtime = StageRuntime(
             module=self.module,
@@ -167,30 +168,13 @@ class PlanExecutor:
             role=role,
             sp_group=self.groups.get(role.sp_ranks) if role.sp_degree > 1 else None,
             lengths=lengths,
-            token_seed=token_seed,
+            tokens=tokens,
             loss_norm=max(total_targets(lengths), 1),
             settings=StageRunSettings(
                 dtype=self.config.dtype,
                 device=self.config.device,
                 attention_backend=self.config.attention_backend,
-                vocab_size=self.model_spec.vocab_size,
                 recv_timeout_s=self.config.recv_timeout_s,
             ),
         )
         return runtime.run()
-
-    def _sync_gradients(self) -> None:
-        """Sum gradients over the stage's data-parallel group in one flat all-reduce."""
-        params = list(self.module.parameters())
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        if len(self.dp_ranks) == 1:
-            return
-        flat = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
-        dist.all_reduce(flat, group=self.dp_group)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p))  # type: ignore[union-attr]
-            offset += n

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from executor.attention import varlen_causal_attention
-from executor.chunk_shards import IGNORE_INDEX, sequence_inputs, total_targets
+from executor.attention.backends import varlen_causal_attention
 from executor.model import build_stage, named_gradients
-from executor.optimizer import AdamWConfig, build_optimizer
+from executor.parallel.data import AdamWConfig, build_optimizer
+from executor.parallel.pipeline.shards import IGNORE_INDEX, sequence_inputs, total_targets
+from executor.verify.synthetic_tokens import SyntheticTokens
 from proto.batch import Batch
 from proto.model import ModelSpec
 
@@ -44,9 +45,10 @@ class ReferenceTrainer:
         self.module.zero_grad(set_to_none=True)
         norm = max(total_targets(batch.length_of()), 1)
         backend = self.attention_backend
+        tokens = SyntheticTokens(token_seed, self.model.vocab_size)
         total = 0.0
         for seq_id, length in zip(batch.seq_ids, batch.lengths, strict=True):
-            inputs = sequence_inputs(seq_id, length, token_seed=token_seed, vocab_size=self.model.vocab_size)
+            inputs = sequence_inputs(seq_id, length, tokens=tokens)
 
             def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int = length) -> torch.Tensor:
                 return varlen_causal_attention(q, k, v, [0, n], backend=backend)

@@ -23,7 +23,7 @@ import importlib
 import inspect
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from itertools import pairwise
 
@@ -38,6 +38,7 @@ SDPA_QUERY_BLOCK = 64
 """Query rows per SDPA call in the exact path (see `_sdpa_segment`)."""
 
 KVPrefix = tuple[torch.Tensor, torch.Tensor]  # (k_ctx, v_ctx), each (C, h_kv, d)
+Contexts = list[KVPrefix | None]  # one entry per segment: its K/V prefix, or None
 
 
 def varlen_causal_attention(
@@ -63,7 +64,7 @@ def varlen_causal_attention(
     assert num_heads % k.shape[1] == 0, f"h_q ({num_heads}) must be a multiple of h_kv ({k.shape[1]})"
     assert bounds and bounds[0] == 0 and bounds[-1] <= num_tokens, f"bad cu_seqlens {bounds} for {num_tokens} rows"
     assert all(a < b for a, b in pairwise(bounds)), f"empty segment in cu_seqlens {bounds}"
-    contexts = list(context_kv) if context_kv is not None else [None] * (len(bounds) - 1)
+    contexts: Contexts = list(context_kv) if context_kv is not None else [None] * (len(bounds) - 1)
     assert len(contexts) == len(bounds) - 1, f"{len(contexts)} context entries for {len(bounds) - 1} segments"
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     impl = _IMPLEMENTATIONS[resolve_backend(backend, q.device)]
@@ -107,18 +108,17 @@ def naive_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
 
 # --- backends --------------------------------------------------------------------------------------------
 
-Impl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], list[KVPrefix | None], float], torch.Tensor]
+Impl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], Contexts, float], torch.Tensor]
 
 
-def _sdpa(q, k, v, bounds, contexts, scale):  # type: ignore[no-untyped-def]
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], contexts: Contexts, scale: float
+) -> torch.Tensor:
     outs = []
-    for (lo, hi), ctx in zip(pairwise(bounds), contexts, strict=True):
-        ks, vs = k[lo:hi], v[lo:hi]
-        if ctx is not None:
-            ks, vs = torch.cat([ctx[0], ks]), torch.cat([ctx[1], vs])
+    for qs, ks, vs in _segments_with_prefix(q, k, v, bounds, contexts):
         ks, vs = _repeat_kv(ks, q.shape[1]), _repeat_kv(vs, q.shape[1])
         # SDPA wants (h, L, d)
-        outs.append(_sdpa_segment(q[lo:hi].transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1), scale))
+        outs.append(_sdpa_segment(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1), scale))
     return torch.cat(outs)
 
 
@@ -144,17 +144,16 @@ def _sdpa_segment(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor, scale: f
     return torch.cat(outs, dim=1).transpose(0, 1)
 
 
-def _naive(q, k, v, bounds, contexts, scale):  # type: ignore[no-untyped-def]
-    outs = []
-    for (lo, hi), ctx in zip(pairwise(bounds), contexts, strict=True):
-        ks, vs = k[lo:hi], v[lo:hi]
-        if ctx is not None:
-            ks, vs = torch.cat([ctx[0], ks]), torch.cat([ctx[1], vs])
-        outs.append(naive_causal_attention(q[lo:hi], ks, vs, scale))
-    return torch.cat(outs)
+def _naive(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], contexts: Contexts, scale: float
+) -> torch.Tensor:
+    segments = _segments_with_prefix(q, k, v, bounds, contexts)
+    return torch.cat([naive_causal_attention(qs, ks, vs, scale) for qs, ks, vs in segments])
 
 
-def _packed_with_context(k, v, bounds, contexts):  # type: ignore[no-untyped-def]
+def _packed_with_context(
+    k: torch.Tensor, v: torch.Tensor, bounds: list[int], contexts: Contexts
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """K/V packed per segment as [prefix; own] and the matching cumulative key lengths."""
     if all(ctx is None for ctx in contexts):
         return k[: bounds[-1]], v[: bounds[-1]], bounds
@@ -169,7 +168,9 @@ def _packed_with_context(k, v, bounds, contexts):  # type: ignore[no-untyped-def
     return torch.cat(ks), torch.cat(vs), cu_k
 
 
-def _varlen_inputs(q, k, v, bounds, contexts):  # type: ignore[no-untyped-def]
+def _varlen_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], contexts: Contexts
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
     """Keys/values packed with their prefixes, the int32 cumulative lengths and the longest q and k segments,
     as the fused varlen kernels take them."""
     kk, vv, cu_k = _packed_with_context(k, v, bounds, contexts)
@@ -180,7 +181,9 @@ def _varlen_inputs(q, k, v, bounds, contexts):  # type: ignore[no-untyped-def]
     return kk, vv, cu_q_t, cu_k_t, max_q, max_k
 
 
-def _flash(q, k, v, bounds, contexts, scale):  # type: ignore[no-untyped-def]
+def _flash(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], contexts: Contexts, scale: float
+) -> torch.Tensor:
     flash_varlen = _flash_varlen()
     assert flash_varlen is not None
     kk, vv, cu_q_t, cu_k_t, max_q, max_k = _varlen_inputs(q, k, v, bounds, contexts)
@@ -188,7 +191,9 @@ def _flash(q, k, v, bounds, contexts, scale):  # type: ignore[no-untyped-def]
     return flash_varlen(q[: bounds[-1]], kk, vv, cu_q_t, cu_k_t, max_q, max_k, softmax_scale=scale, causal=True)
 
 
-def _torch_varlen_impl(q, k, v, bounds, contexts, scale):  # type: ignore[no-untyped-def]
+def _torch_varlen_impl(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], contexts: Contexts, scale: float
+) -> torch.Tensor:
     varlen = _torch_varlen()
     assert varlen is not None
     kk, vv, cu_q_t, cu_k_t, max_q, max_k = _varlen_inputs(q, k, v, bounds, contexts)
@@ -215,6 +220,17 @@ _IMPLEMENTATIONS: dict[str, Impl] = {
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _segments_with_prefix(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], contexts: Contexts
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per segment: its queries (L, h_q, d) and its keys and values behind its prefix (C+L, h_kv, d)."""
+    for (lo, hi), ctx in zip(pairwise(bounds), contexts, strict=True):
+        ks, vs = k[lo:hi], v[lo:hi]
+        if ctx is not None:
+            ks, vs = torch.cat([ctx[0], ks]), torch.cat([ctx[1], vs])
+        yield q[lo:hi], ks, vs
 
 
 def _repeat_kv(x: torch.Tensor, num_heads: int) -> torch.Tensor:

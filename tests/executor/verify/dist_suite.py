@@ -4,23 +4,29 @@ One launch per world size (start-up costs 5-13 s here), running: direct Ulysses 
 whole-chunk attention, then plan-equivalence cases (gradients and weights written for the parent to
 compare with the single-process reference), including plans every rank must refuse, and last the
 receive-timeout check (a timed-out gloo receive closes its pair, so nothing may follow it).
+
+The timeout check is ordered by events, not by clocks: the stalled ranks stay stalled until every running
+rank has reported how its step ended (a file per rank under the suite's output folder), so a running rank
+can only have been released by its own receive timeout, never by a peer that gave up waiting and left.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from executor.attention import varlen_causal_attention
-from executor.chunk_shards import chunk_layout
-from executor.equivalence import EquivalenceCase, RankOutcome, run_cases
-from executor.pipeline_links import ReceiveTimeout
-from executor.plan_runner import ExecutorConfig, PlanExecutor
-from executor.process_groups import ProcessGroups, create_process_groups
-from executor.ulysses import UlyssesAttention
+from executor.attention.backends import varlen_causal_attention
+from executor.parallel.groups import ProcessGroups, create_process_groups
+from executor.parallel.pipeline.links import ReceiveTimeout
+from executor.parallel.pipeline.shards import chunk_layout
+from executor.parallel.ulysses import UlyssesAttention
+from executor.runner import ExecutorConfig, PlanExecutor
+from executor.verify.equivalence import EquivalenceCase, RankOutcome, run_cases
+from executor.verify.synthetic_tokens import SyntheticTokens
 from proto.plan import Chunk, Segment
 
 
@@ -41,9 +47,19 @@ class SuiteResult:
     ulysses_errors: list[float]
     """Per check: max abs error of this rank's output rows and q/k/v gradient rows vs whole-chunk attention."""
     outcomes: list[RankOutcome]
-    timeout_error: str | None = None
-    """What the timeout check raised on this rank ("stalled" on the ranks that stalled)."""
-    timeout_seconds: float = 0.0
+    timeout: TimeoutOutcome | None = None
+
+
+@dataclass(frozen=True)
+class TimeoutOutcome:
+    """What the receive-timeout check saw on one rank."""
+
+    stalled: bool
+    """The rank is on the stalled last stage: it ran no op."""
+    error: str | None = None
+    """A running rank: the `ReceiveTimeout` message its step failed with (None if the step finished)."""
+    peers_timed_out_while_stalled: bool = False
+    """A stalled rank: every running rank reported a receive timeout while this rank was still stalled."""
 
 
 @dataclass(frozen=True)
@@ -66,29 +82,53 @@ def run_suite(
     outcomes = run_cases(cases, out_dir, groups)
     if timeout_check is None:
         return SuiteResult(rank, errors, outcomes)
-    began = time.perf_counter()
-    error = _stalled_peer(timeout_check, groups)
-    return SuiteResult(rank, errors, outcomes, error, time.perf_counter() - began)
+    timeout = _stalled_peer(timeout_check, groups, Path(out_dir) / "timeout-check")
+    return SuiteResult(rank, errors, outcomes, timeout)
 
 
-def _stalled_peer(check: TimeoutCheck, groups: ProcessGroups) -> str | None:
-    """The last stage's ranks never run their ops (they sleep past the timeout, then leave); every other
-    rank runs the step and must fail with `ReceiveTimeout` instead of hanging. Must be the suite's last
-    use of the group: a timed-out gloo receive closes its pair."""
+STALL_GUARD_S = 120.0
+"""How long a stalled rank waits for the running ranks' reports at most: only so that a runtime that hangs
+cannot hang the suite (the reports come about one receive timeout after the step starts)."""
+
+
+def _stalled_peer(check: TimeoutCheck, groups: ProcessGroups, signals: Path) -> TimeoutOutcome:
+    """The last stage's ranks run no op and wait until every other rank has reported; every other rank runs
+    the step, must fail with `ReceiveTimeout` instead of hanging, and reports. Must be the suite's last use
+    of the group: a timed-out gloo receive closes its pair."""
     case = check.case
     (step,) = case.steps
-    if groups.topology(case.pipeline.num_stages).stage_of(groups.rank) == case.pipeline.num_stages - 1:
-        time.sleep(check.recv_timeout_s + 3.0)
-        return "stalled"
+    topology = groups.topology(case.pipeline.num_stages)
+    running = [r for r in range(groups.world_size) if topology.stage_of(r) != case.pipeline.num_stages - 1]
+    if groups.rank not in running:
+        reports = _wait_for_reports(signals, running)
+        timed_out = all(reports.get(r) == "timeout" for r in running)
+        return TimeoutOutcome(stalled=True, peers_timed_out_while_stalled=timed_out)
     config = ExecutorConfig(seed=case.seed, dtype=torch.float64, recv_timeout_s=check.recv_timeout_s)
     executor = PlanExecutor(
         model=case.model, cluster=case.cluster, pipeline=case.pipeline, groups=groups, config=config
     )
+    error, report = None, "finished"
     try:
-        executor.forward_backward(step.plan, step.batch, token_seed=step.token_seed)
+        executor.forward_backward(step.plan, step.batch, tokens=SyntheticTokens(step.token_seed, case.model.vocab_size))
     except ReceiveTimeout as err:
-        return str(err)
-    return None
+        error, report = str(err), "timeout"
+    signals.mkdir(parents=True, exist_ok=True)
+    (signals / f"rank{groups.rank}.tmp").write_text(report)
+    (signals / f"rank{groups.rank}.tmp").rename(signals / f"rank{groups.rank}")  # appears complete or not at all
+    return TimeoutOutcome(stalled=False, error=error)
+
+
+def _wait_for_reports(signals: Path, ranks: list[int]) -> dict[int, str]:
+    """{rank: report} once every rank in `ranks` has reported; whatever has come in after STALL_GUARD_S."""
+    deadline = time.monotonic() + STALL_GUARD_S
+    reports: dict[int, str] = {}
+    while len(reports) < len(ranks) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        for r in ranks:
+            path = signals / f"rank{r}"
+            if r not in reports and path.exists():
+                reports[r] = path.read_text()
+    return reports
 
 
 def timeout_case(case: EquivalenceCase, recv_timeout_s: float = 1.0) -> TimeoutCheck:

@@ -7,7 +7,7 @@ from itertools import pairwise
 import pytest
 import torch
 
-from executor.attention import naive_causal_attention, resolve_backend, varlen_causal_attention
+from executor.attention.backends import naive_causal_attention, resolve_backend, varlen_causal_attention
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,7 +116,7 @@ def test_backend_resolution() -> None:
 @pytest.mark.parametrize("context", [0, 37])
 def test_long_segments_in_query_blocks_match_naive(context: int) -> None:
     """Segments longer than one SDPA query block (and a prefix) still give exact causal attention."""
-    from executor.attention import SDPA_QUERY_BLOCK
+    from executor.attention.backends import SDPA_QUERY_BLOCK
 
     length = 2 * SDPA_QUERY_BLOCK + 21
     q, k, v = _qkv(length + 5, 4, 2, 8, seed=9)
