@@ -16,12 +16,13 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from planner_service.client import PlannerApiError, PlannerClient
-from planner_service.planner import make_plan
 from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions, validate_plan
 from proto.validation import PlanValidationError
+
+if TYPE_CHECKING:  # the planner library is imported where it is used: the executor loads without it
+    from planner_service.client import PlannerClient
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class SourcedPlan:
 
 def plan_in_process(job: JobPlanning, step: int, batch: Batch, *, job_id: str | None = None) -> Plan:
     """The job's strategy at the job's P, planned here (the planner returns greedy if the strategy fails)."""
+    from planner_service.planner import make_plan
+
     return make_plan(
         batch=batch,
         cluster=job.cluster,
@@ -109,6 +112,8 @@ class ServicePlanSource:
 
     def plan(self, step: int, batch: Batch) -> SourcedPlan:
         """The service's plan for `step` if it comes within the deadline and validates, else a local one."""
+        from planner_service.client import PlannerApiError
+
         began = time.perf_counter()
         self.prefetch(step, batch)
         with self._lock:
@@ -145,6 +150,8 @@ class ServicePlanSource:
         return self.client.plan_for_step(self.job_id, step, batch.lengths, batch.seq_ids)
 
     def _post_feedback(self, feedback: Feedback) -> None:
+        from planner_service.client import PlannerApiError
+
         try:
             self.client.send_feedback(self.job_id, feedback)
         except PlannerApiError as exc:

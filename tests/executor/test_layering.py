@@ -16,14 +16,16 @@ import executor
 pytestmark = pytest.mark.timeout(60)
 
 LAYERS = {
+    "executor.data": 0,  # corpus, tokenizer, token store, batches: `proto` and numpy only
     "executor.model": 0,
     "executor.attention": 0,
     "executor.role": 0,  # plan checks and RankRole read only `proto`: the runtimes may take a role
     "executor.parallel": 1,
     "executor.runner": 2,
     "executor.verify": 3,
+    "executor.train": 3,  # the training loop: data + step driver, beside verification (neither imports the other)
 }
-"""Module prefix -> layer: kernels, parallel runtimes, step driver, verification."""
+"""Module prefix -> layer: kernels and data, parallel runtimes, step driver, verification and training."""
 
 ROOT = Path(executor.__file__).parent
 
