@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+CLIP_EPS = 1e-6
+"""Added to the norm before dividing, as `torch.nn.utils.clip_grad_norm_` does."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class AdamWConfig:
@@ -50,6 +53,29 @@ def build_optimizer(
         eps=config.eps,
         weight_decay=config.weight_decay,
     )
+
+
+def clip_grad_norm(
+    params: Sequence[torch.nn.Parameter], max_norm: float, *, replicas: int, group: dist.ProcessGroup | None = None
+) -> float:
+    """Scale gradients so the norm over the *whole model* is at most `max_norm`; return that norm (before clipping).
+
+    Every rank holds its stage's (synchronised) gradients; each stage is held by `replicas` ranks (its stage
+    block), so the world sum of local squared norms counts every stage `replicas` times. Mirrors
+    `torch.nn.utils.clip_grad_norm_` (coefficient max_norm / (norm + 1e-6), clamped at 1, always applied), so a
+    single-process run that clips the whole model produces the same update.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    local = torch.zeros((), dtype=torch.float64)
+    for g in grads:
+        local += g.detach().to(torch.float64).pow(2).sum().cpu()
+    if dist.is_initialized():
+        dist.all_reduce(local, group=group)
+    total = float((local / replicas).sqrt())
+    coef = min(max_norm / (total + CLIP_EPS), 1.0)
+    for g in grads:
+        g.mul_(coef)
+    return total
 
 
 def sync_gradients(params: Sequence[torch.nn.Parameter], dp_group: dist.ProcessGroup) -> None:

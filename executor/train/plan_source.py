@@ -22,6 +22,7 @@ from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, Pl
 from proto.validation import PlanValidationError
 
 if TYPE_CHECKING:  # the planner library is imported where it is used: the executor loads without it
+    from planner_service.api.schemas import JobPublic
     from planner_service.client import PlannerClient
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,32 @@ class JobPlanning:
     time_limit_s: float = 2.0
     num_stages: int
     profile: CostProfile | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobRequest:
+    """A job before its P is known (`num_stages` None: the planner chooses it from a sample)."""
+
+    cluster: ClusterSpec
+    model: ModelSpec
+    strategy: str
+    options: PlanOptions = field(default_factory=PlanOptions)
+    solver: str = "cpsat"
+    time_limit_s: float = 2.0
+    num_stages: int | None = None
+    profile: CostProfile | None = None
+
+    def with_stages(self, num_stages: int) -> JobPlanning:
+        return JobPlanning(
+            cluster=self.cluster,
+            model=self.model,
+            strategy=self.strategy,
+            options=self.options,
+            solver=self.solver,
+            time_limit_s=self.time_limit_s,
+            num_stages=num_stages,
+            profile=self.profile,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +122,13 @@ class LocalPlanSource:
 
 
 class ServicePlanSource:
-    """Plans from the planner service for a registered job, prefetched one step ahead, with local fallback."""
+    """Plans from the planner service for a registered job, prefetched one step ahead, with local fallback.
 
-    def __init__(self, client: PlannerClient, job_id: str, job: JobPlanning, *, deadline_s: float) -> None:
+    `job_id` None means the service could not be reached when the job started: the job (with its already
+    chosen P) is registered by the first fetch that reaches the service.
+    """
+
+    def __init__(self, client: PlannerClient, job_id: str | None, job: JobPlanning, *, deadline_s: float) -> None:
         self.client, self.job_id, self.job, self.deadline_s = client, job_id, job, deadline_s
         self.fallbacks = 0
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="helix-plan")
@@ -147,12 +178,38 @@ class ServicePlanSource:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _fetch(self, step: int, batch: Batch) -> Plan:
-        return self.client.plan_for_step(self.job_id, step, batch.lengths, batch.seq_ids)
+        return self.client.plan_for_step(self._registered_job(), step, batch.lengths, batch.seq_ids)
+
+    def _registered_job(self) -> str:
+        with self._lock:
+            if self.job_id is None:
+                self.job_id = register_job(self.client, self.job).job_id
+                log.info("registered with the planner service as %s (P=%d)", self.job_id, self.job.num_stages)
+            return self.job_id
 
     def _post_feedback(self, feedback: Feedback) -> None:
         from planner_service.client import PlannerApiError
 
+        if self.job_id is None:
+            return
         try:
             self.client.send_feedback(self.job_id, feedback)
         except PlannerApiError as exc:
             log.info("step %d: feedback not recorded (%s)", feedback.step, exc)
+
+
+def register_job(
+    client: PlannerClient, job: JobPlanning | JobRequest, *, sample_lengths: list[int] | None = None
+) -> JobPublic:
+    """Register the job: the service chooses P from `sample_lengths` when given, else uses the job's fixed P."""
+    return client.create_job(
+        cluster=job.cluster,
+        model=job.model,
+        strategy=job.strategy,
+        options=job.options,
+        solver=job.solver,
+        time_limit_s=job.time_limit_s,
+        sample_lengths=sample_lengths,
+        num_stages=job.num_stages,
+        profile=job.profile,
+    )

@@ -227,7 +227,7 @@ def compare_case(
     reference = ReferenceTrainer(model=case.model, seed=case.seed, dtype=dtype, optimizer_config=case.optimizer)
     steps = []
     for k, step in enumerate(case.steps):
-        ref = reference.forward_backward(step.batch, token_seed=step.token_seed)
+        ref = reference.forward_backward(step.batch, tokens=SyntheticTokens(step.token_seed, case.model.vocab_size))
         grads = _load_merged(case_dir, f"grads_step{k}_stage*.pt")
         peaks = tuple(o.peak_activation_bytes[k] for o in sorted(outcomes, key=lambda o: o.rank))
         steps.append(StepReport(k, losses[k], ref.loss, max_rel_error(grads, ref.grads), peaks))

@@ -1,6 +1,6 @@
 """The single-process reference: the whole model on the whole batch, one sequence at a time.
 
-Same weights (seed), same synthetic tokens (token seed), same loss normalisation (sum of token
+Same weights (seed), same token ids (a `TokenSource`), same loss normalisation (sum of token
 cross-entropies / target tokens of the global batch) and the same AdamW as the executor, with no
 parallelism at all. Every executor result is compared against this.
 """
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from executor.attention.backends import varlen_causal_attention
 from executor.model import build_stage, named_gradients
 from executor.parallel.data import AdamWConfig, build_optimizer
-from executor.parallel.pipeline.shards import IGNORE_INDEX, sequence_inputs, total_targets
+from executor.parallel.pipeline.shards import IGNORE_INDEX, TokenSource, sequence_inputs, total_targets
 from executor.verify.synthetic_tokens import SyntheticTokens
 from proto.batch import Batch
 from proto.model import ModelSpec
@@ -41,11 +41,10 @@ class ReferenceTrainer:
         self.module = build_stage(self.model, seed=self.seed, dtype=self.dtype)
         self.optimizer = build_optimizer(self.module.parameters(), self.optimizer_config)
 
-    def forward_backward(self, batch: Batch, *, token_seed: int) -> ReferenceStep:
+    def forward_backward(self, batch: Batch, *, tokens: TokenSource) -> ReferenceStep:
         self.module.zero_grad(set_to_none=True)
         norm = max(total_targets(batch.length_of()), 1)
         backend = self.attention_backend
-        tokens = SyntheticTokens(token_seed, self.model.vocab_size)
         total = 0.0
         for seq_id, length in zip(batch.seq_ids, batch.lengths, strict=True):
             inputs = sequence_inputs(seq_id, length, tokens=tokens)
@@ -71,4 +70,5 @@ def reference_step(
     model: ModelSpec, batch: Batch, *, seed: int, token_seed: int, dtype: torch.dtype = torch.float64
 ) -> ReferenceStep:
     """Loss and gradients of one step of the freshly initialised model (no optimizer update)."""
-    return ReferenceTrainer(model=model, seed=seed, dtype=dtype).forward_backward(batch, token_seed=token_seed)
+    tokens = SyntheticTokens(token_seed, model.vocab_size)
+    return ReferenceTrainer(model=model, seed=seed, dtype=dtype).forward_backward(batch, tokens=tokens)

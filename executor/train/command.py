@@ -1,0 +1,214 @@
+"""`helix train`: train a model on a corpus with a parallel plan per step (planner service or in-process).
+
+Run directly, it checks the arguments, then starts a local torchrun with the cluster's device count (or
+`--nproc-per-node`) that runs this same command once per rank. Under torchrun (several nodes:
+`torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m executor.train ...`)
+it runs as one rank. User mistakes (no such corpus, an empty one, a malformed planner URL, a missing
+checkpoint) exit with code 2 and one line; nothing is started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from executor.data.corpus import CorpusError, open_corpus
+from executor.data.tokenizer import TokenizerError
+from executor.train.checkpoint import CheckpointError, find_latest_checkpoint
+from executor.train.config import LOCAL_PLANNER, ResumeMode, TrainConfig
+from executor.train.summary import summary_table
+from proto import PlanOptions, ZeroStage
+
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"
+"""Set by torchrun in every worker: its presence means this process is one rank of a launched job."""
+THREADS_PER_RANK_ENV = "HELIX_THREADS_PER_RANK"
+DEFAULT_BATCH_SIZE = 8
+
+
+def register(app: typer.Typer) -> None:
+    """Entry point of the `helix.commands` group: add `helix train` to the CLI."""
+    app.command("train")(train_command)
+
+
+def train_command(
+    cluster: Annotated[str, typer.Option("--cluster", "-c", help="Cluster preset (e.g. cpu-2x2) or YAML/JSON file.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model preset, JSON file or HF config.json.")],
+    data: Annotated[Path, typer.Option("--data", help="Corpus: folder of text files, or .jsonl (text or input_ids).")],
+    planner: Annotated[str, typer.Option("--planner", help="'local', or the planner service URL.")] = LOCAL_PLANNER,
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Planning strategy.")] = "helix",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 100,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", min=1, help="Sequences per batch.")] = None,
+    token_budget: Annotated[
+        int | None, typer.Option("--token-budget", min=2, help="Tokens per batch (instead of --batch-size).")
+    ] = None,
+    max_len: Annotated[int, typer.Option("--max-len", min=2, help="Split longer documents into windows.")] = 4096,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of weights and data order.")] = 0,
+    stages: Annotated[int | None, typer.Option("--stages", min=1, help="Fix the pipeline degree P.")] = None,
+    zero: Annotated[int, typer.Option("--zero", min=0, max=1, help="0, or 1 (optimizer state sharded).")] = 0,
+    time_limit: Annotated[float, typer.Option("--time-limit", min=0.01, help="Planner limit per step (s).")] = 2.0,
+    solver: Annotated[str, typer.Option("--solver", help="cpsat, pulp-cbc or pulp-highs.")] = "cpsat",
+    plan_deadline: Annotated[
+        float | None, typer.Option("--plan-deadline", min=0.1, help="Wait this long for the service (s).")
+    ] = None,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate.")] = 3e-3,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Warm-up steps.")] = 10,
+    grad_clip: Annotated[float, typer.Option("--grad-clip", min=0.0, help="Global norm clip (0: off).")] = 1.0,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, float64, or bfloat16 (CUDA autocast).")] = "float32",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="A tokenizer.json to use.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Tokenizer and token cache.")] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option("--checkpoint-dir", help="Where checkpoints go.")] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="Save every K steps.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Resume from the latest checkpoint (must exist).")] = False,
+    auto_resume: Annotated[
+        bool, typer.Option("--auto-resume", help="Resume when a checkpoint exists (for torchrun restarts).")
+    ] = False,
+    metrics: Annotated[Path | None, typer.Option("--metrics", help="Per-step metrics (JSONL).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG of loss and step time at the end.")] = None,
+    nproc_per_node: Annotated[
+        int | None, typer.Option("--nproc-per-node", min=1, help="Local ranks (default: the cluster's devices).")
+    ] = None,
+) -> None:
+    """Train with a parallel layout planned for every step's batch.
+
+    Example: helix train --cluster cpu-2x2 --model tiny --data corpus/ --planner http://127.0.0.1:8000
+    --strategy helix --steps 6 --batch-size 8 --max-len 2048 --seed 1 --metrics run.jsonl
+    """
+    from planner_service.presets import resolve_cluster, resolve_model
+
+    config = TrainConfig(
+        cluster=resolve_cluster(cluster),
+        model=resolve_model(model),
+        data=data,
+        tokenizer=tokenizer,
+        cache_dir=cache_dir,
+        max_len=max_len,
+        batch_size=None if token_budget is not None else batch_size or DEFAULT_BATCH_SIZE,
+        token_budget=token_budget,
+        seed=seed,
+        steps=steps,
+        planner=_planner_url(planner),
+        strategy=_strategy(strategy),
+        solver=solver,
+        time_limit_s=time_limit,
+        options=PlanOptions(zero_stage=ZeroStage(zero)),
+        stages=stages,
+        plan_deadline_s=plan_deadline,
+        lr=lr,
+        warmup_steps=warmup,
+        grad_clip=grad_clip,
+        dtype=_choice(dtype, ("float32", "float64", "bfloat16"), "--dtype"),  # type: ignore[arg-type]
+        device=_choice(device, ("cpu", "cuda"), "--device"),  # type: ignore[arg-type]
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        resume=_resume_mode(resume, auto_resume, checkpoint_dir),
+        metrics=metrics,
+        plot=plot,
+    )
+    if batch_size is not None and token_budget is not None:
+        raise typer.BadParameter("give --batch-size or --token-budget, not both", param_hint="--token-budget")
+    if config.device == "cuda" and config.dtype == "float64":
+        raise typer.BadParameter("float64 is for CPU exactness checks; use bfloat16 or float32 on CUDA")
+    try:
+        open_corpus(config.data)  # cheap: lists the files; catches a missing or empty corpus before any launch
+    except CorpusError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from None
+    if config.resume == "must" and find_latest_checkpoint(config.checkpoint_dir) is None:  # type: ignore[arg-type]
+        raise typer.BadParameter(f"no complete checkpoint in {config.checkpoint_dir}", param_hint="--resume")
+    if os.environ.get(TORCHRUN_ENV):
+        raise typer.Exit(_run_rank(config))
+    raise typer.Exit(_launch_local(config, nproc_per_node or config.cluster.num_devices))
+
+
+def _run_rank(config: TrainConfig) -> int:
+    import torch.distributed as dist
+
+    from executor.train.trainer import init_distributed, run_training
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("executor.train").setLevel(logging.INFO)
+    init_distributed(config)
+    rank = dist.get_rank()
+    try:
+        summary = run_training(config)
+    except (CorpusError, TokenizerError, CheckpointError) as exc:
+        if rank == 0:
+            Console(stderr=True).print(f"error: {exc}", highlight=False, soft_wrap=True)
+        return EXIT_USER_ERROR
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if summary is not None:
+        Console(width=80).print(summary_table(summary, config))
+    return 0
+
+
+def _launch_local(config: TrainConfig, nproc: int) -> int:
+    """torchrun on this machine, one process per local rank, each re-running this command as a rank."""
+    args = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else sys.argv[1:]
+    threads = os.environ.get(THREADS_PER_RANK_ENV) or str(max(1, (os.cpu_count() or 1) // nproc))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--nnodes=1",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=localhost:0",
+        "--max-restarts=0",
+        "-m",
+        "executor.train",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    log.info("launching %d local ranks: %s", nproc, " ".join(command))
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def _planner_url(value: str) -> str:
+    if value == LOCAL_PLANNER:
+        return value
+    import httpx
+
+    try:
+        url = httpx.URL(value)
+    except Exception:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise typer.BadParameter(
+            f"{value!r} is not a planner URL: give 'local' or http(s)://HOST[:PORT]", param_hint="--planner"
+        )
+    return value.rstrip("/")
+
+
+def _strategy(name: str) -> str:
+    from planner_service.strategies.registry import STRATEGIES
+
+    if name not in STRATEGIES:
+        choices = ", ".join(STRATEGIES)
+        raise typer.BadParameter(f"unknown strategy {name!r}; choose one of: {choices}", param_hint="--strategy")
+    return name
+
+
+def _choice(value: str, allowed: tuple[str, ...], hint: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r}; choose one of {', '.join(allowed)}", param_hint=hint)
+    return value
+
+
+def _resume_mode(resume: bool, auto_resume: bool, checkpoint_dir: Path | None) -> ResumeMode:
+    if (resume or auto_resume) and checkpoint_dir is None:
+        raise typer.BadParameter("resuming needs --checkpoint-dir", param_hint="--resume")
+    if resume and auto_resume:
+        raise typer.BadParameter("give --resume or --auto-resume, not both", param_hint="--resume")
+    return "must" if resume else "auto" if auto_resume else "never"
