@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
+from planner_service.context import PlanningContext
 from planner_service.cost_model import CostModel
 from planner_service.errors import InfeasibleWorkload, PlanningError
-from planner_service.plan_assembly import PlanningContext
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.registry import get_strategy
 from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, SolverStatus, validate_plan

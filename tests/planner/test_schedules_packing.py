@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from planner_service.schedules import backward_order, build_schedule
-from planner_service.strategies.packing import (
+from planner_service.layout.chunks import (
     equal_cost_cuts,
     pack_best_fit_decreasing,
     pack_next_fit,
     sequence_cost,
     slice_sequence,
 )
+from planner_service.schedules import backward_order, build_schedule
 from proto import Chunk, CostProfile, Lane, Segment
 from proto.validation import _check_deadlock, _check_schedule_order
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import planner_service.planner as planner_module
-from planner_service.plan_assembly import PlanningContext
+from planner_service.context import PlanningContext
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.solvers import lane_assignment_milp
