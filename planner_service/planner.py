@@ -54,9 +54,9 @@ def make_plan(
         solver=solver,
         num_stages=num_stages,
     )
-    plan_fn = get_strategy(strategy)
+    strategy_fn = get_strategy(strategy)
     try:
-        plan = plan_fn(ctx)
+        plan = strategy_fn(ctx)
         validate_plan(plan, batch, cluster, model)
     except PlanningError:
         raise

@@ -8,7 +8,8 @@ naming the field, raised before any solve is queued.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from planner_service.api.errors import ApiError
 from planner_service.api.schemas import JobCreate, JobSpec
@@ -17,18 +18,24 @@ from planner_service.presets import CLUSTERS, MODELS
 from planner_service.strategies.registry import STRATEGIES
 from proto import ClusterSpec, ModelSpec, PlanRequest
 
+T = TypeVar("T")
 MAX_STEP = 2**62  # SQLite INTEGER is 64-bit signed
+
+
+def preset(presets: Mapping[str, T], name: str, *, kind: str, spec: str, field: str) -> T:
+    """A named preset of `presets`, or a 422 listing the names (and the full `spec` object as the alternative)."""
+    if name not in presets:
+        raise ApiError(
+            422, "invalid_input", f"unknown {kind} preset {name!r}; choose one of: {', '.join(sorted(presets))}"
+            f" or send a full {spec} object", field=field,
+        )  # fmt: skip
+    return presets[name]
 
 
 def resolve_cluster_arg(value: ClusterSpec | str, settings: Settings, field: str = "cluster") -> ClusterSpec:
     """A preset name or a full spec. File paths are not accepted over HTTP (the server's files are not input)."""
     if isinstance(value, str):
-        if value not in CLUSTERS:
-            raise ApiError(
-                422, "invalid_input", f"unknown cluster preset {value!r}; choose one of: {', '.join(sorted(CLUSTERS))}"
-                " or send a full ClusterSpec object", field=field,
-            )  # fmt: skip
-        value = CLUSTERS[value]
+        value = preset(CLUSTERS, value, kind="cluster", spec="ClusterSpec", field=field)
     if value.num_devices > settings.max_devices:
         raise ApiError(
             422, "invalid_input", f"the cluster has {value.num_devices} devices; this service plans at most "
@@ -39,12 +46,7 @@ def resolve_cluster_arg(value: ClusterSpec | str, settings: Settings, field: str
 
 def resolve_model_arg(value: ModelSpec | str, field: str = "model") -> ModelSpec:
     if isinstance(value, str):
-        if value not in MODELS:
-            raise ApiError(
-                422, "invalid_input", f"unknown model preset {value!r}; choose one of: {', '.join(sorted(MODELS))}"
-                " or send a full ModelSpec object", field=field,
-            )  # fmt: skip
-        return MODELS[value]
+        return preset(MODELS, value, kind="model", spec="ModelSpec", field=field)
     return value
 
 

@@ -65,6 +65,21 @@ class SolveFn(Protocol):
     ) -> Plan: ...
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SolveCall:
+    """One planner call: what it is for (the metrics' `kind`), the spec it plans with and the batch."""
+
+    kind: SolveKind
+    spec: JobSpec
+    batch: Batch
+    profile: CostProfile | None = None
+    """The job's latest measured profile, or the request's; None: the preset's."""
+    num_stages: int | None = None
+    """The pipeline degree to plan at; None: the strategy chooses."""
+    step: int | None = None
+    job_id: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class RegisteredJob:
     """A job as stored at registration (immutable afterwards): every per-step plan is made from its spec at
@@ -144,31 +159,22 @@ class SolveService:
         futures = [self._submit(functools.partial(fn, item)) for item in items]
         return [f.result() for f in futures]
 
-    def _solve_sync(
-        self,
-        kind: SolveKind,
-        spec: JobSpec,
-        batch: Batch,
-        *,
-        profile: CostProfile | None,
-        num_stages: int | None = None,
-        step: int | None = None,
-        job_id: str | None = None,
-    ) -> Plan:
+    def _solve_sync(self, call: SolveCall) -> Plan:
+        spec = call.spec
         started = time.perf_counter()
         try:
             plan = self.solve_fn(
-                batch=batch,
+                batch=call.batch,
                 cluster=spec.cluster,
                 model=spec.model,
                 strategy=spec.strategy,
                 options=spec.options,
-                profile=profile,
+                profile=call.profile,
                 time_limit_s=spec.time_limit_s,
                 solver=spec.solver,
-                num_stages=num_stages,
-                step=step,
-                job_id=job_id,
+                num_stages=call.num_stages,
+                step=call.step,
+                job_id=call.job_id,
             )
         except PlanValidationError:
             raise  # a plan the planner itself built is invalid: a bug, reported as 500 and logged
@@ -177,27 +183,14 @@ class SolveService:
         except ValueError as exc:  # an input combination the planner rejects without a PlanningError
             raise PlanningError(str(exc)) from exc
         finally:
-            self.metrics.solves.labels(kind=kind).inc()
+            self.metrics.solves.labels(kind=call.kind).inc()
             self.metrics.solve_seconds.labels(strategy=spec.strategy).observe(time.perf_counter() - started)
         self.metrics.solver_status.labels(status=plan.solver.status.value).inc()
         return plan
 
-    async def solve(
-        self,
-        kind: SolveKind,
-        spec: JobSpec,
-        batch: Batch,
-        *,
-        profile: CostProfile | None,
-        num_stages: int | None = None,
-        step: int | None = None,
-        job_id: str | None = None,
-    ) -> Plan:
+    async def solve(self, call: SolveCall) -> Plan:
         """One planner call in the bounded pool."""
-        call = functools.partial(
-            self._solve_sync, kind, spec, batch, profile=profile, num_stages=num_stages, step=step, job_id=job_id
-        )
-        return await asyncio.wrap_future(self._submit(call))
+        return await asyncio.wrap_future(self._submit(functools.partial(self._solve_sync, call)))
 
     # stateless --------------------------------------------------------------------------------------
     async def plan_stateless(self, req: PlanRequest) -> bytes:
@@ -205,7 +198,7 @@ class SolveService:
         check_sequence_count(len(req.batch.lengths), self.settings, "batch.lengths")
         started = time.perf_counter()
         try:
-            plan = await self.solve("stateless", spec, req.batch, profile=req.profile)
+            plan = await self.solve(SolveCall(kind="stateless", spec=spec, batch=req.batch, profile=req.profile))
         except PlanningError as exc:
             if exc.field in ("lengths", "seq_ids"):  # the planner names Batch fields; here they sit under batch
                 exc.field = f"batch.{exc.field}"
@@ -232,7 +225,8 @@ class SolveService:
         """
 
         def plan_at(batch: Batch, num_stages: int) -> Plan:
-            return self._solve_sync("job_decision", spec, batch, profile=req.profile, num_stages=num_stages)
+            call = SolveCall(kind="job_decision", spec=spec, batch=batch, profile=req.profile, num_stages=num_stages)
+            return self._solve_sync(call)
 
         choose = functools.partial(
             choose_pipeline_degree,
@@ -302,15 +296,16 @@ class SolveService:
             return stored.plan_json, "store"
         latest = await self.io(self.store.latest_profile, job.job_id)
         profile = CostProfile.model_validate(latest[1]) if latest else None
-        plan = await self.solve(
-            "job_step",
-            job.spec,
-            batch,
+        call = SolveCall(
+            kind="job_step",
+            spec=job.spec,
+            batch=batch,
             profile=profile,
             num_stages=job.decisions.num_stages,
             step=step,
             job_id=job.job_id,
         )
+        plan = await self.solve(call)
         record = PlanRecord(
             job_id=job.job_id,
             step=step,

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from planner_service.cost_model import preset_profile
 from planner_service.layout.chunks import (
     OpenChunk,
     best_fit_decreasing,
@@ -24,21 +25,13 @@ from planner_service.layout.chunks import (
     sequence_cost,
     slice_sequence,
 )
-from proto import Chunk, CostProfile, Segment
+from planner_service.presets import CLUSTERS, MODELS
+from proto import Chunk, Segment
 
-PROFILE = CostProfile(
-    attn_s_per_token2=1e-9,
-    linear_s_per_token=1e-6,
-    alltoall_bw_intra=1e11,
-    alltoall_bw_inter=1e10,
-    p2p_bw_intra=1e11,
-    p2p_bw_inter=1e10,
-    allreduce_bw_intra=1e11,
-    allreduce_bw_inter=1e10,
-    activation_bytes_per_token_layer=1e3,
-    checkpoint_bytes_per_token_layer=1e2,
-    kv_bytes_per_token_layer=1e2,
+PROFILE = preset_profile(CLUSTERS["cpu-2x2"], MODELS["tiny"]).model_copy(
+    update={"attn_s_per_token2": 1e-9, "linear_s_per_token": 1e-6}
 )
+"""Chunking reads only the two compute coefficients: attention per token pair and linear per token."""
 
 
 def assert_covers_exactly(chunks: list[Chunk], items: list[tuple[int, int]]) -> None:
