@@ -10,24 +10,29 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.table import Table
 
-from planner_service.cost_model import CostModel
 from planner_service.errors import PlanningError
 from planner_service.planner import make_plan
 from planner_service.presets import PresetError, list_clusters, list_models, resolve_cluster, resolve_model
+from planner_service.report import (
+    compare_results,
+    draw_plan_gantt,
+    load_named_workload,
+    plan_summary,
+    render_comparison,
+    render_summary,
+)
 from planner_service.strategies.registry import STRATEGIES
-from planner_service.workloads import WorkloadError, load_workload
-from proto import Batch, ClusterSpec, ModelSpec, Plan, PlanOptions, ZeroStage
+from planner_service.workloads import WorkloadError
+from proto import ClusterSpec, ModelSpec, Plan, PlanOptions, ZeroStage
 
 USER_ERRORS = (PlanningError, PresetError, WorkloadError, ValidationError, FileNotFoundError, json.JSONDecodeError)
 EXIT_USER_ERROR = 2
@@ -72,40 +77,6 @@ TimeLimitOpt = Annotated[float, typer.Option("--time-limit", help="Solver time l
 SolverOpt = Annotated[str, typer.Option("--solver", help="Solver backend: cpsat, pulp-cbc, pulp-highs.")]
 
 
-@dataclass(frozen=True, slots=True)
-class Workload:
-    cluster: ClusterSpec
-    model: ModelSpec
-    batch: Batch
-    description: dict[str, Any]
-
-
-def load_cli_workload(
-    cluster: str, model: str, lengths: Path | None, dataset: str | None, batch_size: int, seed: int, max_len: int | None
-) -> Workload:
-    cluster_spec = resolve_cluster(cluster)
-    model_spec = resolve_model(model)
-    batch = load_workload(
-        lengths_path=str(lengths) if lengths else None,
-        dataset=dataset,
-        batch_size=batch_size,
-        seed=seed,
-        max_len=max_len,
-    )
-    description = {
-        "cluster": cluster_spec.name,
-        "num_devices": cluster_spec.num_devices,
-        "model": model_spec.name,
-        "source": str(lengths) if lengths else dataset,
-        "batch_size": batch_size,
-        "seed": seed,
-        "max_len": max_len,
-        "num_tokens": batch.num_tokens,
-        "longest": max(batch.lengths),
-    }
-    return Workload(cluster=cluster_spec, model=model_spec, batch=batch, description=description)
-
-
 @app.command("plan")
 def plan_command(
     cluster: ClusterOpt,
@@ -126,7 +97,7 @@ def plan_command(
 
     Example: helix plan --cluster a100-40g-8x8 --model gpt-7b --dataset github --batch-size 512 --out plan.json
     """
-    work = load_cli_workload(cluster, model, lengths, dataset, batch_size, seed, max_len)
+    work = load_named_workload(cluster, model, lengths, dataset, batch_size, seed, max_len)
     started = time.perf_counter()
     plan = make_plan(
         batch=work.batch,
@@ -147,74 +118,6 @@ def plan_command(
         f"peak {max(p.peak_memory_bytes) / 2**30:.1f} GiB, {len(plan.lanes)} lanes, P={plan.pipeline.num_stages}, "
         f"planned in {elapsed:.2f} s -> {out}"
     )
-
-
-def compare_results(
-    work: Workload, strategies: list[str], time_limit: float, solver: str, zero: int
-) -> tuple[dict[str, Any], dict[str, Plan]]:
-    """The comparison report (the `--json` object) and the plans of the feasible strategies."""
-    options = PlanOptions(zero_stage=ZeroStage(zero))
-    ideal = CostModel.from_specs(work.cluster, work.model, options=options).ideal_s(work.batch)
-    results = []
-    plans: dict[str, Plan] = {}
-    for name in strategies:
-        started = time.perf_counter()
-        try:
-            made = make_plan(
-                batch=work.batch,
-                cluster=work.cluster,
-                model=work.model,
-                strategy=name,
-                options=options,
-                time_limit_s=time_limit,
-                solver=solver,
-            )
-            plan: Plan | None = made
-            plans[name] = made
-            status: str = made.solver.status.value
-        except PlanningError as exc:
-            plan, status = None, f"infeasible: {exc}"
-        elapsed = time.perf_counter() - started
-        results.append(
-            {
-                "strategy": name,
-                "feasible": plan is not None,
-                "iteration_s": plan.predicted.iteration_s if plan else None,
-                "ratio_to_ideal": plan.predicted.iteration_s / ideal if plan and ideal > 0 else None,
-                "peak_memory_gib": max(plan.predicted.peak_memory_bytes) / 2**30 if plan else None,
-                "plan_s": elapsed,
-                "status": status,
-                "gap": plan.solver.gap if plan else None,
-            }
-        )
-    return {"ideal_s": ideal, "workload": work.description, "results": results}, plans
-
-
-def render_comparison(report: dict[str, Any]) -> Table:
-    static = next((r for r in report["results"] if r["strategy"] == "static" and r["feasible"]), None)
-    table = Table(title=f"ideal {report['ideal_s']:.3f} s/iteration")
-    columns = ("strategy", "iteration s", "x ideal", "speedup vs static", "peak GiB", "plan s", "status", "gap")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("strategy", "status") else "right")
-    for r in report["results"]:
-        if not r["feasible"]:
-            table.add_row(r["strategy"], "-", "-", "-", "-", f"{r['plan_s']:.2f}", r["status"].split(":")[0], "-")
-            continue
-        speedup = f"{static['iteration_s'] / r['iteration_s']:.2f}x" if static else "-"
-        table.add_row(
-            r["strategy"],
-            f"{r['iteration_s']:.3f}",
-            f"{r['ratio_to_ideal']:.2f}",
-            speedup,
-            f"{r['peak_memory_gib']:.1f}",
-            f"{r['plan_s']:.2f}",
-            r["status"],
-            f"{r['gap']:.1%}" if r["gap"] is not None else "-",
-        )
-    infeasible = [f"{r['strategy']}: {r['status'].partition(': ')[2]}" for r in report["results"] if not r["feasible"]]
-    if infeasible:
-        table.caption = "\n".join(infeasible)
-    return table
 
 
 @app.command("compare")
@@ -240,7 +143,7 @@ def compare_command(
     unknown = [s for s in names if s not in STRATEGIES]
     if unknown or not names:
         raise UserError(f"--strategies: unknown {unknown or 'empty list'}; choose from {', '.join(STRATEGIES)}")
-    work = load_cli_workload(cluster, model, lengths, dataset, batch_size, seed, max_len)
+    work = load_named_workload(cluster, model, lengths, dataset, batch_size, seed, max_len)
     report, _ = compare_results(work, names, time_limit, solver, zero)
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
@@ -259,54 +162,6 @@ def resolve_plan_specs(plan: Plan, cluster: str | None, model: str | None) -> tu
     if fingerprint(model_spec) != plan.model_fingerprint:
         raise UserError(f"--model: {model_spec.name} is not the model this plan was made for")
     return cluster_spec, model_spec
-
-
-def batch_of_plan(plan: Plan) -> Batch:
-    """The batch a plan covers (valid plans cover every token once, so the max segment end is the length)."""
-    lengths: dict[int, int] = {}
-    for lane in plan.lanes:
-        for chunk in lane.chunks:
-            for seg in chunk.segments:
-                lengths[seg.seq_id] = max(lengths.get(seg.seq_id, 0), seg.end)
-    ids = sorted(lengths)
-    return Batch(seq_ids=ids, lengths=[lengths[i] for i in ids])
-
-
-def plan_summary(plan: Plan) -> dict[str, Any]:
-    p = plan.predicted
-    lanes = [
-        {
-            "lane": lane.lane_id,
-            "sp_degree": lane.sp_degree,
-            "ranks": [lane.ranks[0][0], lane.ranks[-1][-1]],
-            "chunks": len(lane.chunks),
-            "tokens": sum(c.num_tokens for c in lane.chunks),
-            "sliced_sequences": len({s.seq_id for c in lane.chunks for s in c.segments if s.start > 0}),
-            "recomputed_layers": sum(sum(r) for r in lane.recompute),
-            "predicted_s": p.lane_s[lane.lane_id] if lane.lane_id < len(p.lane_s) else None,
-        }
-        for lane in plan.lanes
-    ]
-    return {
-        "plan_id": plan.plan_id,
-        "strategy": plan.strategy,
-        "cluster": plan.cluster_name,
-        "model": plan.model_name,
-        "pipeline_stages": plan.pipeline.num_stages,
-        "layer_ranges": plan.pipeline.layer_ranges,
-        "num_lanes": len(plan.lanes),
-        "sp_degrees": sorted({lane.sp_degree for lane in plan.lanes}),
-        "iteration_s": p.iteration_s,
-        "ideal_s": p.ideal_s,
-        "ratio_to_ideal": p.ratio_to_ideal,
-        "bubble_fraction": p.bubble_fraction,
-        "comm_s": p.comm_s,
-        "recompute_s": p.recompute_s,
-        "grad_sync_s": p.grad_sync_s,
-        "peak_memory_gib": max(p.peak_memory_bytes, default=0.0) / 2**30,
-        "solver": plan.solver.model_dump(),
-        "lanes": lanes,
-    }
 
 
 @app.command("inspect")
@@ -344,50 +199,14 @@ def inspect_command(
             raise UserError(f"{plan_file}: not a plan ({_first_error(exc)})") from None
     summary = plan_summary(plan)
     if gantt is not None:
-        from planner_service.plots.gantt import draw_gantt
-        from planner_service.simulator import simulate
-
         cluster_spec, model_spec = resolve_plan_specs(plan, cluster, model)
-        cost = CostModel.from_specs(cluster_spec, model_spec, options=plan.options)
-        result = simulate(plan, batch_of_plan(plan), cost)
-        draw_gantt(plan, result, gantt)
+        draw_plan_gantt(plan, cluster_spec, model_spec, gantt)
         summary["gantt"] = str(gantt)
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
         return
-    _print_summary(summary)
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    out_console.print(
-        f"[bold]plan {summary['plan_id']}[/] strategy={summary['strategy']} cluster={summary['cluster']} "
-        f"model={summary['model']}\n"
-        f"P={summary['pipeline_stages']} layers={summary['layer_ranges']} lanes={summary['num_lanes']} "
-        f"SP degrees={summary['sp_degrees']}\n"
-        f"predicted {summary['iteration_s']:.3f} s "
-        f"({summary['ratio_to_ideal']:.2f}x ideal {summary['ideal_s']:.3f} s), "
-        f"bubbles {summary['bubble_fraction']:.1%}, comm {summary['comm_s']:.3f} s, "
-        f"recompute {summary['recompute_s']:.3f} s, grad sync {summary['grad_sync_s']:.3f} s, "
-        f"peak {summary['peak_memory_gib']:.1f} GiB; solver {summary['solver']['backend']} "
-        f"{summary['solver']['status']}"
-    )
-    table = Table()
-    for column in ("lane", "SP", "ranks", "chunks", "tokens", "sliced seqs", "recomputed layers", "predicted s"):
-        table.add_column(column, justify="right")
-    for lane in summary["lanes"]:
-        table.add_row(
-            str(lane["lane"]),
-            str(lane["sp_degree"]),
-            f"{lane['ranks'][0]}-{lane['ranks'][1]}",
-            str(lane["chunks"]),
-            str(lane["tokens"]),
-            str(lane["sliced_sequences"]),
-            str(lane["recomputed_layers"]),
-            f"{lane['predicted_s']:.3f}" if lane["predicted_s"] is not None else "-",
-        )
-    out_console.print(table)
-    if "gantt" in summary:
-        out_console.print(f"Gantt chart written to {summary['gantt']}")
+    for part in render_summary(summary):
+        out_console.print(part)
 
 
 def _fetch_plan(server: str, job: str, step: int) -> Plan:

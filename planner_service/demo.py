@@ -15,10 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from planner_service.cli import batch_of_plan, compare_results, load_cli_workload, render_comparison
-from planner_service.cost_model import CostModel
-from planner_service.plots.gantt import draw_gantt
-from planner_service.simulator import simulate
+from planner_service.report import compare_results, draw_plan_gantt, load_named_workload, render_comparison
 from planner_service.strategies.registry import STRATEGIES
 
 DEMO_SETUPS = (
@@ -31,7 +28,7 @@ def run_demo(out_dir: Path, console: Console) -> dict[str, dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     reports: dict[str, dict[str, Any]] = {}
     for cluster, model, batch_size in DEMO_SETUPS:
-        work = load_cli_workload(cluster, model, None, "stdlib", batch_size, 1, None)
+        work = load_named_workload(cluster, model, None, "stdlib", batch_size, 1, None)
         console.rule(
             f"{cluster} / {model}: {batch_size} Python stdlib files, {work.batch.num_tokens} tokens, "
             f"longest {max(work.batch.lengths)}"
@@ -42,8 +39,7 @@ def run_demo(out_dir: Path, console: Console) -> dict[str, dict[str, Any]]:
         for name, plan in plans.items():
             stem = f"{cluster}_{model}_{name}"
             (out_dir / f"{stem}.plan.json").write_text(plan.model_dump_json(indent=1))
-            cost = CostModel.from_specs(work.cluster, work.model, options=plan.options)
-            picture = draw_gantt(plan, simulate(plan, batch_of_plan(plan), cost), out_dir / f"{stem}.gantt.png")
+            picture = draw_plan_gantt(plan, work.cluster, work.model, out_dir / f"{stem}.gantt.png")
             console.print(f"  {name}: plan -> {out_dir / (stem + '.plan.json')}, Gantt -> {picture}")
         reports[f"{cluster}/{model}"] = report
     (out_dir / "comparison.json").write_text(json.dumps(reports, indent=1))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
+from planner_service.context import PlanningContext
 from planner_service.cost_model import CostModel
 from planner_service.errors import InfeasibleWorkload, PlanningError
-from planner_service.plan_assembly import PlanningContext
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.registry import get_strategy
 from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, SolverStatus, validate_plan
@@ -54,9 +54,9 @@ def make_plan(
         solver=solver,
         num_stages=num_stages,
     )
-    plan_fn = get_strategy(strategy)
+    strategy_fn = get_strategy(strategy)
     try:
-        plan = plan_fn(ctx)
+        plan = strategy_fn(ctx)
         validate_plan(plan, batch, cluster, model)
     except PlanningError:
         raise

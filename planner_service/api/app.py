@@ -16,8 +16,8 @@ from planner_service.api.body_limit import BodyLimitMiddleware
 from planner_service.api.deps import ServiceState, require_token
 from planner_service.api.errors import install_error_handlers
 from planner_service.api.metrics import ServiceMetrics
-from planner_service.api.planning import PlanFn, PlanningService
 from planner_service.api.routers import feedback, job_plans, jobs, ops, plans, profiles
+from planner_service.api.service import SolveFn, SolveService
 from planner_service.api.settings import Settings
 from planner_service.planner import make_plan
 from planner_service.store import PlanStore
@@ -32,23 +32,23 @@ With `HELIX_API_TOKEN` set, every `/v1` route needs `Authorization: Bearer <toke
 """
 
 
-def create_app(settings: Settings | None = None, *, plan_fn: PlanFn = make_plan) -> FastAPI:
-    """Build the app. `plan_fn` replaces `make_plan` (tests count or slow down solves with it)."""
+def create_app(settings: Settings | None = None, *, solve_fn: SolveFn = make_plan) -> FastAPI:
+    """Build the app. `solve_fn` replaces `make_plan` (tests count or hold solves with it)."""
     settings = settings if settings is not None else Settings()
-    state = ServiceState(settings=settings, metrics=ServiceMetrics(), plan_fn=plan_fn)
+    state = ServiceState(settings=settings, metrics=ServiceMetrics(), solve_fn=solve_fn)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store = PlanStore(settings.db)
-        planner = PlanningService(settings=settings, store=store, metrics=state.metrics, plan_fn=plan_fn)
-        state.store, state.planner = store, planner
+        service = SolveService(settings=settings, store=store, metrics=state.metrics, solve_fn=solve_fn)
+        state.store, state.solve_service = store, service
         log.info("planner service ready (db %s, auth %s)", settings.db, "on" if settings.token else "off")
         try:
             yield
         finally:
-            if state.planner is planner:
-                state.store, state.planner = None, None
-            planner.close()
+            if state.solve_service is service:
+                state.store, state.solve_service = None, None
+            service.close()
             store.close()
 
     app = FastAPI(

@@ -1,31 +1,31 @@
-"""Dependencies as `Annotated` aliases, so routes stay straight-line: `job: JobDep`, `planner: PlannerDep`."""
+"""Dependencies as `Annotated` aliases, so routes stay straight-line: `job: JobDep`, `service: SolveServiceDep`."""
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from planner_service.api.errors import ApiError
+from planner_service.api.inputs import MAX_STEP
 from planner_service.api.metrics import ServiceMetrics
-from planner_service.api.planning import MAX_STEP, JobContext, PlanFn, PlanningService
+from planner_service.api.service import RegisteredJob, SolveFn, SolveService
 from planner_service.api.settings import Settings
 from planner_service.store import PlanStore
 
 
 @dataclass
 class ServiceState:
-    """Everything one app owns. `store`/`planner` exist between lifespan startup and shutdown."""
+    """Everything one app owns. `store`/`solve_service` exist between lifespan startup and shutdown."""
 
     settings: Settings
     metrics: ServiceMetrics
-    plan_fn: PlanFn
+    solve_fn: SolveFn
     store: PlanStore | None = None
-    planner: PlanningService | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    solve_service: SolveService | None = None
 
 
 def get_state(request: Request) -> ServiceState:
@@ -50,16 +50,16 @@ def get_store(state: StateDep) -> PlanStore:
     return state.store
 
 
-def get_planner(state: StateDep) -> PlanningService:
-    if state.planner is None:
+def get_solve_service(state: StateDep) -> SolveService:
+    if state.solve_service is None:
         raise ApiError(503, "not_ready", "the planner is not running (the service is starting or stopping)")
-    return state.planner
+    return state.solve_service
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 StoreDep = Annotated[PlanStore, Depends(get_store)]
-PlannerDep = Annotated[PlanningService, Depends(get_planner)]
+SolveServiceDep = Annotated[SolveService, Depends(get_solve_service)]
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <HELIX_API_TOKEN>` when a token is set.")
 
@@ -81,8 +81,8 @@ JobIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 StepPath = Annotated[int, Path(ge=0, le=MAX_STEP, description="Training step.")]
 
 
-async def get_job(job_id: JobIdPath, planner: PlannerDep) -> JobContext:
-    return await planner.job(job_id)
+async def get_job(job_id: JobIdPath, service: SolveServiceDep) -> RegisteredJob:
+    return await service.job(job_id)
 
 
-JobDep = Annotated[JobContext, Depends(get_job)]
+JobDep = Annotated[RegisteredJob, Depends(get_job)]

@@ -46,6 +46,20 @@ class JobCreate(BaseModel):
     profile: CostProfile | None = Field(default=None, description="Initial cost profile (else the preset's).")
 
 
+class JobSpec(BaseModel):
+    """How every plan of a job is made: stored at registration and immutable (a stateless request is planned
+    from one too). Cluster and model are resolved specs, the time limit is already capped by the service."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cluster: ClusterSpec
+    model: ModelSpec
+    strategy: str
+    options: PlanOptions
+    solver: str
+    time_limit_s: float
+
+
 class StageCandidate(BaseModel):
     """One pipeline degree tried for the job-level decision."""
 

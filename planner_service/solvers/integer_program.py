@@ -114,11 +114,12 @@ def _solve_cpsat(program: IntegerProgram, time_limit_s: float) -> Solution:
     solver.parameters.num_workers = 1  # deterministic and fair to a 2-core machine
     solver.parameters.random_seed = DETERMINISTIC_SEED
     code = solver.solve(model)
-    status: Status = {
+    statuses: dict[cp_model.CpSolverStatus, Status] = {
         cp_model.OPTIMAL: "optimal",
         cp_model.FEASIBLE: "feasible",
         cp_model.INFEASIBLE: "infeasible",
-    }.get(code, "unknown")  # type: ignore[assignment]
+    }
+    status = statuses.get(code, "unknown")
     if status in ("optimal", "feasible"):
         values = tuple(int(solver.value(x)) for x in xs)
         objective = sum(c * values[v] for v, c in program.objective.items()) if program.objective else 0.0

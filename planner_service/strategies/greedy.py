@@ -13,33 +13,15 @@ from __future__ import annotations
 import math
 import time
 
+from planner_service.assembly import LaneDraft, assemble_plan, fits_memory
+from planner_service.context import PlanningContext, options_that_fit
 from planner_service.errors import InfeasibleWorkload
-from planner_service.plan_assembly import (
-    LaneDraft,
-    PlanningContext,
-    assemble_plan,
-    fits_memory,
-    options_that_fit,
-    uniform_recompute,
-)
-from planner_service.strategies.dynamic_lanes import uniform_lanes, work_model
-from planner_service.strategies.packing import pack_best_fit_decreasing, slice_sequence
-from proto import Chunk, PipelineSpec, Plan, SolverInfo, SolverStatus
-from proto.topology import Topology, pipeline_degree_candidates, valid_sp_degrees
-
-
-def lane_chunks(ctx: PlanningContext, items: list[tuple[int, int]], cap: int, num_stages: int) -> list[Chunk]:
-    """Slice sequences over `cap` tokens (P > 1 only), pack the rest; long slices first."""
-    profile = ctx.cost.profile
-    sliced: list[Chunk] = []
-    short: list[tuple[int, int]] = []
-    for seq_id, length in items:
-        if length > cap and num_stages > 1:
-            pieces = slice_sequence(profile, seq_id, length, math.ceil(length / cap))
-            sliced += [Chunk(segments=[seg]) for seg in pieces]
-        else:
-            short.append((seq_id, length))
-    return sliced + pack_best_fit_decreasing(short, max(cap, max((n for _, n in short), default=1)))
+from planner_service.layout.chunks import capped_chunks
+from planner_service.layout.lanes import uniform_lanes
+from planner_service.layout.recompute import uniform_recompute
+from planner_service.layout.work_model import work_model
+from proto import PipelineSpec, Plan, SolverInfo, SolverStatus
+from proto.topology import Topology, valid_sp_degrees
 
 
 def greedy_drafts(
@@ -48,7 +30,7 @@ def greedy_drafts(
     lanes = uniform_lanes(ctx, pipeline, sp_degree, work_model(ctx.cost, pipeline, sp_degree))
     drafts = []
     for lane, spec in enumerate(lanes):
-        chunks = lane_chunks(ctx, list(spec.items), cap, pipeline.num_stages)
+        chunks = capped_chunks(ctx.cost.profile, spec.items, token_cap=cap, allow_slicing=pipeline.num_stages > 1)
         drafts.append(
             LaneDraft(
                 sp_degree=sp_degree,
@@ -58,13 +40,6 @@ def greedy_drafts(
             )
         )
     return drafts
-
-
-def greedy_pipeline_degrees(ctx: PlanningContext) -> list[int]:
-    """P fixed by the job, else powers of two in increasing order (model states shrink with P)."""
-    if ctx.num_stages:
-        return [ctx.num_stages]
-    return pipeline_degree_candidates(ctx.cluster.num_devices, ctx.model.num_layers)
 
 
 def plan_greedy(
@@ -79,7 +54,7 @@ def plan_greedy(
     longest = max(ctx.batch.lengths)
     tried: list[str] = []
     job_ctx = ctx
-    for num_stages in greedy_pipeline_degrees(job_ctx):
+    for num_stages in job_ctx.pipeline_degrees():  # increasing: model states shrink with P
         pipeline = PipelineSpec.even(job_ctx.model.num_layers, num_stages)
         ctx = options_that_fit(job_ctx, pipeline)
         degrees = valid_sp_degrees(ctx.model, Topology.of(ctx.cluster, num_stages).stage_block_size)

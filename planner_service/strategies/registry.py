@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import MappingProxyType
 
+from planner_service.context import PlanningContext
 from planner_service.errors import UnknownStrategy
-from planner_service.plan_assembly import PlanningContext
-from planner_service.strategies.flexsp_strategy import plan_flexsp
+from planner_service.strategies.flexsp import plan_flexsp
 from planner_service.strategies.greedy import plan_greedy
-from planner_service.strategies.helix_strategy import plan_helix
-from planner_service.strategies.infinipipe_strategy import plan_infinipipe
-from planner_service.strategies.static_baseline import plan_static
+from planner_service.strategies.helix import plan_helix
+from planner_service.strategies.infinipipe import plan_infinipipe
+from planner_service.strategies.static import plan_static
 from proto import Plan
 
 StrategyFn = Callable[[PlanningContext], Plan]

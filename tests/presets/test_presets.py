@@ -12,6 +12,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from planner_service.cost_model import CostModel
+from planner_service.planner import make_plan
 from planner_service.presets import (
     CLUSTERS,
     MODELS,
@@ -21,7 +23,7 @@ from planner_service.presets import (
     resolve_cluster,
     resolve_model,
 )
-from proto import ClusterSpec, ModelSpec
+from proto import Batch, ClusterSpec, ModelSpec
 
 GiB = 1 << 30
 
@@ -67,13 +69,23 @@ def test_gpu_cluster_numbers_match_documented_values() -> None:
     assert CLUSTERS["h100-80g-16x8"].num_devices == 128
 
 
-def test_cpu_clusters_are_modest() -> None:
+def test_cpu_clusters_serve_their_purpose() -> None:
+    """The CPU presets exist for executor tests (DESIGN §13: tiny models, batches of a few thousand tokens on
+    gloo): such a batch must plan without a pipeline or recompute; the numbers must stay CPU-like (far below a
+    GPU's, so nobody reads them as performance predictions); and an SP group across nodes must cost more than
+    one inside a node, so the node-aware planning paths run even on loopback."""
+    tiny = MODELS["tiny"]
+    a100 = CLUSTERS["a100-40g-8x8"]
+    batch = Batch.from_lengths([2048, 1024, 512, 300])
     for name in ("cpu-1x2", "cpu-2x2", "cpu-2x4"):
         c = CLUSTERS[name]
-        assert c.device_memory_bytes == 4 * GiB
-        assert c.peak_flops == 50e9
-        assert c.intra_node_bandwidth == 2e9
         assert "executor tests" in c.source
+        plan = make_plan(batch=batch, cluster=c, model=tiny, strategy="greedy", num_stages=1)
+        assert not any(any(map(any, lane.recompute)) for lane in plan.lanes), name
+        assert c.peak_flops <= a100.peak_flops / 1000
+        assert c.device_memory_bytes < a100.device_memory_bytes
+        cost = CostModel.from_specs(c, tiny)
+        assert cost.alltoall_layer_s(2048, 2, spans_nodes=True) > cost.alltoall_layer_s(2048, 2, spans_nodes=False)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from planner_service.api import Settings, create_app
-from tests.service.conftest import LENGTHS, SMALL_JOB, TOKEN, small_settings
+from tests.service.service_inputs import LENGTHS, SMALL_JOB, TOKEN, SettingsFactory
 
 V1_CALLS = [
     ("post", "/v1/plans"),
@@ -27,8 +27,8 @@ V1_CALLS = [
 
 
 @pytest.fixture
-def auth_client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(small_settings(tmp_path / "auth.db", api_token=TOKEN))) as c:
+def auth_client(make_settings: SettingsFactory, tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tmp_path / "auth.db", api_token=TOKEN))) as c:
         yield c
 
 

@@ -1,65 +1,112 @@
 """Concurrent identical per-step requests are solved once and all get byte-identical plans; /healthz answers
-while solves run (they are off the event loop); a different concurrent batch for the same step is a 409.
+while a solve is provably still running (solves run off the event loop); another batch for a step whose solve
+is in flight is a 409.
 
-Uses httpx's ASGI transport so 50 requests really are in flight together on one event loop, and a slowed-down
-`plan_fn` so they overlap the solve.
+Event-based, no wall-clock thresholds: the solve function blocks until the test releases it, so "while the
+solve runs" is a state the test controls and checks, not a timing hope. httpx's ASGI transport keeps all
+requests in flight together on one event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from planner_service.api import create_app
-from tests.service.conftest import LENGTHS, SMALL_JOB, SolveCounter, small_settings
+from planner_service.planner import make_plan
+from proto import Plan
+from tests.service.service_inputs import LENGTHS, SMALL_JOB, SettingsFactory
+
+HANG_GUARD_S = 120.0
+"""Only stops a broken build from hanging the suite; nothing here is timed."""
 
 
-async def _run(tmp_path: Path, counter: SolveCounter) -> None:
-    app = create_app(small_settings(tmp_path / "co.db", max_concurrent_solves=1), plan_fn=counter)
+class HeldSolves:
+    """A `solve_fn` that counts calls and holds every solve until `release` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.running = 0
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, **kwargs: Any) -> Plan:
+        with self._lock:
+            self.calls += 1
+            self.running += 1
+        try:
+            assert self.release.wait(HANG_GUARD_S), "the test never released the solve"
+            return make_plan(**kwargs)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Yield to the event loop until `condition` holds."""
+    give_up = time.monotonic() + HANG_GUARD_S
+    while not condition():
+        assert time.monotonic() < give_up, f"never happened: {what}"
+        await asyncio.sleep(0.001)
+
+
+async def _run(app: Any, held: HeldSolves) -> None:
+    metrics = app.state.helix.metrics.registry
+
+    def coalesced() -> float:
+        return metrics.get_sample_value("helix_plan_coalesced_total") or 0.0
+
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=HANG_GUARD_S) as http:
             created = await http.post("/v1/jobs", json={**SMALL_JOB, "num_stages": 1})
             assert created.status_code == 201, created.text
-            job_id = created.json()["job_id"]
-            calls_before = counter.calls
-            url = f"/v1/jobs/{job_id}/plans"
+            assert held.calls == 0  # a fixed pipeline degree needs no decision solves
+            url = f"/v1/jobs/{created.json()['job_id']}/plans"
 
-            async def health_latency() -> float:
-                await asyncio.sleep(0.05)  # once the solve has started
-                started = time.perf_counter()
-                response = await http.get("/healthz")
-                assert response.status_code == 200
-                return time.perf_counter() - started
+            requests = [asyncio.ensure_future(http.post(url, json={"step": 5, "lengths": LENGTHS})) for _ in range(50)]
+            await until(lambda: held.running == 1 and coalesced() == 49, "one held solve and 49 waiting requests")
+            health = await http.get("/healthz")
+            assert health.status_code == 200 and health.json()["status"] == "ok"
+            # /healthz answered while the solve was still held in the pool and no plan request had finished
+            assert held.running == 1 and not held.release.is_set()
+            assert not any(r.done() for r in requests)
 
-            requests = [http.post(url, json={"step": 5, "lengths": LENGTHS}) for _ in range(50)]
-            *responses, health_s = await asyncio.gather(*requests, health_latency())
+            held.release.set()
+            responses = await asyncio.gather(*requests)
             assert [r.status_code for r in responses] == [200] * 50
             assert len({r.content for r in responses}) == 1, "all callers must get byte-identical plans"
-            assert counter.calls - calls_before == 1, "50 identical requests must cost one solve"
+            assert held.calls == 1, "50 identical requests must cost one solve"
             sources = [r.headers["x-helix-plan-source"] for r in responses]
             assert sources.count("solve") == 1 and sources.count("coalesced") == 49
-            assert health_s < counter.delay_s, f"/healthz took {health_s:.3f}s while a solve ran"
 
-            metrics = (await http.get("/metrics")).text
-            assert 'helix_solves_total{kind="job_step"} 1.0' in metrics
-            assert "helix_plan_coalesced_total 49.0" in metrics
+            text = (await http.get("/metrics")).text
+            assert 'helix_solves_total{kind="job_step"} 1.0' in text
+            assert "helix_plan_coalesced_total 49.0" in text
 
-            # a different batch for a step being solved right now is a conflict, not a second solve
-            first = http.post(url, json={"step": 6, "lengths": LENGTHS})
-            other = http.post(url, json={"step": 6, "lengths": [*LENGTHS, 5]})
-            a, b = await asyncio.gather(first, other)
-            assert sorted([a.status_code, b.status_code]) == [200, 409]  # whichever arrived first wins
-            loser = a if a.status_code == 409 else b
-            assert loser.json()["code"] == "conflict" and loser.json()["field"] == "lengths"
-            assert counter.calls - calls_before == 2
+            # another batch for a step whose solve is in flight is a conflict, not a second solve
+            held.release.clear()
+            first = asyncio.ensure_future(http.post(url, json={"step": 6, "lengths": LENGTHS}))
+            await until(lambda: held.running == 1, "the step-6 solve is held")
+            other = await http.post(url, json={"step": 6, "lengths": [*LENGTHS, 5]})
+            assert other.status_code == 409, other.text
+            assert other.json()["code"] == "conflict" and other.json()["field"] == "lengths"
+            assert not first.done()
+            held.release.set()
+            assert (await first).status_code == 200
+            assert held.calls == 2
 
             stored = await http.get(f"{url}/5")
             assert stored.content == responses[0].content
 
 
-def test_fifty_identical_requests_cost_one_solve(tmp_path: Path) -> None:
-    asyncio.run(_run(tmp_path, SolveCounter(delay_s=0.5)))
+def test_fifty_identical_requests_cost_one_solve(tmp_path: Path, make_settings: SettingsFactory) -> None:
+    held = HeldSolves()
+    app = create_app(make_settings(tmp_path / "co.db", max_concurrent_solves=1), solve_fn=held)
+    asyncio.run(_run(app, held))

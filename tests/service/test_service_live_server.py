@@ -13,11 +13,13 @@ from planner_service.client import PlannerApiError, PlannerClient
 from planner_service.cost_model import CostModel
 from planner_service.presets import CLUSTERS, MODELS
 from proto import Batch, Feedback, Plan, validate_plan
-from tests.service.conftest import LENGTHS, TOKEN, live_server, small_settings
+from tests.service.service_inputs import LENGTHS, TOKEN, LiveServerFactory, SettingsFactory
 
 
-def test_client_against_live_server_and_restart_survival(tmp_path: Path) -> None:
-    settings = small_settings(tmp_path / "live.db", api_token=TOKEN)
+def test_client_against_live_server_and_restart_survival(
+    tmp_path: Path, make_settings: SettingsFactory, live_server: LiveServerFactory
+) -> None:
+    settings = make_settings(tmp_path / "live.db", api_token=TOKEN)
     with live_server(settings) as url, PlannerClient(url, token=TOKEN, retries=1) as client:
         assert client.health().status == "ok"
         job = client.create_job(cluster="cpu-2x2", model="tiny", strategy="greedy", sample_lengths=LENGTHS)
@@ -44,7 +46,7 @@ def test_client_against_live_server_and_restart_survival(tmp_path: Path) -> None
 
     # the server is gone; a new one on the same file serves the same bytes, the job, its feedback and profile
     with (
-        live_server(small_settings(tmp_path / "live.db", api_token=TOKEN)) as url,
+        live_server(make_settings(tmp_path / "live.db", api_token=TOKEN)) as url,
         PlannerClient(url, token=TOKEN, retries=1) as client,
     ):
         assert client.get_plan_bytes(job.job_id, 0) == raw
@@ -56,10 +58,14 @@ def test_client_against_live_server_and_restart_survival(tmp_path: Path) -> None
 
 
 def test_inspect_fetches_a_stored_plan_from_the_server(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    make_settings: SettingsFactory,
+    live_server: LiveServerFactory,
 ) -> None:
     monkeypatch.setenv("HELIX_API_TOKEN", TOKEN)
-    with live_server(small_settings(tmp_path / "inspect.db", api_token=TOKEN)) as url:
+    with live_server(make_settings(tmp_path / "inspect.db", api_token=TOKEN)) as url:
         with PlannerClient(url, token=TOKEN) as client:
             job = client.create_job(cluster="cpu-2x2", model="tiny", strategy="greedy")
             plan: Plan = client.plan_for_step(job.job_id, 7, LENGTHS)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from planner_service.presets import CLUSTERS, MODELS
 from planner_service.strategies.registry import STRATEGIES
 from proto import Batch, Plan, validate_plan
-from tests.service.conftest import LENGTHS, SMALL_JOB
+from tests.service.service_inputs import LENGTHS, SMALL_JOB
 
 
 def assert_error(response: Any, status: int, code: str, field: str | None = None) -> dict[str, Any]:

@@ -8,8 +8,8 @@ this pytest version, so operations are enumerated here and each runs its own hyp
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import schemathesis
@@ -24,38 +24,57 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from planner_service.api import create_app
-from tests.service.conftest import SMALL_JOB, small_settings
+from tests.service.service_inputs import SMALL_JOB, SettingsFactory
 
-_TMP = tempfile.TemporaryDirectory(prefix="helix-schemathesis-")
-_SETTINGS = small_settings(Path(_TMP.name) / "fuzz.db", solver_time_limit_s=1.0, default_sample_size=8)
-
-
-def _seed_job() -> str:
-    """A real job (registered through another app on the same DB), so generated valid requests also reach the
-    job routes past the 404."""
-    with TestClient(create_app(_SETTINGS)) as client:
-        response = client.post("/v1/jobs", json={**SMALL_JOB, "num_stages": 1})
-        assert response.status_code == 201, response.text
-        return str(response.json()["job_id"])
-
-
-SEEDED_JOB = _seed_job()
-APP = create_app(_SETTINGS)
-SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP)
-OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())}
+OPERATIONS = (
+    "GET /healthz",
+    "GET /metrics",
+    "GET /readyz",
+    "GET /v1/jobs/{job_id}",
+    "GET /v1/jobs/{job_id}/plans/{step}",
+    "POST /v1/jobs",
+    "POST /v1/jobs/{job_id}/feedback",
+    "POST /v1/jobs/{job_id}/plans",
+    "POST /v1/plans",
+    "PUT /v1/jobs/{job_id}/profile",
+)
+"""Every operation of the API; `test_every_operation_is_fuzzed` fails when the schema gains or loses one."""
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
-
 # Operations without inputs have no invalid variant to generate.
-CASES = [(label, GenerationMode.POSITIVE) for label in sorted(OPERATIONS)] + [
-    (label, GenerationMode.NEGATIVE) for label in sorted(OPERATIONS) if "/v1/" in label
+CASES = [(label, GenerationMode.POSITIVE) for label in OPERATIONS] + [
+    (label, GenerationMode.NEGATIVE) for label in OPERATIONS if "/v1/" in label
 ]
+
+
+@dataclass(frozen=True)
+class FuzzTarget:
+    operations: dict[str, schemathesis.APIOperation]
+    seeded_job: str
+    """A real job, so generated valid requests also reach the job routes past the 404."""
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(make_settings: SettingsFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
+    """The app under test on a fresh DB, with one job registered through another app on the same file."""
+    db = tmp_path_factory.mktemp("schemathesis") / "fuzz.db"
+    fuzz_settings = make_settings(db, solver_time_limit_s=1.0, default_sample_size=8)
+    with TestClient(create_app(fuzz_settings)) as client:
+        response = client.post("/v1/jobs", json={**SMALL_JOB, "num_stages": 1})
+        assert response.status_code == 201, response.text
+        seeded = str(response.json()["job_id"])
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(fuzz_settings))
+    yield FuzzTarget({op.label: op for op in (r.ok() for r in schema.get_all_operations())}, seeded)
+
+
+def test_every_operation_is_fuzzed(fuzz_target: FuzzTarget) -> None:
+    assert sorted(fuzz_target.operations) == sorted(OPERATIONS)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("label", "mode"), CASES, ids=[f"{label}-{mode.value}" for label, mode in CASES])
-def test_api_never_errors_on_generated_input(label: str, mode: GenerationMode) -> None:
-    operation = OPERATIONS[label]
+def test_api_never_errors_on_generated_input(fuzz_target: FuzzTarget, label: str, mode: GenerationMode) -> None:
+    operation = fuzz_target.operations[label]
     seen = 0
 
     @given(case=operation.as_strategy(generation_mode=mode))
@@ -64,7 +83,7 @@ def test_api_never_errors_on_generated_input(label: str, mode: GenerationMode) -
         nonlocal seen
         seen += 1
         if mode is GenerationMode.POSITIVE and case.path_parameters and "job_id" in case.path_parameters and seen % 2:
-            case.path_parameters["job_id"] = SEEDED_JOB
+            case.path_parameters["job_id"] = fuzz_target.seeded_job
         response = case.call()
         case.validate_response(response, checks=CHECKS)
 

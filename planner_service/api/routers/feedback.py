@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from planner_service.api.deps import JobDep, MetricsDep, PlannerDep, StoreDep
+from planner_service.api.deps import JobDep, MetricsDep, SolveServiceDep, StoreDep
 from planner_service.api.errors import ApiError
-from planner_service.api.planning import MAX_STEP, check_finite
+from planner_service.api.inputs import check_finite, check_step
 from planner_service.api.routers._responses import errors
 from planner_service.api.schemas import FeedbackAccepted
 from proto import Feedback
@@ -16,20 +16,19 @@ router = APIRouter(prefix="/jobs/{job_id}/feedback", tags=["feedback"])
 
 @router.post("", response_model=FeedbackAccepted, responses=errors(404, 409))
 async def post_feedback(
-    body: Feedback, job: JobDep, planner: PlannerDep, store: StoreDep, metrics: MetricsDep
+    body: Feedback, job: JobDep, service: SolveServiceDep, store: StoreDep, metrics: MetricsDep
 ) -> FeedbackAccepted:
     """Record a step's measured time (a retry replaces the earlier report) for prediction-error tracking."""
     check_finite(body.model_dump(mode="python"), "")
-    if body.step > MAX_STEP:
-        raise ApiError(422, "invalid_input", f"step must be at most {MAX_STEP}", field="step")
-    if body.peak_memory_bytes and len(body.peak_memory_bytes) != job.cluster.num_devices:
+    check_step(body.step)
+    if body.peak_memory_bytes and len(body.peak_memory_bytes) != job.spec.cluster.num_devices:
         raise ApiError(
             422, "invalid_input", f"peak_memory_bytes has {len(body.peak_memory_bytes)} entries for "
-            f"{job.cluster.num_devices} ranks", field="peak_memory_bytes",
+            f"{job.spec.cluster.num_devices} ranks", field="peak_memory_bytes",
         )  # fmt: skip
     if any(m < 0 for m in body.peak_memory_bytes):
         raise ApiError(422, "invalid_input", "peak_memory_bytes must be >= 0", field="peak_memory_bytes")
-    stored = await planner.io(store.get_plan, job.job_id, body.step)
+    stored = await service.io(store.get_plan, job.job_id, body.step)
     predicted = None
     if stored is not None:
         if stored.plan_id != body.plan_id:
@@ -38,7 +37,7 @@ async def post_feedback(
                 f"{body.plan_id}", field="plan_id",
             )  # fmt: skip
         predicted = stored.predicted_s
-    await planner.io(
+    await service.io(
         store.put_feedback,
         job.job_id,
         body.step,

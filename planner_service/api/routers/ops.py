@@ -23,7 +23,7 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}})
 async def readyz(state: StateDep) -> Health:
     """Readiness: the store answers a query and at least one strategy is registered."""
-    if state.store is None or state.planner is None or not state.store.ping():
+    if state.store is None or state.solve_service is None or not state.store.ping():
         raise ApiError(503, "not_ready", "the plan store is not open or does not answer")
     return Health(status="ready", details={"strategies": list(STRATEGIES), "db": state.store.path})
 

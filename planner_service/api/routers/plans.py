@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from planner_service.api.deps import PlannerDep
+from planner_service.api.deps import SolveServiceDep
 from planner_service.api.routers._responses import PLAN_RESPONSE, errors
 from proto import PlanRequest
 
@@ -12,7 +12,7 @@ router = APIRouter(prefix="/plans", tags=["plans"])
 
 
 @router.post("", response_class=Response, responses={**PLAN_RESPONSE, **errors()})
-async def create_plan(body: PlanRequest, planner: PlannerDep) -> Response:
+async def create_plan(body: PlanRequest, service: SolveServiceDep) -> Response:
     """Plan one batch for a cluster and model (preset names or full specs) with a strategy; nothing is stored."""
-    data = await planner.plan_stateless(body)
+    data = await service.plan_stateless(body)
     return Response(content=data, media_type="application/json")

@@ -8,41 +8,22 @@ derived here the same way for every strategy, so strategies compare apples to ap
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
-from planner_service.cost_model import CostModel
+from planner_service.context import PlanningContext
 from planner_service.schedules import build_schedule
 from planner_service.simulator import SimulationResult, simulate
 from proto import (
-    Batch,
     Chunk,
     ClusterSpec,
     Lane,
-    ModelSpec,
     PipelineSpec,
     Plan,
-    PlanOptions,
     Predicted,
     SolverInfo,
-    ZeroStage,
 )
 from proto.fingerprint import fingerprint
 from proto.topology import Topology
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PlanningContext:
-    """Everything a strategy needs to plan one batch."""
-
-    batch: Batch
-    cluster: ClusterSpec
-    model: ModelSpec
-    cost: CostModel
-    options: PlanOptions = field(default_factory=PlanOptions)
-    time_limit_s: float = 2.0
-    solver: str = "cpsat"
-    num_stages: int | None = None
-    """Pipeline degree fixed by the job (None: the strategy chooses)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -55,35 +36,6 @@ class LaneDraft:
     chunks: tuple[Chunk, ...]
     recompute: tuple[tuple[int, ...], ...]
     """recompute[stage][chunk]: layers of that stage recomputed for that chunk."""
-
-
-MIN_ACTIVATION_SHARE = 0.25
-"""A pipeline layout whose model states leave less than this share of usable memory for activations gets
-the next ZeRO stage (see `options_that_fit`)."""
-
-
-def options_that_fit(ctx: PlanningContext, pipeline: PipelineSpec) -> PlanningContext:
-    """The context with the smallest ZeRO stage >= the job's whose model states leave room for activations.
-
-    The job's ZeRO stage is a floor, not a ceiling: every strategy may shard model states further when a
-    layout would otherwise have almost no memory for activations (ZeRO-1/2 cost the same sync volume as an
-    all-reduce; the plan records the stage it needs so the executor applies it).
-    """
-    for stage in range(ctx.options.zero_stage, 4):
-        options = PlanOptions(zero_stage=ZeroStage(stage))
-        cost = replace(ctx.cost, options=options)
-        dp = cost.dp_size(pipeline)
-        states = max(cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
-        if states <= (1 - MIN_ACTIVATION_SHARE) * cost.usable_memory_bytes:
-            return replace(ctx, options=options, cost=cost) if stage != ctx.options.zero_stage else ctx
-    return ctx
-
-
-def uniform_recompute(pipeline: PipelineSpec, num_chunks: int, full: bool) -> tuple[tuple[int, ...], ...]:
-    """No recompute, or every layer of every stage recomputed (one policy for the whole lane)."""
-    return tuple(
-        tuple(pipeline.layers_of(p) if full else 0 for _ in range(num_chunks)) for p in range(pipeline.num_stages)
-    )
 
 
 def assemble_plan(
@@ -125,4 +77,5 @@ def assemble_plan(
 
 
 def fits_memory(plan: Plan, cluster: ClusterSpec) -> bool:
+    """Whether the simulated peak of every device stays within the cluster's device memory."""
     return max(plan.predicted.peak_memory_bytes, default=0.0) <= cluster.device_memory_bytes

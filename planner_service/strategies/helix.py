@@ -14,53 +14,12 @@ from __future__ import annotations
 
 import contextlib
 
+from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload, PlanningError
-from planner_service.plan_assembly import PlanningContext, options_that_fit
-from planner_service.strategies.dynamic_lanes import (
-    Candidate,
-    Deadline,
-    Proposal,
-    Recipe,
-    build_proposals,
-    finalize,
-    pipelined_estimate_s,
-)
-from planner_service.strategies.flexible_lanes import flexible_lanes
-from planner_service.strategies.flexsp_strategy import LANE_SOLVER_SHARE, flexsp_proposal
+from planner_service.proposals import flexible_proposals, single_stage_flexible_proposal, uniform_proposals
+from planner_service.search import CANDIDATES_BUILT, Candidate, Deadline, Proposal, build_proposals, finalize
 from planner_service.strategies.greedy import plan_greedy
-from planner_service.strategies.infinipipe_strategy import (
-    CANDIDATES_BUILT,
-    CHUNKS_PER_STAGE,
-    infinipipe_proposals,
-    pipeline_candidates,
-)
-from proto import PipelineSpec, Plan
-
-
-def flexible_proposals(ctx: PlanningContext, deadline: Deadline) -> list[Proposal]:
-    """Lane-ILP layouts for every candidate P > 1 (P = 1 comes from `flexsp_proposal`)."""
-    degrees = pipeline_candidates(ctx, include_one=False)
-    out: list[Proposal] = []
-    for i, p in enumerate(degrees):
-        pipeline = PipelineSpec.even(ctx.model.num_layers, p)
-        p_ctx = options_that_fit(ctx, pipeline)
-        share = deadline.share(LANE_SOLVER_SHARE) / max(1, len(degrees) - i)
-        lanes = flexible_lanes(p_ctx, pipeline, sliced=True, time_limit_s=max(share, 0.02))
-        if lanes is None:
-            continue
-        recipe = Recipe(
-            ctx=p_ctx,
-            pipeline=pipeline,
-            lanes=tuple(lanes.lanes),
-            strategy="helix",
-            chunks_per_stage=CHUNKS_PER_STAGE[0],
-            sliced=True,
-            recompute="adaptive",
-            solver=lanes.solver_info(extra=f"; P={p}"),
-        )
-        estimate = pipelined_estimate_s(lanes.solution.makespan_s, p, CHUNKS_PER_STAGE[0])
-        out.append(Proposal(estimate, recipe, CHUNKS_PER_STAGE))
-    return out
+from proto import Plan
 
 
 def plan_helix(ctx: PlanningContext) -> Plan:
@@ -68,12 +27,12 @@ def plan_helix(ctx: PlanningContext) -> Plan:
     required: list[Proposal] = []  # what flexsp and infinipipe would build, plus the best flexible layout
     optional: list[Proposal] = []
     if not ctx.num_stages or ctx.num_stages == 1:
-        flexsp = flexsp_proposal(ctx, deadline, strategy="helix", recompute="adaptive")
+        flexsp = single_stage_flexible_proposal(ctx, deadline, strategy="helix", recompute="adaptive")
         if flexsp is not None:
             required.append(flexsp)
     if ctx.num_stages != 1:
-        uniform = sorted(infinipipe_proposals(ctx, strategy="helix"), key=lambda p: p.estimate_s)
-        flexible = sorted(flexible_proposals(ctx, deadline), key=lambda p: p.estimate_s)
+        uniform = sorted(uniform_proposals(ctx, strategy="helix"), key=lambda p: p.estimate_s)
+        flexible = sorted(flexible_proposals(ctx, deadline, strategy="helix"), key=lambda p: p.estimate_s)
         required += uniform[:CANDIDATES_BUILT] + flexible[:1]
         optional += uniform[CANDIDATES_BUILT:] + flexible[1:]
     candidates: list[Candidate] = build_proposals(required, optional, deadline)

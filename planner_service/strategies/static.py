@@ -13,18 +13,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from planner_service.assembly import LaneDraft, assemble_plan, fits_memory
+from planner_service.context import PlanningContext, options_that_fit
 from planner_service.errors import InfeasibleWorkload
-from planner_service.plan_assembly import (
-    LaneDraft,
-    PlanningContext,
-    assemble_plan,
-    fits_memory,
-    options_that_fit,
-    uniform_recompute,
-)
-from planner_service.strategies.packing import pack_next_fit
-from proto import Chunk, PipelineSpec, Plan, SolverInfo
-from proto.topology import Topology, pipeline_degree_candidates, valid_sp_degrees
+from planner_service.layout.chunks import pack_next_fit
+from planner_service.layout.recompute import uniform_recompute
+from proto import Chunk, PipelineSpec, Plan, SolverInfo, SolverStatus
+from proto.topology import Topology, valid_sp_degrees
 
 MICRO_BATCH_MULTIPLIERS = (1, 2, 4)
 """Micro-batch budgets tried: the longest sequence rounded up to a power of two, times these."""
@@ -48,13 +43,7 @@ def static_layouts(ctx: PlanningContext) -> list[StaticLayout]:
     """The grid the baseline searches (pipeline degree fixed when the job fixes it)."""
     longest = max(ctx.batch.lengths)
     base = next_power_of_two(longest)
-    stages = (
-        [ctx.num_stages]
-        if ctx.num_stages
-        else pipeline_degree_candidates(
-            ctx.cluster.num_devices, ctx.model.num_layers, max_degree=MAX_STATIC_PIPELINE_DEGREE
-        )
-    )
+    stages = ctx.pipeline_degrees(max_degree=MAX_STATIC_PIPELINE_DEGREE)
     return [
         StaticLayout(num_stages=p, sp_degree=s, micro_batch_tokens=base * m, full_recompute=full)
         for p in stages
@@ -101,7 +90,7 @@ def plan_static(ctx: PlanningContext) -> Plan:
             strategy="static",
             pipeline=pipeline,
             drafts=static_drafts(layout_ctx, layout, pipeline),
-            solver=SolverInfo(backend="grid-search", status="optimal"),
+            solver=SolverInfo(backend="grid-search", status=SolverStatus.OPTIMAL),
         )
         tried += 1
         if not fits_memory(plan, ctx.cluster):
@@ -117,7 +106,7 @@ def plan_static(ctx: PlanningContext) -> Plan:
         )
     solver = SolverInfo(
         backend="grid-search",
-        status="optimal",
+        status=SolverStatus.OPTIMAL,
         gap=None,
         solve_s=time.perf_counter() - started,
         message=f"best of {tried} static layouts",

@@ -1,0 +1,56 @@
+"""What a strategy plans from: one batch, the cluster, the model, the cost model and the job's limits.
+
+`options_that_fit` lives here because it answers a question about the context itself (which ZeRO stage the
+job's options must be raised to for a pipeline split), asked by every strategy before it lays out lanes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from planner_service.cost_model import CostModel
+from proto import Batch, ClusterSpec, ModelSpec, PipelineSpec, PlanOptions, ZeroStage
+from proto.topology import pipeline_degree_candidates
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlanningContext:
+    """Everything a strategy needs to plan one batch."""
+
+    batch: Batch
+    cluster: ClusterSpec
+    model: ModelSpec
+    cost: CostModel
+    options: PlanOptions = field(default_factory=PlanOptions)
+    time_limit_s: float = 2.0
+    solver: str = "cpsat"
+    num_stages: int | None = None
+    """Pipeline degree fixed by the job (None: the strategy chooses)."""
+
+    def pipeline_degrees(self, *, max_degree: int | None = None) -> list[int]:
+        """The job's fixed P, else every candidate P (at most `max_degree`) in increasing order."""
+        if self.num_stages:
+            return [self.num_stages]
+        return pipeline_degree_candidates(self.cluster.num_devices, self.model.num_layers, max_degree=max_degree)
+
+
+MIN_ACTIVATION_SHARE = 0.25
+"""A pipeline layout whose model states leave less than this share of usable memory for activations gets
+the next ZeRO stage (see `options_that_fit`)."""
+
+
+def options_that_fit(ctx: PlanningContext, pipeline: PipelineSpec) -> PlanningContext:
+    """The context with the smallest ZeRO stage >= the job's whose model states leave room for activations.
+
+    The job's ZeRO stage is a floor, not a ceiling: every strategy may shard model states further when a
+    layout would otherwise have almost no memory for activations (ZeRO-1/2 cost the same sync volume as an
+    all-reduce; the plan records the stage it needs so the executor applies it).
+    """
+    for stage in range(ctx.options.zero_stage, 4):
+        options = PlanOptions(zero_stage=ZeroStage(stage))
+        cost = replace(ctx.cost, options=options)
+        dp = cost.dp_size(pipeline)
+        states = max(cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
+        if states <= (1 - MIN_ACTIVATION_SHARE) * cost.usable_memory_bytes:
+            return replace(ctx, options=options, cost=cost) if stage != ctx.options.zero_stage else ctx
+    return ctx

@@ -1,0 +1,52 @@
+"""Memory-fit tests for lane layouts: whether one sequence can run on a lane at all, and the chunk token cap
+that keeps a pipeline's in-flight chunks in memory without recompute."""
+
+from __future__ import annotations
+
+from planner_service.cost_model import CostModel
+from proto import PipelineSpec
+
+MIN_SLICE_TOKENS_PER_DEVICE = 512
+"""Smallest slice worth running per device: below ~512 tokens per GPU, GEMMs and attention kernels lose
+most of their efficiency (per-call overhead b dominates), so slicing finer buys memory at too high a price."""
+
+
+def activation_bytes_per_token(cost: CostModel, sp_degree: int, num_layers: int) -> float:
+    """Bytes one device holds per token of an in-flight chunk with no recompute."""
+    probe = 1024 * sp_degree
+    return cost.chunk_activation_bytes(probe, sp_degree=sp_degree, num_layers=num_layers) / probe
+
+
+def memory_token_cap(cost: CostModel, pipeline: PipelineSpec, sp_degree: int, in_flight: int) -> int:
+    """Tokens per chunk such that `in_flight` chunks fit stage 0 without recompute (at least the minimum slice)."""
+    dp = cost.dp_size(pipeline)
+    budget = cost.usable_memory_bytes - cost.model_state_bytes(0, pipeline, dp)
+    per_token = activation_bytes_per_token(cost, sp_degree, pipeline.layers_of(0))
+    cap = int(budget / (max(in_flight, 1) * per_token)) if budget > 0 else 0
+    return max(cap, MIN_SLICE_TOKENS_PER_DEVICE * sp_degree)
+
+
+def sequence_fits(cost: CostModel, pipeline: PipelineSpec, length: int, sp_degree: int, *, sliced: bool) -> bool:
+    """Whether one sequence alone can run on a lane of `sp_degree` with full recompute (and slicing if allowed).
+
+    Unsliced: its checkpoints plus one layer's working memory for the whole sequence. Sliced: its
+    checkpoints, the K/V of every slice and their dK/dV accumulators, and one minimal slice's working memory.
+    """
+    dp = cost.dp_size(pipeline)
+    for p in range(pipeline.num_stages):
+        layers = pipeline.layers_of(p)
+        last = p == pipeline.num_stages - 1
+        need = cost.model_state_bytes(p, pipeline, dp)
+        need += cost.chunk_activation_bytes(
+            length, sp_degree=sp_degree, num_layers=layers, recompute_layers=layers, is_last_stage=last
+        )
+        if sliced:
+            need += 2 * cost.kv_bytes(length, sp_degree, layers)
+            need += cost.transient_bytes(
+                min(length, MIN_SLICE_TOKENS_PER_DEVICE * sp_degree), sp_degree=sp_degree, is_last_stage=last
+            )
+        else:
+            need += cost.transient_bytes(length, sp_degree=sp_degree, is_last_stage=last)
+        if need > cost.usable_memory_bytes:
+            return False
+    return True
