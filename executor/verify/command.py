@@ -204,6 +204,7 @@ def _step_inputs(
     time_limit: float,
     stages: int | None = None,
 ) -> list[StepInput]:
+    from planner_service.pipeline_degree import choose_pipeline_degree
     from planner_service.planner import make_plan
     from planner_service.workloads import load_workload
 
@@ -228,21 +229,31 @@ def _step_inputs(
                 param_hint="--plan-file",
             ) from err
         return [StepInput(batch=batch, plan=plan, token_seed=token_seed_of(seed, k)) for k in range(steps)]
-    inputs = []
-    for k in range(steps):
-        batch = batch_for(seed + k)
-        plan = make_plan(
+    options = PlanOptions(zero_stage=ZeroStage(zero))
+
+    def plan_at(batch: Batch, num_stages: int | None, step: int = 0) -> Plan:
+        return make_plan(
             batch=batch,
             cluster=cluster,
             model=model,
             strategy=strategy,
-            options=PlanOptions(zero_stage=ZeroStage(zero)),
+            options=options,
             time_limit_s=time_limit,
-            num_stages=stages,
-            step=k,
+            num_stages=num_stages,
+            step=step,
         )
-        inputs.append(StepInput(batch=batch, plan=plan, token_seed=token_seed_of(seed, k)))
-    return inputs
+
+    batches = [batch_for(seed + k) for k in range(steps)]
+    # P is a job-level decision (changing it would move weights): chosen once, from the first batch, exactly
+    # as the service and `helix train` choose it, and then every step is planned at that P.
+    job_stages = choose_pipeline_degree(
+        cluster=cluster, model=model, strategy=strategy, plan_at=plan_at, sample_lengths=batches[0].lengths,
+        num_stages=stages,
+    ).num_stages  # fmt: skip
+    return [
+        StepInput(batch=batch, plan=plan_at(batch, job_stages, k), token_seed=token_seed_of(seed, k))
+        for k, batch in enumerate(batches)
+    ]
 
 
 def _print_table(

@@ -97,3 +97,18 @@ def test_plan_file_for_another_batch_is_refused(tmp_path: Path) -> None:
 def test_bad_dtype_is_a_usage_error() -> None:
     result = CliRunner().invoke(_app(), ["verify", *WORKLOAD, "--dtype", "float16"])
     assert result.exit_code == 2 and "float16" in result.output
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_verify_keeps_one_pipeline_degree_for_the_whole_job() -> None:
+    """P is chosen once per job (from the first batch), never per step: planning every step's own best P gave
+    P = 2 for step 0 and P = 1 for step 1 on this workload, and the executor (built for one P) refused step 1."""
+    args = ["--cluster", "cpu-2x2", "--model", "tiny", "--strategy", "helix", "--dataset", "github"]
+    args += ["--batch-size", "8", "--max-len", "2048", "--seed", "1", "--steps", "3", "--json"]
+    result = CliRunner().invoke(_app(), ["verify", *args])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert len({s["num_stages"] for s in report["steps"]}) == 1, [s["num_stages"] for s in report["steps"]]
