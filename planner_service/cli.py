@@ -16,6 +16,7 @@ from typing import Annotated
 
 import click
 import typer
+import typer.exceptions
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -35,6 +36,9 @@ from planner_service.workloads import WorkloadError
 from proto import ClusterSpec, ModelSpec, Plan, PlanOptions, ZeroStage
 
 USER_ERRORS = (PlanningError, PresetError, WorkloadError, ValidationError, FileNotFoundError, json.JSONDecodeError)
+USAGE_ERRORS = (typer.exceptions.TyperException, click.exceptions.ClickException)
+"""Typer (>= 0.29, bounded in pyproject) raises its own vendored click exceptions, all `TyperException`s; plain
+click ones are caught too in case a plugin command raises them."""
 EXIT_USER_ERROR = 2
 
 app = typer.Typer(
@@ -68,12 +72,34 @@ LengthsOpt = Annotated[
 DatasetOpt = Annotated[
     str | None, typer.Option("--dataset", help="Synthetic corpus: github, commoncrawl, wikipedia; or stdlib.")
 ]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Sequences in the global batch.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed.")]
-MaxLenOpt = Annotated[int | None, typer.Option("--max-len", help="Truncate sequences to this many tokens.")]
+INT64_MAX = 2**63 - 1
+"""Lengths, seeds and sizes are 64-bit integers in the sampler (numpy): larger values are usage errors."""
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", "-b", help="Sequences in the global batch.", min=1, max=INT64_MAX)
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed.", min=0, max=INT64_MAX)]
+MaxLenOpt = Annotated[
+    int | None, typer.Option("--max-len", help="Truncate sequences to this many tokens.", min=1, max=INT64_MAX)
+]
 ZeroOpt = Annotated[int, typer.Option("--zero", help="ZeRO stage 0-3: shard optimizer/grads/params per stage.")]
 StagesOpt = Annotated[int | None, typer.Option("--stages", help="Fix the pipeline degree P (default: search).")]
-TimeLimitOpt = Annotated[float, typer.Option("--time-limit", help="Solver time limit in seconds.")]
+MAX_TIME_LIMIT_S = 600.0
+"""The longest planning call the CLI accepts (the wire contract's `PlanRequest.time_limit_s` cap)."""
+
+
+def positive_time_limit(value: float) -> float:
+    """`--time-limit` must be a positive number of seconds, at most `MAX_TIME_LIMIT_S`."""
+    if not 0 < value <= MAX_TIME_LIMIT_S:
+        raise typer.BadParameter(f"must be > 0 and <= {MAX_TIME_LIMIT_S:g} seconds, got {value:g}")
+    return value
+
+
+TimeLimitOpt = Annotated[
+    float,
+    typer.Option(
+        "--time-limit", help="Bound on one planning call's wall time, in seconds.", callback=positive_time_limit
+    ),
+]
 SolverOpt = Annotated[str, typer.Option("--solver", help="Solver backend: cpsat, pulp-cbc, pulp-highs.")]
 
 
@@ -292,10 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     _load_plugins()
     try:
         result = app(args=argv, standalone_mode=False)
-    except click.exceptions.ClickException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except USAGE_ERRORS as exc:  # typer's vendored click (and click itself): one line, its exit code (2)
+        show_help = getattr(exc, "show", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and show_help is not None:  # `helix` alone: the help
+            show_help()
+        else:
+            err_console.print(f"error: {exc.format_message()}", highlight=False, soft_wrap=True, markup=False)
+        return int(getattr(exc, "exit_code", EXIT_USER_ERROR))
+    except (typer.exceptions.Abort, click.exceptions.Abort):
         return 130
     except ValidationError as exc:
         err_console.print(f"error: {_first_error(exc)}", highlight=False, soft_wrap=True)

@@ -6,6 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+HF_DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
+"""Bytes per element of the dtypes a Hugging Face config's `dtype` / `torch_dtype` key names."""
+
 
 class ModelSpec(BaseModel):
     """Shape of a decoder-only transformer with RMSNorm, RoPE, SwiGLU (or GELU MLP) and GQA."""
@@ -17,6 +20,12 @@ class ModelSpec(BaseModel):
     hidden_size: int = Field(ge=1, description="Model width.")
     num_heads: int = Field(ge=1, description="Query heads.")
     num_kv_heads: int = Field(ge=1, description="Key/value heads (GQA); equals num_heads for MHA.")
+    head_dim: int = Field(
+        default=0,
+        ge=0,
+        description="Width of one attention head; 0 (the default) derives hidden_size // num_heads. Models such "
+        "as Qwen3 set it explicitly, so num_heads x head_dim may differ from hidden_size.",
+    )
     ffn_hidden_size: int = Field(ge=1, description="Inner width of the MLP.")
     vocab_size: int = Field(ge=2, description="Vocabulary size.")
     bytes_per_element: int = Field(default=2, ge=1, le=8, description="Activation/parameter bytes (2 for bf16).")
@@ -28,15 +37,21 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelSpec:
-        if self.hidden_size % self.num_heads != 0:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.head_dim == 0:
+            if self.hidden_size % self.num_heads != 0:
+                raise ValueError(
+                    f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads}), "
+                    "or give head_dim"
+                )
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         if self.num_heads % self.num_kv_heads != 0:
             raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
         return self
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+    def q_dim(self) -> int:
+        """Width of Q (and of the attention output) per token: heads x head dim."""
+        return self.num_heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -47,7 +62,7 @@ class ModelSpec(BaseModel):
     def params_per_layer(self) -> int:
         """Parameters of one block: q/k/v/o projections, MLP, two norms."""
         h = self.hidden_size
-        attn = h * h + 2 * h * self.kv_dim + h * h
+        attn = 2 * h * self.q_dim + 2 * h * self.kv_dim  # q and o projections, k and v projections
         mlp = (3 if self.gated_mlp else 2) * h * self.ffn_hidden_size
         return attn + mlp + 2 * h
 
@@ -79,16 +94,19 @@ class ModelSpec(BaseModel):
         hidden = int(pick("hidden_size", "n_embd", "d_model"))
         heads = int(pick("num_attention_heads", "n_head", "num_heads"))
         act = str(config.get("hidden_act", config.get("activation_function", "silu")))
-        dtype = str(config.get("torch_dtype", "bfloat16"))
+        dtype = str(pick("dtype", "torch_dtype", default="bfloat16")).removeprefix("torch.")
+        if dtype not in HF_DTYPE_BYTES:
+            raise ValueError(f"config.json dtype {dtype!r} is not one of {', '.join(HF_DTYPE_BYTES)}")
         return cls(
             name=name,
             num_layers=int(pick("num_hidden_layers", "n_layer", "num_layers")),
             hidden_size=hidden,
             num_heads=heads,
             num_kv_heads=int(pick("num_key_value_heads", default=heads)),
+            head_dim=int(pick("head_dim", default=0) or 0),
             ffn_hidden_size=int(pick("intermediate_size", "n_inner", "ffn_dim", default=4 * hidden)),
             vocab_size=int(pick("vocab_size")),
-            bytes_per_element=4 if dtype == "float32" else 2,
+            bytes_per_element=HF_DTYPE_BYTES[dtype],
             gated_mlp=act in {"silu", "swiglu", "swish"},
             rope_theta=float(config.get("rope_theta", 10000.0)),
             norm_eps=float(pick("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", default=1e-5)),

@@ -185,23 +185,57 @@ class Predicted(BaseModel):
 
 
 class SolverInfo(BaseModel):
+    """How the plan was found, and how far it may be from the best plan of the strategy's space.
+
+    `gap` bounds the *simulated* time: (predicted.iteration_s - lower_bound_s) / predicted.iteration_s, where
+    `lower_bound_s` holds for every plan the strategy can build (schema 1.0 plans reported the lane ILP's gap
+    for its own cost model here instead; that number is now in `message` as "model gap").
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     backend: str = Field(default="none")
     status: SolverStatus = SolverStatus.HEURISTIC
-    gap: float | None = Field(default=None, ge=0, description="Relative gap to the best lower bound.")
+    gap: float | None = Field(
+        default=None,
+        ge=0,
+        description="Relative gap of the predicted (simulated) iteration time to `lower_bound_s`; None when the "
+        "strategy proves no bound.",
+    )
+    lower_bound_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="A lower bound on the simulated iteration time of every plan the strategy can build.",
+    )
     solve_s: float = Field(default=0.0, ge=0)
     message: str = ""
 
 
+class FixedLayout(BaseModel):
+    """One SP x PP x DP layout for a whole job, as a Megatron-LM / DeepSpeed user configures it: the `megatron`
+    strategy runs every batch with it (packing into micro-batches of `micro_batch_tokens`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_stages: int = Field(ge=1, description="Pipeline degree P.")
+    sp_degree: int = Field(ge=1, description="Ulysses SP degree of every lane (DP = N / (P * sp_degree)).")
+    micro_batch_tokens: int = Field(ge=1, description="Token budget of one micro-batch (Megatron's seq-length).")
+    full_recompute: bool = Field(default=False, description="Activation checkpointing of every layer.")
+
+
 class PlanOptions(BaseModel):
-    """Job options that change the plan's memory and sync costs."""
+    """Job options that change the plan's memory and sync costs, and the job's fixed layout if it has one."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     zero_stage: ZeroStage = Field(
         default=ZeroStage.NONE,
         description="Shard optimizer (1), +grads (2), +params (3) across each stage's devices.",
+    )
+    fixed_layout: FixedLayout | None = Field(
+        default=None,
+        description="The job's one layout for every batch (`megatron`); chosen once per job from a sample "
+        "(planner_service.job_layout). None: a strategy that needs one tunes it on the batch it is given.",
     )
 
 

@@ -15,6 +15,8 @@ _WHITESPACE = b" \t\r\n"
 _ALLOWED = b"0123456789" + _WHITESPACE
 _BLANK_LINE = re.compile(rb"(?:^|\n)[ \t\r]*(?:\n|$)")
 _SNIPPET_CHARS = 40
+MAX_LENGTH = 2**63 - 1
+"""Largest length a file may hold: lengths are sampled and summed as 64-bit integers."""
 
 
 class WorkloadError(ValueError):
@@ -31,7 +33,7 @@ def _fast_parse(data: bytes) -> list[int] | None:
     if len(tokens) != data.count(b"\n") + 1:  # no blank lines, so equal counts mean one number per line
         return None
     values = list(map(int, tokens))
-    if min(values) < 1:
+    if min(values) < 1 or max(values) > MAX_LENGTH:
         return None
     return values
 
@@ -52,6 +54,8 @@ def _first_error(path: str, data: bytes) -> WorkloadError:
         if s.isdigit():
             if int(s) == 0:
                 return WorkloadError(f"{path}:{lineno}: length must be a positive integer, got 0")
+            if int(s) > MAX_LENGTH:
+                return WorkloadError(f"{path}:{lineno}: length {_describe(s)} exceeds the largest supported 2^63 - 1")
             continue
         if s[:1] == b"-" and s[1:].isdigit():
             return WorkloadError(f"{path}:{lineno}: length must be a positive integer, got {_describe(s)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from planner_service.cli import main
+from planner_service.strategies.registry import STRATEGIES
 from proto import Plan
 
 SHARED_LENGTHS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "wikipedia-lengths.txt"
@@ -63,7 +64,7 @@ def test_compare_json_is_exactly_one_object(capsys: pytest.CaptureFixture[str]) 
     report = json.loads(out)
     assert set(report) == {"ideal_s", "workload", "results"}
     assert report["ideal_s"] > 0
-    assert [r["strategy"] for r in report["results"]] == ["static", "flexsp", "infinipipe", "helix", "greedy"]
+    assert [r["strategy"] for r in report["results"]] == list(STRATEGIES)
     keys = {"strategy", "feasible", "iteration_s", "ratio_to_ideal", "peak_memory_gib", "plan_s", "status", "gap"}
     for r in report["results"]:
         assert set(r) == keys
@@ -161,3 +162,49 @@ def test_inspect_rejects_a_non_plan(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert_one_line_error(code, err, "bogus.json: not a plan")
     code, _, err = run(capsys, "inspect", str(tmp_path / "missing.json"))
     assert_one_line_error(code, err, "missing.json: cannot read")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["compare", "--bogus"], "No such option: --bogus"),
+        (["compare", "-c", "cpu-2x2", "-m", "tiny", "--batch-size", "abc"], "'--batch-size'"),
+        (["compare", "-c", "cpu-2x2", "-m", "tiny", "--dataset", "github", "--time-limit", "0"], "--time-limit"),
+        (["plan", "-c", "cpu-2x2", "-m", "tiny", "--dataset", "github", "--time-limit", "-1", "-o", "x"], "> 0"),
+        (["compare", "-c", "cpu-2x2", "-m", "tiny", "--dataset", "github", "--max-len", str(2**64)], "--max-len"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], args: list[str], fragment: str) -> None:
+    """typer raises its own vendored click exceptions: they must not escape as a traceback with exit 1."""
+    code, out, err = run(capsys, *args)
+    assert_one_line_error(code, err, fragment)
+    assert len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_a_length_beyond_64_bits_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lengths = write_lengths(tmp_path, f"100\n{2**63}\n")
+    code, _, err = run(
+        capsys, "compare", "--cluster", "cpu-2x2", "--model", "tiny", "--lengths", str(lengths), "--batch-size", "2",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "lengths.txt:2", "2^63 - 1")
+
+
+def test_hugging_face_config_head_dim_and_dtype(tmp_path: Path) -> None:
+    """Qwen3-4B's config sets head_dim 128 (hidden 2560 / 32 heads would say 80) and its dtype."""
+    from planner_service.presets import resolve_model
+
+    config = {
+        "architectures": ["Qwen3ForCausalLM"], "hidden_size": 2560, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 9728, "num_hidden_layers": 36,
+        "vocab_size": 151936, "hidden_act": "silu", "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    }  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    model = resolve_model(str(path))
+    assert (model.head_dim, model.q_dim, model.kv_dim, model.bytes_per_element) == (128, 4096, 1024, 2)
+    assert model.params_per_layer == 2 * 2560 * 4096 + 2 * 2560 * 1024 + 3 * 2560 * 9728 + 2 * 2560
+    path.write_text(json.dumps({**config, "dtype": "float32"}))  # transformers >= 4.56 writes `dtype`
+    assert resolve_model(str(path)).bytes_per_element == 4
+    path.write_text(json.dumps({**config, "dtype": "int4"}))
+    with pytest.raises(ValueError, match="dtype 'int4'"):
+        resolve_model(str(path))
