@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from planner_service.budget import PlanningBudget
 from planner_service.cost_model import CostModel
-from proto import Batch, ClusterSpec, ModelSpec, PipelineSpec, PlanOptions, ZeroStage
+from proto import Batch, ClusterSpec, CostProfile, ModelSpec, PipelineSpec, PlanOptions, ZeroStage
 from proto.topology import pipeline_degree_candidates
 
 
@@ -26,6 +27,39 @@ class PlanningContext:
     solver: str = "cpsat"
     num_stages: int | None = None
     """Pipeline degree fixed by the job (None: the strategy chooses)."""
+    budget: PlanningBudget = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    """The call's work budget (deterministic units + wall-clock safety net), shared by every context derived
+    from this one; by default the one `time_limit_s` gives."""
+
+    def __post_init__(self) -> None:
+        if self.budget is None:
+            budget = PlanningBudget.for_limit(self.time_limit_s, num_sequences=len(self.batch.lengths))
+            object.__setattr__(self, "budget", budget)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        batch: Batch,
+        cluster: ClusterSpec,
+        model: ModelSpec,
+        options: PlanOptions,
+        profile: CostProfile | None = None,
+        time_limit_s: float = 2.0,
+        solver: str = "cpsat",
+        num_stages: int | None = None,
+    ) -> PlanningContext:
+        """The context of a planning call: the cost model bound to the specs, profile and options."""
+        return cls(
+            batch=batch,
+            cluster=cluster,
+            model=model,
+            cost=CostModel.from_specs(cluster, model, profile=profile, options=options),
+            options=options,
+            time_limit_s=time_limit_s,
+            solver=solver,
+            num_stages=num_stages,
+        )
 
     def pipeline_degrees(self, *, max_degree: int | None = None) -> list[int]:
         """The job's fixed P, else every candidate P (at most `max_degree`) in increasing order."""
@@ -47,7 +81,7 @@ def options_that_fit(ctx: PlanningContext, pipeline: PipelineSpec) -> PlanningCo
     all-reduce; the plan records the stage it needs so the executor applies it).
     """
     for stage in range(ctx.options.zero_stage, 4):
-        options = PlanOptions(zero_stage=ZeroStage(stage))
+        options = ctx.options.model_copy(update={"zero_stage": ZeroStage(stage)})
         cost = replace(ctx.cost, options=options)
         dp = cost.dp_size(pipeline)
         states = max(cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))

@@ -22,7 +22,7 @@ import numpy as np
 
 from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.workloads import sample_synthetic
-from proto import Batch, ClusterSpec, ModelSpec, PipelineSpec, Plan
+from proto import Batch, ClusterSpec, FixedLayout, ModelSpec, PipelineSpec, Plan, PlanOptions
 from proto.topology import pipeline_degree_candidates
 
 SampleSource = Literal["sample_lengths", "synthetic", "fixed"]
@@ -81,6 +81,15 @@ class PipelineDegreeChoice:
     sample_size: int
     trials: tuple[DegreeTrial, ...] = ()
     """Every candidate P tried on the deciding sample (empty when P was fixed)."""
+    fixed_layout: FixedLayout | None = None
+    """For a strategy with one layout per job (`megatron`): the layout the winning plan ran, tuned on the sample;
+    the job keeps it in its options (`job_options`) so every later batch runs it."""
+
+    def job_options(self, options: PlanOptions) -> PlanOptions:
+        """The job's options with this choice's fixed layout (unchanged when the strategy has none)."""
+        if self.fixed_layout is None:
+            return options
+        return options.model_copy(update={"fixed_layout": self.fixed_layout})
 
 
 PlanAtDegree = Callable[[Batch, int], Plan]
@@ -160,6 +169,7 @@ def choose_pipeline_degree(
                 sample_source=sample.source,
                 sample_size=len(sample.batch.lengths),
                 trials=trials,
+                fixed_layout=best.plan.options.fixed_layout,
             )
     reasons = "; ".join(f"P={t.num_stages}: {t.message}" for t in trials)
     raise InfeasibleWorkload(

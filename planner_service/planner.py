@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 from planner_service.context import PlanningContext
-from planner_service.cost_model import CostModel
 from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.registry import get_strategy
@@ -44,12 +43,12 @@ def make_plan(
     """Plan one batch with `strategy`; the result passed `validate_plan`."""
     check_workload(batch, cluster, model)
     options = options or PlanOptions()
-    ctx = PlanningContext(
+    ctx = PlanningContext.of(
         batch=batch,
         cluster=cluster,
         model=model,
-        cost=CostModel.from_specs(cluster, model, profile=profile, options=options),
         options=options,
+        profile=profile,
         time_limit_s=time_limit_s,
         solver=solver,
         num_stages=num_stages,

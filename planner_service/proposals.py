@@ -1,69 +1,84 @@
-"""The three families of layouts the dynamic strategies propose, each with a work-model estimate.
+"""The families of layouts the dynamic strategies propose, each with an estimate of its simulated time.
 
-- `uniform_proposals`: every uniform SP x PP layout (P > 1) the longest sequence fits (InfiniPipe's space).
-- `flexible_proposals`: lanes of different sizes chosen by the lane ILP for every candidate P > 1.
-- `single_stage_flexible_proposal`: flexible lanes without a pipeline (FlexSP's space).
+- `uniform_proposals`: every uniform SP x PP layout (one SP degree for every lane) the longest sequence fits;
+  P > 1 is InfiniPipe's space (sliced), P = 1 the uniform Ulysses lanes without a pipeline.
+- `flexible_proposals`: lanes of different sizes chosen by the lane ILP, for every candidate P (P = 1 unsliced).
+- `single_stage_flexible_proposal`: FlexSP's layout (the lane ILP on FlexSP's own cost model, P = 1,
+  lane-wide checkpointing), which `helix` also builds exactly as `flexsp` does.
+- `seeded_proposal`: the lanes of a plan another builder made (the best static layout), rebuilt with
+  balanced chunks and adaptive recompute, so the improvement phase can start from it.
 
-Strategies pick and combine families (`helix` takes all three); the building and search are in `search`.
+Strategies pick and combine families (`helix` takes them all); building and searching are in `search`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from planner_service.budget import UNITS_PER_SEQUENCE_PASS, UNITS_PER_SOLVER_DETERMINISTIC_S
 from planner_service.context import PlanningContext, options_that_fit
-from planner_service.layout.flexible_lanes import flexible_lanes
-from planner_service.layout.lanes import uniform_lanes
+from planner_service.layout.flexible_lanes import FlexibleLanes, flexible_lanes, lane_sizes_text
+from planner_service.layout.lanes import LaneSpec, uniform_lanes
 from planner_service.layout.memory_fit import sequence_fits
 from planner_service.layout.recompute import RecomputeMode
-from planner_service.layout.work_model import pipelined_estimate_s, work_model
+from planner_service.layout.work_model import simulated_work, work_model
 from planner_service.search import (
-    CHUNKS_PER_STAGE,
-    LANE_SOLVER_SHARE,
+    CANDIDATES_BUILT,
     MAX_DYNAMIC_PIPELINE_DEGREE,
-    Deadline,
     Proposal,
     Recipe,
+    SearchSession,
+    chunkings_for,
 )
-from proto import PipelineSpec, SolverInfo, SolverStatus
+from proto import PipelineSpec, Plan, SolverInfo, SolverStatus
 from proto.topology import valid_sp_degrees
 
 
-def dynamic_pipeline_degrees(ctx: PlanningContext) -> list[int]:
-    """The job's fixed P, else the candidate P > 1 up to `MAX_DYNAMIC_PIPELINE_DEGREE`."""
+def dynamic_pipeline_degrees(ctx: PlanningContext, *, include_one: bool) -> list[int]:
+    """The job's fixed P, else every candidate P up to `MAX_DYNAMIC_PIPELINE_DEGREE` (P = 1 if asked)."""
     if ctx.num_stages:
-        return [ctx.num_stages]
-    return [p for p in ctx.pipeline_degrees(max_degree=MAX_DYNAMIC_PIPELINE_DEGREE) if p > 1]
+        return [ctx.num_stages] if include_one or ctx.num_stages > 1 else []
+    return [p for p in ctx.pipeline_degrees(max_degree=MAX_DYNAMIC_PIPELINE_DEGREE) if include_one or p > 1]
 
 
-def estimate_uniform(ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int) -> float:
-    """Work-model estimate of a uniform layout: the busier of the average lane's per-stage work and the
-    longest sequence's (it runs on every stage of its lane), stretched by the 1F1B fill and drain."""
-    model = work_model(ctx.cost, pipeline, sp_degree)
-    work = model(np.array(ctx.batch.lengths, dtype=np.float64))
-    lanes = ctx.cost.dp_size(pipeline) // sp_degree
-    per_stage = max(float(work.sum()) / lanes, float(work.max()))
-    return pipelined_estimate_s(per_stage, pipeline.num_stages, CHUNKS_PER_STAGE[0])
+def estimate_lanes(ctx: PlanningContext, pipeline: PipelineSpec, lanes: list[LaneSpec], *, sliced: bool) -> float:
+    """Estimated simulated time of lanes: the busiest lane's `SimulatedWork` (compute, all-to-alls, forced
+    recompute, fill and drain, chunk overheads) plus the split's exposed gradient sync."""
+    knob = chunkings_for(pipeline.num_stages)[0].chunks_per_stage
+    models = {}
+    worst = 0.0
+    for lane in lanes:
+        s = lane.sp_degree
+        if s not in models:
+            models[s] = simulated_work(ctx.cost, pipeline, s, sliced=sliced, chunks_per_stage=knob)
+        if lane.items:
+            work = models[s](np.array([n for _, n in lane.items], dtype=np.float64))
+            worst = max(worst, float(work.sum()) + models[s].chunk_overhead_s)
+    sync = next(iter(models.values())).sync_exposed_s if models else 0.0
+    ctx.budget.charge(UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths))
+    return worst + sync
 
 
-def uniform_proposals(ctx: PlanningContext, *, strategy: str) -> list[Proposal]:
-    """Every uniform (P > 1, s) layout the longest sequence fits, with its estimate (cheap: no solver)."""
+def uniform_proposals(ctx: PlanningContext, *, strategy: str, degrees: list[int]) -> list[Proposal]:
+    """Every uniform (P, s) layout of `degrees` the longest sequence fits, with its estimate (no solver)."""
     longest = max(ctx.batch.lengths)
     out: list[Proposal] = []
-    for p in dynamic_pipeline_degrees(ctx):
+    for p in degrees:
         pipeline = PipelineSpec.even(ctx.model.num_layers, p)
         p_ctx = options_that_fit(ctx, pipeline)
-        for s in valid_sp_degrees(ctx.model, ctx.cost.dp_size(pipeline)):
-            if not sequence_fits(p_ctx.cost, pipeline, longest, s, sliced=True):
+        sliced = p > 1
+        for s in valid_sp_degrees(ctx.model, p_ctx.cost.dp_size(pipeline)):
+            if not sequence_fits(p_ctx.cost, pipeline, longest, s, sliced=sliced):
                 continue
-            estimate = estimate_uniform(p_ctx, pipeline, s)
+            lanes = uniform_lanes(p_ctx, pipeline, s, work_model(p_ctx.cost, pipeline, s))
+            estimate = estimate_lanes(p_ctx, pipeline, lanes, sliced=sliced)
             recipe = Recipe(
                 ctx=p_ctx,
                 pipeline=pipeline,
-                lanes=tuple(uniform_lanes(p_ctx, pipeline, s, work_model(p_ctx.cost, pipeline, s))),
+                lanes=tuple(lanes),
                 strategy=strategy,
-                chunks_per_stage=CHUNKS_PER_STAGE[0],
-                sliced=True,
+                chunking=chunkings_for(p)[0],
+                sliced=sliced,
                 recompute="adaptive",
                 solver=SolverInfo(
                     backend="enumeration",
@@ -71,53 +86,124 @@ def uniform_proposals(ctx: PlanningContext, *, strategy: str) -> list[Proposal]:
                     message=f"uniform SP {s} x P {p} (estimate {estimate:.4f} s)",
                 ),
             )
-            out.append(Proposal(estimate, recipe, CHUNKS_PER_STAGE))
+            out.append(Proposal(estimate, recipe, chunkings_for(p)))
     return out
 
 
-def flexible_proposals(ctx: PlanningContext, deadline: Deadline, *, strategy: str) -> list[Proposal]:
-    """Lane-ILP layouts for every candidate P > 1 (P = 1 is `single_stage_flexible_proposal`)."""
-    degrees = dynamic_pipeline_degrees(ctx)
+def lanes_recipe(
+    session: SearchSession,
+    ctx: PlanningContext,
+    pipeline: PipelineSpec,
+    *,
+    strategy: str,
+    fidelity: bool,
+    share: float,
+    recompute: RecomputeMode = "adaptive",
+) -> tuple[Recipe, FlexibleLanes] | None:
+    """The lane ILP's layout at one split as a recipe (None when some sequence fits no lane), charged."""
+    p = pipeline.num_stages
+    sliced = p > 1
+    found = flexible_lanes(
+        ctx,
+        pipeline,
+        sliced=sliced,
+        limits=session.budget.solver_limits(share),
+        fidelity=fidelity,
+        chunks_per_stage=chunkings_for(p)[0].chunks_per_stage,
+    )
+    if found is None:
+        return None
+    session.budget.charge(
+        found.solution.deterministic_s * UNITS_PER_SOLVER_DETERMINISTIC_S
+        + UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths)
+    )
+    model = "simulator-fidelity" if fidelity else "work-model"
+    recipe = Recipe(
+        ctx=ctx,
+        pipeline=pipeline,
+        lanes=tuple(found.lanes),
+        strategy=strategy,
+        chunking=chunkings_for(p)[0],
+        sliced=sliced,
+        recompute=recompute,
+        solver=found.solver_info(extra=f"; P={p}, {model} lane ILP"),
+    )
+    return recipe, found
+
+
+def flexible_proposals(
+    session: SearchSession, *, strategy: str, degrees: list[int], fidelity: bool = True
+) -> list[Proposal]:
+    """Lane-ILP layouts for every P of `degrees`, the ILP charging what the simulator charges (`fidelity`)."""
+    ctx = session.ctx
     out: list[Proposal] = []
     for i, p in enumerate(degrees):
         pipeline = PipelineSpec.even(ctx.model.num_layers, p)
         p_ctx = options_that_fit(ctx, pipeline)
-        share = deadline.share(LANE_SOLVER_SHARE) / max(1, len(degrees) - i)
-        lanes = flexible_lanes(p_ctx, pipeline, sliced=True, time_limit_s=max(share, 0.02))
-        if lanes is None:
-            continue
-        recipe = Recipe(
-            ctx=p_ctx,
-            pipeline=pipeline,
-            lanes=tuple(lanes.lanes),
-            strategy=strategy,
-            chunks_per_stage=CHUNKS_PER_STAGE[0],
-            sliced=True,
-            recompute="adaptive",
-            solver=lanes.solver_info(extra=f"; P={p}"),
+        made = lanes_recipe(
+            session, p_ctx, pipeline, strategy=strategy, fidelity=fidelity, share=0.5 / max(1, len(degrees) - i)
         )
-        estimate = pipelined_estimate_s(lanes.solution.makespan_s, p, CHUNKS_PER_STAGE[0])
-        out.append(Proposal(estimate, recipe, CHUNKS_PER_STAGE))
+        if made is None:
+            continue
+        recipe, found = made
+        estimate = estimate_lanes(p_ctx, pipeline, found.lanes, sliced=p > 1) if fidelity else found.estimate_s
+        out.append(Proposal(estimate, recipe, chunkings_for(p)))
     return out
 
 
 def single_stage_flexible_proposal(
-    ctx: PlanningContext, deadline: Deadline, *, strategy: str, recompute: RecomputeMode
+    session: SearchSession, *, strategy: str, recompute: RecomputeMode, share: float = 0.6
 ) -> Proposal | None:
-    """Flexible lanes without a pipeline, unsliced; None when some sequence fits no lane."""
+    """FlexSP's layout: the lane ILP on its own cost model, P = 1, unsliced; None when some sequence fits no lane."""
+    ctx = session.ctx
     pipeline = PipelineSpec.even(ctx.model.num_layers, 1)
-    ctx = options_that_fit(ctx, pipeline)
-    lanes = flexible_lanes(ctx, pipeline, sliced=False, time_limit_s=max(deadline.share(LANE_SOLVER_SHARE), 0.05))
-    if lanes is None:
-        return None
-    recipe = Recipe(
-        ctx=ctx,
-        pipeline=pipeline,
-        lanes=tuple(lanes.lanes),
+    made = lanes_recipe(
+        session,
+        options_that_fit(ctx, pipeline),
+        pipeline,
         strategy=strategy,
-        chunks_per_stage=1,
-        sliced=False,
+        fidelity=False,
+        share=share,
         recompute=recompute,
-        solver=lanes.solver_info(extra="; P=1"),
     )
-    return Proposal(lanes.solution.makespan_s, recipe, (1,))
+    if made is None:
+        return None
+    recipe, found = made
+    return Proposal(found.estimate_s, recipe, chunkings_for(1))
+
+
+def seeded_proposal(ctx: PlanningContext, plan: Plan, *, strategy: str, label: str) -> Proposal:
+    """The lanes of `plan` (same split, sizes and sequences) as a recipe: balanced chunks, adaptive recompute."""
+    pipeline = plan.pipeline
+    p_ctx = options_that_fit(ctx, pipeline)
+    lengths = ctx.batch.length_of()
+    lanes = []
+    for lane in sorted(plan.lanes, key=lambda lane: lane.ranks[0][0]):
+        seen: dict[int, None] = {}
+        for chunk in lane.chunks:
+            for seg in chunk.segments:
+                seen.setdefault(seg.seq_id, None)
+        lanes.append(LaneSpec(lane.sp_degree, tuple((i, lengths[i]) for i in seen)))
+    p = pipeline.num_stages
+    recipe = Recipe(
+        ctx=p_ctx,
+        pipeline=pipeline,
+        lanes=tuple(sorted(lanes, key=lambda lane: -lane.sp_degree)),
+        strategy=strategy,
+        chunking=chunkings_for(p)[0],
+        sliced=p > 1,
+        recompute="adaptive",
+        solver=SolverInfo(
+            backend="local-search",
+            status=SolverStatus.FEASIBLE,
+            message=f"{label} ({lane_sizes_text(lanes)}, P={p})",
+        ),
+    )
+    return Proposal(plan.predicted.iteration_s, recipe, chunkings_for(p))
+
+
+def infinipipe_proposals(ctx: PlanningContext, *, strategy: str) -> list[Proposal]:
+    """InfiniPipe's candidates: the `CANDIDATES_BUILT` best-estimated uniform layouts with P > 1."""
+    degrees = dynamic_pipeline_degrees(ctx, include_one=False)
+    ranked = sorted(uniform_proposals(ctx, strategy=strategy, degrees=degrees), key=lambda p: p.estimate_s)
+    return ranked[:CANDIDATES_BUILT]

@@ -1,64 +1,47 @@
 """The search the dynamic strategies (flexsp, infinipipe, helix) share: propose, build, refine, polish.
 
-A `Proposal` is a layout not yet built (lanes and a pipeline split, ranked by a work-model estimate); a
-`Recipe` is everything needed to build it into a simulated plan (`build_dynamic_plan`); a `Candidate` is
-a built plan with the recipe that rebuilds it. Proposals are built best-estimate first within a `Deadline`;
-the fastest candidates try other chunk counts (`search_knobs`), and the winners' recompute is re-solved
-by the recompute ILP (`polish`, `finalize`).
+A `Proposal` is a layout not yet built (lanes and a pipeline split, ranked by an estimate); a `Recipe` is
+everything needed to build it into a simulated plan; a `Candidate` is a built plan with the recipe that
+rebuilds it. A `SearchSession` (one per planning call) builds recipes through one `LaneBuilder` per split, so
+lanes and recompute decisions are shared by every candidate and neighbour of the call, and charges all work
+to the call's `PlanningBudget`. Required proposals are built whatever the units left (only the wall-clock
+safety net skips them), optional ones best-estimate first while units last; the fastest try other chunk
+counts; the winner's recompute is re-solved by the recompute ILP (`polish`) and `finish` gives it its id,
+its solver record and its gap to the lower bound on simulated time.
 
 The tuning constants every dynamic strategy shares live here, so no strategy imports another's.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from planner_service.assembly import LaneDraft, assemble_plan, fits_memory
+from planner_service.assembly import PlanHeader, finish_plan, fits_memory, simulate_lanes
+from planner_service.budget import PlanningBudget
 from planner_service.context import PlanningContext
-from planner_service.layout.chunks import cost_balanced_chunks
+from planner_service.layout.lane_builder import Chunking, ChunkKnobs, LaneBuilder, LaneScore
 from planner_service.layout.lanes import LaneSpec, buddy_offsets
-from planner_service.layout.memory_fit import memory_token_cap
-from planner_service.layout.recompute import RecomputeMode, lane_recompute
-from proto import PipelineSpec, Plan, SolverInfo
+from planner_service.layout.recompute import RecomputeMode
+from planner_service.lower_bound import gap_to
+from proto import PipelineSpec, Plan, SolverInfo, SolverStatus
 
-SEARCH_SHARE = 0.75
-"""Share of a strategy's time limit spent searching; the rest is kept for polishing the winner's recompute
-with the ILP and validating, so a call returns close to its limit."""
-LANE_SOLVER_SHARE = 0.6
-"""Share of the time left given to the lane ILP (the rest builds and simulates plans)."""
-MAX_DYNAMIC_PIPELINE_DEGREE = 8
-"""Pipeline degrees searched per batch (both papers evaluate P <= 8 for 7B-30B models)."""
-CHUNKS_PER_STAGE = (4, 2, 8)
-"""Chunks per pipeline stage tried per lane (first is the default): more chunks, smaller bubbles, more overhead."""
+PIPELINE_CHUNKINGS = (Chunking(4), Chunking(2), Chunking(8), Chunking(4, costliest_last=True))
+"""Chunkings tried per lane with a pipeline (first is the default): more chunks per stage, smaller bubbles and
+more per-chunk overhead; costliest last hides the gradient sync behind the last backward."""
+SINGLE_STAGE_CHUNKINGS = (Chunking(1, costliest_last=True), Chunking(1))
+"""Without a pipeline: as few chunks as memory allows, costliest last (or first)."""
+MAX_DYNAMIC_PIPELINE_DEGREE = 16
+"""Pipeline degrees searched per batch: every P the static baseline may use (a layout it can build, helix can)."""
 CANDIDATES_BUILT = 3
-"""Uniform (P, s) layouts built and simulated, best-estimated first."""
-
-
-class Deadline:
-    """Wall-clock budget shared by the steps of one planning call."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.end = time.perf_counter() + seconds
-
-    @classmethod
-    def for_search(cls, time_limit_s: float) -> Deadline:
-        return cls(time_limit_s * SEARCH_SHARE)
-
-    def left(self) -> float:
-        return max(0.0, self.end - time.perf_counter())
-
-    def expired(self) -> bool:
-        return self.left() <= 0.0
-
-    def overrun(self) -> bool:
-        """Past the deadline by its whole budget again: even the steps that are normally forced are skipped."""
-        return time.perf_counter() > self.end + self.seconds
-
-    def share(self, fraction: float) -> float:
-        return self.left() * fraction
+"""Uniform (P, s) layouts `infinipipe` builds, best-estimated first."""
+PRUNE_MARGIN = 0.1
+"""Optional proposals and chunkings whose (corrected) estimate is this much slower than the fastest plan are
+not built."""
+POLISH_SHARE = 0.15
+"""Share of a dynamic strategy's units kept for the recompute ILP on the winner."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -69,147 +52,251 @@ class Recipe:
     pipeline: PipelineSpec
     lanes: tuple[LaneSpec, ...]
     strategy: str
-    chunks_per_stage: int
+    chunking: Chunking
     sliced: bool
     recompute: RecomputeMode
     solver: SolverInfo
+    lane_chunking: tuple[Chunking, ...] = ()
+    """Per-lane chunking (empty: `chunking` for every lane); the improvement phase sets it."""
+
+    def chunking_of(self, lane: int) -> Chunking:
+        return self.lane_chunking[lane] if self.lane_chunking else self.chunking
+
+    def knobs_of(self, lane: int) -> ChunkKnobs:
+        return ChunkKnobs(chunking=self.chunking_of(lane), sliced=self.sliced, recompute=self.recompute)
+
+    def with_lanes(self, lanes: Sequence[LaneSpec], lane_chunking: Sequence[Chunking] = ()) -> Recipe:
+        return replace(self, lanes=tuple(lanes), lane_chunking=tuple(lane_chunking))
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     plan: Plan
+    """Simulated, without an id until `finish`."""
     recipe: Recipe | None
-    """How to rebuild it with exact recompute; None for a finished plan (e.g. the greedy one)."""
+    """How to rebuild it; None for a finished plan of another builder (static, greedy)."""
+
+    @property
+    def iteration_s(self) -> float:
+        return self.plan.predicted.iteration_s
 
 
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """A candidate layout not yet built: its work-model estimate, its recipe and the chunk counts to try."""
+    """A candidate layout not yet built: its estimate, its recipe and the chunk counts to try."""
 
     estimate_s: float
     recipe: Recipe
-    knobs: tuple[int, ...]
+    knobs: tuple[Chunking, ...]
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        """What identifies the layout: split, ZeRO stage, lanes, chunking and recompute policy."""
+        r = self.recipe
+        return (r.pipeline.num_stages, int(r.ctx.options.zero_stage), r.lanes, r.sliced, r.recompute, self.knobs)
 
 
-def build_dynamic_plan(recipe: Recipe, *, exact_recompute: bool, recompute_time_limit_s: float = 0.2) -> Plan | None:
-    """Chunks, schedules and recompute for every lane, then the simulated plan; None when memory cannot fit.
+def chunkings_for(num_stages: int) -> tuple[Chunking, ...]:
+    """The chunkings tried at a pipeline degree (the first is the default)."""
+    return PIPELINE_CHUNKINGS if num_stages > 1 else SINGLE_STAGE_CHUNKINGS
 
-    With `exact_recompute` each (lane, stage) that needs recompute is solved by the recompute ILP;
-    otherwise by its greedy (used while searching knobs, the ILP polishes the winner).
-    """
-    ctx, pipeline = recipe.ctx, recipe.pipeline
-    cost = ctx.cost
-    p_count = pipeline.num_stages
-    dp = cost.dp_size(pipeline)
-    budgets = [cost.usable_memory_bytes - cost.model_state_bytes(p, pipeline, dp) for p in range(p_count)]
-    lengths = ctx.batch.length_of()
-    offsets = buddy_offsets([lane.sp_degree for lane in recipe.lanes])
-    drafts = []
-    for lane_spec, offset in zip(recipe.lanes, offsets, strict=True):
-        s = lane_spec.sp_degree
-        chunks = cost_balanced_chunks(
-            cost.profile,
-            lane_spec.items,
-            target_chunks=recipe.chunks_per_stage * p_count,
-            token_cap=memory_token_cap(cost, pipeline, s, in_flight=p_count),
-            allow_slicing=recipe.sliced,
+
+@dataclass(slots=True)
+class SearchSession:
+    """One planning call's search state: lane builders per split, the plan header, the budget."""
+
+    ctx: PlanningContext
+    budget: PlanningBudget
+    header: PlanHeader = field(init=False)
+    builders: dict[tuple[int, int], LaneBuilder] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.header = PlanHeader.of(self.ctx)
+
+    def builder(self, recipe: Recipe) -> LaneBuilder:
+        key = (recipe.pipeline.num_stages, int(recipe.ctx.options.zero_stage))
+        if key not in self.builders:
+            self.builders[key] = LaneBuilder(recipe.ctx, recipe.pipeline, self.budget)
+        builder = self.builders[key]
+        builder.budget = self.budget  # the phase now running is charged
+        builder.header = self.header
+        return builder
+
+    def lane_scores(self, recipe: Recipe) -> list[LaneScore] | None:
+        """Each lane of the recipe simulated alone (cached per lane), in recipe order; None if one cannot fit.
+
+        The plan's simulated time is the slowest lane's `end_s` as long as lanes meet only in the gradient
+        sync (the improvement phase checks its result with a whole-plan simulation)."""
+        builder = self.builder(recipe)
+        offsets = buddy_offsets([lane.sp_degree for lane in recipe.lanes])
+        scores = []
+        for i, (spec, offset) in enumerate(zip(recipe.lanes, offsets, strict=True)):
+            score = builder.score(spec, offset, recipe.knobs_of(i))
+            if score is None or not score.fits:
+                return None
+            scores.append(score)
+        return scores
+
+    def build(self, recipe: Recipe, *, exact: bool = False) -> Plan | None:
+        """Chunks, schedules and recompute for every lane, then the simulated plan; None when memory cannot fit.
+
+        With `exact` each (lane, stage) that needs recompute is solved by the recompute ILP (shared across
+        lanes of the same shapes); otherwise by its greedy."""
+        builder = self.builder(recipe)
+        offsets = buddy_offsets([lane.sp_degree for lane in recipe.lanes])
+        lanes = []
+        for i, (spec, offset) in enumerate(zip(recipe.lanes, offsets, strict=True)):
+            built = builder.build(spec, offset, recipe.knobs_of(i), exact=exact)
+            if built is None:
+                return None
+            lanes.append(built.lane)
+        plan = simulate_lanes(
+            recipe.ctx,
+            strategy=recipe.strategy,
+            pipeline=recipe.pipeline,
+            lanes=lanes,
+            solver=recipe.solver,
+            budget=self.budget,
+            header=self.header,
         )
-        counts = lane_recompute(
-            ctx,
-            pipeline,
-            sp_degree=s,
-            offset=offset,
-            chunks=chunks,
-            lengths=lengths,
-            budgets=budgets,
-            mode=recipe.recompute,
-            exact=exact_recompute,
-            time_limit_s=recompute_time_limit_s,
+        return plan if fits_memory(plan, recipe.ctx.cluster) else None
+
+    def candidate(self, recipe: Recipe) -> Candidate | None:
+        plan = self.build(recipe)
+        return Candidate(plan, recipe) if plan is not None else None
+
+    def search_knobs(self, recipe: Recipe, knobs: Sequence[Chunking], *, forced: bool = False) -> Candidate | None:
+        """Build with each chunk count (the first always when `forced`, the rest while units last); the fastest."""
+        best: Candidate | None = None
+        for i, knob in enumerate(knobs):
+            if (i > 0 or not forced) and self.budget.exhausted():
+                break
+            if forced and self.budget.out_of_time() and best is not None:
+                break
+            found = self.candidate(replace(recipe, chunking=knob, lane_chunking=()))
+            if found is not None and (best is None or found.iteration_s < best.iteration_s):
+                best = found
+        return best
+
+    def build_proposals(
+        self, required: Sequence[Proposal], optional: Sequence[Proposal], *, refine: int = 2
+    ) -> list[Candidate]:
+        """Every `required` proposal at its first chunking (skipped only by the safety net once one is built),
+        then the `optional` ones by corrected estimate while units last; then the other chunkings of the `refine`
+        fastest (and, while units last, of every required one and of the others within `PRUNE_MARGIN` of the
+        fastest).
+
+        Estimates err by a factor that depends mostly on the pipeline degree (bubbles, sends, slice chains), so
+        each optional estimate is corrected by the smallest simulated/estimated ratio seen at its degree, and a
+        proposal whose corrected estimate is more than `PRUNE_MARGIN` slower than the fastest plan is skipped."""
+        built: list[tuple[Candidate, Proposal]] = []
+        ratio: dict[int, float] = {}
+
+        def record(found: Candidate | None, proposal: Proposal) -> None:
+            if found is None:
+                return
+            built.append((found, proposal))
+            p = proposal.recipe.pipeline.num_stages
+            if proposal.estimate_s > 0:
+                ratio[p] = min(ratio.get(p, math.inf), found.iteration_s / proposal.estimate_s)
+
+        def corrected(proposal: Proposal) -> float:
+            return proposal.estimate_s * ratio.get(proposal.recipe.pipeline.num_stages, 1.0)
+
+        for proposal in required:
+            if built and self.budget.out_of_time():
+                break
+            record(self.search_knobs(proposal.recipe, proposal.knobs[:1], forced=True), proposal)
+        waiting = list(optional)
+        while waiting and not (built and self.budget.exhausted()):
+            waiting.sort(key=corrected)
+            proposal = waiting.pop(0)
+            best = min((c.iteration_s for c, _ in built), default=math.inf)
+            if corrected(proposal) > best * (1 + PRUNE_MARGIN):
+                break  # the rest are slower still
+            record(self.search_knobs(proposal.recipe, proposal.knobs[:1], forced=not built), proposal)
+        built.sort(key=lambda cp: cp[0].iteration_s)
+        out = []
+        best = built[0][0].iteration_s if built else math.inf
+        must = {id(p) for p in required}
+        for rank, (candidate, proposal) in enumerate(built):
+            wanted = id(proposal) in must or candidate.iteration_s <= best * (1 + PRUNE_MARGIN)
+            if len(proposal.knobs) > 1 and (rank < refine or (wanted and not self.budget.exhausted())):
+                better = self.search_knobs(proposal.recipe, proposal.knobs[1:])
+                if better is not None and better.iteration_s < candidate.iteration_s:
+                    candidate = better
+            out.append(candidate)
+        return out
+
+    def polish(self, candidate: Candidate) -> Candidate:
+        """The candidate with its recompute re-solved by the recompute ILP, when that is at least as fast."""
+        plan, recipe = candidate.plan, candidate.recipe
+        if (
+            recipe is None
+            or recipe.recompute != "adaptive"
+            or not any(any(map(any, lane.recompute)) for lane in plan.lanes)
+        ):
+            return candidate
+        exact = self.build(recipe, exact=True)
+        if exact is None or exact.predicted.iteration_s > plan.predicted.iteration_s:
+            return candidate
+        message = f"{recipe.solver.message}; recompute by ILP ({recipe.ctx.solver})"
+        solver = exact.solver.model_copy(update={"message": message})
+        return Candidate(exact.model_copy(update={"solver": solver}), recipe)
+
+    def finish(self, candidate: Candidate, *, lower_bound_s: float | None, note: str = "") -> Plan:
+        """The kept candidate with its id and solver record: wall time, gap to the bound on simulated time."""
+        plan = candidate.plan
+        solver = plan.solver
+        iteration = plan.predicted.iteration_s
+        message = solver.message + note
+        if self.budget.tripped():
+            message += "; stopped by the wall-clock safety net (the plan may depend on the machine's load)"
+        return finish_plan(
+            plan,
+            solver.model_copy(
+                update={
+                    "gap": gap_to(iteration, lower_bound_s),
+                    "lower_bound_s": lower_bound_s,
+                    "solve_s": time.perf_counter() - self.started,
+                    "message": message,
+                    "status": status_of(solver.status, self.budget),
+                }
+            ),
         )
-        if counts is None:
-            return None
-        drafts.append(LaneDraft(sp_degree=s, offset=offset, chunks=tuple(chunks), recompute=counts))
-    plan, _ = assemble_plan(ctx, strategy=recipe.strategy, pipeline=pipeline, drafts=drafts, solver=recipe.solver)
-    return plan if fits_memory(plan, ctx.cluster) else None
 
 
-def build_best_first(
-    proposals: Sequence[Proposal], deadline: Deadline, *, min_builds: int = 1, refine: int = 2
-) -> list[Candidate]:
-    """`build_proposals` of the `min_builds` best estimates first, then of the rest while time is left."""
-    ranked = sorted(proposals, key=lambda p: p.estimate_s)
-    return build_proposals(ranked[:min_builds], ranked[min_builds:], deadline, refine=refine)
+def status_of(status: SolverStatus, budget: PlanningBudget) -> SolverStatus:
+    """A search stopped by the safety net has no proof of anything it would have found with its units."""
+    if budget.tripped() and status == SolverStatus.OPTIMAL:
+        return SolverStatus.FEASIBLE
+    return status
 
 
-def build_proposals(
-    required: Sequence[Proposal], optional: Sequence[Proposal], deadline: Deadline, *, refine: int = 2
-) -> list[Candidate]:
-    """Build every `required` proposal at its first chunk count, then the `optional` ones in order of estimate
-    until the deadline; then try the other chunk counts, fastest first: on the `refine` fastest unless the
-    deadline is overrun (each knob after the first only while time is left), on the others while the deadline
-    has not passed."""
-    built: list[tuple[Candidate, Proposal]] = []
-    queue = [*required, *sorted(optional, key=lambda p: p.estimate_s)]
-    for i, proposal in enumerate(queue):
-        if i >= len(required) and deadline.expired():
-            break
-        candidate = search_knobs(proposal.recipe, proposal.knobs[:1], deadline)
-        if candidate is not None:
-            built.append((candidate, proposal))
-    built.sort(key=lambda cp: cp[0].plan.predicted.iteration_s)
-    out = []
-    for rank, (candidate, proposal) in enumerate(built):
-        forced = rank < refine and not deadline.overrun()
-        if len(proposal.knobs) > 1 and (forced or not deadline.expired()):
-            better = search_knobs(proposal.recipe, proposal.knobs[1:], deadline)
-            if better is not None and better.plan.predicted.iteration_s < candidate.plan.predicted.iteration_s:
-                candidate = better
-        out.append(candidate)
-    return out
+def fastest(candidates: Sequence[Candidate | None]) -> list[Candidate]:
+    """The candidates that exist, fastest first (ties keep their order: the build order is deterministic)."""
+    return sorted((c for c in candidates if c is not None), key=lambda c: c.iteration_s)
 
 
-def search_knobs(recipe: Recipe, knobs: Sequence[int], deadline: Deadline) -> Candidate | None:
-    """Build with each chunk count (always the first, the rest while time is left); keep the fastest."""
-    best: Candidate | None = None
-    for i, knob in enumerate(knobs):
-        if i > 0 and deadline.expired():
-            break
-        trial = replace(recipe, chunks_per_stage=knob)
-        plan = build_dynamic_plan(trial, exact_recompute=False)
-        if plan is not None and (best is None or plan.predicted.iteration_s < best.plan.predicted.iteration_s):
-            best = Candidate(plan, trial)
-    return best
-
-
-def polish(candidate: Candidate, time_limit_s: float) -> Plan:
-    """The candidate with its recompute re-solved by the recompute ILP, when that is at least as fast."""
-    plan, recipe = candidate.plan, candidate.recipe
-    if (
-        recipe is None
-        or recipe.recompute != "adaptive"
-        or not any(any(map(any, lane.recompute)) for lane in plan.lanes)
-    ):
-        return plan
-    stages = sum(1 for lane in plan.lanes for r in lane.recompute if any(r))
-    exact = build_dynamic_plan(recipe, exact_recompute=True, recompute_time_limit_s=max(0.02, time_limit_s / stages))
-    if exact is None or exact.predicted.iteration_s > plan.predicted.iteration_s:
-        return plan
-    message = f"{exact.solver.message}; recompute by ILP ({recipe.ctx.solver})"
-    return exact.model_copy(update={"solver": exact.solver.model_copy(update={"message": message})}).with_id()
-
-
-def finalize(candidates: Sequence[Candidate | None], deadline: Deadline) -> Plan | None:
-    """The fastest candidate after polishing: the fastest is always polished, the next ones while the search
-    deadline has not passed (so a long limit polishes them all and the choice does not hinge on the order)."""
-    found = sorted((c for c in candidates if c is not None), key=lambda c: c.plan.predicted.iteration_s)
+def finalize(
+    session: SearchSession,
+    candidates: Sequence[Candidate | None],
+    *,
+    lower_bound_s: float | None,
+    polish_all: bool,
+    note: str = "",
+) -> Plan | None:
+    """The fastest candidate after polishing (the fastest always; with `polish_all` the next ones while units
+    last, so a long limit polishes them all and the choice does not hinge on the order)."""
+    found = fastest(candidates)
     if not found:
         return None
-    reserve = found[0].recipe.ctx.time_limit_s * (1 - SEARCH_SHARE) if found[0].recipe else 0.0
-    best = polish(found[0], deadline.left() + reserve)
-    for candidate in found[1:]:
-        if deadline.expired():
+    best = session.polish(found[0])
+    for candidate in found[1:] if polish_all else ():
+        if session.budget.exhausted():
             break
-        polished = polish(candidate, deadline.left())
-        if polished.predicted.iteration_s < best.predicted.iteration_s:
+        polished = session.polish(candidate)
+        if polished.iteration_s < best.iteration_s:
             best = polished
-    return best
+    return session.finish(best, lower_bound_s=lower_bound_s, note=note)

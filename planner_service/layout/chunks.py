@@ -188,3 +188,17 @@ def cost_balanced_chunks(
     packed = [c.segments for c in filled[len(tails) :]]
     packed.sort(key=lambda segs: -sum(sequence_cost(profile, s.num_tokens) for s in segs))
     return [Chunk(segments=segs) for segs in long_chunks + packed]
+
+
+def costliest_last(profile: CostProfile, chunks: Sequence[Chunk], lengths: dict[int, int]) -> list[Chunk]:
+    """The chunks with the costliest one that holds no non-final slice moved to the end.
+
+    The last backward op of a lane is what the data-parallel gradient sync overlaps with: a long last op
+    hides it, a short one leaves it exposed. Only a chunk of whole sequences or final slices may move (a
+    later position keeps every slice after the earlier slices of its sequence)."""
+    movable = [c for c, chunk in enumerate(chunks) if all(seg.end == lengths[seg.seq_id] for seg in chunk.segments)]
+    if not movable:
+        return list(chunks)
+    cost = [sum(sequence_cost(profile, s.num_tokens, context=s.start) for s in chunks[c].segments) for c in movable]
+    pick = movable[max(range(len(movable)), key=lambda i: (cost[i], -i))]
+    return [chunk for c, chunk in enumerate(chunks) if c != pick] + [chunks[pick]]

@@ -11,19 +11,40 @@ MIN_SLICE_TOKENS_PER_DEVICE = 512
 most of their efficiency (per-call overhead b dominates), so slicing finer buys memory at too high a price."""
 
 
-def activation_bytes_per_token(cost: CostModel, sp_degree: int, num_layers: int) -> float:
-    """Bytes one device holds per token of an in-flight chunk with no recompute."""
+def activation_bytes_per_token(
+    cost: CostModel, sp_degree: int, num_layers: int, *, is_last_stage: bool = False, recompute: bool = False
+) -> float:
+    """Bytes one device holds per token of an in-flight chunk with no recompute (every layer with `recompute`)."""
     probe = 1024 * sp_degree
-    return cost.chunk_activation_bytes(probe, sp_degree=sp_degree, num_layers=num_layers) / probe
+    held = cost.chunk_activation_bytes(
+        probe,
+        sp_degree=sp_degree,
+        num_layers=num_layers,
+        recompute_layers=num_layers if recompute else 0,
+        is_last_stage=is_last_stage,
+    )
+    return held / probe
 
 
-def memory_token_cap(cost: CostModel, pipeline: PipelineSpec, sp_degree: int, in_flight: int) -> int:
-    """Tokens per chunk such that `in_flight` chunks fit stage 0 without recompute (at least the minimum slice)."""
+def memory_token_cap(
+    cost: CostModel, pipeline: PipelineSpec, sp_degree: int, in_flight: int, *, recompute: bool = False
+) -> int:
+    """Tokens per chunk such that, on every stage p, its 1F1B in-flight chunks (min(`in_flight`, P - p)) and one
+    op's working memory fit without recompute (with every layer recomputed when `recompute`), at least the
+    minimum slice. The last stage also keeps the LM head's activations, so without a pipeline it binds."""
     dp = cost.dp_size(pipeline)
-    budget = cost.usable_memory_bytes - cost.model_state_bytes(0, pipeline, dp)
-    per_token = activation_bytes_per_token(cost, sp_degree, pipeline.layers_of(0))
-    cap = int(budget / (max(in_flight, 1) * per_token)) if budget > 0 else 0
-    return max(cap, MIN_SLICE_TOKENS_PER_DEVICE * sp_degree)
+    probe = 1024 * sp_degree
+    caps = []
+    for p in range(pipeline.num_stages):
+        last = p == pipeline.num_stages - 1
+        budget = cost.usable_memory_bytes - cost.model_state_bytes(p, pipeline, dp)
+        held = activation_bytes_per_token(
+            cost, sp_degree, pipeline.layers_of(p), is_last_stage=last, recompute=recompute
+        )
+        working = cost.transient_bytes(probe, sp_degree=sp_degree, is_last_stage=last) / probe
+        chunks = max(1, min(in_flight, pipeline.num_stages - p))
+        caps.append(int(budget / (chunks * held + working)) if budget > 0 else 0)
+    return max(min(caps), MIN_SLICE_TOKENS_PER_DEVICE * sp_degree)
 
 
 def sequence_fits(cost: CostModel, pipeline: PipelineSpec, length: int, sp_degree: int, *, sliced: bool) -> bool:

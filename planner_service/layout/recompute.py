@@ -7,8 +7,11 @@ recompute ILP (`solvers.recompute_ilp`) or its greedy while searching.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Literal
 
+from planner_service.budget import UNITS_PER_SOLVER_DETERMINISTIC_S
 from planner_service.context import PlanningContext
 from planner_service.cost_model import CostModel
 from planner_service.schedules import build_schedule
@@ -52,10 +55,14 @@ def lane_recompute(
     mode: RecomputeMode,
     exact: bool,
     time_limit_s: float,
+    deterministic_s: float = math.inf,
+    charge: Callable[[float], None] | None = None,
 ) -> tuple[tuple[int, ...], ...] | None:
     """Recompute counts per stage of one lane, or None when even full recompute does not fit.
 
-    `budgets[p]`: bytes left for activations on stage p; `exact`: the recompute ILP rather than its greedy.
+    `budgets[p]`: bytes left for activations on stage p; `exact`: the recompute ILP rather than its greedy,
+    each (lane, stage) program within `deterministic_s` CP-SAT time and `time_limit_s` wall seconds, its
+    deterministic time passed to `charge` in work units.
     """
     cost = ctx.cost
     p_count = pipeline.num_stages
@@ -87,9 +94,17 @@ def lane_recompute(
         if mode == "lane-uniform":
             out.append(full)
         elif exact:
-            out.append(
-                choose_recompute(memory, layer_s, budgets[p], backend=ctx.solver, time_limit_s=time_limit_s).counts
+            result = choose_recompute(
+                memory,
+                layer_s,
+                budgets[p],
+                backend=ctx.solver,
+                time_limit_s=time_limit_s,
+                deterministic_s=deterministic_s,
             )
+            if charge is not None:
+                charge(result.deterministic_s * UNITS_PER_SOLVER_DETERMINISTIC_S)
+            out.append(result.counts)
         else:
             out.append(greedy_recompute(memory, layer_s, budgets[p]) or full)
     return tuple(out)

@@ -45,3 +45,145 @@ def work_model(cost: CostModel, pipeline: PipelineSpec, sp_degree: int) -> WorkM
 def pipelined_estimate_s(per_stage_s: float, num_stages: int, chunks_per_stage: int) -> float:
     """Per-stage work stretched by the 1F1B fill and drain: (P - 1) of the m = chunks_per_stage * P chunks."""
     return per_stage_s * (1 + (num_stages - 1) / (chunks_per_stage * num_stages))
+
+
+def _quadratic(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    a, b, c = np.polyfit(xs, ys, 2)
+    return float(a), float(b), float(c)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedWork:
+    """What the simulator will charge a sequence on a lane of SP degree s at one pipeline split, per stage.
+
+    The lane ILP balances lanes with it (with `fidelity`), so its makespan is in the simulator's terms:
+    - the work model's compute and all-to-alls, without the per-chunk constant (`chunk_overhead_s` instead:
+      short sequences share chunks, so they share the per-layer launch overhead);
+    - the recompute memory forces on a sequence of that length on that lane size (`forced_recompute_s`):
+      layers recomputed so that its activations (all its slices are held until its first slice's backward
+      when sliced, plus the dK/dV accumulators) fit the busiest stage, times one layer's forward;
+    - the 1F1B fill and drain as a stretch factor (`stretch`) with `chunks_per_stage` x P chunks per lane.
+    The per-stage gradient sync is the same for every lane of a split; `sync_exposed_s` is added to the
+    estimate so that splits compare.
+    """
+
+    sp_degree: int
+    work: WorkModel
+    recompute_per_layer: tuple[float, float, float]
+    """Quadratic in L: forward seconds of one layer (+ its all-to-alls) of a whole sequence."""
+    held_bytes_per_token: float
+    """Bytes per token (whole sequence, on one device of the lane) held until backward with no recompute."""
+    saved_bytes_per_token_layer: float
+    """Bytes per token one recomputed layer frees."""
+    budget_bytes: float
+    """Activation memory of the busiest stage (usable less model states)."""
+    num_layers: int
+    stretch: float
+    chunk_overhead_s: float
+    """Per-chunk constant (launch overheads, all-to-all latency) times the chunks a lane runs, stretched."""
+    sync_exposed_s: float
+
+    def forced_recompute_s(self, lengths: np.ndarray) -> np.ndarray:
+        excess = self.held_bytes_per_token * lengths - self.budget_bytes
+        per_layer = np.maximum(self.saved_bytes_per_token_layer * lengths, 1e-9)
+        layers = np.clip(np.ceil(np.maximum(excess, 0.0) / per_layer), 0, self.num_layers)
+        a, b, c = self.recompute_per_layer
+        return layers * ((a * lengths + b) * lengths + c)
+
+    def __call__(self, lengths: np.ndarray) -> np.ndarray:
+        """Per-sequence seconds the ILP charges (no per-chunk constant: see `chunk_overhead_s`)."""
+        w = self.work
+        compute = (w.a * lengths + w.b) * lengths
+        return (compute + self.forced_recompute_s(lengths)) * self.stretch
+
+
+def simulated_work(
+    cost: CostModel, pipeline: PipelineSpec, sp_degree: int, *, sliced: bool, chunks_per_stage: int
+) -> SimulatedWork:
+    """`SimulatedWork` of lanes of SP degree s on `pipeline` (see the class for what each term stands for)."""
+    s = sp_degree
+    stage = max(range(pipeline.num_stages), key=pipeline.layers_of)
+    layers = pipeline.layers_of(stage)
+    last = stage == pipeline.num_stages - 1
+    spans = s > cost.cluster.devices_per_node
+    xs = [1024.0 * s, 2048.0 * s, 4096.0 * s]
+    recompute = [
+        cost.stage_backward_s(
+            ChunkShape.from_segments([(0, int(x))]),
+            sp_degree=s,
+            num_layers=1,
+            spans_nodes=spans,
+            is_last_stage=False,
+            recompute_layers=1,
+        ).recompute_s
+        for x in xs
+    ]
+    probe = 1024 * s
+    held = cost.chunk_activation_bytes(probe, sp_degree=s, num_layers=layers, is_last_stage=last)
+    full = cost.chunk_activation_bytes(
+        probe, sp_degree=s, num_layers=layers, recompute_layers=layers, is_last_stage=last
+    )
+    saved = (held - full) / max(layers, 1)
+    if sliced:
+        kv = cost.kv_bytes(probe, s, layers)
+        held += kv  # dK/dV accumulators of the earlier slices while the later ones run backward
+        saved -= kv / max(layers, 1)  # a recomputed layer of a non-final slice keeps its K/V
+    dp = cost.dp_size(pipeline)
+    budget = cost.usable_memory_bytes - max(cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
+    budget -= cost.transient_bytes(probe, sp_degree=s, is_last_stage=last)  # one op's working memory
+    p_count = pipeline.num_stages
+    chunks = chunks_per_stage * p_count
+    stretch = 1.0 + (p_count - 1) / chunks
+    model = work_model(cost, pipeline, s)
+    sync = max(cost.grad_sync_s(p, pipeline) / pipeline.layers_of(p) for p in range(p_count))
+    return SimulatedWork(
+        sp_degree=s,
+        work=model,
+        recompute_per_layer=_quadratic(xs, recompute),
+        held_bytes_per_token=held / probe,
+        saved_bytes_per_token_layer=max(saved, 0.0) / probe,
+        budget_bytes=budget,
+        num_layers=layers,
+        stretch=stretch,
+        chunk_overhead_s=max(model.c, 0.0) * chunks * stretch,
+        sync_exposed_s=sync,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkCostFit:
+    """Forward + backward seconds of a chunk on one stage as alpha * attention pairs + beta * tokens + gamma.
+
+    The cost model is linear in a chunk's attention pairs and tokens (whole multiples of s), so three
+    evaluations fit it exactly; estimates then price thousands of chunks with numpy instead of one call each."""
+
+    alpha: float
+    beta: float
+    gamma: float
+
+    def __call__(self, pairs: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        return self.alpha * pairs + self.beta * tokens + self.gamma
+
+
+def chunk_cost_fit(
+    cost: CostModel, *, sp_degree: int, num_layers: int, is_last_stage: bool, recompute_layers: int = 0
+) -> ChunkCostFit:
+    """`ChunkCostFit` of `cost.chunk_cost_s` for chunks on a lane of SP degree s (all-to-alls included)."""
+    s = sp_degree
+    spans = s > cost.cluster.devices_per_node
+    t1, t2 = 1024 * s, 4096 * s
+    pairs = float(t1) * t1
+
+    def at(tokens: int, attn_pairs: float) -> float:
+        return cost.chunk_cost_s(
+            ChunkShape(num_tokens=tokens, attn_pairs=attn_pairs),
+            sp_degree=s,
+            num_layers=num_layers,
+            is_last_stage=is_last_stage,
+            spans_nodes=spans,
+            recompute_layers=recompute_layers,
+        )
+
+    base = at(t1, 0.0)
+    beta = (at(t2, 0.0) - base) / (t2 - t1)
+    return ChunkCostFit(alpha=(at(t1, pairs) - base) / pairs, beta=beta, gamma=base - beta * t1)

@@ -3,6 +3,11 @@
 The planner's models are written once against `IntegerProgram` and solved by any backend, so
 "all backends agree" is testable and a backend is a command-line choice (`--solver`).
 
+Budgets: `deterministic_s` caps CP-SAT's deterministic time (one worker, fixed seed), so the same program gets
+the same answer on an idle or a busy machine; `time_limit_s` is the wall-clock safety net for every backend.
+CBC and HiGHS have no deterministic limit through PuLP: with them only the wall clock bounds a solve, and a
+solve cut by it can depend on the machine's load.
+
 CP-SAT only accepts integer coefficients: each `<=` row with fractional coefficients is scaled
 and rounded *conservatively* (left-hand coefficients of non-negative variables up, the right-hand
 side down), so a CP-SAT solution is always feasible for the original row. PuLP solves the rows
@@ -19,6 +24,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
+
+from ortools.sat.python import cp_model  # imported with the planner: its ~0.3 s import must not eat a limit
 
 BACKENDS = ("cpsat", "pulp-cbc", "pulp-highs")
 Status = Literal["optimal", "feasible", "infeasible", "unknown"]
@@ -73,12 +80,14 @@ class Solution:
     bound: float | None
     solve_s: float
     backend: str
+    deterministic_s: float = 0.0
+    """CP-SAT's deterministic time spent (0 for the PuLP backends): what a work budget is charged."""
 
 
-def solve(program: IntegerProgram, *, backend: str, time_limit_s: float) -> Solution:
-    """Solve with `backend` within `time_limit_s` seconds (deterministic for a given program)."""
+def solve(program: IntegerProgram, *, backend: str, time_limit_s: float, deterministic_s: float = math.inf) -> Solution:
+    """Solve with `backend` within `deterministic_s` (CP-SAT) and `time_limit_s` wall seconds (every backend)."""
     if backend == "cpsat":
-        return _solve_cpsat(program, time_limit_s)
+        return _solve_cpsat(program, time_limit_s, deterministic_s)
     if backend in ("pulp-cbc", "pulp-highs"):
         return _solve_pulp(program, backend, time_limit_s)
     raise ValueError(f"unknown solver backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -94,9 +103,7 @@ def _scaled_row(row: Row) -> tuple[list[tuple[int, int]], int]:
     return coefs, math.floor(row.rhs * factor)
 
 
-def _solve_cpsat(program: IntegerProgram, time_limit_s: float) -> Solution:
-    from ortools.sat.python import cp_model
-
+def _solve_cpsat(program: IntegerProgram, time_limit_s: float, deterministic_s: float) -> Solution:
     started = time.perf_counter()
     model = cp_model.CpModel()
     xs = [model.new_int_var(v.lower, v.upper, v.name) for v in program.variables]
@@ -111,6 +118,8 @@ def _solve_cpsat(program: IntegerProgram, time_limit_s: float) -> Solution:
         model.add_hint(xs[v], value)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(time_limit_s, 0.01)
+    if math.isfinite(deterministic_s):
+        solver.parameters.max_deterministic_time = max(deterministic_s, 1e-3)
     solver.parameters.num_workers = 1  # deterministic and fair to a 2-core machine
     solver.parameters.random_seed = DETERMINISTIC_SEED
     code = solver.solve(model)
@@ -126,7 +135,9 @@ def _solve_cpsat(program: IntegerProgram, time_limit_s: float) -> Solution:
         bound = solver.best_objective_bound / obj_scale if program.objective else 0.0
     else:
         values, objective, bound = (), None, None
-    return Solution(status, values, objective, bound, time.perf_counter() - started, "cpsat")
+    return Solution(
+        status, values, objective, bound, time.perf_counter() - started, "cpsat", float(solver.deterministic_time)
+    )
 
 
 @contextlib.contextmanager

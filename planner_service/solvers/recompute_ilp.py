@@ -13,6 +13,7 @@ needed the ILP is skipped; when even full recompute does not fit, the stage is i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ class RecomputeResult:
     counts: tuple[int, ...]
     status: str
     """none-needed, optimal, feasible, infeasible, or greedy (solver gave no answer in time)."""
+    deterministic_s: float = 0.0
+    """CP-SAT deterministic time spent (what a work budget is charged)."""
 
 
 def greedy_recompute(memory: StageMemory, layer_s: Sequence[float], budget: float) -> tuple[int, ...] | None:
@@ -63,8 +66,11 @@ def choose_recompute(
     *,
     backend: str = "cpsat",
     time_limit_s: float = 0.2,
+    deterministic_s: float = math.inf,
 ) -> RecomputeResult:
-    """Recompute counts for one (lane, stage); `layer_s[c]` is one layer's forward seconds of chunk c."""
+    """Recompute counts for one (lane, stage); `layer_s[c]` is one layer's forward seconds of chunk c.
+
+    `deterministic_s` bounds CP-SAT reproducibly; `time_limit_s` is the wall-clock safety net."""
     n = len(memory.base)
     zero = (0,) * n
     if memory.peak(zero) <= budget:
@@ -85,11 +91,12 @@ def choose_recompute(
     prog.objective = {r[c]: max(layer_s[c], 1e-12) for c in range(n)}
     if greedy is not None:
         prog.hint = {r[c]: v for c, v in enumerate(greedy)}
-    sol = solve(prog, backend=backend, time_limit_s=time_limit_s)
+    sol = solve(prog, backend=backend, time_limit_s=time_limit_s, deterministic_s=deterministic_s)
+    spent = sol.deterministic_s
     if sol.status in ("optimal", "feasible"):
         counts = tuple(sol.values)
         if memory.peak(counts) <= budget * (1 + 1e-9):
-            return RecomputeResult(counts, sol.status)
+            return RecomputeResult(counts, sol.status, spent)
     if greedy is not None:
-        return RecomputeResult(greedy, "greedy")
-    return RecomputeResult(full, "greedy")
+        return RecomputeResult(greedy, "greedy", spent)
+    return RecomputeResult(full, "greedy", spent)

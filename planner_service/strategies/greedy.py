@@ -5,7 +5,7 @@ longest-first to the least-loaded lane by estimated cost (LPT); per lane, sequen
 the chunk cap are sliced at equal-cost cut points when P > 1 (token-level pipelining), the rest
 packed best-fit decreasing under the cap. Recompute is off when memory allows and on for every
 layer otherwise. No solver, no search beyond that: it must be fast and never fail on a feasible
-batch.
+batch, so memory is checked on each lane's memory timeline before the one plan kept is simulated.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from __future__ import annotations
 import math
 import time
 
-from planner_service.assembly import LaneDraft, assemble_plan, fits_memory
+from planner_service.assembly import LaneDraft, assemble_plan, finish_plan, fits_memory, lanes_of_drafts
 from planner_service.context import PlanningContext, options_that_fit
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.chunks import capped_chunks
 from planner_service.layout.lanes import uniform_lanes
+from planner_service.layout.memory_fit import sequence_fits
 from planner_service.layout.recompute import uniform_recompute
 from planner_service.layout.work_model import work_model
+from planner_service.simulator.memory_timeline import stage_memory
 from proto import PipelineSpec, Plan, SolverInfo, SolverStatus
 from proto.topology import Topology, valid_sp_degrees
 
@@ -42,6 +44,20 @@ def greedy_drafts(
     return drafts
 
 
+def drafts_fit(ctx: PlanningContext, pipeline: PipelineSpec, drafts: list[LaneDraft]) -> bool:
+    """Whether every lane's peak (the simulator's memory timeline) fits next to each stage's model states."""
+    cost = ctx.cost
+    dp = cost.dp_size(pipeline)
+    budgets = [cost.usable_memory_bytes - cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages)]
+    lengths = ctx.batch.length_of()
+    for lane, draft in zip(lanes_of_drafts(ctx, pipeline, drafts), sorted(drafts, key=lambda d: d.offset), strict=True):
+        tokens = [c.num_tokens for c in draft.chunks]
+        for p in range(pipeline.num_stages):
+            if stage_memory(lane, pipeline, p, cost, lengths, tokens).peak(draft.recompute[p]) > budgets[p]:
+                return False
+    return True
+
+
 def plan_greedy(
     ctx: PlanningContext,
     *,
@@ -60,23 +76,31 @@ def plan_greedy(
         degrees = valid_sp_degrees(ctx.model, Topology.of(ctx.cluster, num_stages).stage_block_size)
         cap = max(1, math.ceil(longest / num_stages)) if num_stages > 1 else longest
         for sp_degree in degrees:
+            if not sequence_fits(ctx.cost, pipeline, longest, sp_degree, sliced=num_stages > 1):
+                continue
             for full in (False, True):
-                plan, _ = assemble_plan(
+                drafts = greedy_drafts(ctx, pipeline, sp_degree, cap, full)
+                if not drafts_fit(ctx, pipeline, drafts):
+                    continue
+                plan = assemble_plan(
                     ctx,
                     strategy=strategy,
                     pipeline=pipeline,
-                    drafts=greedy_drafts(ctx, pipeline, sp_degree, cap, full),
+                    drafts=drafts,
                     solver=SolverInfo(backend="greedy", status=status),
                 )
-                if fits_memory(plan, ctx.cluster):
-                    solver = SolverInfo(
+                if not fits_memory(plan, ctx.cluster):  # the timeline check above is the simulator's; keep both
+                    continue
+                return finish_plan(
+                    plan,
+                    SolverInfo(
                         backend="greedy",
                         status=status,
                         solve_s=time.perf_counter() - started,
                         message=reason
                         or f"P={num_stages}, uniform SP degree {sp_degree}, {'full' if full else 'no'} recompute",
-                    )
-                    return plan.model_copy(update={"solver": solver}).with_id()
+                    ),
+                )
         tried.append(f"P={num_stages} with SP degrees {degrees}")
     raise InfeasibleWorkload(
         f"the longest sequence ({longest} tokens) does not fit on any lane of {ctx.cluster.name} "

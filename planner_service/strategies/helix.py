@@ -1,47 +1,145 @@
 """`helix`: 3D dynamic parallelism: flexible SP lanes x elastic pipeline x data parallelism.
 
-Proposals come from three families, each with a work-model estimate: flexible lanes chosen by the lane
-ILP for every candidate pipeline degree P (the job's fixed P, or a search; slicing when P > 1), the
-uniform SP x PP layouts of `infinipipe`, and the flexible P = 1 lanes of `flexsp`. What `flexsp` and
-`infinipipe` would build, and the best flexible layout, are always built and simulated; the remaining
-proposals best-estimate first until the time limit. The greedy fallback plan competes too (while time is
-left), and the winners' recompute is re-solved by the recompute ILP. So `helix` is never slower than flexsp,
-infinipipe or greedy when the search finishes inside the limit (a tight limit on a busy machine can
-cut the chunk-count refinement short).
+Every other strategy's plan is a point of helix's space, so helix builds them as candidates and can only
+improve on them:
+
+1. the best static layouts (`static_search`, the same grid and ranking as `static`);
+2. FlexSP's layout (the lane ILP on FlexSP's cost model, P = 1), InfiniPipe's uniform P > 1 layouts, and the
+   greedy fallback plan, each built exactly as its own strategy builds it;
+3. its own proposals: the lane ILP on a model of what the simulator charges (recompute forced by memory,
+   fill and drain, chunk overheads), for every candidate P including P = 1; every uniform layout at every P
+   the static baseline may use (P = 1 uniform lanes too); and the best static layout's lanes rebuilt with
+   balanced chunks and adaptive recompute;
+4. an improvement phase (`improvement.improve`: moves, swaps, re-chunking, splits and merges, and ILP
+   repairs of large neighbourhoods, all judged by the simulator) from the best candidates until the work
+   budget is spent;
+5. the recompute ILP on the winners, and the gap to a lower bound on the simulated time.
+
+All of it is charged to the call's deterministic work budget (shares below), so the same input gives the
+same plan on a busy machine; with the budget to finish phases 1-2 (a generous limit), helix is never slower
+than static, flexsp, infinipipe or greedy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload, PlanningError
-from planner_service.proposals import flexible_proposals, single_stage_flexible_proposal, uniform_proposals
-from planner_service.search import CANDIDATES_BUILT, Candidate, Deadline, Proposal, build_proposals, finalize
+from planner_service.improvement import improve
+from planner_service.lower_bound import simulated_time_lower_bound
+from planner_service.proposals import (
+    dynamic_pipeline_degrees,
+    flexible_proposals,
+    infinipipe_proposals,
+    seeded_proposal,
+    single_stage_flexible_proposal,
+    uniform_proposals,
+)
+from planner_service.search import CANDIDATES_BUILT, Candidate, Proposal, SearchSession, fastest, finalize
 from planner_service.strategies.greedy import plan_greedy
+from planner_service.strategies.static import static_search
 from proto import Plan
+
+log = logging.getLogger(__name__)
+
+STATIC_SHARE = 0.2
+"""Share of the units for the static grid."""
+PROPOSAL_SHARE = 0.45
+"""Share of the units left for the lane ILPs and building the proposals."""
+POLISH_RESERVE = 0.15
+"""Share of the units left kept for the recompute ILP on the winners; the improvement phase gets the rest."""
+IMPROVED_STARTS = 2
+"""Best candidates (with different pipeline degrees) the improvement phase starts from."""
 
 
 def plan_helix(ctx: PlanningContext) -> Plan:
-    deadline = Deadline.for_search(ctx.time_limit_s)
-    required: list[Proposal] = []  # what flexsp and infinipipe would build, plus the best flexible layout
-    optional: list[Proposal] = []
-    if not ctx.num_stages or ctx.num_stages == 1:
-        flexsp = single_stage_flexible_proposal(ctx, deadline, strategy="helix", recompute="adaptive")
-        if flexsp is not None:
-            required.append(flexsp)
-    if ctx.num_stages != 1:
-        uniform = sorted(uniform_proposals(ctx, strategy="helix"), key=lambda p: p.estimate_s)
-        flexible = sorted(flexible_proposals(ctx, deadline, strategy="helix"), key=lambda p: p.estimate_s)
-        required += uniform[:CANDIDATES_BUILT] + flexible[:1]
-        optional += uniform[CANDIDATES_BUILT:] + flexible[1:]
-    candidates: list[Candidate] = build_proposals(required, optional, deadline)
-    if not candidates or not deadline.expired():  # the fallback plan competes while time is left
+    root = ctx.budget
+    session = SearchSession(ctx, root.child(STATIC_SHARE))
+    candidates: list[Candidate] = []
+    static = static_search(ctx, session.budget, strategy="helix", header=session.header)
+    candidates += [Candidate(plan, None) for plan, _ in static.plans[:1]]
+
+    session.budget = root.child(PROPOSAL_SHARE / (1 - STATIC_SHARE))
+    required, optional = proposals(session, static.plans[0][0] if static.plans else None)
+    candidates += session.build_proposals(required, optional, refine=CANDIDATES_BUILT)
+    if not candidates or not root.exhausted():  # the fallback plan competes while time is left
         with contextlib.suppress(PlanningError):
             candidates.append(Candidate(plan_greedy(ctx, strategy="helix"), recipe=None))
-    plan = finalize(candidates, deadline)
+
+    if log.isEnabledFor(logging.DEBUG):
+        for c in fastest(candidates):
+            log.debug("candidate %.4f s P=%d: %s", c.iteration_s, c.plan.pipeline.num_stages, c.plan.solver.message)
+        log.debug("units spent before improvement: %.0f of %.0f", root.spent, root.units)
+    steps = 0
+    starts = improvement_starts(candidates)
+    improve_budget = root.child(1 - POLISH_RESERVE)
+    for i, start in enumerate(starts):
+        improved, made = improve(session, start, improve_budget.child(1 / (len(starts) - i)))
+        steps += made
+        log.debug(
+            "improved %.4f -> %.4f s in %d steps (units %.0f)",
+            start.iteration_s,
+            improved.iteration_s,
+            made,
+            root.spent,
+        )
+        if improved is not start:
+            candidates.append(improved)
+
+    session.budget = root
+    bound = simulated_time_lower_bound(ctx, ctx.pipeline_degrees())
+    note = f"; improvement phase: {steps} simulated improvements" if steps else ""
+    plan = finalize(session, candidates, lower_bound_s=bound, polish_all=True, note=note)
     if plan is None:
         raise InfeasibleWorkload(
             f"helix: no layout fits the longest sequence ({max(ctx.batch.lengths)} tokens) in memory", field="lengths"
         )
     return plan
+
+
+def proposals(session: SearchSession, best_static: Plan | None) -> tuple[list[Proposal], list[Proposal]]:
+    """(required, optional): what flexsp and infinipipe build, the best-estimated fidelity-ILP and uniform
+    layouts and the static seed are required; every other proposal is built best-estimate first."""
+    ctx = session.ctx
+    required: list[Proposal] = []
+    optional: list[Proposal] = []
+    if not ctx.num_stages or ctx.num_stages == 1:
+        flexsp = single_stage_flexible_proposal(session, strategy="helix", recompute="lane-uniform", share=0.3)
+        required += [flexsp] if flexsp else []
+    if ctx.num_stages != 1:
+        required += infinipipe_proposals(ctx, strategy="helix")
+    degrees = dynamic_pipeline_degrees(ctx, include_one=True)
+    flexible = sorted(flexible_proposals(session, strategy="helix", degrees=degrees), key=lambda p: p.estimate_s)
+    uniform = sorted(uniform_proposals(ctx, strategy="helix", degrees=degrees), key=lambda p: p.estimate_s)
+    if best_static is not None:
+        required.append(seeded_proposal(ctx, best_static, strategy="helix", label="best static layout, rebuilt"))
+    required += flexible[:1] + uniform[:1]
+    optional += flexible[1:] + uniform[1:]
+    return distinct(required), [p for p in distinct(optional) if p.key not in {r.key for r in required}]
+
+
+def distinct(found: list[Proposal]) -> list[Proposal]:
+    """The proposals without repeats (the same layout proposed by two families is built once)."""
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for proposal in found:
+        if proposal.key not in seen:
+            seen.add(proposal.key)
+            out.append(proposal)
+    return out
+
+
+def improvement_starts(candidates: list[Candidate]) -> list[Candidate]:
+    """The fastest rebuildable candidate of each kind (uniform lanes, mixed lane sizes), fastest first."""
+    starts: list[Candidate] = []
+    kinds: set[bool] = set()
+    for candidate in fastest(candidates):
+        if candidate.recipe is None:
+            continue
+        mixed = len({lane.sp_degree for lane in candidate.recipe.lanes}) > 1
+        if mixed not in kinds:
+            kinds.add(mixed)
+            starts.append(candidate)
+    return starts[:IMPROVED_STARTS]

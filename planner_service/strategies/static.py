@@ -1,24 +1,36 @@
-"""`static`: the tuned fixed-layout baseline (Megatron-LM / DeepSpeed-Ulysses style).
+"""`static`: the tuned fixed-layout baseline (Megatron-LM / DeepSpeed-Ulysses style), re-tuned for every batch.
 
 One Ulysses SP degree s for every lane, one pipeline degree P, DP = N / (P*s) identical lanes,
 sequences packed in data order into fixed micro-batches of M tokens (no slicing, so M is at
 least the longest sequence), micro-batches dealt round-robin to the lanes, and one checkpoint
 policy (none, or full recompute when none does not fit). The grid (P, s, M, policy) is
 searched and the fastest memory-feasible layout in the simulator is kept: the baseline is the
-best static configuration *for this very batch*, which flatters it, on purpose.
+best static configuration *for this very batch*, which flatters it, on purpose (the oracle; the
+`megatron` strategy is what a job that tunes once actually runs).
+
+The grid is ranked by a closed-form estimate (round-robin lane loads from a fitted chunk cost, plus the 1F1B
+fill and drain) and simulated best-estimate first while the call's work budget lasts, so the baseline honours
+the time limit at any scale; with the budget to simulate the whole grid it is exact. `static_search` is
+shared with `helix` (the best static layout is always one of its candidates) and `megatron` (which tunes on a
+sample with it).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from planner_service.assembly import LaneDraft, assemble_plan, fits_memory
+import numpy as np
+
+from planner_service.assembly import LaneDraft, PlanHeader, assemble_plan, finish_plan, fits_memory
+from planner_service.budget import UNITS_PER_SEQUENCE_PASS, PlanningBudget
 from planner_service.context import PlanningContext, options_that_fit
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.chunks import pack_next_fit
 from planner_service.layout.recompute import uniform_recompute
-from proto import Chunk, PipelineSpec, Plan, SolverInfo, SolverStatus
+from planner_service.layout.work_model import chunk_cost_fit
+from proto import Chunk, FixedLayout, PipelineSpec, Plan, SolverInfo, SolverStatus
 from proto.topology import Topology, valid_sp_degrees
 
 MICRO_BATCH_MULTIPLIERS = (1, 2, 4)
@@ -26,23 +38,18 @@ MICRO_BATCH_MULTIPLIERS = (1, 2, 4)
 MAX_STATIC_PIPELINE_DEGREE = 16
 """Static layouts beyond P=16 are not used in practice for 7B-30B models (Megatron guidance)."""
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class StaticLayout:
-    num_stages: int
-    sp_degree: int
-    micro_batch_tokens: int
-    full_recompute: bool
+StaticLayout = FixedLayout
+"""A point of the static grid: (P, s, micro-batch tokens, full recompute)."""
 
 
 def next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def static_layouts(ctx: PlanningContext) -> list[StaticLayout]:
-    """The grid the baseline searches (pipeline degree fixed when the job fixes it)."""
-    longest = max(ctx.batch.lengths)
-    base = next_power_of_two(longest)
+def static_layouts(ctx: PlanningContext, *, longest: int | None = None) -> list[StaticLayout]:
+    """The grid the baseline searches (pipeline degree fixed when the job fixes it); micro-batches hold at least
+    the `longest` sequence (default: the batch's)."""
+    base = next_power_of_two(longest or max(ctx.batch.lengths))
     stages = ctx.pipeline_degrees(max_degree=MAX_STATIC_PIPELINE_DEGREE)
     return [
         StaticLayout(num_stages=p, sp_degree=s, micro_batch_tokens=base * m, full_recompute=full)
@@ -73,42 +80,181 @@ def static_drafts(ctx: PlanningContext, layout: StaticLayout, pipeline: Pipeline
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class RankedLayout:
+    estimate_s: float
+    layout: StaticLayout
+
+
+def micro_batch_shapes(lengths: Sequence[int], budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(attention pairs, tokens) of each next-fit micro-batch of `budget` tokens, without building chunks."""
+    pairs: list[float] = []
+    tokens: list[int] = []
+    used, sq = 0, 0.0
+    for n in lengths:
+        if used and used + n > budget:
+            pairs.append(sq)
+            tokens.append(used)
+            used, sq = 0, 0.0
+        used += n
+        sq += float(n) * n
+    if used:
+        pairs.append(sq)
+        tokens.append(used)
+    return np.array(pairs), np.array(tokens, dtype=np.float64)
+
+
+def rank_static_layouts(ctx: PlanningContext, layouts: Sequence[StaticLayout]) -> list[RankedLayout]:
+    """Layouts with their estimates, fastest first, leaving out those one micro-batch alone cannot fit.
+
+    Estimate of a layout: its lanes' loads (micro-batches dealt round-robin, priced by `ChunkCostFit` on the
+    stage with the most layers and on the last stage) plus (P - 1) times its costliest micro-batch (1F1B fill
+    and drain), plus the stage's exposed gradient sync."""
+    shapes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    ranked: list[RankedLayout] = []
+    for layout in layouts:
+        p_count, s = layout.num_stages, layout.sp_degree
+        pipeline = PipelineSpec.even(ctx.model.num_layers, p_count)
+        p_ctx = options_that_fit(ctx, pipeline)
+        if layout.micro_batch_tokens not in shapes:
+            shapes[layout.micro_batch_tokens] = micro_batch_shapes(ctx.batch.lengths, layout.micro_batch_tokens)
+        pairs, tokens = shapes[layout.micro_batch_tokens]
+        if not micro_batch_fits(p_ctx, pipeline, layout, int(tokens.max())):
+            continue
+        lanes = p_ctx.cost.dp_size(pipeline) // s
+        stage_costs = []
+        for stage in {0, p_count - 1}:
+            layers = pipeline.layers_of(stage)
+            fit = chunk_cost_fit(
+                p_ctx.cost,
+                sp_degree=s,
+                num_layers=layers,
+                is_last_stage=stage == p_count - 1,
+                recompute_layers=layers if layout.full_recompute else 0,
+            )
+            costs = fit(pairs, tokens)
+            loads = np.bincount(np.arange(len(costs)) % lanes, weights=costs, minlength=lanes)
+            stage_costs.append(float(loads.max()) + (p_count - 1) * float(costs.max()))
+        sync = max(p_ctx.cost.grad_sync_s(p, pipeline) / pipeline.layers_of(p) for p in range(p_count))
+        ranked.append(RankedLayout(max(stage_costs) + sync, layout))
+    ctx.budget.charge(UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths) * len(shapes))
+    return sorted(ranked, key=lambda r: r.estimate_s)
+
+
+def micro_batch_fits(ctx: PlanningContext, pipeline: PipelineSpec, layout: StaticLayout, tokens: int) -> bool:
+    """A necessary condition: the largest micro-batch alone (with the layout's checkpointing) fits stage 0 and
+    the last stage next to their model states."""
+    cost = ctx.cost
+    dp = cost.dp_size(pipeline)
+    for stage in {0, pipeline.num_stages - 1}:
+        layers = pipeline.layers_of(stage)
+        last = stage == pipeline.num_stages - 1
+        need = cost.model_state_bytes(stage, pipeline, dp) + cost.chunk_activation_bytes(
+            tokens,
+            sp_degree=layout.sp_degree,
+            num_layers=layers,
+            recompute_layers=layers if layout.full_recompute else 0,
+            is_last_stage=last,
+        )
+        if need > cost.usable_memory_bytes:
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class StaticResult:
+    """The simulated static plans (no ids), fastest first, and how much of the grid was simulated."""
+
+    plans: list[tuple[Plan, StaticLayout]]
+    simulated: int
+    grid: int
+
+    @property
+    def complete(self) -> bool:
+        return self.simulated == self.grid
+
+
+def build_static(
+    ctx: PlanningContext,
+    layout: StaticLayout,
+    *,
+    strategy: str,
+    budget: PlanningBudget,
+    header: PlanHeader | None = None,
+) -> Plan:
+    """The simulated plan of one static layout (memory not checked: see `fits_memory`)."""
+    pipeline = PipelineSpec.even(ctx.model.num_layers, layout.num_stages)
+    layout_ctx = options_that_fit(ctx, pipeline)
+    budget.charge(UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths))  # packing the micro-batches
+    return assemble_plan(
+        layout_ctx,
+        strategy=strategy,
+        pipeline=pipeline,
+        drafts=static_drafts(layout_ctx, layout, pipeline),
+        solver=SolverInfo(backend="grid-search", status=SolverStatus.OPTIMAL),
+        budget=budget,
+        header=header,
+    )
+
+
+def static_search(
+    ctx: PlanningContext,
+    budget: PlanningBudget,
+    *,
+    strategy: str = "static",
+    layouts: Sequence[StaticLayout] | None = None,
+    header: PlanHeader | None = None,
+) -> StaticResult:
+    """Simulate static layouts best-estimate first while `budget` lasts (always at least until one fits)."""
+    ranked = rank_static_layouts(ctx, static_layouts(ctx) if layouts is None else layouts)
+    header = header or PlanHeader.of(ctx)
+    found: list[tuple[Plan, StaticLayout]] = []
+    fits_without: set[tuple[int, int, int]] = set()
+    simulated = 0
+    for entry in ranked:
+        layout = entry.layout
+        if found and budget.exhausted():
+            break
+        key = (layout.num_stages, layout.sp_degree, layout.micro_batch_tokens)
+        if layout.full_recompute and key in fits_without:
+            simulated += 1  # no recompute already fits; full recompute can only be slower
+            continue
+        plan = build_static(ctx, layout, strategy=strategy, budget=budget, header=header)
+        simulated += 1
+        if fits_memory(plan, ctx.cluster):
+            if not layout.full_recompute:
+                fits_without.add(key)
+            found.append((plan, layout))
+    found.sort(key=lambda pl: pl[0].predicted.iteration_s)
+    return StaticResult(found, simulated, len(ranked))
+
+
 def plan_static(ctx: PlanningContext) -> Plan:
     """Fastest feasible static layout for this batch; InfeasibleWorkload when none fits."""
     started = time.perf_counter()
-    best: Plan | None = None
-    tried = 0
-    skip_full: set[tuple[int, int, int]] = set()
-    for layout in static_layouts(ctx):
-        key = (layout.num_stages, layout.sp_degree, layout.micro_batch_tokens)
-        if layout.full_recompute and key in skip_full:
-            continue  # no recompute already fits; full recompute can only be slower
-        pipeline = PipelineSpec.even(ctx.model.num_layers, layout.num_stages)
-        layout_ctx = options_that_fit(ctx, pipeline)
-        plan, _ = assemble_plan(
-            layout_ctx,
-            strategy="static",
-            pipeline=pipeline,
-            drafts=static_drafts(layout_ctx, layout, pipeline),
-            solver=SolverInfo(backend="grid-search", status=SolverStatus.OPTIMAL),
-        )
-        tried += 1
-        if not fits_memory(plan, ctx.cluster):
-            continue
-        skip_full.add(key)
-        if best is None or plan.predicted.iteration_s < best.predicted.iteration_s:
-            best = plan
-    if best is None:
+    result = static_search(ctx, ctx.budget)
+    if not result.plans:
         raise InfeasibleWorkload(
             f"static: no layout fits in {ctx.cluster.device_memory_bytes / 2**30:.1f} GiB per device "
-            f"(longest sequence {max(ctx.batch.lengths)} tokens, {tried} layouts tried)",
+            f"(longest sequence {max(ctx.batch.lengths)} tokens, {result.simulated} layouts tried)",
             field="lengths",
         )
-    solver = SolverInfo(
+    best, layout = result.plans[0]
+    return finish_plan(best, static_solver_info(result, layout, time.perf_counter() - started))
+
+
+def static_solver_info(result: StaticResult, layout: StaticLayout, solve_s: float) -> SolverInfo:
+    done = "all" if result.complete else f"the {result.simulated} best-estimated of"
+    return SolverInfo(
         backend="grid-search",
-        status=SolverStatus.OPTIMAL,
-        gap=None,
-        solve_s=time.perf_counter() - started,
-        message=f"best of {tried} static layouts",
+        status=SolverStatus.OPTIMAL if result.complete else SolverStatus.FEASIBLE,
+        solve_s=solve_s,
+        message=f"best of {done} {result.grid} static layouts: {describe_layout(layout)}",
     )
-    return best.model_copy(update={"solver": solver}).with_id()
+
+
+def describe_layout(layout: StaticLayout) -> str:
+    return (
+        f"P={layout.num_stages}, SP {layout.sp_degree}, micro-batches of {layout.micro_batch_tokens} tokens, "
+        f"{'full' if layout.full_recompute else 'no'} recompute"
+    )
