@@ -116,18 +116,25 @@ def train_command(
         plot=plot,
     )
     if batch_size is not None and token_budget is not None:
-        raise typer.BadParameter("give --batch-size or --token-budget, not both", param_hint="--token-budget")
+        raise user_error("give --batch-size or --token-budget, not both", param_hint="--token-budget")
     if config.device == "cuda" and config.dtype == "float64":
-        raise typer.BadParameter("float64 is for CPU exactness checks; use bfloat16 or float32 on CUDA")
+        raise user_error("float64 is for CPU exactness checks; use bfloat16 or float32 on CUDA")
     try:
         open_corpus(config.data)  # cheap: lists the files; catches a missing or empty corpus before any launch
     except CorpusError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from None
+        raise user_error(str(exc), param_hint="--data") from None
     if config.resume == "must" and find_latest_checkpoint(config.checkpoint_dir) is None:  # type: ignore[arg-type]
-        raise typer.BadParameter(f"no complete checkpoint in {config.checkpoint_dir}", param_hint="--resume")
+        raise user_error(f"no complete checkpoint in {config.checkpoint_dir}", param_hint="--resume")
     if os.environ.get(TORCHRUN_ENV):
         raise typer.Exit(_run_rank(config))
     raise typer.Exit(_launch_local(config, nproc_per_node or config.cluster.num_devices))
+
+
+def user_error(message: str, param_hint: str | None = None) -> typer.Exit:
+    """Print `error: HINT: MESSAGE` on stderr and return the exit (code 2) to raise: one line, no traceback."""
+    where = f"{param_hint}: " if param_hint else ""
+    Console(stderr=True, soft_wrap=True).print(f"error: {where}{message}", highlight=False, markup=False)
+    return typer.Exit(EXIT_USER_ERROR)
 
 
 def _run_rank(config: TrainConfig) -> int:
@@ -185,7 +192,7 @@ def _planner_url(value: str) -> str:
     except Exception:
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise typer.BadParameter(
+        raise user_error(
             f"{value!r} is not a planner URL: give 'local' or http(s)://HOST[:PORT]", param_hint="--planner"
         )
     return value.rstrip("/")
@@ -196,19 +203,19 @@ def _strategy(name: str) -> str:
 
     if name not in STRATEGIES:
         choices = ", ".join(STRATEGIES)
-        raise typer.BadParameter(f"unknown strategy {name!r}; choose one of: {choices}", param_hint="--strategy")
+        raise user_error(f"unknown strategy {name!r}; choose one of: {choices}", param_hint="--strategy")
     return name
 
 
 def _choice(value: str, allowed: tuple[str, ...], hint: str) -> str:
     if value not in allowed:
-        raise typer.BadParameter(f"{value!r}; choose one of {', '.join(allowed)}", param_hint=hint)
+        raise user_error(f"{value!r}; choose one of {', '.join(allowed)}", param_hint=hint)
     return value
 
 
 def _resume_mode(resume: bool, auto_resume: bool, checkpoint_dir: Path | None) -> ResumeMode:
     if (resume or auto_resume) and checkpoint_dir is None:
-        raise typer.BadParameter("resuming needs --checkpoint-dir", param_hint="--resume")
+        raise user_error("resuming needs --checkpoint-dir", param_hint="--resume")
     if resume and auto_resume:
-        raise typer.BadParameter("give --resume or --auto-resume, not both", param_hint="--resume")
+        raise user_error("give --resume or --auto-resume, not both", param_hint="--resume")
     return "must" if resume else "auto" if auto_resume else "never"
