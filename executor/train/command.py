@@ -78,6 +78,9 @@ def train_command(
     nproc_per_node: Annotated[
         int | None, typer.Option("--nproc-per-node", min=1, help="Local ranks (default: the cluster's devices).")
     ] = None,
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", min=0, help="Restart all ranks after a failure (with --auto-resume).")
+    ] = 0,
 ) -> None:
     """Train with a parallel layout planned for every step's batch.
 
@@ -127,7 +130,7 @@ def train_command(
         raise user_error(f"no complete checkpoint in {config.checkpoint_dir}", param_hint="--resume")
     if os.environ.get(TORCHRUN_ENV):
         raise typer.Exit(_run_rank(config))
-    raise typer.Exit(_launch_local(config, nproc_per_node or config.cluster.num_devices))
+    raise typer.Exit(_launch_local(config, nproc_per_node or config.cluster.num_devices, max_restarts))
 
 
 def user_error(message: str, param_hint: str | None = None) -> typer.Exit:
@@ -160,8 +163,11 @@ def _run_rank(config: TrainConfig) -> int:
     return 0
 
 
-def _launch_local(config: TrainConfig, nproc: int) -> int:
-    """torchrun on this machine, one process per local rank, each re-running this command as a rank."""
+def _launch_local(config: TrainConfig, nproc: int, max_restarts: int) -> int:
+    """torchrun on this machine, one process per local rank, each re-running this command as a rank.
+
+    When a rank dies, torchrun stops the others (they would otherwise wait in a collective) and either restarts
+    them all (`--max-restarts`; with `--auto-resume` they continue from the latest checkpoint) or exits."""
     args = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else sys.argv[1:]
     threads = os.environ.get(THREADS_PER_RANK_ENV) or str(max(1, (os.cpu_count() or 1) // nproc))
     command = [
@@ -169,17 +175,22 @@ def _launch_local(config: TrainConfig, nproc: int) -> int:
         "-m",
         "torch.distributed.run",
         f"--nproc-per-node={nproc}",
-        "--nnodes=1",
-        "--rdzv-backend=c10d",
-        "--rdzv-endpoint=localhost:0",
-        "--max-restarts=0",
+        "--standalone",
+        f"--max-restarts={max_restarts}",
         "-m",
         "executor.train",
         *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": threads}
     log.info("launching %d local ranks: %s", nproc, " ".join(command))
-    return subprocess.run(command, env=env, check=False).returncode
+    code = subprocess.run(command, env=env, check=False).returncode
+    if code not in (0, EXIT_USER_ERROR):
+        Console(stderr=True, soft_wrap=True).print(
+            f"error: training stopped: a rank failed (torchrun exit code {code}); its error is reported above",
+            highlight=False,
+            markup=False,
+        )
+    return code
 
 
 def _planner_url(value: str) -> str:

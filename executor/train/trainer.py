@@ -370,8 +370,23 @@ def _peak_memory_bytes(executor: PlanExecutor, activation_peak: int, device: str
 
 
 def init_distributed(config: TrainConfig, *, timeout_s: float = 600.0) -> None:
-    """Initialise the default process group from torchrun's environment (gloo on CPU, nccl on CUDA)."""
+    """Initialise the default process group from torchrun's environment (gloo on CPU, nccl on CUDA).
+
+    The rendezvous store is keyed by torchrun's restart count: after `--max-restarts` restarts the workers, the
+    store still holds the dead workers' addresses under the default keys, and a new worker that reads one of
+    those before its peer overwrites it connects to a closed port (gloo: "connectFullMesh ... refused")."""
     backend = "nccl" if config.device == "cuda" else "gloo"
     if config.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=rank == 0 and not agent_hosts_store,
+        timeout=timeout,
+    )
+    store = dist.PrefixStore(f"helix-train/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", base)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
