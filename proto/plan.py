@@ -171,7 +171,8 @@ class Predicted(BaseModel):
     peak_memory_bytes: list[float] = Field(
         default_factory=list,
         description="Per rank (index = rank): model states + peak activations + the profile's memory reserve, "
-        "i.e. what is compared with the device memory.",
+        "i.e. what is compared with ClusterSpec.device_memory_bytes (the capacity). An allocator's peak "
+        "(torch.cuda.max_memory_allocated) corresponds to this less the reserve.",
     )
     bubble_fraction: float = Field(default=0.0, ge=0, le=1)
     compute_s: float = Field(default=0.0, ge=0, description="Busiest device's compute seconds.")

@@ -57,5 +57,9 @@ class CostProfile(BaseModel):
     param_bytes: float = Field(default=2.0, gt=0, description="Bytes per parameter of the working copy.")
     grad_bytes: float = Field(default=2.0, gt=0, description="Bytes per gradient element.")
     memory_reserve_bytes: float = Field(
-        default=0.0, ge=0, description="Per-device memory kept free (framework, fragmentation, buffers)."
+        default=0.0,
+        ge=0,
+        description="Per-device memory that training cannot use: CUDA context, collective buffers, allocator "
+        "fragmentation. Counted once: subtracted from ClusterSpec.device_memory_bytes (the part's capacity) to "
+        "get the memory for model states + activations, and included in Predicted.peak_memory_bytes.",
     )

@@ -209,7 +209,7 @@ class CostModel:
     # ---- memory ------------------------------------------------------------------------------------------
     @property
     def usable_memory_bytes(self) -> float:
-        """What model states + activations may use on one device (device memory less the reserve)."""
+        """What model states + activations may use on one device (device capacity less the reserve)."""
         return memory_model.usable_memory_bytes(self.profile, self.cluster.device_memory_bytes)
 
     @property

@@ -103,5 +103,8 @@ def transient_bytes(profile: CostProfile, *, tokens_per_device: int, is_last_sta
 
 
 def usable_memory_bytes(profile: CostProfile, device_memory_bytes: float) -> float:
-    """Memory a plan may fill with model states and activations: the device less the profile's reserve."""
+    """Memory a plan may fill with model states and activations: the device's capacity less the profile's reserve.
+
+    The reserve is counted here and nowhere else on the budget side; the simulator adds it back to its peak so
+    that the peak is compared with the capacity (`validate_plan`)."""
     return device_memory_bytes - profile.memory_reserve_bytes

@@ -56,8 +56,10 @@ formula 2(d-1)/d * bytes / busbw turns into time)."""
 
 # --- memory ------------------------------------------------------------------------------------------
 MEMORY_RESERVE_BYTES = 2.5 * GIB
-"""Per-device memory kept free: CUDA context (~0.5-1 GiB), NCCL buffers (~0.5-1 GiB) and allocator
-fragmentation (~1 GiB) as seen in Megatron/DeepSpeed runs on 40-80 GB parts."""
+"""Per-device memory training cannot use, out of the part's capacity (`ClusterSpec.device_memory_bytes`): CUDA
+context (~0.5-1 GiB), NCCL buffers (~0.5-1 GiB) and allocator fragmentation (~1 GiB) as seen in
+Megatron/DeepSpeed runs on 40-80 GB parts. The only place the reserve is taken: the cluster presets give the
+capacity itself."""
 
 MEMORY_RESERVE_MAX_FRACTION = 0.1
 """Cap on the reserve as a fraction of device memory, so small (CPU or test) devices keep most of theirs."""
