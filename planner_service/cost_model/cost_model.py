@@ -102,9 +102,7 @@ class CostModel:
         layer = compute_model.layer_forward_s(
             self.profile, attn_pairs=shape.attn_pairs, num_tokens=shape.num_tokens, sp_degree=sp_degree
         )
-        a2a = comm_model.ulysses_layer_comm_s(
-            self.profile, self.model, num_tokens=shape.num_tokens, sp_degree=sp_degree, spans_nodes=spans_nodes
-        )
+        a2a = self.alltoall_layer_s(shape.num_tokens, sp_degree, spans_nodes)
         head = compute_model.head_forward_s(self.profile, num_tokens=shape.num_tokens, sp_degree=sp_degree)
         return layer, a2a, head
 
@@ -181,9 +179,14 @@ class CostModel:
 
     # ---- communication -----------------------------------------------------------------------------------
     def alltoall_layer_s(self, num_tokens: int, sp_degree: int, spans_nodes: bool) -> float:
-        """The 4 Ulysses all-to-alls of one layer (forward; backward is the same again)."""
-        return comm_model.ulysses_layer_comm_s(
-            self.profile, self.model, num_tokens=num_tokens, sp_degree=sp_degree, spans_nodes=spans_nodes
+        """The 4 Ulysses all-to-alls of one layer (forward; backward is the same again) on an aligned SP group."""
+        return self.alltoall_layer_links(num_tokens, sp_degree, spans_nodes).duration_s
+
+    def alltoall_layer_links(self, num_tokens: int, sp_degree: int, spans_nodes: bool) -> comm_model.LinkTimes:
+        """`alltoall_layer_s` split by link class (NVLink and network parts run in parallel)."""
+        per_node = comm_model.group_devices_per_node(sp_degree, self.cluster.devices_per_node, spans_nodes=spans_nodes)
+        return comm_model.ulysses_layer_links(
+            self.profile, self.model, num_tokens=num_tokens, sp_degree=sp_degree, per_node=per_node
         )
 
     def p2p_s(self, num_tokens: int, sp_degree: int, crosses_nodes: bool) -> float:
