@@ -146,10 +146,14 @@ def grad_sync_s(
     dp_size: int,
     nodes: int,
     zero_stage: int,
+    grad_reduce_bytes: float,
     intra_latency_s: float,
     inter_latency_s: float,
 ) -> float:
     """Seconds of one stage's data-parallel gradient sync across its `dp_size` devices on `nodes` nodes.
+
+    Gradients travel at `grad_reduce_bytes` per element (`PlanOptions.grad_reduce_dtype`), parameters at the
+    working copy's `param_bytes`.
 
     ZeRO-0: all-reduce of the gradients = reduce-scatter + all-gather of the gradient bytes. ZeRO-1/2:
     reduce-scatter of the gradients then all-gather of the updated parameters (the same volume when both are
@@ -169,6 +173,6 @@ def grad_sync_s(
         intra_latency_s=intra_latency_s,
         inter_latency_s=inter_latency_s,
     )
-    grad_bytes = num_params * profile.grad_bytes
+    grad_bytes = num_params * grad_reduce_bytes
     gathered = grad_bytes if zero_stage == 0 else num_params * profile.param_bytes
     return phase(grad_bytes) + phase(gathered)

@@ -205,9 +205,15 @@ class CostModel:
             dp_size=block,
             nodes=nodes,
             zero_stage=self.options.zero_stage,
+            grad_reduce_bytes=self.grad_reduce_bytes,
             intra_latency_s=self.cluster.intra_node_latency_s,
             inter_latency_s=self.cluster.inter_node_latency_s,
         )
+
+    @property
+    def grad_reduce_bytes(self) -> int:
+        """Bytes per gradient element in data-parallel reductions (`PlanOptions.grad_reduce_dtype`)."""
+        return self.options.grad_reduce_dtype.element_bytes(self.model.bytes_per_element)
 
     # ---- memory ------------------------------------------------------------------------------------------
     @property

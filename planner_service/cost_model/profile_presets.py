@@ -50,9 +50,16 @@ effective collective numbers (FlexSP measured ~97-120 GB/s NVLink and ~5-10 GB/s
 P2P_BW_FRACTION = 1.0
 """Pipeline send/recv bytes/s as a fraction of the per-device bandwidth (one stream per device pair)."""
 
-ALLREDUCE_BW_FRACTION = 1.0
-"""Ring all-reduce *bus* bandwidth as a fraction of the per-device bandwidth (NCCL's busbw, which the ring
-formula 2(d-1)/d * bytes / busbw turns into time)."""
+INTRA_ALLREDUCE_TO_ALLTOALL = 2.3
+"""Intra-node all-reduce bus bandwidth / intra-node all-to-all bandwidth, used when the cluster does not give
+`intra_node_allreduce_bandwidth`. On the same DGX A100 (NVLink3 through NVSwitch), nccl-tests reach ~230 GB/s
+all_reduce bus bandwidth while FlexSP measured ~100 GB/s for all-to-all (its Fig./§6 numbers): ring reductions
+stream large contiguous messages over all NVLinks, all-to-all sends many small ones. On the A800 preset
+(67 GB/s all-to-all) this gives ~154 GB/s, i.e. 2/3 of the A100's 230 GB/s as its NVLink is 400 vs 600 GB/s."""
+
+INTER_ALLREDUCE_BW_FRACTION = 1.0
+"""Inter-node reduction bandwidth as a fraction of the per-device network bandwidth: the hierarchical phase
+across nodes moves each device's 1/k shard on its own NIC share, which streams at the rate all-to-all sees."""
 
 # --- memory ------------------------------------------------------------------------------------------
 MEMORY_RESERVE_BYTES = 2.5 * GIB
@@ -109,6 +116,13 @@ def head_activation_bytes_per_token(model: ModelSpec) -> float:
     return 2.0 * model.hidden_size * model.bytes_per_element + NORM_STATS_BYTES + LOGIT_BYTES * model.vocab_size
 
 
+def intra_allreduce_bandwidth(cluster: ClusterSpec) -> float:
+    """The cluster's intra-node all-reduce bus bandwidth, or the all-to-all figure x INTRA_ALLREDUCE_TO_ALLTOALL."""
+    if cluster.intra_node_allreduce_bandwidth is not None:
+        return cluster.intra_node_allreduce_bandwidth
+    return cluster.intra_node_bandwidth * INTRA_ALLREDUCE_TO_ALLTOALL
+
+
 def memory_reserve_bytes(cluster: ClusterSpec) -> float:
     return min(MEMORY_RESERVE_BYTES, MEMORY_RESERVE_MAX_FRACTION * cluster.device_memory_bytes)
 
@@ -132,7 +146,8 @@ def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
         name=f"preset:{cluster.name}/{model.name}",
         source=(
             f"planner_service.cost_model.profile_presets: MFU {MATMUL_MFU}, attention efficiency "
-            f"{ATTENTION_EFFICIENCY}, backward/forward {BACKWARD_TO_FORWARD}, collectives at cluster bandwidths"
+            f"{ATTENTION_EFFICIENCY}, backward/forward {BACKWARD_TO_FORWARD}, collectives at cluster bandwidths "
+            f"(intra-node all-reduce bus bandwidth {intra_allreduce_bandwidth(cluster) / 1e9:.0f} GB/s)"
         ),
         attn_s_per_token2=attn_s,
         linear_s_per_token=linear_s,
@@ -146,8 +161,8 @@ def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
         p2p_bw_intra=intra * P2P_BW_FRACTION,
         p2p_bw_inter=inter * P2P_BW_FRACTION,
         p2p_latency_s=cluster.intra_node_latency_s,
-        allreduce_bw_intra=intra * ALLREDUCE_BW_FRACTION,
-        allreduce_bw_inter=inter * ALLREDUCE_BW_FRACTION,
+        allreduce_bw_intra=intra_allreduce_bandwidth(cluster),
+        allreduce_bw_inter=inter * INTER_ALLREDUCE_BW_FRACTION,
         activation_bytes_per_token_layer=activation_bytes_per_token_layer(model),
         checkpoint_bytes_per_token_layer=checkpoint_bytes_per_token_layer(model),
         kv_bytes_per_token_layer=kv_bytes_per_token_layer(model),

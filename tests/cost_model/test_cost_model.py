@@ -141,6 +141,9 @@ def test_p2p_intra_and_inter() -> None:
 
 
 def test_grad_sync_hierarchical() -> None:
+    """Gradients reduced in the model's 2-byte dtype (`grad_reduce_dtype="model"`), which these numbers assume;
+    the fp32 default is pinned in test_comm_bandwidths.py."""
+    cost = CostModel.from_specs(CLUSTER, MODEL, PROFILE, PlanOptions(grad_reduce_dtype="model"))
     pipeline = PipelineSpec.even(4, 2)  # stage 0: layers 0-1 + embedding; stage 1: layers 2-3 + head
     n0 = 2 * 34_944 + 256 * 64
     n1 = 2 * 34_944 + 64 + 256 * 64
@@ -149,18 +152,18 @@ def test_grad_sync_hierarchical() -> None:
     # P=2 on 2 nodes x 4: stage 0's block is node 0 (4 devices): reduce-scatter + all-gather of 2*n0 bytes,
     # each 3/4 * bytes / 1e9 + 3 intra latencies (5e-6)
     expected = 2 * (0.75 * 2 * n0 / 1e9 + 3 * 5e-6)
-    assert COST.grad_sync_s(0, pipeline) == pytest.approx(expected)
+    assert cost.grad_sync_s(0, pipeline) == pytest.approx(expected)
     # P=1: one block of 8 over both nodes, hierarchical: per phase 3/4 * B / 1e9 + 3 * 5e-6 inside each node,
     # then 1/2 * (B / 4) / 1e8 + 1 * 2e-5 across the two nodes on each device's own link
     whole = PipelineSpec.even(4, 1)
     b = 2 * memory_model.stage_params(MODEL, whole, 0)
     per_phase = 0.75 * b / 1e9 + 3 * 5e-6 + 0.5 * (b / 4) / 1e8 + 2e-5
-    assert COST.grad_sync_s(0, whole) == pytest.approx(2 * per_phase)
-    assert COST.grad_sync_s(0, PipelineSpec.even(4, 4)) > 0
+    assert cost.grad_sync_s(0, whole) == pytest.approx(2 * per_phase)
+    assert cost.grad_sync_s(0, PipelineSpec.even(4, 4)) > 0
     one_device = ClusterSpec(**{**CLUSTER.model_dump(), "num_nodes": 1, "devices_per_node": 1})
     assert CostModel.from_specs(one_device, MODEL, PROFILE).grad_sync_s(0, whole) == 0.0
     # ZeRO-2: reduce-scatter grads + all-gather params, same volume when both are 2-byte
-    zero2 = CostModel.from_specs(CLUSTER, MODEL, PROFILE, PlanOptions(zero_stage=2))
+    zero2 = CostModel.from_specs(CLUSTER, MODEL, PROFILE, PlanOptions(zero_stage=2, grad_reduce_dtype="model"))
     assert zero2.grad_sync_s(0, pipeline) == pytest.approx(expected)
 
 
