@@ -70,7 +70,7 @@ def options_that_fit(ctx: PlanningContext, pipeline: PipelineSpec) -> PlanningCo
     all-reduce; the plan records the stage it needs so the executor applies it).
     """
     for stage in range(ctx.options.zero_stage, 4):
-        options = PlanOptions(zero_stage=ZeroStage(stage))
+        options = ctx.options.model_copy(update={"zero_stage": ZeroStage(stage)})
         cost = replace(ctx.cost, options=options)
         dp = cost.dp_size(pipeline)
         states = max(cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
