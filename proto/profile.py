@@ -17,7 +17,9 @@ class CostProfile(BaseModel):
         t = (attn_s_per_token2 * sum_seg((C + len)^2 - C^2) + linear_s_per_token * sum_seg(len)) / s
             + layer_overhead_s
     where C is the context (earlier tokens of the same sequence) of each segment.
-    Backward = backward_to_forward * forward.
+    Backward splits the same way: attention_backward_to_forward * (attention term) + linear_backward_to_forward *
+    (linear term + layer_overhead_s), since flash attention's backward costs more relative to its forward
+    (~2.5x) than a GEMM's (2x).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,7 +30,16 @@ class CostProfile(BaseModel):
     attn_s_per_token2: float = Field(ge=0, description="a2: seconds per unit of sum((C+len)^2 - C^2), per layer.")
     linear_s_per_token: float = Field(ge=0, description="a1: seconds per token per layer (projections, MLP).")
     layer_overhead_s: float = Field(default=0.0, ge=0, description="b: fixed seconds per layer call.")
-    backward_to_forward: float = Field(default=2.0, ge=0.5, le=5.0, description="k_b: backward / forward time.")
+    linear_backward_to_forward: float = Field(
+        default=2.0,
+        ge=0.5,
+        le=5.0,
+        description="k_lin: backward / forward time of the GEMMs (projections, MLP, LM head), of the per-call "
+        "overhead and of the loss.",
+    )
+    attention_backward_to_forward: float = Field(
+        default=2.5, ge=0.5, le=5.0, description="k_attn: backward / forward time of causal attention."
+    )
     head_s_per_token: float = Field(default=0.0, ge=0, description="LM head + loss forward seconds per token.")
     # collectives (effective per-device bytes/s and per-call latency)
     alltoall_bw_intra: float = Field(gt=0, description="All-to-all bytes/s per device inside one node.")

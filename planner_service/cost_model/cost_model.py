@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from planner_service.cost_model import comm_model, compute_model, memory_model
 from planner_service.cost_model.profile_presets import profile_for
@@ -57,6 +58,27 @@ class OpCost:
         return self.compute_s + self.comm_s + self.recompute_s
 
 
+class LayerTerms(NamedTuple):
+    """Per-device seconds of one chunk on one layer of a lane (and of the LM head): the blocks of every op cost.
+
+    The first two (forward compute, all-to-alls) are what a forward layer costs; a named tuple because the
+    simulator builds one per (chunk, placement) of every lane.
+    """
+
+    forward_s: float
+    """One layer's forward compute."""
+    alltoall_s: float
+    """Its 4 Ulysses all-to-alls (the same again in backward)."""
+    head_s: float
+    """LM head + loss forward."""
+    backward_s: float
+    """One layer's backward compute (attention and GEMMs each at their own backward/forward factor)."""
+    head_backward_s: float
+    """LM head + loss backward."""
+    alltoall: comm_model.LinkTimes
+    """The all-to-alls split by link class."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CostModel:
     """Time and memory of chunks, stages and collectives for one (cluster, model, profile, options)."""
@@ -91,27 +113,31 @@ class CostModel:
         """Forward compute seconds of one layer for (context, length) segments on a lane of SP degree s."""
         return compute_model.layer_forward_segments_s(self.profile, segments, sp_degree)
 
-    def layer_terms(
-        self, chunk: Chunk | ChunkShape, *, sp_degree: int, spans_nodes: bool
-    ) -> tuple[float, float, float]:
-        """(one layer's forward compute, one layer's forward all-to-alls, LM-head forward) seconds per device.
+    def layer_terms(self, chunk: Chunk | ChunkShape, *, sp_degree: int, spans_nodes: bool) -> LayerTerms:
+        """Per-device seconds of one layer's forward, all-to-alls and backward, and of the LM head, for a chunk.
 
         The building blocks of every op cost; the simulator calls this once per (chunk, placement).
         """
         shape = ChunkShape.of(chunk)
-        layer = compute_model.layer_forward_s(
-            self.profile, attn_pairs=shape.attn_pairs, num_tokens=shape.num_tokens, sp_degree=sp_degree
+        pairs, tokens, p = shape.attn_pairs, shape.num_tokens, self.profile
+        a2a = self.alltoall_layer_links(tokens, sp_degree, spans_nodes)
+        return LayerTerms(
+            forward_s=compute_model.layer_forward_s(p, attn_pairs=pairs, num_tokens=tokens, sp_degree=sp_degree),
+            alltoall_s=a2a.duration_s,
+            head_s=compute_model.head_forward_s(p, num_tokens=tokens, sp_degree=sp_degree),
+            backward_s=compute_model.layer_backward_s(p, attn_pairs=pairs, num_tokens=tokens, sp_degree=sp_degree),
+            head_backward_s=compute_model.head_backward_s(p, num_tokens=tokens, sp_degree=sp_degree),
+            alltoall=a2a,
         )
-        a2a = self.alltoall_layer_s(shape.num_tokens, sp_degree, spans_nodes)
-        head = compute_model.head_forward_s(self.profile, num_tokens=shape.num_tokens, sp_degree=sp_degree)
-        return layer, a2a, head
 
     def stage_forward_s(
         self, chunk: Chunk | ChunkShape, *, sp_degree: int, num_layers: int, spans_nodes: bool, is_last_stage: bool
     ) -> OpCost:
         """F(chunk) on a stage of `num_layers` layers: layers (+ LM head on the last stage) and their all-to-alls."""
-        layer, a2a, head = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
-        return OpCost(compute_s=num_layers * layer + (head if is_last_stage else 0.0), comm_s=num_layers * a2a)
+        t = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
+        return OpCost(
+            compute_s=num_layers * t.forward_s + (t.head_s if is_last_stage else 0.0), comm_s=num_layers * t.alltoall_s
+        )
 
     def stage_backward_s(
         self,
@@ -123,14 +149,14 @@ class CostModel:
         is_last_stage: bool,
         recompute_layers: int = 0,
     ) -> OpCost:
-        """B(chunk): k_b × forward compute, the backward all-to-alls, and the forward of the recomputed layers."""
-        layer, a2a, head = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
+        """B(chunk): the layers' (+ LM head's) backward, the backward all-to-alls, and the forward (with its
+        all-to-alls) of the recomputed layers."""
+        t = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
         r = min(max(recompute_layers, 0), num_layers)
-        fwd = num_layers * layer + (head if is_last_stage else 0.0)
         return OpCost(
-            compute_s=compute_model.backward_s(self.profile, fwd),
-            comm_s=num_layers * a2a,
-            recompute_s=r * (layer + a2a),
+            compute_s=num_layers * t.backward_s + (t.head_backward_s if is_last_stage else 0.0),
+            comm_s=num_layers * t.alltoall_s,
+            recompute_s=r * (t.forward_s + t.alltoall_s),
         )
 
     def chunk_cost_s(
@@ -170,12 +196,13 @@ class CostModel:
         Sequences unsliced, s = 1, all layers + the LM head, no communication, no recompute, no bubbles, and no
         per-call overhead b (it depends on how the plan packs chunks, so a bound must leave it out).
         """
-        p = self.profile
-        pairs = float(sum(n * n for n in batch.lengths))
-        tokens = float(sum(batch.lengths))
-        fwd = self.model.num_layers * (p.attn_s_per_token2 * pairs + p.linear_s_per_token * tokens)
-        fwd += p.head_s_per_token * tokens
-        return (1.0 + p.backward_to_forward) * fwd / self.cluster.num_devices
+        work = compute_model.training_s(
+            self.profile,
+            attn_pairs=float(sum(n * n for n in batch.lengths)),
+            num_tokens=float(sum(batch.lengths)),
+            num_layers=self.model.num_layers,
+        )
+        return work / self.cluster.num_devices
 
     # ---- communication -----------------------------------------------------------------------------------
     def alltoall_layer_s(self, num_tokens: int, sp_degree: int, spans_nodes: bool) -> float:

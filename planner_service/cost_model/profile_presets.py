@@ -26,10 +26,14 @@ FlashAttention-2 (Dao 2023) reports 50-73% of A100 peak for the forward pass at 
 and less for causal masks and shorter rows; 0.4-0.5 is the usual planning figure for mixed real workloads.
 """
 
-BACKWARD_TO_FORWARD = 2.0
-"""Backward / forward time: two GEMMs (input and weight gradients) per forward GEMM (Kaplan et al. 2020's
-6ND = 2ND forward + 4ND backward). Flash-attention backward is ~2.5x its forward, but attention is the smaller
-share for most chunks, so one factor of 2 is used for the whole layer."""
+LINEAR_BACKWARD_TO_FORWARD = 2.0
+"""Backward / forward time of the GEMMs: two GEMMs (input and weight gradients) per forward GEMM (Kaplan et al.
+2020's 6ND = 2ND forward + 4ND backward); also applied to the per-call overhead and the LM head + loss."""
+
+ATTENTION_BACKWARD_TO_FORWARD = 2.5
+"""Backward / forward time of causal flash attention: the backward recomputes QK^T and runs dV, dP, dQ, dK — five
+matmuls against the forward's two — so it does 2.5x the forward's FLOPs (Dao 2023, FlashAttention-2 §4, which
+counts backward FLOPs as 2.5x forward), at a similar or lower fraction of peak."""
 
 KERNELS_PER_LAYER = 12
 """Kernel launches per layer forward (2 norms, fused QKV, RoPE, attention, out-proj, 2 residual adds, gate/up,
@@ -146,13 +150,15 @@ def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
         name=f"preset:{cluster.name}/{model.name}",
         source=(
             f"planner_service.cost_model.profile_presets: MFU {MATMUL_MFU}, attention efficiency "
-            f"{ATTENTION_EFFICIENCY}, backward/forward {BACKWARD_TO_FORWARD}, collectives at cluster bandwidths "
+            f"{ATTENTION_EFFICIENCY}, backward/forward {LINEAR_BACKWARD_TO_FORWARD} (GEMMs) and "
+            f"{ATTENTION_BACKWARD_TO_FORWARD} (attention), collectives at cluster bandwidths "
             f"(intra-node all-reduce bus bandwidth {intra_allreduce_bandwidth(cluster) / 1e9:.0f} GB/s)"
         ),
         attn_s_per_token2=attn_s,
         linear_s_per_token=linear_s,
         layer_overhead_s=KERNELS_PER_LAYER * KERNEL_LAUNCH_S,
-        backward_to_forward=BACKWARD_TO_FORWARD,
+        linear_backward_to_forward=LINEAR_BACKWARD_TO_FORWARD,
+        attention_backward_to_forward=ATTENTION_BACKWARD_TO_FORWARD,
         head_s_per_token=head_s,
         alltoall_bw_intra=intra * ALLTOALL_BW_FRACTION,
         alltoall_bw_inter=inter * ALLTOALL_BW_FRACTION,

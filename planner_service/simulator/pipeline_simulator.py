@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Literal, NamedTuple
 
-from planner_service.cost_model import ChunkShape, CostModel
+from planner_service.cost_model import ChunkShape, CostModel, LayerTerms
 from planner_service.simulator.memory_timeline import stage_memory
 from proto import Batch, Lane, Plan, Predicted
 
@@ -187,11 +187,10 @@ def _simulate_lane(
 
     shapes = [ChunkShape.of(c) for c in chunks]
     tokens = [sh.num_tokens for sh in shapes]
-    kb = cost.profile.backward_to_forward
 
     # ---- per-stage op costs ------------------------------------------------------------------------------
     spans = [cluster.spans_nodes(lane.ranks[p]) for p in range(num_stages)]
-    terms_by_span: dict[bool, list[tuple[float, float, float]]] = {}
+    terms_by_span: dict[bool, list[LayerTerms]] = {}
     for sp in set(spans):
         terms_by_span[sp] = [cost.layer_terms(sh, sp_degree=s, spans_nodes=sp) for sh in shapes]
     f_cost: list[list[tuple[float, float]]] = []  # [p][c] -> (compute, comm)
@@ -203,12 +202,12 @@ def _simulate_lane(
         rec = lane.recompute[p]
         fp, bp = [], []
         for c in range(num_chunks):
-            layer, a2a, head = terms[c]
-            fwd = layers * layer + (head if last else 0.0)
-            comm = layers * a2a
+            term = terms[c]
+            comm = layers * term.alltoall_s
             r = min(max(rec[c], 0), layers)
-            fp.append((fwd, comm))
-            bp.append((r * (layer + a2a), kb * fwd, comm))
+            fp.append((layers * term.forward_s + (term.head_s if last else 0.0), comm))
+            backward = layers * term.backward_s + (term.head_backward_s if last else 0.0)
+            bp.append((r * (term.forward_s + term.alltoall_s), backward, comm))
         f_cost.append(fp)
         b_cost.append(bp)
     p2p = []  # [p][c]: send from stage p to p+1 (activations) or p+1 to p (gradients): same size and link
