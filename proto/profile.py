@@ -59,6 +59,20 @@ class CostProfile(BaseModel):
         gt=0, description="Bytes kept per token per recomputed layer (its input), s=1."
     )
     kv_bytes_per_token_layer: float = Field(gt=0, description="K and V bytes per token per layer, s=1.")
+    ulysses_extra_bytes_per_token_layer: float = Field(
+        default=0.0,
+        ge=0,
+        description="Bytes per token per layer kept on top of activation_bytes_per_token_layer when the SP degree "
+        "is above 1 and the layer does not recompute: a fused attention kernel saves its head-sharded output "
+        "while the out-projection saves the sequence-sharded copy (at s=1 they are one tensor). Replicated K/V "
+        "heads (num_kv_heads < s) are priced from kv_bytes_per_token_layer, not here.",
+    )
+    attention_saves_prefix_kv: bool = Field(
+        default=True,
+        description="True when the attention kernel saves, for backward, the concatenation [earlier slices' K/V; "
+        "the chunk's own K/V] of a chunk whose segments attend to a prefix (fused flash / varlen kernels on "
+        "CUDA); False when it keeps the prefix pieces by reference (the executor's exact SDPA path).",
+    )
     head_activation_bytes_per_token: float = Field(
         default=0.0, ge=0, description="Bytes kept per token by the LM head/loss on the last stage."
     )

@@ -25,6 +25,12 @@ def tokens_per_device(num_tokens: int, sp_degree: int) -> int:
     return math.ceil(num_tokens / sp_degree)
 
 
+def kv_head_replication(model: ModelSpec, sp_degree: int) -> float:
+    """How many copies of each K/V head Ulysses makes: 1, or s / num_kv_heads when there are fewer K/V heads than
+    SP ranks (each rank needs the K/V head its query heads use; `executor.ulysses.kv_replication`)."""
+    return max(model.num_kv_heads, sp_degree) / model.num_kv_heads
+
+
 def ulysses_kv_width(model: ModelSpec, sp_degree: int) -> int:
     """Elements per token of K (or V) that enter the all-to-all.
 

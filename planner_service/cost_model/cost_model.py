@@ -19,27 +19,32 @@ from proto.topology import Topology
 
 @dataclass(frozen=True, slots=True)
 class ChunkShape:
-    """What the cost of a chunk depends on: its token count and its causal attention pairs Σ((C+L)^2 − C^2)."""
+    """What the cost of a chunk depends on: its token count, its causal attention pairs Σ((C+L)^2 − C^2), and the
+    K/V rows a fused attention kernel concatenates when some segment attends to a prefix."""
 
     num_tokens: int
     attn_pairs: float
+    prefix_kv_rows: int = 0
+    """Σ(L + C) over the chunk's segments when any has a context C > 0 (the fused kernels pack every segment's
+    keys as [prefix; own] into one new tensor, `executor.attention._packed_with_context`), else 0."""
 
     @classmethod
     def of(cls, chunk: Chunk | ChunkShape) -> ChunkShape:
         if isinstance(chunk, ChunkShape):
             return chunk
-        tokens, pairs = 0, 0
-        for seg in chunk.segments:
-            c, e = seg.start, seg.end
-            tokens += e - c
-            pairs += e * e - c * c
-        return cls(num_tokens=tokens, attn_pairs=float(pairs))
+        return cls.from_segments((seg.start, seg.end - seg.start) for seg in chunk.segments)
 
     @classmethod
     def from_segments(cls, segments: Iterable[tuple[int, int]]) -> ChunkShape:
         """From (context, length) pairs, e.g. [(0, n)] for a whole sequence of n tokens."""
         segs = list(segments)
-        return cls(num_tokens=sum(n for _, n in segs), attn_pairs=compute_model.attention_pairs(segs))
+        tokens = sum(n for _, n in segs)
+        context = sum(c for c, _ in segs)
+        return cls(
+            num_tokens=tokens,
+            attn_pairs=compute_model.attention_pairs(segs),
+            prefix_kv_rows=tokens + context if context else 0,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,14 +272,20 @@ class CostModel:
         recompute_layers: int = 0,
         is_last_stage: bool = False,
     ) -> float:
-        """Bytes one device keeps for a chunk between its forward and backward (`chunk` may be a token count)."""
-        tokens = chunk if isinstance(chunk, int) else ChunkShape.of(chunk).num_tokens
+        """Bytes one device keeps for a chunk between its forward and backward.
+
+        `chunk` may be a token count: a chunk without K/V prefix (a prefix's concatenated K/V needs the segments).
+        """
+        shape = _shape_of(chunk)
         return memory_model.chunk_activation_bytes(
             self.profile,
-            tokens_per_device=comm_model.tokens_per_device(tokens, sp_degree),
+            self.model,
+            tokens_per_device=comm_model.tokens_per_device(shape.num_tokens, sp_degree),
+            sp_degree=sp_degree,
             num_layers=num_layers,
             recompute_layers=recompute_layers,
             is_last_stage=is_last_stage,
+            prefix_kv_rows=shape.prefix_kv_rows,
         )
 
     def kv_bytes(self, num_tokens: int, sp_degree: int, num_layers: int) -> float:
@@ -284,12 +295,15 @@ class CostModel:
         )
 
     def transient_bytes(self, chunk: Chunk | ChunkShape | int, *, sp_degree: int, is_last_stage: bool) -> float:
-        """Working memory on top of what is held while an op of this chunk runs."""
-        tokens = chunk if isinstance(chunk, int) else ChunkShape.of(chunk).num_tokens
+        """Working memory on top of what is held while an op of this chunk runs (`chunk` as above)."""
+        shape = _shape_of(chunk)
         return memory_model.transient_bytes(
             self.profile,
-            tokens_per_device=comm_model.tokens_per_device(tokens, sp_degree),
+            self.model,
+            tokens_per_device=comm_model.tokens_per_device(shape.num_tokens, sp_degree),
+            sp_degree=sp_degree,
             is_last_stage=is_last_stage,
+            prefix_kv_rows=shape.prefix_kv_rows,
         )
 
     # ---- placement helpers -------------------------------------------------------------------------------
@@ -300,3 +314,10 @@ class CostModel:
     def dp_size(self, pipeline: PipelineSpec) -> int:
         """Devices holding one stage (the stage block, N / P): its data-parallel degree."""
         return self.topology(pipeline).stage_block_size
+
+
+def _shape_of(chunk: Chunk | ChunkShape | int) -> ChunkShape:
+    """A token count stands for a chunk of whole sequences (no K/V prefix)."""
+    if isinstance(chunk, int):
+        return ChunkShape(num_tokens=chunk, attn_pairs=0.0)
+    return ChunkShape.of(chunk)

@@ -81,8 +81,27 @@ SOFTMAX_STATS_BYTES = 4
 NORM_STATS_BYTES = 4
 """RMSNorm saves one fp32 reciprocal RMS per token for backward."""
 
-LOGIT_BYTES = 4
-"""Cross-entropy keeps the logits (or softmax) in fp32 per token per vocabulary entry for backward."""
+LOSS_MIN_ELEMENT_BYTES = 4
+"""The loss runs in at least fp32: a 16-bit model's logits are upcast before the cross-entropy (Megatron-LM and
+torchtitan do, and the executor will under mixed precision), so the saved log-softmax is fp32; a 32- or 64-bit
+model (the CPU runs) computes it in its own dtype. Bytes per logit = max(this, bytes_per_element)."""
+
+ATTENTION_SAVES_PREFIX_KV = True
+"""The presets describe the executor's fused CUDA attention (flash-attn varlen, or torch's varlen kernel): for a
+chunk that attends to earlier slices it builds one [prefix; own] K/V tensor per layer and the kernel saves it for
+backward (`executor.attention._varlen_inputs`). Its exact CPU path keeps the prefix pieces instead."""
+
+
+def logit_bytes(model: ModelSpec) -> int:
+    """Bytes per saved logit of the loss: fp32 for a 16-bit model, the model's dtype when it is wider."""
+    return max(LOSS_MIN_ELEMENT_BYTES, model.bytes_per_element)
+
+
+def ulysses_extra_bytes_per_token_layer(model: ModelSpec) -> float:
+    """With SP degree > 1, flash attention saves its head-sharded output (h elements per token of the device's
+    share) while the out-projection saves the all-to-all's sequence-sharded copy of it; at s = 1 both are one
+    tensor, counted once in `activation_bytes_per_token_layer`."""
+    return float(model.hidden_size * model.bytes_per_element)
 
 
 def activation_bytes_per_token_layer(model: ModelSpec) -> float:
@@ -116,8 +135,8 @@ def kv_bytes_per_token_layer(model: ModelSpec) -> float:
 
 
 def head_activation_bytes_per_token(model: ModelSpec) -> float:
-    """Final norm input + output (2h elements, + fp32 rstd) and the fp32 logits kept by the loss."""
-    return 2.0 * model.hidden_size * model.bytes_per_element + NORM_STATS_BYTES + LOGIT_BYTES * model.vocab_size
+    """Final norm input + output (2h elements, + fp32 rstd) and the logits kept by the loss (`logit_bytes`)."""
+    return 2.0 * model.hidden_size * model.bytes_per_element + NORM_STATS_BYTES + logit_bytes(model) * model.vocab_size
 
 
 def intra_allreduce_bandwidth(cluster: ClusterSpec) -> float:
@@ -172,6 +191,8 @@ def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
         activation_bytes_per_token_layer=activation_bytes_per_token_layer(model),
         checkpoint_bytes_per_token_layer=checkpoint_bytes_per_token_layer(model),
         kv_bytes_per_token_layer=kv_bytes_per_token_layer(model),
+        ulysses_extra_bytes_per_token_layer=ulysses_extra_bytes_per_token_layer(model),
+        attention_saves_prefix_kv=ATTENTION_SAVES_PREFIX_KV,
         head_activation_bytes_per_token=head_activation_bytes_per_token(model),
         bytes_per_param_state=float(e + e + 12),  # working params + grads + fp32 master, Adam m and v
         param_bytes=float(e),

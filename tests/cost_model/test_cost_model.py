@@ -194,12 +194,16 @@ def test_tied_embeddings_cost_a_copy_on_the_last_stage_only_with_pipelining() ->
 
 
 def test_activation_bytes_with_recompute_and_head() -> None:
-    # 150 tokens over s=2 -> 75 per device; 3 layers, 1 recomputed: 75 * (100 * 2 + 10 * 1); + head 75 * 50
-    assert COST.chunk_activation_bytes(CHUNK, sp_degree=2, num_layers=3, recompute_layers=1) == 75 * 210
+    # 150 tokens over s=2 -> 75 per device; 3 layers, 1 recomputed: 75 * (100 * 2 + 10 * 1); + head 75 * 50.
+    # CHUNK's second segment is a slice with context 100, so the (fused) attention of each of the 2 kept layers
+    # also saves [prefix; own] K/V of all 100 + 50 + 100 = 250 rows, head-sharded: 250 / 2 * 8 B = 1000 per layer.
+    assert COST.chunk_activation_bytes(CHUNK, sp_degree=2, num_layers=3, recompute_layers=1) == 75 * 210 + 2000
     assert (
         COST.chunk_activation_bytes(CHUNK, sp_degree=2, num_layers=3, recompute_layers=1, is_last_stage=True)
-        == 75 * 260
+        == 75 * 260 + 2000
     )
+    # without a prefix (a token count stands for whole sequences) there is no concatenated copy
+    assert COST.chunk_activation_bytes(150, sp_degree=2, num_layers=3, recompute_layers=1) == 75 * 210
     # odd token counts are padded to a multiple of s
     assert COST.chunk_activation_bytes(151, sp_degree=2, num_layers=1) == 76 * 100
     assert COST.transient_bytes(150, sp_degree=2, is_last_stage=False) == 75 * 100

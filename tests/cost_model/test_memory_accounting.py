@@ -71,3 +71,28 @@ def test_simulated_peak_adds_the_reserve_once_and_validates_against_the_capacity
     assert preset_profile(cluster, model).memory_reserve_bytes == pytest.approx(
         profile_presets.MEMORY_RESERVE_MAX_FRACTION * cluster.device_memory_bytes
     )
+
+
+def test_ulysses_activation_holds_replicated_kv_and_a_second_attention_output() -> None:
+    """llama3-8b (h 4096, 8 K/V heads of 128 -> kv_dim 1024, f 14336, 32 heads, bf16) per token and layer at s = 1:
+    2 x (6 x 4096 + 2 x 1024 + 3 x 14336) + 4 x 32 (fp32 log-sum-exp) + 2 x 4 (fp32 rstd) = 139,400 bytes.
+    At s = 16 each rank holds 16/16 = 1 K/V head of 8 replicated to 16, i.e. twice the K/V of its token share:
+    + 2 x 1024 x 2 B = 4,096; and flash attention keeps its head-sharded output beside the out-projection's input:
+    + 4096 x 2 B = 8,192. A 16,384-token chunk (1,024 tokens per rank), one layer: 1,024 x 151,688 bytes."""
+    cluster, model = CLUSTERS["a800-80g-4x8"], MODELS["llama3-8b"]
+    cost = CostModel.from_specs(cluster, model)
+    assert cost.profile.activation_bytes_per_token_layer == 139_400
+    assert cost.chunk_activation_bytes(1024, sp_degree=1, num_layers=1) == 1024 * 139_400
+    assert cost.chunk_activation_bytes(16_384, sp_degree=16, num_layers=1) == 1024 * 151_688
+    # s = 8: one K/V head per rank, no replication; only the second copy of the output
+    assert cost.chunk_activation_bytes(8192, sp_degree=8, num_layers=1) == 1024 * (139_400 + 8_192)
+
+
+def test_logits_follow_the_loss_dtype() -> None:
+    """llama3-8b head (vocabulary 128,256): final norm in + out 2 x 4096 elements + fp32 rstd, and the saved
+    log-softmax: fp32 for the bf16 model (the loss upcasts), float64 for a float64 model (it does not narrow)."""
+    bf16 = preset_profile(CLUSTERS["a800-80g-4x8"], MODELS["llama3-8b"])
+    assert bf16.head_activation_bytes_per_token == 2 * 4096 * 2 + 4 + 4 * 128_256
+    wide = MODELS["llama3-8b"].model_copy(update={"bytes_per_element": 8})
+    f64 = preset_profile(CLUSTERS["a800-80g-4x8"], wide)
+    assert f64.head_activation_bytes_per_token == 2 * 4096 * 8 + 4 + 8 * 128_256
