@@ -197,9 +197,20 @@ class Predicted(BaseModel):
     )
     bubble_fraction: float = Field(default=0.0, ge=0, le=1)
     compute_s: float = Field(default=0.0, ge=0, description="Busiest device's compute seconds.")
-    comm_s: float = Field(default=0.0, ge=0, description="Busiest device's communication seconds.")
+    comm_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Busiest device's communication seconds: all-to-alls, sends, and the time data-parallel "
+        "collectives added to its ops.",
+    )
     recompute_s: float = Field(default=0.0, ge=0, description="Busiest device's recompute seconds.")
-    grad_sync_s: float = Field(default=0.0, ge=0, description="Data-parallel gradient sync seconds.")
+    grad_sync_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds of one rank's data-parallel collectives in the step on their own (gradient "
+        "reductions, ZeRO parameter gathers, per-chunk ones for the busiest lane's chunk count), the largest over "
+        "stages; the simulator overlaps most of them with compute.",
+    )
 
     @property
     def ratio_to_ideal(self) -> float | None:

@@ -51,6 +51,12 @@ class CostProfile(BaseModel):
     p2p_latency_s: float = Field(default=1e-5, ge=0, description="Per send/recv latency.")
     allreduce_bw_intra: float = Field(gt=0, description="Ring all-reduce bus bytes/s inside a node.")
     allreduce_bw_inter: float = Field(gt=0, description="Ring all-reduce bus bytes/s across nodes.")
+    grad_bucket_bytes: float = Field(
+        default=25 * 2**20,
+        gt=0,
+        description="Size of the gradient buckets data-parallel reductions are issued in while backward runs "
+        "(default 25 MiB, PyTorch DDP's bucket_cap_mb): the last bucket is what stays exposed after backward.",
+    )
     # memory
     activation_bytes_per_token_layer: float = Field(
         gt=0, description="Bytes kept per token per layer for backward without recompute (whole layer, s=1)."

@@ -9,7 +9,6 @@ all-to-all over a group spanning nodes) is described by `LinkTimes`: how long it
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -65,6 +64,14 @@ class LinkTimes:
     duration_s: float
     """Wall-clock seconds of the transfer alone (its link parts as they overlap or follow one another, plus
     latencies)."""
+
+    def scaled(self, factor: float) -> LinkTimes:
+        """`factor` such transfers one after another."""
+        return LinkTimes(self.intra_s * factor, self.inter_s * factor, self.duration_s * factor)
+
+    def __add__(self, other: LinkTimes) -> LinkTimes:
+        """This transfer, then `other`."""
+        return LinkTimes(self.intra_s + other.intra_s, self.inter_s + other.inter_s, self.duration_s + other.duration_s)
 
 
 NO_TRAFFIC = LinkTimes(0.0, 0.0, 0.0)
@@ -124,7 +131,7 @@ def p2p_s(profile: CostProfile, model: ModelSpec, *, num_tokens: int, sp_degree:
     )
 
 
-def hierarchical_phase_s(
+def hierarchical_phase_links(
     num_bytes: float,
     *,
     per_node: int,
@@ -133,52 +140,14 @@ def hierarchical_phase_s(
     inter_bw: float,
     intra_latency_s: float,
     inter_latency_s: float,
-) -> float:
+) -> LinkTimes:
     """One reduce-scatter (or all-gather) of `num_bytes` over `nodes` x `per_node` devices, done hierarchically
     as NCCL does across nodes: (k-1)/k of the data inside each node, then (n-1)/n of each device's 1/k shard
-    across nodes on that device's own network share, so every NIC of a node works at once."""
+    across nodes on that device's own network share, so every NIC of a node works at once. The two parts follow
+    one another (the inter-node part reduces what the intra-node part produced)."""
     k, n = per_node, nodes
     if k * n <= 1 or num_bytes <= 0:
-        return 0.0
+        return NO_TRAFFIC
     intra = (k - 1) / k * num_bytes / intra_bw + (k - 1) * intra_latency_s
     inter = (n - 1) / n * (num_bytes / k) / inter_bw + (n - 1) * inter_latency_s if n > 1 else 0.0
-    return intra + inter
-
-
-def grad_sync_s(
-    profile: CostProfile,
-    *,
-    num_params: int,
-    dp_size: int,
-    nodes: int,
-    zero_stage: int,
-    grad_reduce_bytes: float,
-    intra_latency_s: float,
-    inter_latency_s: float,
-) -> float:
-    """Seconds of one stage's data-parallel gradient sync across its `dp_size` devices on `nodes` nodes.
-
-    Gradients travel at `grad_reduce_bytes` per element (`PlanOptions.grad_reduce_dtype`), parameters at the
-    working copy's `param_bytes`.
-
-    ZeRO-0: all-reduce of the gradients = reduce-scatter + all-gather of the gradient bytes. ZeRO-1/2:
-    reduce-scatter of the gradients then all-gather of the updated parameters (the same volume when both are
-    the same dtype). ZeRO-3: the same, counted once per iteration: this assumes the per-layer parameter
-    gathers of forward/backward are prefetched and hidden under compute (a known optimism for ZeRO-3 with many
-    micro-batches; documented rather than guessed). Each phase is hierarchical across nodes.
-    """
-    if dp_size <= 1 or num_params <= 0:
-        return 0.0
-    nodes = max(1, min(nodes, dp_size))
-    phase = functools.partial(
-        hierarchical_phase_s,
-        per_node=dp_size // nodes,
-        nodes=nodes,
-        intra_bw=profile.allreduce_bw_intra,
-        inter_bw=profile.allreduce_bw_inter,
-        intra_latency_s=intra_latency_s,
-        inter_latency_s=inter_latency_s,
-    )
-    grad_bytes = num_params * grad_reduce_bytes
-    gathered = grad_bytes if zero_stage == 0 else num_params * profile.param_bytes
-    return phase(grad_bytes) + phase(gathered)
+    return LinkTimes(intra, inter, intra + inter)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from planner_service.cost_model import comm_model, compute_model, memory_model
+from planner_service.cost_model import comm_model, compute_model, data_parallel, memory_model
 from planner_service.cost_model.profile_presets import profile_for
 from proto import Batch, Chunk, ClusterSpec, CostProfile, ModelSpec, PipelineSpec, PlanOptions
 from proto.topology import Topology
@@ -227,20 +227,53 @@ class CostModel:
             self.profile, self.model, num_tokens=num_tokens, sp_degree=sp_degree, crosses_nodes=crosses_nodes
         )
 
-    def grad_sync_s(self, stage: int, pipeline: PipelineSpec) -> float:
-        """Data-parallel gradient sync of one stage across its stage block (N/P devices, hierarchical)."""
+    # ---- data-parallel collectives (the executor contract in `data_parallel`) ------------------------------
+    def stage_group(self, stage: int, pipeline: PipelineSpec) -> data_parallel.StageGroup:
+        """Stage `stage`'s data-parallel group: its block of N/P devices and the parameters it holds."""
         topology = self.topology(pipeline)
-        block, nodes = topology.stage_block_size, topology.nodes_of_stage(stage)
-        return comm_model.grad_sync_s(
-            self.profile,
-            num_params=memory_model.stage_params(self.model, pipeline, stage),
+        block = topology.stage_block_size
+        params = memory_model.stage_params(self.model, pipeline, stage)
+        layers = pipeline.layers_of(stage)
+        return data_parallel.StageGroup(
+            num_params=params,
+            num_units=layers + (1 if params > layers * self.model.params_per_layer else 0),
             dp_size=block,
-            nodes=nodes,
+            nodes=max(1, min(topology.nodes_of_stage(stage), block)),
+        )
+
+    def collective_calls(self, stage: int, pipeline: PipelineSpec) -> tuple[data_parallel.CollectiveCall, ...]:
+        """What stage `stage`'s block issues and when, under `options.zero_stage` (the executor contract)."""
+        return data_parallel.contract_calls(
+            self.stage_group(stage, pipeline),
             zero_stage=self.options.zero_stage,
-            grad_reduce_bytes=self.grad_reduce_bytes,
+            bucket_bytes=self.profile.grad_bucket_bytes,
+            grad_bytes=self.grad_reduce_bytes,
+            param_bytes=self.profile.param_bytes,
+        )
+
+    def stage_collectives(self, pipeline: PipelineSpec, *, max_chunks: int) -> list[data_parallel.StageCollectives]:
+        """Per stage, the collectives (counts, unsharded bytes) one rank takes part in during a step whose busiest
+        lane runs `max_chunks` chunks: what the executor's collectives are counted against."""
+        return [
+            data_parallel.stage_collectives(p, self.collective_calls(p, pipeline), max_chunks=max_chunks)
+            for p in range(pipeline.num_stages)
+        ]
+
+    def collective_times(self, stage: int, pipeline: PipelineSpec) -> data_parallel.StageCollectiveTimes:
+        """Stage `stage`'s data-parallel collectives priced on its block, in the pieces the simulator overlaps."""
+        return data_parallel.stage_collective_times(
+            self.stage_group(stage, pipeline),
+            self.collective_calls(stage, pipeline),
+            profile=self.profile,
             intra_latency_s=self.cluster.intra_node_latency_s,
             inter_latency_s=self.cluster.inter_node_latency_s,
         )
+
+    def grad_sync_s(self, stage: int, pipeline: PipelineSpec) -> float:
+        """Stage `stage`'s once-per-step collectives on their own: ZeRO-0 all-reduce, ZeRO-1 reduce-scatter +
+        parameter all-gather, ZeRO-2 parameter all-gather, ZeRO-3 none (its collectives are per chunk)."""
+        times = self.collective_times(stage, pipeline)
+        return times.step_sync.duration_s + times.after_step_s
 
     @property
     def grad_reduce_bytes(self) -> int:
