@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from planner_service.cost_model import ChunkShape, CostModel
-from planner_service.plan_assembly import LaneDraft, PlanningContext, assemble_plan, fits_memory
+from planner_service.plan_assembly import LaneDraft, PlanningContext, assemble_plan, fits_memory, zero_stage_contexts
 from planner_service.schedules import build_schedule
 from planner_service.simulator.memory_timeline import stage_memory
 from planner_service.solvers.bucketing import Bucket
@@ -192,11 +192,20 @@ class Candidate:
 
 
 def build_dynamic_plan(recipe: Recipe, *, exact_recompute: bool, recompute_time_limit_s: float = 0.2) -> Plan | None:
-    """Chunks, schedules and recompute for every lane, then the simulated plan; None when memory cannot fit.
+    """Chunks, schedules and recompute for every lane, then the simulated plan; None when memory cannot fit even
+    with model states sharded further (`zero_stage_contexts`).
 
     With `exact_recompute` each (lane, stage) that needs recompute is solved by the recompute ILP;
     otherwise by its greedy (used while searching knobs, the ILP polishes the winner).
     """
+    for ctx in zero_stage_contexts(recipe.ctx):
+        plan = _build_dynamic_plan_at(replace(recipe, ctx=ctx), exact_recompute, recompute_time_limit_s)
+        if plan is not None:
+            return plan
+    return None
+
+
+def _build_dynamic_plan_at(recipe: Recipe, exact_recompute: bool, recompute_time_limit_s: float) -> Plan | None:
     ctx, pipeline = recipe.ctx, recipe.pipeline
     cost = ctx.cost
     p_count = pipeline.num_stages

@@ -21,6 +21,7 @@ from planner_service.plan_assembly import (
     fits_memory,
     options_that_fit,
     uniform_recompute,
+    zero_stage_contexts,
 )
 from planner_service.strategies.packing import pack_next_fit
 from proto import Chunk, PipelineSpec, Plan, SolverInfo
@@ -95,14 +96,16 @@ def plan_static(ctx: PlanningContext) -> Plan:
         if layout.full_recompute and key in skip_full:
             continue  # no recompute already fits; full recompute can only be slower
         pipeline = PipelineSpec.even(ctx.model.num_layers, layout.num_stages)
-        layout_ctx = options_that_fit(ctx, pipeline)
-        plan, _ = assemble_plan(
-            layout_ctx,
-            strategy="static",
-            pipeline=pipeline,
-            drafts=static_drafts(layout_ctx, layout, pipeline),
-            solver=SolverInfo(backend="grid-search", status="optimal"),
-        )
+        for layout_ctx in zero_stage_contexts(options_that_fit(ctx, pipeline)):
+            plan, _ = assemble_plan(
+                layout_ctx,
+                strategy="static",
+                pipeline=pipeline,
+                drafts=static_drafts(layout_ctx, layout, pipeline),
+                solver=SolverInfo(backend="grid-search", status="optimal"),
+            )
+            if fits_memory(plan, ctx.cluster):
+                break
         tried += 1
         if not fits_memory(plan, ctx.cluster):
             continue
