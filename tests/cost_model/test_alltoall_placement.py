@@ -10,37 +10,15 @@ from __future__ import annotations
 import pytest
 
 from planner_service.cost_model import CostModel, comm_model
-from proto import ClusterSpec, CostProfile, ModelSpec
+from proto import ModelSpec
+from tests.cost_model.hand_specs import hand_cluster, hand_profile
 
 # MHA so no K/V head is replicated: every all-to-all moves hidden = 256 elements per token (q, k, v, out: 4 x 256)
 MODEL = ModelSpec(
     name="mha", num_layers=2, hidden_size=256, num_heads=32, num_kv_heads=32, ffn_hidden_size=512, vocab_size=64
 )
-CLUSTER = ClusterSpec(
-    name="t-4x8",
-    num_nodes=4,
-    devices_per_node=8,
-    device_memory_bytes=2**34,
-    peak_flops=1e12,
-    intra_node_bandwidth=1e11,
-    inter_node_bandwidth=1e9,
-)
-# latencies 0 so the times are pure bytes / bandwidth
-PROFILE = CostProfile(
-    attn_s_per_token2=0.0,
-    linear_s_per_token=1e-6,
-    alltoall_bw_intra=1e11,
-    alltoall_bw_inter=1e9,
-    alltoall_latency_intra_s=0.0,
-    alltoall_latency_inter_s=0.0,
-    p2p_bw_intra=1e11,
-    p2p_bw_inter=1e9,
-    allreduce_bw_intra=1e11,
-    allreduce_bw_inter=1e9,
-    activation_bytes_per_token_layer=1.0,
-    checkpoint_bytes_per_token_layer=1.0,
-    kv_bytes_per_token_layer=1.0,
-)
+CLUSTER = hand_cluster(4, 8, intra_node_bandwidth=1e11)
+PROFILE = hand_profile(alltoall_bw_intra=1e11, alltoall_bw_inter=1e9)  # latencies 0: times are bytes / bandwidth
 COST = CostModel.from_specs(CLUSTER, MODEL, PROFILE)
 MIB = 2**20
 

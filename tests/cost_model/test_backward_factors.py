@@ -11,22 +11,14 @@ import pytest
 
 from planner_service.cost_model import ChunkShape, CostModel
 from planner_service.simulator import simulate
-from proto import Batch, Chunk, ClusterSpec, CostProfile, Lane, ModelSpec, Op, PipelineSpec, Plan, Predicted, Segment
-from proto.fingerprint import fingerprint
+from proto import Batch, Chunk, Lane, ModelSpec, PipelineSpec, Segment
+from tests.cost_model.hand_specs import hand_cluster, hand_plan, hand_profile, ops
 
-CLUSTER = ClusterSpec(
-    name="t-1x2",
-    num_nodes=1,
-    devices_per_node=2,
-    device_memory_bytes=2**34,
-    peak_flops=1e12,
-    intra_node_bandwidth=1e10,
-    inter_node_bandwidth=1e9,
-)
+CLUSTER = hand_cluster(1, 2)
 MODEL = ModelSpec(
     name="t", num_layers=4, hidden_size=64, num_heads=8, num_kv_heads=8, ffn_hidden_size=128, vocab_size=256
 )
-PROFILE = CostProfile(
+PROFILE = hand_profile(
     attn_s_per_token2=1e-9,
     linear_s_per_token=1e-6,
     layer_overhead_s=1e-5,
@@ -34,16 +26,6 @@ PROFILE = CostProfile(
     attention_backward_to_forward=2.5,
     head_s_per_token=2e-6,
     alltoall_bw_intra=1e9,
-    alltoall_bw_inter=1e8,
-    alltoall_latency_intra_s=0.0,
-    p2p_bw_intra=1e12,
-    p2p_bw_inter=1e12,
-    p2p_latency_s=0.0,
-    allreduce_bw_intra=1e9,
-    allreduce_bw_inter=1e8,
-    activation_bytes_per_token_layer=1.0,
-    checkpoint_bytes_per_token_layer=1.0,
-    kv_bytes_per_token_layer=1.0,
 )
 COST = CostModel.from_specs(CLUSTER, MODEL, PROFILE)
 # a whole short sequence (C = 0, L = 100) and a slice (C = 100, L = 50): 150 tokens, pairs 100^2 + 150^2 - 100^2
@@ -96,19 +78,11 @@ def test_simulated_backward_op_uses_the_split_factors() -> None:
         sp_degree=1,
         ranks=[[0]],
         chunks=[Chunk(segments=[Segment(seq_id=0, start=0, end=1000)])],
-        schedule=[[Op(kind="F", chunk=0), Op(kind="B", chunk=0)]],
+        schedule=[ops("F0 B0")],
         recompute=[[0]],
     )
     idle = Lane(lane_id=1, sp_degree=1, ranks=[[1]], chunks=[], schedule=[[]], recompute=[[]])
-    plan = Plan(
-        strategy="test",
-        cluster_fingerprint=fingerprint(CLUSTER),
-        model_fingerprint=fingerprint(MODEL),
-        batch_fingerprint=batch.fingerprint,
-        pipeline=PipelineSpec.even(4, 1),
-        lanes=[lane, idle],
-        predicted=Predicted(iteration_s=0, ideal_s=0),
-    )
+    plan = hand_plan(CLUSTER, MODEL, batch, PipelineSpec.even(4, 1), [lane, idle])
     events = simulate(plan, batch, COST).events
     (b,) = [e for e in events if e.kind == "B"]
     assert b.duration_s == pytest.approx(22.08e-3)

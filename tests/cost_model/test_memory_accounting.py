@@ -13,8 +13,8 @@ import pytest
 from planner_service.cost_model import CostModel, preset_profile, profile_presets
 from planner_service.presets import CLUSTERS, MODELS
 from planner_service.simulator import simulate
-from proto import Batch, Chunk, Lane, Op, PipelineSpec, Plan, Predicted, Segment, validate_plan
-from proto.fingerprint import fingerprint
+from proto import Batch, Chunk, Lane, PipelineSpec, Predicted, Segment, validate_plan
+from tests.cost_model.hand_specs import hand_plan, ops
 
 GiB = 2**30
 
@@ -41,18 +41,10 @@ def test_simulated_peak_adds_the_reserve_once_and_validates_against_the_capacity
         sp_degree=2,
         ranks=[[0, 1]],
         chunks=[Chunk(segments=[Segment(seq_id=0, start=0, end=1024)])],
-        schedule=[[Op(kind="F", chunk=0), Op(kind="B", chunk=0)]],
+        schedule=[ops("F0 B0")],
         recompute=[[0]],
     )
-    plan = Plan(
-        strategy="test",
-        cluster_fingerprint=fingerprint(cluster),
-        model_fingerprint=fingerprint(model),
-        batch_fingerprint=batch.fingerprint,
-        pipeline=pipeline,
-        lanes=[lane],
-        predicted=Predicted(iteration_s=0, ideal_s=0),
-    )
+    plan = hand_plan(cluster, model, batch, pipeline, [lane])
     peak = simulate(plan, batch, cost).predicted.peak_memory_bytes
     # the reserve of a 4 GiB CPU device is capped at 10 % of it: 0.4 GiB
     reserve = 0.1 * 4 * GiB

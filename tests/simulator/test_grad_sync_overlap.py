@@ -19,15 +19,13 @@ from proto import (
     CostProfile,
     Lane,
     ModelSpec,
-    Op,
     PipelineSpec,
     Plan,
     PlanOptions,
-    Predicted,
     Segment,
     ZeroStage,
 )
-from proto.fingerprint import fingerprint
+from tests.cost_model.hand_specs import hand_cluster, hand_plan, hand_profile, ops
 
 # MHA, 2 layers of 4 x 64^2 + 3 x 64 x 128 + 2 x 64 = 41,088 parameters, embedding 256 x 64 = 16,384, final norm
 # 64 + LM head 16,384: 115,008 parameters; fp32 gradients 460,032 bytes, bf16 parameters 230,016 bytes.
@@ -38,58 +36,27 @@ PARAMS = 115_008
 
 
 def cluster(devices: int) -> ClusterSpec:
-    return ClusterSpec(
-        name=f"t-1x{devices}",
-        num_nodes=1,
-        devices_per_node=devices,
-        device_memory_bytes=2**34,
-        peak_flops=1e12,
-        intra_node_bandwidth=1e10,
-        inter_node_bandwidth=1e9,
-        intra_node_latency_s=0.0,
-        inter_node_latency_s=0.0,
-    )
+    return hand_cluster(1, devices, intra_node_latency_s=0.0, inter_node_latency_s=0.0)
 
 
 def profile(**overrides: float) -> CostProfile:
     """4 ms per token per layer of GEMMs (no attention term, no overhead), k_lin 2, no LM head time."""
     fields: dict[str, float] = {
-        "attn_s_per_token2": 0.0,
         "linear_s_per_token": 4e-3,
         "linear_backward_to_forward": 2.0,
         "alltoall_bw_intra": 96_000.0,
         "alltoall_bw_inter": 96_000.0,
-        "alltoall_latency_intra_s": 0.0,
-        "alltoall_latency_inter_s": 0.0,
         "p2p_bw_intra": 1e12,
-        "p2p_bw_inter": 1e12,
-        "p2p_latency_s": 0.0,
         "allreduce_bw_intra": 115_008.0,
         "allreduce_bw_inter": 115_008.0,
         "grad_bucket_bytes": float(PARAMS),  # 460,032 bytes of fp32 gradients: exactly 4 buckets
-        "activation_bytes_per_token_layer": 1.0,
-        "checkpoint_bytes_per_token_layer": 1.0,
-        "kv_bytes_per_token_layer": 1.0,
     }
     fields.update(overrides)
-    return CostProfile(**fields)
+    return hand_profile(**fields)
 
 
 def plan_of(devices: int, lanes: list[Lane], batch: Batch, zero: ZeroStage) -> Plan:
-    return Plan(
-        strategy="test",
-        cluster_fingerprint=fingerprint(cluster(devices)),
-        model_fingerprint=fingerprint(MODEL),
-        batch_fingerprint=batch.fingerprint,
-        options=PlanOptions(zero_stage=zero),
-        pipeline=PipelineSpec.even(2, 1),
-        lanes=lanes,
-        predicted=Predicted(iteration_s=0, ideal_s=0),
-    )
-
-
-def ops(text: str) -> list[Op]:
-    return [Op(kind=t[0], chunk=int(t[1:])) for t in text.split()]
+    return hand_plan(cluster(devices), MODEL, batch, PipelineSpec.even(2, 1), lanes, PlanOptions(zero_stage=zero))
 
 
 def sp4_lane() -> tuple[Plan, Batch]:

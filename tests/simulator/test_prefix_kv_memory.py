@@ -16,30 +16,14 @@ from executor.attention import resolve_backend, varlen_causal_attention
 from executor.prefix_attention import prefix_attention
 from planner_service.cost_model import CostModel
 from planner_service.simulator import simulate
-from proto import Batch, Chunk, ClusterSpec, CostProfile, Lane, ModelSpec, Op, PipelineSpec, Plan, Predicted, Segment
-from proto.fingerprint import fingerprint
+from proto import Batch, Chunk, Lane, ModelSpec, PipelineSpec, Plan, Segment
+from tests.cost_model.hand_specs import hand_cluster, hand_plan, hand_profile, ops
 
-CLUSTER = ClusterSpec(
-    name="t-1x1",
-    num_nodes=1,
-    devices_per_node=1,
-    device_memory_bytes=2**34,
-    peak_flops=1e12,
-    intra_node_bandwidth=1e10,
-    inter_node_bandwidth=1e9,
-)
+CLUSTER = hand_cluster(1, 1)
 MODEL = ModelSpec(
     name="t", num_layers=2, hidden_size=64, num_heads=8, num_kv_heads=2, ffn_hidden_size=128, vocab_size=256
 )
-PROFILE = CostProfile(
-    attn_s_per_token2=1e-9,
-    linear_s_per_token=1e-6,
-    alltoall_bw_intra=1e9,
-    alltoall_bw_inter=1e9,
-    p2p_bw_intra=1e9,
-    p2p_bw_inter=1e9,
-    allreduce_bw_intra=1e9,
-    allreduce_bw_inter=1e9,
+PROFILE = hand_profile(
     activation_bytes_per_token_layer=100.0,
     checkpoint_bytes_per_token_layer=10.0,
     kv_bytes_per_token_layer=8.0,
@@ -51,17 +35,10 @@ def three_slices() -> tuple[Plan, Batch]:
     """One 3000-token sequence cut in three 1000-token slices, one device, F0 F1 F2 B2 B1 B0, no recompute."""
     batch = Batch.from_lengths([3000])
     chunks = [Chunk(segments=[Segment(seq_id=0, start=a, end=a + 1000)]) for a in (0, 1000, 2000)]
-    schedule = [Op(kind="F", chunk=c) for c in (0, 1, 2)] + [Op(kind="B", chunk=c) for c in (2, 1, 0)]
-    lane = Lane(lane_id=0, sp_degree=1, ranks=[[0]], chunks=chunks, schedule=[schedule], recompute=[[0, 0, 0]])
-    plan = Plan(
-        strategy="test",
-        cluster_fingerprint=fingerprint(CLUSTER),
-        model_fingerprint=fingerprint(MODEL),
-        batch_fingerprint=batch.fingerprint,
-        pipeline=PipelineSpec.even(2, 1),
-        lanes=[lane],
-        predicted=Predicted(iteration_s=0, ideal_s=0),
+    lane = Lane(
+        lane_id=0, sp_degree=1, ranks=[[0]], chunks=chunks, schedule=[ops("F0 F1 F2 B2 B1 B0")], recompute=[[0, 0, 0]]
     )
+    plan = hand_plan(CLUSTER, MODEL, batch, PipelineSpec.even(2, 1), [lane])
     return plan, batch
 
 
