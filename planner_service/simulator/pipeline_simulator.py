@@ -126,28 +126,7 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
         totals = _simulate_lane(lane, plan, cost, collectives, lengths, events if record_events else None)
         per_lane.append(totals)
         lane_s.append(max((t.finish_s for t in totals), default=0.0))
-        idle_rounds = max_chunks - len(lane.chunks)
-        for p, t in enumerate(totals):  # join the block's remaining per-chunk collectives, without compute
-            extra = idle_rounds * collectives[p].idle_round_s
-            if extra > 0 and record_events:
-                events.append(_event(lane, p, "SYNC", -1, t.finish_s, t.finish_s + extra))
-            t.finish_s += extra
-            t.collective_s += extra
-
-    stage_end = []
-    for p in range(num_stages):
-        times = collectives[p]
-        finish = max(t[p].finish_s for t in per_lane)
-        last = [lb for totals in per_lane if (lb := totals[p].last_backward) is not None]
-        sync_end = max(finish, step_sync_end_s(times.step_sync, times.step_bucket_share, last))
-        stage_end.append(sync_end + times.after_step_s)
-        if record_events:
-            for lane, totals in zip(plan.lanes, per_lane, strict=True):
-                lb = totals[p].last_backward
-                if times.step_sync.duration_s > 0 and lb is not None:
-                    events.append(_event(lane, p, "SYNC", -1, first_bucket_s(lb, times.step_bucket_share), sync_end))
-                if times.after_step_s > 0:
-                    events.append(_event(lane, p, "SYNC", -1, sync_end, stage_end[p]))
+    stage_end = _stage_collectives_end(plan, per_lane, collectives, events if record_events else None)
     iteration_s = max(stage_end)
     if record_events:
         events.sort(key=attrgetter("start_s"))  # stable: ties keep lane, stage, op order
@@ -206,6 +185,43 @@ def _op_times(
     duration = overlapped_op_s(serial, alltoall, collectives)
     lead = collectives.lead_s if collectives.links.duration_s > 0 else 0.0
     return _OpTimes(recompute_s, compute_s, alltoall_s, duration, lead, alltoall, collectives.links.duration_s)
+
+
+def _stage_collectives_end(
+    plan: Plan,
+    per_lane: list[list[_StageTotals]],
+    collectives: list[StageCollectiveTimes],
+    events: list[TimelineEvent] | None,
+) -> list[float]:
+    """Per stage, when its data-parallel collectives end, after the lanes' own ops.
+
+    Lanes with fewer chunks than the busiest join its remaining per-chunk rounds without compute (their
+    finish moves); the bucketed ZeRO-0/1 reduction completes behind every lane's last backward; the ZeRO-1/2
+    parameter all-gather follows.
+    """
+    max_chunks = max(len(lane.chunks) for lane in plan.lanes)
+    for lane, totals in zip(plan.lanes, per_lane, strict=True):
+        for p, t in enumerate(totals):
+            extra = (max_chunks - len(lane.chunks)) * collectives[p].idle_round_s
+            if extra > 0 and events is not None:
+                events.append(_event(lane, p, "SYNC", -1, t.finish_s, t.finish_s + extra))
+            t.finish_s += extra
+            t.collective_s += extra
+    ends = []
+    for p, times in enumerate(collectives):
+        finish = max(totals[p].finish_s for totals in per_lane)
+        last = [lb for totals in per_lane if (lb := totals[p].last_backward) is not None]
+        sync_end = max(finish, step_sync_end_s(times.step_sync, times.step_bucket_share, last))
+        ends.append(sync_end + times.after_step_s)
+        if events is None:
+            continue
+        for lane, totals in zip(plan.lanes, per_lane, strict=True):
+            lb = totals[p].last_backward
+            if times.step_sync.duration_s > 0 and lb is not None:
+                events.append(_event(lane, p, "SYNC", -1, first_bucket_s(lb, times.step_bucket_share), sync_end))
+            if times.after_step_s > 0:
+                events.append(_event(lane, p, "SYNC", -1, sync_end, ends[p]))
+    return ends
 
 
 def _simulate_lane(
