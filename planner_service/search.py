@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from planner_service.assembly import LaneDraft, assemble_plan, fits_memory
-from planner_service.context import PlanningContext
+from planner_service.context import PlanningContext, zero_stage_contexts
 from planner_service.layout.chunks import cost_balanced_chunks
 from planner_service.layout.lanes import LaneSpec, buddy_offsets
 from planner_service.layout.memory_fit import memory_token_cap
@@ -92,11 +92,20 @@ class Proposal:
 
 
 def build_dynamic_plan(recipe: Recipe, *, exact_recompute: bool, recompute_time_limit_s: float = 0.2) -> Plan | None:
-    """Chunks, schedules and recompute for every lane, then the simulated plan; None when memory cannot fit.
+    """Chunks, schedules and recompute for every lane, then the simulated plan; None when memory cannot fit even
+    with model states sharded further (`zero_stage_contexts`).
 
     With `exact_recompute` each (lane, stage) that needs recompute is solved by the recompute ILP;
     otherwise by its greedy (used while searching knobs, the ILP polishes the winner).
     """
+    for ctx in zero_stage_contexts(recipe.ctx):
+        plan = _build_dynamic_plan_at(replace(recipe, ctx=ctx), exact_recompute, recompute_time_limit_s)
+        if plan is not None:
+            return plan
+    return None
+
+
+def _build_dynamic_plan_at(recipe: Recipe, exact_recompute: bool, recompute_time_limit_s: float) -> Plan | None:
     ctx, pipeline = recipe.ctx, recipe.pipeline
     cost = ctx.cost
     p_count = pipeline.num_stages

@@ -11,6 +11,7 @@ from proto.model import ModelSpec
 from proto.plan import (
     SCHEMA_VERSION,
     Chunk,
+    GradReduceDtype,
     Lane,
     Op,
     PipelineSpec,
@@ -35,6 +36,7 @@ __all__ = [
     "CostProfile",
     "ErrorBody",
     "Feedback",
+    "GradReduceDtype",
     "Lane",
     "ModelSpec",
     "Op",

@@ -10,11 +10,12 @@ batch.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
 from planner_service.assembly import LaneDraft, assemble_plan, fits_memory
-from planner_service.context import PlanningContext, options_that_fit
+from planner_service.context import PlanningContext, options_that_fit, zero_stage_contexts
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.chunks import capped_chunks
 from planner_service.layout.lanes import uniform_lanes
@@ -59,24 +60,24 @@ def plan_greedy(
         ctx = options_that_fit(job_ctx, pipeline)
         degrees = valid_sp_degrees(ctx.model, Topology.of(ctx.cluster, num_stages).stage_block_size)
         cap = max(1, math.ceil(longest / num_stages)) if num_stages > 1 else longest
-        for sp_degree in degrees:
-            for full in (False, True):
-                plan, _ = assemble_plan(
-                    ctx,
-                    strategy=strategy,
-                    pipeline=pipeline,
-                    drafts=greedy_drafts(ctx, pipeline, sp_degree, cap, full),
-                    solver=SolverInfo(backend="greedy", status=status),
+        # the stage guessed from model states first; a higher one only when nothing fits at it
+        for zero_ctx, sp_degree, full in itertools.product(zero_stage_contexts(ctx), degrees, (False, True)):
+            plan, _ = assemble_plan(
+                zero_ctx,
+                strategy=strategy,
+                pipeline=pipeline,
+                drafts=greedy_drafts(zero_ctx, pipeline, sp_degree, cap, full),
+                solver=SolverInfo(backend="greedy", status=status),
+            )
+            if fits_memory(plan, ctx.cluster):
+                solver = SolverInfo(
+                    backend="greedy",
+                    status=status,
+                    solve_s=time.perf_counter() - started,
+                    message=reason
+                    or f"P={num_stages}, uniform SP degree {sp_degree}, {'full' if full else 'no'} recompute",
                 )
-                if fits_memory(plan, ctx.cluster):
-                    solver = SolverInfo(
-                        backend="greedy",
-                        status=status,
-                        solve_s=time.perf_counter() - started,
-                        message=reason
-                        or f"P={num_stages}, uniform SP degree {sp_degree}, {'full' if full else 'no'} recompute",
-                    )
-                    return plan.model_copy(update={"solver": solver}).with_id()
+                return plan.model_copy(update={"solver": solver}).with_id()
         tried.append(f"P={num_stages} with SP degrees {degrees}")
     raise InfeasibleWorkload(
         f"the longest sequence ({longest} tokens) does not fit on any lane of {ctx.cluster.name} "

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from planner_service.assembly import LaneDraft, assemble_plan, fits_memory
-from planner_service.context import PlanningContext, options_that_fit
+from planner_service.context import PlanningContext, options_that_fit, zero_stage_contexts
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.chunks import pack_next_fit
 from planner_service.layout.recompute import uniform_recompute
@@ -84,14 +84,16 @@ def plan_static(ctx: PlanningContext) -> Plan:
         if layout.full_recompute and key in skip_full:
             continue  # no recompute already fits; full recompute can only be slower
         pipeline = PipelineSpec.even(ctx.model.num_layers, layout.num_stages)
-        layout_ctx = options_that_fit(ctx, pipeline)
-        plan, _ = assemble_plan(
-            layout_ctx,
-            strategy="static",
-            pipeline=pipeline,
-            drafts=static_drafts(layout_ctx, layout, pipeline),
-            solver=SolverInfo(backend="grid-search", status=SolverStatus.OPTIMAL),
-        )
+        for layout_ctx in zero_stage_contexts(options_that_fit(ctx, pipeline)):
+            plan, _ = assemble_plan(
+                layout_ctx,
+                strategy="static",
+                pipeline=pipeline,
+                drafts=static_drafts(layout_ctx, layout, pipeline),
+                solver=SolverInfo(backend="grid-search", status=SolverStatus.OPTIMAL),
+            )
+            if fits_memory(plan, ctx.cluster):
+                break
         tried += 1
         if not fits_memory(plan, ctx.cluster):
             continue
