@@ -6,6 +6,7 @@ job's options must be raised to for a pipeline split), asked by every strategy b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from planner_service.budget import PlanningBudget
@@ -78,13 +79,28 @@ def options_that_fit(ctx: PlanningContext, pipeline: PipelineSpec) -> PlanningCo
 
     The job's ZeRO stage is a floor, not a ceiling: every strategy may shard model states further when a
     layout would otherwise have almost no memory for activations (ZeRO-1/2 cost the same sync volume as an
-    all-reduce; the plan records the stage it needs so the executor applies it).
+    all-reduce; the plan records the stage it needs so the executor applies it). This is a first guess from
+    model states alone: `zero_stage_contexts` raises it further when the built plan does not fit.
     """
     for stage in range(ctx.options.zero_stage, 4):
-        options = ctx.options.model_copy(update={"zero_stage": ZeroStage(stage)})
-        cost = replace(ctx.cost, options=options)
-        dp = cost.dp_size(pipeline)
-        states = max(cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
-        if states <= (1 - MIN_ACTIVATION_SHARE) * cost.usable_memory_bytes:
-            return replace(ctx, options=options, cost=cost) if stage != ctx.options.zero_stage else ctx
+        raised = with_zero_stage(ctx, ZeroStage(stage))
+        dp = raised.cost.dp_size(pipeline)
+        states = max(raised.cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
+        if states <= (1 - MIN_ACTIVATION_SHARE) * raised.cost.usable_memory_bytes:
+            return raised
     return ctx
+
+
+def with_zero_stage(ctx: PlanningContext, stage: ZeroStage) -> PlanningContext:
+    """`ctx` with model states sharded to `stage`, the job's other options kept."""
+    if stage == ctx.options.zero_stage:
+        return ctx
+    options = ctx.options.model_copy(update={"zero_stage": stage})
+    return replace(ctx, options=options, cost=replace(ctx.cost, options=options))
+
+
+def zero_stage_contexts(ctx: PlanningContext) -> Iterator[PlanningContext]:
+    """`ctx`, then `ctx` at each higher ZeRO stage: a layout whose built plan does not fit memory is tried again
+    with model states sharded further before it is discarded."""
+    for stage in range(ctx.options.zero_stage, 4):
+        yield with_zero_stage(ctx, ZeroStage(stage))

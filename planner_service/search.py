@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from planner_service.assembly import PlanHeader, finish_plan, fits_memory, simulate_lanes
 from planner_service.budget import PlanningBudget
-from planner_service.context import PlanningContext
+from planner_service.context import PlanningContext, zero_stage_contexts
 from planner_service.layout.lane_builder import Chunking, ChunkKnobs, LaneBuilder, LaneScore
 from planner_service.layout.lanes import LaneSpec, buddy_offsets
 from planner_service.layout.recompute import RecomputeMode
@@ -163,8 +163,13 @@ class SearchSession:
         return plan if fits_memory(plan, recipe.ctx.cluster) else None
 
     def candidate(self, recipe: Recipe) -> Candidate | None:
-        plan = self.build(recipe)
-        return Candidate(plan, recipe) if plan is not None else None
+        """The recipe built at its ZeRO stage, or at the next stages when the built plan does not fit memory."""
+        for ctx in zero_stage_contexts(recipe.ctx):
+            staged = recipe if ctx is recipe.ctx else replace(recipe, ctx=ctx)
+            plan = self.build(staged)
+            if plan is not None:
+                return Candidate(plan, staged)
+        return None
 
     def search_knobs(self, recipe: Recipe, knobs: Sequence[Chunking], *, forced: bool = False) -> Candidate | None:
         """Build with each chunk count (the first always when `forced`, the rest while units last); the fastest."""

@@ -52,6 +52,27 @@ class ZeroStage(IntEnum):
     """Optimizer state, gradients and parameters sharded (gathered per layer when used)."""
 
 
+class GradReduceDtype(str, Enum):
+    """The dtype data-parallel gradient reductions (all-reduce, reduce-scatter) run in; the executor follows it."""
+
+    FLOAT32 = "float32"
+    """At least fp32: a 16-bit model's gradients are upcast before reduction (mixed precision, as FSDP2's
+    ``MixedPrecisionPolicy(reduce_dtype=torch.float32)`` and Megatron's fp32 grad reduction); a 32- or 64-bit
+    model reduces in its own dtype."""
+    MODEL = "model"
+    """In the model's dtype (bf16 for a bf16 model): half the volume of fp32, with bf16 rounding in the sums."""
+
+    def element_bytes(self, model_bytes: int) -> int:
+        """Bytes per reduced gradient element for a model of `model_bytes`-byte elements."""
+        return max(model_bytes, FP32_BYTES) if self is GradReduceDtype.FLOAT32 else model_bytes
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FP32_BYTES = 4
+
+
 class Segment(BaseModel):
     """A token range [start, end) of one sequence."""
 
@@ -171,13 +192,25 @@ class Predicted(BaseModel):
     peak_memory_bytes: list[float] = Field(
         default_factory=list,
         description="Per rank (index = rank): model states + peak activations + the profile's memory reserve, "
-        "i.e. what is compared with the device memory.",
+        "i.e. what is compared with ClusterSpec.device_memory_bytes (the capacity). An allocator's peak "
+        "(torch.cuda.max_memory_allocated) corresponds to this less the reserve.",
     )
     bubble_fraction: float = Field(default=0.0, ge=0, le=1)
     compute_s: float = Field(default=0.0, ge=0, description="Busiest device's compute seconds.")
-    comm_s: float = Field(default=0.0, ge=0, description="Busiest device's communication seconds.")
+    comm_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Busiest device's communication seconds: all-to-alls, sends, and the time data-parallel "
+        "collectives added to its ops.",
+    )
     recompute_s: float = Field(default=0.0, ge=0, description="Busiest device's recompute seconds.")
-    grad_sync_s: float = Field(default=0.0, ge=0, description="Data-parallel gradient sync seconds.")
+    grad_sync_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds of one rank's data-parallel collectives in the step on their own (gradient "
+        "reductions, ZeRO parameter gathers, per-chunk ones for the busiest lane's chunk count), the largest over "
+        "stages; the simulator overlaps most of them with compute.",
+    )
 
     @property
     def ratio_to_ideal(self) -> float | None:
@@ -231,6 +264,12 @@ class PlanOptions(BaseModel):
     zero_stage: ZeroStage = Field(
         default=ZeroStage.NONE,
         description="Shard optimizer (1), +grads (2), +params (3) across each stage's devices.",
+    )
+    grad_reduce_dtype: GradReduceDtype = Field(
+        default=GradReduceDtype.FLOAT32,
+        description="Dtype of the data-parallel gradient reductions: 'float32' (a 16-bit model's gradients are "
+        "upcast first; the executor's default under mixed precision) or 'model' (the model's own dtype). "
+        "The gradient sync volume follows it.",
     )
     fixed_layout: FixedLayout | None = Field(
         default=None,

@@ -17,7 +17,9 @@ class CostProfile(BaseModel):
         t = (attn_s_per_token2 * sum_seg((C + len)^2 - C^2) + linear_s_per_token * sum_seg(len)) / s
             + layer_overhead_s
     where C is the context (earlier tokens of the same sequence) of each segment.
-    Backward = backward_to_forward * forward.
+    Backward splits the same way: attention_backward_to_forward * (attention term) + linear_backward_to_forward *
+    (linear term + layer_overhead_s), since flash attention's backward costs more relative to its forward
+    (~2.5x) than a GEMM's (2x).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,7 +30,16 @@ class CostProfile(BaseModel):
     attn_s_per_token2: float = Field(ge=0, description="a2: seconds per unit of sum((C+len)^2 - C^2), per layer.")
     linear_s_per_token: float = Field(ge=0, description="a1: seconds per token per layer (projections, MLP).")
     layer_overhead_s: float = Field(default=0.0, ge=0, description="b: fixed seconds per layer call.")
-    backward_to_forward: float = Field(default=2.0, ge=0.5, le=5.0, description="k_b: backward / forward time.")
+    linear_backward_to_forward: float = Field(
+        default=2.0,
+        ge=0.5,
+        le=5.0,
+        description="k_lin: backward / forward time of the GEMMs (projections, MLP, LM head), of the per-call "
+        "overhead and of the loss.",
+    )
+    attention_backward_to_forward: float = Field(
+        default=2.5, ge=0.5, le=5.0, description="k_attn: backward / forward time of causal attention."
+    )
     head_s_per_token: float = Field(default=0.0, ge=0, description="LM head + loss forward seconds per token.")
     # collectives (effective per-device bytes/s and per-call latency)
     alltoall_bw_intra: float = Field(gt=0, description="All-to-all bytes/s per device inside one node.")
@@ -40,6 +51,12 @@ class CostProfile(BaseModel):
     p2p_latency_s: float = Field(default=1e-5, ge=0, description="Per send/recv latency.")
     allreduce_bw_intra: float = Field(gt=0, description="Ring all-reduce bus bytes/s inside a node.")
     allreduce_bw_inter: float = Field(gt=0, description="Ring all-reduce bus bytes/s across nodes.")
+    grad_bucket_bytes: float = Field(
+        default=25 * 2**20,
+        gt=0,
+        description="Size of the gradient buckets data-parallel reductions are issued in while backward runs "
+        "(default 25 MiB, PyTorch DDP's bucket_cap_mb): the last bucket is what stays exposed after backward.",
+    )
     # memory
     activation_bytes_per_token_layer: float = Field(
         gt=0, description="Bytes kept per token per layer for backward without recompute (whole layer, s=1)."
@@ -48,6 +65,20 @@ class CostProfile(BaseModel):
         gt=0, description="Bytes kept per token per recomputed layer (its input), s=1."
     )
     kv_bytes_per_token_layer: float = Field(gt=0, description="K and V bytes per token per layer, s=1.")
+    ulysses_extra_bytes_per_token_layer: float = Field(
+        default=0.0,
+        ge=0,
+        description="Bytes per token per layer kept on top of activation_bytes_per_token_layer when the SP degree "
+        "is above 1 and the layer does not recompute: a fused attention kernel saves its head-sharded output "
+        "while the out-projection saves the sequence-sharded copy (at s=1 they are one tensor). Replicated K/V "
+        "heads (num_kv_heads < s) are priced from kv_bytes_per_token_layer, not here.",
+    )
+    attention_saves_prefix_kv: bool = Field(
+        default=True,
+        description="True when the attention kernel saves, for backward, the concatenation [earlier slices' K/V; "
+        "the chunk's own K/V] of a chunk whose segments attend to a prefix (fused flash / varlen kernels on "
+        "CUDA); False when it keeps the prefix pieces by reference (the executor's exact SDPA path).",
+    )
     head_activation_bytes_per_token: float = Field(
         default=0.0, ge=0, description="Bytes kept per token by the LM head/loss on the last stage."
     )
@@ -57,5 +88,9 @@ class CostProfile(BaseModel):
     param_bytes: float = Field(default=2.0, gt=0, description="Bytes per parameter of the working copy.")
     grad_bytes: float = Field(default=2.0, gt=0, description="Bytes per gradient element.")
     memory_reserve_bytes: float = Field(
-        default=0.0, ge=0, description="Per-device memory kept free (framework, fragmentation, buffers)."
+        default=0.0,
+        ge=0,
+        description="Per-device memory that training cannot use: CUDA context, collective buffers, allocator "
+        "fragmentation. Counted once: subtracted from ClusterSpec.device_memory_bytes (the part's capacity) to "
+        "get the memory for model states + activations, and included in Predicted.peak_memory_bytes.",
     )

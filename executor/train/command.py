@@ -78,6 +78,9 @@ def train_command(
     nproc_per_node: Annotated[
         int | None, typer.Option("--nproc-per-node", min=1, help="Local ranks (default: the cluster's devices).")
     ] = None,
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", min=0, help="Restart all ranks after a failure (with --auto-resume).")
+    ] = 0,
 ) -> None:
     """Train with a parallel layout planned for every step's batch.
 
@@ -116,18 +119,25 @@ def train_command(
         plot=plot,
     )
     if batch_size is not None and token_budget is not None:
-        raise typer.BadParameter("give --batch-size or --token-budget, not both", param_hint="--token-budget")
+        raise user_error("give --batch-size or --token-budget, not both", param_hint="--token-budget")
     if config.device == "cuda" and config.dtype == "float64":
-        raise typer.BadParameter("float64 is for CPU exactness checks; use bfloat16 or float32 on CUDA")
+        raise user_error("float64 is for CPU exactness checks; use bfloat16 or float32 on CUDA")
     try:
         open_corpus(config.data)  # cheap: lists the files; catches a missing or empty corpus before any launch
     except CorpusError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from None
+        raise user_error(str(exc), param_hint="--data") from None
     if config.resume == "must" and find_latest_checkpoint(config.checkpoint_dir) is None:  # type: ignore[arg-type]
-        raise typer.BadParameter(f"no complete checkpoint in {config.checkpoint_dir}", param_hint="--resume")
+        raise user_error(f"no complete checkpoint in {config.checkpoint_dir}", param_hint="--resume")
     if os.environ.get(TORCHRUN_ENV):
         raise typer.Exit(_run_rank(config))
-    raise typer.Exit(_launch_local(config, nproc_per_node or config.cluster.num_devices))
+    raise typer.Exit(_launch_local(config, nproc_per_node or config.cluster.num_devices, max_restarts))
+
+
+def user_error(message: str, param_hint: str | None = None) -> typer.Exit:
+    """Print `error: HINT: MESSAGE` on stderr and return the exit (code 2) to raise: one line, no traceback."""
+    where = f"{param_hint}: " if param_hint else ""
+    Console(stderr=True, soft_wrap=True).print(f"error: {where}{message}", highlight=False, markup=False)
+    return typer.Exit(EXIT_USER_ERROR)
 
 
 def _run_rank(config: TrainConfig) -> int:
@@ -153,8 +163,11 @@ def _run_rank(config: TrainConfig) -> int:
     return 0
 
 
-def _launch_local(config: TrainConfig, nproc: int) -> int:
-    """torchrun on this machine, one process per local rank, each re-running this command as a rank."""
+def _launch_local(config: TrainConfig, nproc: int, max_restarts: int) -> int:
+    """torchrun on this machine, one process per local rank, each re-running this command as a rank.
+
+    When a rank dies, torchrun stops the others (they would otherwise wait in a collective) and either restarts
+    them all (`--max-restarts`; with `--auto-resume` they continue from the latest checkpoint) or exits."""
     args = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else sys.argv[1:]
     threads = os.environ.get(THREADS_PER_RANK_ENV) or str(max(1, (os.cpu_count() or 1) // nproc))
     command = [
@@ -162,17 +175,22 @@ def _launch_local(config: TrainConfig, nproc: int) -> int:
         "-m",
         "torch.distributed.run",
         f"--nproc-per-node={nproc}",
-        "--nnodes=1",
-        "--rdzv-backend=c10d",
-        "--rdzv-endpoint=localhost:0",
-        "--max-restarts=0",
+        "--standalone",
+        f"--max-restarts={max_restarts}",
         "-m",
         "executor.train",
         *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": threads}
     log.info("launching %d local ranks: %s", nproc, " ".join(command))
-    return subprocess.run(command, env=env, check=False).returncode
+    code = subprocess.run(command, env=env, check=False).returncode
+    if code not in (0, EXIT_USER_ERROR):
+        Console(stderr=True, soft_wrap=True).print(
+            f"error: training stopped: a rank failed (torchrun exit code {code}); its error is reported above",
+            highlight=False,
+            markup=False,
+        )
+    return code
 
 
 def _planner_url(value: str) -> str:
@@ -185,7 +203,7 @@ def _planner_url(value: str) -> str:
     except Exception:
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise typer.BadParameter(
+        raise user_error(
             f"{value!r} is not a planner URL: give 'local' or http(s)://HOST[:PORT]", param_hint="--planner"
         )
     return value.rstrip("/")
@@ -196,19 +214,19 @@ def _strategy(name: str) -> str:
 
     if name not in STRATEGIES:
         choices = ", ".join(STRATEGIES)
-        raise typer.BadParameter(f"unknown strategy {name!r}; choose one of: {choices}", param_hint="--strategy")
+        raise user_error(f"unknown strategy {name!r}; choose one of: {choices}", param_hint="--strategy")
     return name
 
 
 def _choice(value: str, allowed: tuple[str, ...], hint: str) -> str:
     if value not in allowed:
-        raise typer.BadParameter(f"{value!r}; choose one of {', '.join(allowed)}", param_hint=hint)
+        raise user_error(f"{value!r}; choose one of {', '.join(allowed)}", param_hint=hint)
     return value
 
 
 def _resume_mode(resume: bool, auto_resume: bool, checkpoint_dir: Path | None) -> ResumeMode:
     if (resume or auto_resume) and checkpoint_dir is None:
-        raise typer.BadParameter("resuming needs --checkpoint-dir", param_hint="--resume")
+        raise user_error("resuming needs --checkpoint-dir", param_hint="--resume")
     if resume and auto_resume:
-        raise typer.BadParameter("give --resume or --auto-resume, not both", param_hint="--resume")
+        raise user_error("give --resume or --auto-resume, not both", param_hint="--resume")
     return "must" if resume else "auto" if auto_resume else "never"

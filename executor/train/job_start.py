@@ -17,6 +17,7 @@ from executor.train.plan_source import (
     JobPlanning,
     JobRequest,
     LocalPlanSource,
+    PlanSource,
     ServicePlanSource,
     plan_in_process,
     register_job,
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobStart:
-    source: LocalPlanSource | ServicePlanSource
+    source: PlanSource
     job: JobPlanning
     job_id: str | None
     how: str

@@ -6,9 +6,10 @@ import math
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True)
 class WarmupCosine:
-    """Multiplier of the base learning rate at each step (for `torch.optim.lr_scheduler.LambdaLR`)."""
+    """Multiplier of the base learning rate at each step (for `torch.optim.lr_scheduler.LambdaLR`; no slots:
+    LambdaLR's state_dict saves a callable object's `__dict__`)."""
 
     warmup_steps: int
     """Steps of linear warm-up from lr/warmup_steps to lr."""

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions, validate_plan
 from proto.validation import PlanValidationError
@@ -78,6 +78,20 @@ class SourcedPlan:
     """Why a fallback was used ('' otherwise)."""
     wait_s: float = 0.0
     """Seconds the training loop waited for this plan (0 when the prefetch had finished)."""
+
+
+class PlanSource(Protocol):
+    """Rank 0's supplier of plans: `prefetch` may start work early, `plan` returns the step's plan."""
+
+    fallbacks: int
+
+    def prefetch(self, step: int, batch: Batch) -> None: ...
+
+    def plan(self, step: int, batch: Batch) -> SourcedPlan: ...
+
+    def send_feedback(self, feedback: Feedback) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def plan_in_process(job: JobPlanning, step: int, batch: Batch, *, job_id: str | None = None) -> Plan:

@@ -37,7 +37,7 @@ from executor.train.checkpoint import (
     save_checkpoint,
 )
 from executor.train.config import TrainConfig
-from executor.train.job_start import start_job
+from executor.train.job_start import JobStart, start_job
 from executor.train.lr_schedule import WarmupCosine
 from executor.train.progress import ProgressPrinter
 from executor.train.run_metrics import MetricsWriter, StepRecord, plot_run, read_metrics
@@ -68,8 +68,11 @@ def broadcast_object(value: Any, *, src: int = 0) -> Any:
     return box[0]
 
 
-def run_training(config: TrainConfig) -> RunSummary | None:
-    """Train on this rank (the process group must be initialised); rank 0 returns the summary."""
+def run_training(config: TrainConfig, *, job_start: JobStart | None = None) -> RunSummary | None:
+    """Train on this rank (the process group must be initialised); rank 0 returns the summary.
+
+    `job_start` (rank 0 only) replaces the job-level decisions and plan source that `start_job` would make
+    (tests use it to plan every step with another strategy)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != config.cluster.num_devices:
         raise ValueError(
@@ -86,16 +89,14 @@ def run_training(config: TrainConfig) -> RunSummary | None:
     if resume_path is not None:
         resumed = TrainState.from_json((Path(resume_path) / "train_state.json").read_text(), Path(resume_path))
     position = DataPosition.from_dict(resumed.data_position) if resumed else DataPosition()
-    start = (
-        start_job(
+    start = None
+    if rank == 0:
+        start = job_start or start_job(
             config,
             sampler.next_batch(position).batch(),
             resumed_stages=resumed.num_stages if resumed else None,
             resumed_job_id=resumed.job_id if resumed else None,
         )
-        if rank == 0
-        else None
-    )
     num_stages, job_id = broadcast_object((start.job.num_stages, start.job_id) if start else None)
     if start is not None:
         log.info("job %s: P=%d (%s); plans from %s", job_id or "-", num_stages, start.how, config.planner)
@@ -147,7 +148,7 @@ class _Loop:
         scheduler: torch.optim.lr_scheduler.LambdaLR,
         sampler: BatchSampler,
         tokens: TokenSource,
-        start: Any,
+        start: JobStart | None,
         job_id: str | None,
         num_stages: int,
     ) -> None:
@@ -287,7 +288,7 @@ class _Loop:
             records = self.progress.records
         if config.plot is not None and records:
             plot_run(records, config.plot, title=f"{config.model.name} on {config.cluster.name}, {config.strategy}")
-        fallbacks = getattr(self.start.source, "fallbacks", 0) if self.start is not None else 0
+        fallbacks = self.start.source.fallbacks if self.start is not None else 0
         return RunSummary(
             steps_run=len(records),
             first_loss=records[0]["loss"] if records else float("nan"),
@@ -369,8 +370,23 @@ def _peak_memory_bytes(executor: PlanExecutor, activation_peak: int, device: str
 
 
 def init_distributed(config: TrainConfig, *, timeout_s: float = 600.0) -> None:
-    """Initialise the default process group from torchrun's environment (gloo on CPU, nccl on CUDA)."""
+    """Initialise the default process group from torchrun's environment (gloo on CPU, nccl on CUDA).
+
+    The rendezvous store is keyed by torchrun's restart count: after `--max-restarts` restarts the workers, the
+    store still holds the dead workers' addresses under the default keys, and a new worker that reads one of
+    those before its peer overwrites it connects to a closed port (gloo: "connectFullMesh ... refused")."""
     backend = "nccl" if config.device == "cuda" else "gloo"
     if config.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=rank == 0 and not agent_hosts_store,
+        timeout=timeout,
+    )
+    store = dist.PrefixStore(f"helix-train/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", base)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)

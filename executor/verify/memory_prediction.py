@@ -46,7 +46,7 @@ class RankMemoryPrediction:
     """The planner's activation peak (held + one op's transient working memory)."""
 
 
-def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[str, float]:
+def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[str, float | bool]:
     """Bytes per token this executor's eager modules keep for backward (per layer, and for the head).
 
     Per layer, in elements of the activation dtype (h hidden, kv = kv_dim, f = ffn hidden):
@@ -58,6 +58,8 @@ def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[s
       GELU MLP: fc1 output (f) and GELU output (f).
     Head (last stage): final RMSNorm 3h + 1, log-softmax output (V), and int64 targets (1).
     A recomputed layer keeps its input (h); K/V of a slice is 2kv per token and layer.
+    The input-saving attention keeps neither its output (so Ulysses adds no second copy of it) nor a
+    concatenated prefix K/V (it keeps the pieces, which are the K/V cache's own leaves).
     """
     h, kv, f, e = model.hidden_size, model.kv_dim, model.ffn_hidden_size, element_bytes
     mlp = (4 if model.gated_mlp else 2) * f
@@ -66,6 +68,8 @@ def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[s
         "checkpoint_bytes_per_token_layer": float(e * h),
         "kv_bytes_per_token_layer": float(e * 2 * kv),
         "head_activation_bytes_per_token": float(e * (3 * h + 1 + model.vocab_size) + 8),
+        "ulysses_extra_bytes_per_token_layer": 0.0,
+        "attention_saves_prefix_kv": False,
     }
 
 
@@ -100,7 +104,8 @@ def predict_activation_memory(
             memory = stage_memory(lane, plan.pipeline, stage, cost, lengths, tokens)
             recompute = lane.recompute[stage]
             transient = [
-                cost.transient_bytes(n, sp_degree=lane.sp_degree, is_last_stage=stage == last_stage) for n in tokens
+                cost.transient_bytes(chunk, sp_degree=lane.sp_degree, is_last_stage=stage == last_stage)
+                for chunk in lane.chunks
             ]
             held, held_peak = 0.0, 0.0
             for c, fwd, const in zip(memory.op_chunks, memory.op_is_forward, memory.op_constant, strict=True):

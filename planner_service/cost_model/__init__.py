@@ -4,7 +4,7 @@
 specs when no measured one is given; `compute_model`, `comm_model` and `memory_model` hold the pure formulas.
 """
 
-from planner_service.cost_model.cost_model import ChunkShape, CostModel, OpCost
+from planner_service.cost_model.cost_model import ChunkShape, CostModel, LayerTerms, OpCost
 from planner_service.cost_model.profile_presets import preset_profile, profile_for
 
-__all__ = ["ChunkShape", "CostModel", "OpCost", "preset_profile", "profile_for"]
+__all__ = ["ChunkShape", "CostModel", "LayerTerms", "OpCost", "preset_profile", "profile_for"]

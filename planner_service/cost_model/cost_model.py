@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from planner_service.cost_model import comm_model, compute_model, memory_model
+from planner_service.cost_model import comm_model, compute_model, data_parallel, memory_model
 from planner_service.cost_model.profile_presets import profile_for
 from proto import Batch, Chunk, ClusterSpec, CostProfile, ModelSpec, PipelineSpec, PlanOptions
 from proto.topology import Topology
@@ -18,27 +19,32 @@ from proto.topology import Topology
 
 @dataclass(frozen=True, slots=True)
 class ChunkShape:
-    """What the cost of a chunk depends on: its token count and its causal attention pairs Σ((C+L)^2 − C^2)."""
+    """What the cost of a chunk depends on: its token count, its causal attention pairs Σ((C+L)^2 − C^2), and the
+    K/V rows a fused attention kernel concatenates when some segment attends to a prefix."""
 
     num_tokens: int
     attn_pairs: float
+    prefix_kv_rows: int = 0
+    """Σ(L + C) over the chunk's segments when any has a context C > 0 (the fused kernels pack every segment's
+    keys as [prefix; own] into one new tensor, `executor.attention._packed_with_context`), else 0."""
 
     @classmethod
     def of(cls, chunk: Chunk | ChunkShape) -> ChunkShape:
         if isinstance(chunk, ChunkShape):
             return chunk
-        tokens, pairs = 0, 0
-        for seg in chunk.segments:
-            c, e = seg.start, seg.end
-            tokens += e - c
-            pairs += e * e - c * c
-        return cls(num_tokens=tokens, attn_pairs=float(pairs))
+        return cls.from_segments((seg.start, seg.end - seg.start) for seg in chunk.segments)
 
     @classmethod
     def from_segments(cls, segments: Iterable[tuple[int, int]]) -> ChunkShape:
         """From (context, length) pairs, e.g. [(0, n)] for a whole sequence of n tokens."""
         segs = list(segments)
-        return cls(num_tokens=sum(n for _, n in segs), attn_pairs=compute_model.attention_pairs(segs))
+        tokens = sum(n for _, n in segs)
+        context = sum(c for c, _ in segs)
+        return cls(
+            num_tokens=tokens,
+            attn_pairs=compute_model.attention_pairs(segs),
+            prefix_kv_rows=tokens + context if context else 0,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,27 @@ class OpCost:
     @property
     def total_s(self) -> float:
         return self.compute_s + self.comm_s + self.recompute_s
+
+
+class LayerTerms(NamedTuple):
+    """Per-device seconds of one chunk on one layer of a lane (and of the LM head): the blocks of every op cost.
+
+    The first two (forward compute, all-to-alls) are what a forward layer costs; a named tuple because the
+    simulator builds one per (chunk, placement) of every lane.
+    """
+
+    forward_s: float
+    """One layer's forward compute."""
+    alltoall_s: float
+    """Its 4 Ulysses all-to-alls (the same again in backward)."""
+    head_s: float
+    """LM head + loss forward."""
+    backward_s: float
+    """One layer's backward compute (attention and GEMMs each at their own backward/forward factor)."""
+    head_backward_s: float
+    """LM head + loss backward."""
+    alltoall: comm_model.LinkTimes
+    """The all-to-alls split by link class."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -91,29 +118,31 @@ class CostModel:
         """Forward compute seconds of one layer for (context, length) segments on a lane of SP degree s."""
         return compute_model.layer_forward_segments_s(self.profile, segments, sp_degree)
 
-    def layer_terms(
-        self, chunk: Chunk | ChunkShape, *, sp_degree: int, spans_nodes: bool
-    ) -> tuple[float, float, float]:
-        """(one layer's forward compute, one layer's forward all-to-alls, LM-head forward) seconds per device.
+    def layer_terms(self, chunk: Chunk | ChunkShape, *, sp_degree: int, spans_nodes: bool) -> LayerTerms:
+        """Per-device seconds of one layer's forward, all-to-alls and backward, and of the LM head, for a chunk.
 
         The building blocks of every op cost; the simulator calls this once per (chunk, placement).
         """
         shape = ChunkShape.of(chunk)
-        layer = compute_model.layer_forward_s(
-            self.profile, attn_pairs=shape.attn_pairs, num_tokens=shape.num_tokens, sp_degree=sp_degree
+        pairs, tokens, p = shape.attn_pairs, shape.num_tokens, self.profile
+        a2a = self.alltoall_layer_links(tokens, sp_degree, spans_nodes)
+        return LayerTerms(
+            forward_s=compute_model.layer_forward_s(p, attn_pairs=pairs, num_tokens=tokens, sp_degree=sp_degree),
+            alltoall_s=a2a.duration_s,
+            head_s=compute_model.head_forward_s(p, num_tokens=tokens, sp_degree=sp_degree),
+            backward_s=compute_model.layer_backward_s(p, attn_pairs=pairs, num_tokens=tokens, sp_degree=sp_degree),
+            head_backward_s=compute_model.head_backward_s(p, num_tokens=tokens, sp_degree=sp_degree),
+            alltoall=a2a,
         )
-        a2a = comm_model.ulysses_layer_comm_s(
-            self.profile, self.model, num_tokens=shape.num_tokens, sp_degree=sp_degree, spans_nodes=spans_nodes
-        )
-        head = compute_model.head_forward_s(self.profile, num_tokens=shape.num_tokens, sp_degree=sp_degree)
-        return layer, a2a, head
 
     def stage_forward_s(
         self, chunk: Chunk | ChunkShape, *, sp_degree: int, num_layers: int, spans_nodes: bool, is_last_stage: bool
     ) -> OpCost:
         """F(chunk) on a stage of `num_layers` layers: layers (+ LM head on the last stage) and their all-to-alls."""
-        layer, a2a, head = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
-        return OpCost(compute_s=num_layers * layer + (head if is_last_stage else 0.0), comm_s=num_layers * a2a)
+        t = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
+        return OpCost(
+            compute_s=num_layers * t.forward_s + (t.head_s if is_last_stage else 0.0), comm_s=num_layers * t.alltoall_s
+        )
 
     def stage_backward_s(
         self,
@@ -125,14 +154,14 @@ class CostModel:
         is_last_stage: bool,
         recompute_layers: int = 0,
     ) -> OpCost:
-        """B(chunk): k_b × forward compute, the backward all-to-alls, and the forward of the recomputed layers."""
-        layer, a2a, head = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
+        """B(chunk): the layers' (+ LM head's) backward, the backward all-to-alls, and the forward (with its
+        all-to-alls) of the recomputed layers."""
+        t = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
         r = min(max(recompute_layers, 0), num_layers)
-        fwd = num_layers * layer + (head if is_last_stage else 0.0)
         return OpCost(
-            compute_s=compute_model.backward_s(self.profile, fwd),
-            comm_s=num_layers * a2a,
-            recompute_s=r * (layer + a2a),
+            compute_s=num_layers * t.backward_s + (t.head_backward_s if is_last_stage else 0.0),
+            comm_s=num_layers * t.alltoall_s,
+            recompute_s=r * (t.forward_s + t.alltoall_s),
         )
 
     def chunk_cost_s(
@@ -172,18 +201,24 @@ class CostModel:
         Sequences unsliced, s = 1, all layers + the LM head, no communication, no recompute, no bubbles, and no
         per-call overhead b (it depends on how the plan packs chunks, so a bound must leave it out).
         """
-        p = self.profile
-        pairs = float(sum(n * n for n in batch.lengths))
-        tokens = float(sum(batch.lengths))
-        fwd = self.model.num_layers * (p.attn_s_per_token2 * pairs + p.linear_s_per_token * tokens)
-        fwd += p.head_s_per_token * tokens
-        return (1.0 + p.backward_to_forward) * fwd / self.cluster.num_devices
+        work = compute_model.training_s(
+            self.profile,
+            attn_pairs=float(sum(n * n for n in batch.lengths)),
+            num_tokens=float(sum(batch.lengths)),
+            num_layers=self.model.num_layers,
+        )
+        return work / self.cluster.num_devices
 
     # ---- communication -----------------------------------------------------------------------------------
     def alltoall_layer_s(self, num_tokens: int, sp_degree: int, spans_nodes: bool) -> float:
-        """The 4 Ulysses all-to-alls of one layer (forward; backward is the same again)."""
-        return comm_model.ulysses_layer_comm_s(
-            self.profile, self.model, num_tokens=num_tokens, sp_degree=sp_degree, spans_nodes=spans_nodes
+        """The 4 Ulysses all-to-alls of one layer (forward; backward is the same again) on an aligned SP group."""
+        return self.alltoall_layer_links(num_tokens, sp_degree, spans_nodes).duration_s
+
+    def alltoall_layer_links(self, num_tokens: int, sp_degree: int, spans_nodes: bool) -> comm_model.LinkTimes:
+        """`alltoall_layer_s` split by link class (NVLink and network parts run in parallel)."""
+        per_node = comm_model.group_devices_per_node(sp_degree, self.cluster.devices_per_node, spans_nodes=spans_nodes)
+        return comm_model.ulysses_layer_links(
+            self.profile, self.model, num_tokens=num_tokens, sp_degree=sp_degree, per_node=per_node
         )
 
     def p2p_s(self, num_tokens: int, sp_degree: int, crosses_nodes: bool) -> float:
@@ -192,24 +227,63 @@ class CostModel:
             self.profile, self.model, num_tokens=num_tokens, sp_degree=sp_degree, crosses_nodes=crosses_nodes
         )
 
-    def grad_sync_s(self, stage: int, pipeline: PipelineSpec) -> float:
-        """Data-parallel gradient sync of one stage across its stage block (N/P devices, hierarchical)."""
+    # ---- data-parallel collectives (the executor contract in `data_parallel`) ------------------------------
+    def stage_group(self, stage: int, pipeline: PipelineSpec) -> data_parallel.StageGroup:
+        """Stage `stage`'s data-parallel group: its block of N/P devices and the parameters it holds."""
         topology = self.topology(pipeline)
-        block, nodes = topology.stage_block_size, topology.nodes_of_stage(stage)
-        return comm_model.grad_sync_s(
-            self.profile,
-            num_params=memory_model.stage_params(self.model, pipeline, stage),
+        block = topology.stage_block_size
+        params = memory_model.stage_params(self.model, pipeline, stage)
+        layers = pipeline.layers_of(stage)
+        return data_parallel.StageGroup(
+            num_params=params,
+            num_units=layers + (1 if params > layers * self.model.params_per_layer else 0),
             dp_size=block,
-            nodes=nodes,
+            nodes=max(1, min(topology.nodes_of_stage(stage), block)),
+        )
+
+    def collective_calls(self, stage: int, pipeline: PipelineSpec) -> tuple[data_parallel.CollectiveCall, ...]:
+        """What stage `stage`'s block issues and when, under `options.zero_stage` (the executor contract)."""
+        return data_parallel.contract_calls(
+            self.stage_group(stage, pipeline),
             zero_stage=self.options.zero_stage,
+            bucket_bytes=self.profile.grad_bucket_bytes,
+            grad_bytes=self.grad_reduce_bytes,
+            param_bytes=self.profile.param_bytes,
+        )
+
+    def stage_collectives(self, pipeline: PipelineSpec, *, max_chunks: int) -> list[data_parallel.StageCollectives]:
+        """Per stage, the collectives (counts, unsharded bytes) one rank takes part in during a step whose busiest
+        lane runs `max_chunks` chunks: what the executor's collectives are counted against."""
+        return [
+            data_parallel.stage_collectives(p, self.collective_calls(p, pipeline), max_chunks=max_chunks)
+            for p in range(pipeline.num_stages)
+        ]
+
+    def collective_times(self, stage: int, pipeline: PipelineSpec) -> data_parallel.StageCollectiveTimes:
+        """Stage `stage`'s data-parallel collectives priced on its block, in the pieces the simulator overlaps."""
+        return data_parallel.stage_collective_times(
+            self.stage_group(stage, pipeline),
+            self.collective_calls(stage, pipeline),
+            profile=self.profile,
             intra_latency_s=self.cluster.intra_node_latency_s,
             inter_latency_s=self.cluster.inter_node_latency_s,
         )
 
+    def grad_sync_s(self, stage: int, pipeline: PipelineSpec) -> float:
+        """Stage `stage`'s once-per-step collectives on their own: ZeRO-0 all-reduce, ZeRO-1 reduce-scatter +
+        parameter all-gather, ZeRO-2 parameter all-gather, ZeRO-3 none (its collectives are per chunk)."""
+        times = self.collective_times(stage, pipeline)
+        return times.step_sync.duration_s + times.after_step_s
+
+    @property
+    def grad_reduce_bytes(self) -> int:
+        """Bytes per gradient element in data-parallel reductions (`PlanOptions.grad_reduce_dtype`)."""
+        return self.options.grad_reduce_dtype.element_bytes(self.model.bytes_per_element)
+
     # ---- memory ------------------------------------------------------------------------------------------
     @property
     def usable_memory_bytes(self) -> float:
-        """What model states + activations may use on one device (device memory less the reserve)."""
+        """What model states + activations may use on one device (device capacity less the reserve)."""
         return memory_model.usable_memory_bytes(self.profile, self.cluster.device_memory_bytes)
 
     @property
@@ -231,14 +305,20 @@ class CostModel:
         recompute_layers: int = 0,
         is_last_stage: bool = False,
     ) -> float:
-        """Bytes one device keeps for a chunk between its forward and backward (`chunk` may be a token count)."""
-        tokens = chunk if isinstance(chunk, int) else ChunkShape.of(chunk).num_tokens
+        """Bytes one device keeps for a chunk between its forward and backward.
+
+        `chunk` may be a token count: a chunk without K/V prefix (a prefix's concatenated K/V needs the segments).
+        """
+        shape = _shape_of(chunk)
         return memory_model.chunk_activation_bytes(
             self.profile,
-            tokens_per_device=comm_model.tokens_per_device(tokens, sp_degree),
+            self.model,
+            tokens_per_device=comm_model.tokens_per_device(shape.num_tokens, sp_degree),
+            sp_degree=sp_degree,
             num_layers=num_layers,
             recompute_layers=recompute_layers,
             is_last_stage=is_last_stage,
+            prefix_kv_rows=shape.prefix_kv_rows,
         )
 
     def kv_bytes(self, num_tokens: int, sp_degree: int, num_layers: int) -> float:
@@ -248,12 +328,15 @@ class CostModel:
         )
 
     def transient_bytes(self, chunk: Chunk | ChunkShape | int, *, sp_degree: int, is_last_stage: bool) -> float:
-        """Working memory on top of what is held while an op of this chunk runs."""
-        tokens = chunk if isinstance(chunk, int) else ChunkShape.of(chunk).num_tokens
+        """Working memory on top of what is held while an op of this chunk runs (`chunk` as above)."""
+        shape = _shape_of(chunk)
         return memory_model.transient_bytes(
             self.profile,
-            tokens_per_device=comm_model.tokens_per_device(tokens, sp_degree),
+            self.model,
+            tokens_per_device=comm_model.tokens_per_device(shape.num_tokens, sp_degree),
+            sp_degree=sp_degree,
             is_last_stage=is_last_stage,
+            prefix_kv_rows=shape.prefix_kv_rows,
         )
 
     # ---- placement helpers -------------------------------------------------------------------------------
@@ -264,3 +347,10 @@ class CostModel:
     def dp_size(self, pipeline: PipelineSpec) -> int:
         """Devices holding one stage (the stage block, N / P): its data-parallel degree."""
         return self.topology(pipeline).stage_block_size
+
+
+def _shape_of(chunk: Chunk | ChunkShape | int) -> ChunkShape:
+    """A token count stands for a chunk of whole sequences (no K/V prefix)."""
+    if isinstance(chunk, int):
+        return ChunkShape(num_tokens=chunk, attn_pairs=0.0)
+    return ChunkShape.of(chunk)

@@ -8,6 +8,7 @@ across the stage's N/P devices.
 
 from __future__ import annotations
 
+from planner_service.cost_model.comm_model import kv_head_replication
 from proto import CostProfile, ModelSpec, PipelineSpec
 
 ZERO3_GATHERED_LAYERS = 2
@@ -59,49 +60,96 @@ def model_state_bytes(
     return total
 
 
+def kept_layer_bytes_per_token(profile: CostProfile, model: ModelSpec, sp_degree: int) -> float:
+    """Bytes per token of a device's shard that one layer keeps for backward without recompute, on SP degree s.
+
+    `activation_bytes_per_token_layer` is the s = 1 figure. Under Ulysses (s > 1): K/V heads replicated to reach
+    s ranks are saved replicated (each rank holds max(num_kv_heads, s)/s heads of all the chunk's tokens, i.e.
+    `kv_head_replication` times the K/V of its own token share), and a fused kernel's attention output is kept
+    beside the out-projection's sequence-sharded input (`ulysses_extra_bytes_per_token_layer`).
+    """
+    per_token = profile.activation_bytes_per_token_layer
+    if sp_degree > 1:
+        extra_kv = kv_head_replication(model, sp_degree) - 1.0
+        per_token += extra_kv * profile.kv_bytes_per_token_layer + profile.ulysses_extra_bytes_per_token_layer
+    return per_token
+
+
 def chunk_activation_bytes(
-    profile: CostProfile, *, tokens_per_device: int, num_layers: int, recompute_layers: int, is_last_stage: bool
+    profile: CostProfile,
+    model: ModelSpec,
+    *,
+    tokens_per_device: int,
+    sp_degree: int,
+    num_layers: int,
+    recompute_layers: int,
+    is_last_stage: bool,
+    prefix_kv_rows: int = 0,
 ) -> float:
     """Bytes a chunk keeps on a device from the end of its forward until its backward finishes.
 
-    Layers that recompute keep only their input (checkpoint); the others keep everything backward needs.
-    The last stage also keeps the LM head's activations (final norm, fp32 logits).
+    Layers that recompute keep only their input (checkpoint); the others keep everything backward needs, and,
+    when the attention kernel saves the concatenated prefix K/V (`attention_saves_prefix_kv`), the
+    `prefix_kv_rows` rows of it (see `ChunkShape.prefix_kv_rows`). The last stage also keeps the LM head's
+    activations (final norm, logits).
     """
     r = min(max(recompute_layers, 0), num_layers)
-    per_token = (
-        profile.activation_bytes_per_token_layer * (num_layers - r) + profile.checkpoint_bytes_per_token_layer * r
-    )
+    per_token = kept_layer_bytes_per_token(profile, model, sp_degree) * (num_layers - r)
+    per_token += profile.checkpoint_bytes_per_token_layer * r
     if is_last_stage:
         per_token += profile.head_activation_bytes_per_token
-    return tokens_per_device * per_token
+    held = tokens_per_device * per_token
+    if profile.attention_saves_prefix_kv:
+        held += kv_bytes(profile, model, num_tokens=prefix_kv_rows, sp_degree=sp_degree, num_layers=num_layers - r)
+    return held
 
 
 def kv_bytes(profile: CostProfile, model: ModelSpec, *, num_tokens: int, sp_degree: int, num_layers: int) -> float:
     """K/V bytes per device for `num_tokens` tokens over `num_layers` layers.
 
     K/V live head-sharded after the all-to-all: each device holds all tokens of max(num_kv_heads, s)/s K/V heads
-    (K/V heads are replicated when num_kv_heads < s, see `comm_model.ulysses_kv_width`), i.e.
+    (K/V heads are replicated when num_kv_heads < s, see `comm_model.kv_head_replication`), i.e.
     tokens/s × kv_bytes × max(1, s / num_kv_heads).
     """
     if num_tokens <= 0 or num_layers <= 0:
         return 0.0
-    replication = max(1.0, sp_degree / model.num_kv_heads)
-    return num_tokens / sp_degree * profile.kv_bytes_per_token_layer * replication * num_layers
+    per_token = profile.kv_bytes_per_token_layer * kv_head_replication(model, sp_degree)
+    return num_tokens / sp_degree * per_token * num_layers
 
 
-def transient_bytes(profile: CostProfile, *, tokens_per_device: int, is_last_stage: bool) -> float:
+PREFIX_KV_WORKING_COPIES = 2
+"""Copies of one layer's concatenated prefix K/V live while a chunk with a prefix runs that layer's backward: the
+concatenation itself (rebuilt by the exact path and by a recomputed layer; already held for a kept layer on the
+fused path, so this is an upper bound by one layer's copy) and its gradient, which every path produces."""
+
+
+def transient_bytes(
+    profile: CostProfile,
+    model: ModelSpec,
+    *,
+    tokens_per_device: int,
+    sp_degree: int,
+    is_last_stage: bool,
+    prefix_kv_rows: int = 0,
+) -> float:
     """Working memory while one op of a chunk runs, on top of what is held.
 
     One layer at a time is live: in forward its activations are being produced; in backward the gradients of
     its saved tensors (and, for a recomputed layer, the rematerialised activations) are about one layer's
-    activations. On the last stage the logits gradient (fp32, like the saved logits) is live during backward.
+    activations, plus `PREFIX_KV_WORKING_COPIES` of the layer's concatenated prefix K/V for a chunk that attends
+    to one. On the last stage the logits gradient (in the loss dtype, like the saved logits) is live during
+    backward.
     """
-    per_token = profile.activation_bytes_per_token_layer
+    per_token = kept_layer_bytes_per_token(profile, model, sp_degree)
     if is_last_stage:
         per_token += profile.head_activation_bytes_per_token
-    return tokens_per_device * per_token
+    prefix = kv_bytes(profile, model, num_tokens=prefix_kv_rows, sp_degree=sp_degree, num_layers=1)
+    return tokens_per_device * per_token + PREFIX_KV_WORKING_COPIES * prefix
 
 
 def usable_memory_bytes(profile: CostProfile, device_memory_bytes: float) -> float:
-    """Memory a plan may fill with model states and activations: the device less the profile's reserve."""
+    """Memory a plan may fill with model states and activations: the device's capacity less the profile's reserve.
+
+    The reserve is counted here and nowhere else on the budget side; the simulator adds it back to its peak so
+    that the peak is compared with the capacity (`validate_plan`)."""
     return device_memory_bytes - profile.memory_reserve_bytes

@@ -26,10 +26,14 @@ FlashAttention-2 (Dao 2023) reports 50-73% of A100 peak for the forward pass at 
 and less for causal masks and shorter rows; 0.4-0.5 is the usual planning figure for mixed real workloads.
 """
 
-BACKWARD_TO_FORWARD = 2.0
-"""Backward / forward time: two GEMMs (input and weight gradients) per forward GEMM (Kaplan et al. 2020's
-6ND = 2ND forward + 4ND backward). Flash-attention backward is ~2.5x its forward, but attention is the smaller
-share for most chunks, so one factor of 2 is used for the whole layer."""
+LINEAR_BACKWARD_TO_FORWARD = 2.0
+"""Backward / forward time of the GEMMs: two GEMMs (input and weight gradients) per forward GEMM (Kaplan et al.
+2020's 6ND = 2ND forward + 4ND backward); also applied to the per-call overhead and the LM head + loss."""
+
+ATTENTION_BACKWARD_TO_FORWARD = 2.5
+"""Backward / forward time of causal flash attention: the backward recomputes QK^T and runs dV, dP, dQ, dK — five
+matmuls against the forward's two — so it does 2.5x the forward's FLOPs (Dao 2023, FlashAttention-2 §4, which
+counts backward FLOPs as 2.5x forward), at a similar or lower fraction of peak."""
 
 KERNELS_PER_LAYER = 12
 """Kernel launches per layer forward (2 norms, fused QKV, RoPE, attention, out-proj, 2 residual adds, gate/up,
@@ -50,14 +54,23 @@ effective collective numbers (FlexSP measured ~97-120 GB/s NVLink and ~5-10 GB/s
 P2P_BW_FRACTION = 1.0
 """Pipeline send/recv bytes/s as a fraction of the per-device bandwidth (one stream per device pair)."""
 
-ALLREDUCE_BW_FRACTION = 1.0
-"""Ring all-reduce *bus* bandwidth as a fraction of the per-device bandwidth (NCCL's busbw, which the ring
-formula 2(d-1)/d * bytes / busbw turns into time)."""
+INTRA_ALLREDUCE_TO_ALLTOALL = 2.3
+"""Intra-node all-reduce bus bandwidth / intra-node all-to-all bandwidth, used when the cluster does not give
+`intra_node_allreduce_bandwidth`. On the same DGX A100 (NVLink3 through NVSwitch), nccl-tests reach ~230 GB/s
+all_reduce bus bandwidth while FlexSP measured ~100 GB/s for all-to-all (its Fig./§6 numbers): ring reductions
+stream large contiguous messages over all NVLinks, all-to-all sends many small ones. On the A800 preset
+(67 GB/s all-to-all) this gives ~154 GB/s, i.e. 2/3 of the A100's 230 GB/s as its NVLink is 400 vs 600 GB/s."""
+
+INTER_ALLREDUCE_BW_FRACTION = 1.0
+"""Inter-node reduction bandwidth as a fraction of the per-device network bandwidth: the hierarchical phase
+across nodes moves each device's 1/k shard on its own NIC share, which streams at the rate all-to-all sees."""
 
 # --- memory ------------------------------------------------------------------------------------------
 MEMORY_RESERVE_BYTES = 2.5 * GIB
-"""Per-device memory kept free: CUDA context (~0.5-1 GiB), NCCL buffers (~0.5-1 GiB) and allocator
-fragmentation (~1 GiB) as seen in Megatron/DeepSpeed runs on 40-80 GB parts."""
+"""Per-device memory training cannot use, out of the part's capacity (`ClusterSpec.device_memory_bytes`): CUDA
+context (~0.5-1 GiB), NCCL buffers (~0.5-1 GiB) and allocator fragmentation (~1 GiB) as seen in
+Megatron/DeepSpeed runs on 40-80 GB parts. The only place the reserve is taken: the cluster presets give the
+capacity itself."""
 
 MEMORY_RESERVE_MAX_FRACTION = 0.1
 """Cap on the reserve as a fraction of device memory, so small (CPU or test) devices keep most of theirs."""
@@ -68,8 +81,27 @@ SOFTMAX_STATS_BYTES = 4
 NORM_STATS_BYTES = 4
 """RMSNorm saves one fp32 reciprocal RMS per token for backward."""
 
-LOGIT_BYTES = 4
-"""Cross-entropy keeps the logits (or softmax) in fp32 per token per vocabulary entry for backward."""
+LOSS_MIN_ELEMENT_BYTES = 4
+"""The loss runs in at least fp32: a 16-bit model's logits are upcast before the cross-entropy (Megatron-LM and
+torchtitan do, and the executor will under mixed precision), so the saved log-softmax is fp32; a 32- or 64-bit
+model (the CPU runs) computes it in its own dtype. Bytes per logit = max(this, bytes_per_element)."""
+
+ATTENTION_SAVES_PREFIX_KV = True
+"""The presets describe the executor's fused CUDA attention (flash-attn varlen, or torch's varlen kernel): for a
+chunk that attends to earlier slices it builds one [prefix; own] K/V tensor per layer and the kernel saves it for
+backward (`executor.attention._varlen_inputs`). Its exact CPU path keeps the prefix pieces instead."""
+
+
+def logit_bytes(model: ModelSpec) -> int:
+    """Bytes per saved logit of the loss: fp32 for a 16-bit model, the model's dtype when it is wider."""
+    return max(LOSS_MIN_ELEMENT_BYTES, model.bytes_per_element)
+
+
+def ulysses_extra_bytes_per_token_layer(model: ModelSpec) -> float:
+    """With SP degree > 1, flash attention saves its head-sharded output (h elements per token of the device's
+    share) while the out-projection saves the all-to-all's sequence-sharded copy of it; at s = 1 both are one
+    tensor, counted once in `activation_bytes_per_token_layer`."""
+    return float(model.hidden_size * model.bytes_per_element)
 
 
 def activation_bytes_per_token_layer(model: ModelSpec) -> float:
@@ -103,8 +135,15 @@ def kv_bytes_per_token_layer(model: ModelSpec) -> float:
 
 
 def head_activation_bytes_per_token(model: ModelSpec) -> float:
-    """Final norm input + output (2h elements, + fp32 rstd) and the fp32 logits kept by the loss."""
-    return 2.0 * model.hidden_size * model.bytes_per_element + NORM_STATS_BYTES + LOGIT_BYTES * model.vocab_size
+    """Final norm input + output (2h elements, + fp32 rstd) and the logits kept by the loss (`logit_bytes`)."""
+    return 2.0 * model.hidden_size * model.bytes_per_element + NORM_STATS_BYTES + logit_bytes(model) * model.vocab_size
+
+
+def intra_allreduce_bandwidth(cluster: ClusterSpec) -> float:
+    """The cluster's intra-node all-reduce bus bandwidth, or the all-to-all figure x INTRA_ALLREDUCE_TO_ALLTOALL."""
+    if cluster.intra_node_allreduce_bandwidth is not None:
+        return cluster.intra_node_allreduce_bandwidth
+    return cluster.intra_node_bandwidth * INTRA_ALLREDUCE_TO_ALLTOALL
 
 
 def memory_reserve_bytes(cluster: ClusterSpec) -> float:
@@ -130,12 +169,15 @@ def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
         name=f"preset:{cluster.name}/{model.name}",
         source=(
             f"planner_service.cost_model.profile_presets: MFU {MATMUL_MFU}, attention efficiency "
-            f"{ATTENTION_EFFICIENCY}, backward/forward {BACKWARD_TO_FORWARD}, collectives at cluster bandwidths"
+            f"{ATTENTION_EFFICIENCY}, backward/forward {LINEAR_BACKWARD_TO_FORWARD} (GEMMs) and "
+            f"{ATTENTION_BACKWARD_TO_FORWARD} (attention), collectives at cluster bandwidths "
+            f"(intra-node all-reduce bus bandwidth {intra_allreduce_bandwidth(cluster) / 1e9:.0f} GB/s)"
         ),
         attn_s_per_token2=attn_s,
         linear_s_per_token=linear_s,
         layer_overhead_s=KERNELS_PER_LAYER * KERNEL_LAUNCH_S,
-        backward_to_forward=BACKWARD_TO_FORWARD,
+        linear_backward_to_forward=LINEAR_BACKWARD_TO_FORWARD,
+        attention_backward_to_forward=ATTENTION_BACKWARD_TO_FORWARD,
         head_s_per_token=head_s,
         alltoall_bw_intra=intra * ALLTOALL_BW_FRACTION,
         alltoall_bw_inter=inter * ALLTOALL_BW_FRACTION,
@@ -144,11 +186,13 @@ def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
         p2p_bw_intra=intra * P2P_BW_FRACTION,
         p2p_bw_inter=inter * P2P_BW_FRACTION,
         p2p_latency_s=cluster.intra_node_latency_s,
-        allreduce_bw_intra=intra * ALLREDUCE_BW_FRACTION,
-        allreduce_bw_inter=inter * ALLREDUCE_BW_FRACTION,
+        allreduce_bw_intra=intra_allreduce_bandwidth(cluster),
+        allreduce_bw_inter=inter * INTER_ALLREDUCE_BW_FRACTION,
         activation_bytes_per_token_layer=activation_bytes_per_token_layer(model),
         checkpoint_bytes_per_token_layer=checkpoint_bytes_per_token_layer(model),
         kv_bytes_per_token_layer=kv_bytes_per_token_layer(model),
+        ulysses_extra_bytes_per_token_layer=ulysses_extra_bytes_per_token_layer(model),
+        attention_saves_prefix_kv=ATTENTION_SAVES_PREFIX_KV,
         head_activation_bytes_per_token=head_activation_bytes_per_token(model),
         bytes_per_param_state=float(e + e + 12),  # working params + grads + fp32 master, Adam m and v
         param_bytes=float(e),

@@ -8,7 +8,7 @@ recompute ILP (`solvers.recompute_ilp`) or its greedy while searching.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from planner_service.budget import UNITS_PER_SOLVER_DETERMINISTIC_S
@@ -30,17 +30,21 @@ def uniform_recompute(pipeline: PipelineSpec, num_chunks: int, full: bool) -> tu
     )
 
 
-def no_recompute_bound(cost: CostModel, pipeline: PipelineSpec, stage: int, sp_degree: int, tokens: list[int]) -> float:
-    """An upper bound on a lane's activation-side peak on `stage` without recompute: every chunk held at once,
-    dK/dV accumulators for every token, and the largest chunk's working memory (`StageMemory.peak` <= this)."""
+def no_recompute_bound(
+    cost: CostModel, pipeline: PipelineSpec, stage: int, sp_degree: int, chunks: Sequence[Chunk]
+) -> float:
+    """An upper bound on a lane's activation-side peak on `stage` without recompute: every chunk held at once
+    (with the prefix K/V its attention saves), dK/dV accumulators for every token, and the largest chunk's working
+    memory (`StageMemory.peak` <= this)."""
     layers = pipeline.layers_of(stage)
     last = stage == pipeline.num_stages - 1
     held = sum(
-        cost.chunk_activation_bytes(t, sp_degree=sp_degree, num_layers=layers, is_last_stage=last)
-        + cost.kv_bytes(t, sp_degree, layers)
-        for t in tokens
+        cost.chunk_activation_bytes(c, sp_degree=sp_degree, num_layers=layers, is_last_stage=last)
+        + cost.kv_bytes(c.num_tokens, sp_degree, layers)
+        for c in chunks
     )
-    return held + cost.transient_bytes(max(tokens, default=0), sp_degree=sp_degree, is_last_stage=last)
+    working = max((cost.transient_bytes(c, sp_degree=sp_degree, is_last_stage=last) for c in chunks), default=0.0)
+    return held + working
 
 
 def lane_recompute(
@@ -69,7 +73,7 @@ def lane_recompute(
     tokens = [c.num_tokens for c in chunks]
     zero = (0,) * len(chunks)
     if all(
-        no_recompute_bound(cost, pipeline, p, sp_degree, tokens) <= budgets[p] for p in range(p_count)
+        no_recompute_bound(cost, pipeline, p, sp_degree, chunks) <= budgets[p] for p in range(p_count)
     ):  # every chunk held at once still fits: no need to walk the schedule
         return tuple(zero for _ in range(p_count))
     lane = Lane(

@@ -5,9 +5,11 @@ per op), so the solver budgets exactly what the simulator will predict.
 
 Model (see pipeline_simulator's docstring): chunk c is held from F(c) until B(c) ends, costing
 `base[c] + per_layer[c] * r_c` bytes with r_c recomputed layers (activations of recomputed layers
-shrink to checkpoints; a non-final slice keeps the K/V of those layers for later slices). From the
-backward of a sequence's last slice until an earlier slice's own backward ends, that earlier
-slice also holds dK/dV accumulators (`kv_grad`). Every op adds its transient working memory.
+shrink to checkpoints; a non-final slice keeps the K/V of those layers for later slices; a chunk that
+attends to a prefix keeps, in each layer that does not recompute, the concatenated prefix K/V when the
+attention kernel saves it). From the backward of a sequence's last slice until an earlier slice's own
+backward ends, that earlier slice also holds dK/dV accumulators (`kv_grad`). Every op adds its transient
+working memory.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from planner_service.cost_model import CostModel
+from planner_service.cost_model import ChunkShape, CostModel
 from proto import Lane, PipelineSpec
 
 
@@ -63,6 +65,10 @@ def stage_memory(
 ) -> StageMemory:
     """Build the linear memory model of `lane` on `stage` (tokens[c]: tokens of chunk c)."""
     s = lane.sp_degree
+    shapes = [
+        ChunkShape(num_tokens=n, attn_pairs=0.0, prefix_kv_rows=ChunkShape.of(chunk).prefix_kv_rows)
+        for n, chunk in zip(tokens, lane.chunks, strict=True)
+    ]
     layers = pipeline.layers_of(stage)
     last = stage == pipeline.num_stages - 1
     num_chunks = len(lane.chunks)
@@ -84,14 +90,14 @@ def stage_memory(
 
     def held_bytes(c: int, r: int) -> float:
         act = cost.chunk_activation_bytes(
-            tokens[c], sp_degree=s, num_layers=layers, recompute_layers=r, is_last_stage=last
+            shapes[c], sp_degree=s, num_layers=layers, recompute_layers=r, is_last_stage=last
         )
         return act + (cost.kv_bytes(slice_tokens[c], s, r) if slice_tokens[c] and r else 0.0)
 
     base = tuple(held_bytes(c, 0) for c in range(num_chunks))
     per_layer = tuple(held_bytes(c, 1) - base[c] if layers else 0.0 for c in range(num_chunks))
     kv_grad = [cost.kv_bytes(slice_tokens[c], s, layers) if slice_tokens[c] else 0.0 for c in range(num_chunks)]
-    transient = [cost.transient_bytes(tokens[c], sp_degree=s, is_last_stage=last) for c in range(num_chunks)]
+    transient = [cost.transient_bytes(shapes[c], sp_degree=s, is_last_stage=last) for c in range(num_chunks)]
     ops = lane.schedule[stage]
     constants = []
     grads = 0.0

@@ -8,11 +8,13 @@ Model of execution (the executor's, see DESIGN §9):
   Sends are asynchronous: they delay the receiver, not the sender.
 - Each op is compute and all-to-alls in series (Ulysses all-to-alls sit on the critical path of every layer);
   a B op first recomputes the forward of its recomputed layers.
-- Stage p's data-parallel gradient sync is bucketed layer by layer behind the final backward, as DDP buckets,
-  Megatron's overlap_grad_reduce and ZeRO's overlap_comm do: gradients are final only during each lane's last
-  B op on the stage, so the sync starts when the last lane starts its final B and ends no earlier than that
-  start plus the whole sync, nor than the stage's finish plus one layer's share of it (the last bucket stays
-  exposed). The iteration ends when the last stage's sync ends.
+- Data-parallel collectives follow the executor contract of `cost_model.data_parallel`. ZeRO-0/1: the
+  bucketed gradient reduction of stage p runs beside each lane's last B op on p, completes bucket by bucket
+  once every lane has produced the bucket, and shares the links with that op's all-to-alls
+  (`data_parallel.step_sync_end_s`); ZeRO-1 then all-gathers the parameters. ZeRO-2/3: the per-chunk
+  collectives of an F or B op run beside it and lengthen it where they do not fit (`overlapped_op_s`); a lane
+  with fewer chunks than the busiest of its block joins the remaining rounds after its ops; ZeRO-2 ends with the
+  parameter all-gather. The iteration ends when the last stage's collectives end.
 
 Memory depends only on each stage's op order: a chunk's activations are held from its forward until its
 backward ends; a non-final slice of a sequence also keeps the K/V of its recomputed layers (later slices attend
@@ -26,7 +28,16 @@ from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Literal, NamedTuple
 
-from planner_service.cost_model import ChunkShape, CostModel
+from planner_service.cost_model import ChunkShape, CostModel, LayerTerms
+from planner_service.cost_model.comm_model import LinkTimes
+from planner_service.cost_model.data_parallel import (
+    LastBackward,
+    OverlappedCollectives,
+    StageCollectiveTimes,
+    first_bucket_s,
+    overlapped_op_s,
+    step_sync_end_s,
+)
 from planner_service.simulator.memory_timeline import stage_memory
 from proto import Batch, Lane, Plan, Predicted
 
@@ -37,7 +48,8 @@ class TimelineEvent(NamedTuple):
     """One bar of the Gantt chart: what a (lane, stage) — i.e. its ranks first..last — did and when.
 
     F/B are compute of a forward/backward op, R the recompute part of a backward, A2A its Ulysses all-to-alls,
-    P2P a send to the neighbouring stage (runs beside compute), SYNC the stage's gradient sync (chunk = −1).
+    P2P a send to the neighbouring stage (runs beside compute), SYNC data-parallel collectives (beside compute):
+    those of op `chunk` (ZeRO-2/3), or with chunk = −1 the once-per-step ones and a lane's idle rounds.
     An immutable named tuple rather than a frozen dataclass: a large plan makes thousands per simulation.
     """
 
@@ -71,13 +83,15 @@ class _StageTotals:
     alltoall_s: float = 0.0
     p2p_s: float = 0.0
     recompute_s: float = 0.0
+    collective_s: float = 0.0
+    """Time ops were lengthened by data-parallel collectives that did not fit beside them, and idle rounds."""
     peak_activation_bytes: float = 0.0
-    last_b_start_s: float = 0.0
+    last_backward: LastBackward | None = None
 
     @property
     def busy_s(self) -> float:
-        """Time the devices' compute stream is occupied (sends run beside it)."""
-        return self.compute_s + self.alltoall_s + self.recompute_s
+        """Time the devices are occupied by ops (sends run beside them)."""
+        return self.compute_s + self.alltoall_s + self.recompute_s + self.collective_s
 
 
 class SimulationError(ValueError):
@@ -103,40 +117,18 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
     lengths = batch.length_of()
     dp_size = cost.dp_size(pipeline)
     events: list[TimelineEvent] = []
+    collectives = [cost.collective_times(p, pipeline) for p in range(num_stages)]
+    max_chunks = max(len(lane.chunks) for lane in plan.lanes)
 
-    stage_finish = [0.0] * num_stages
-    last_b_start = [0.0] * num_stages
     lane_s: list[float] = []
     per_lane: list[list[_StageTotals]] = []
     for lane in plan.lanes:
-        totals = _simulate_lane(lane, plan, cost, lengths, events if record_events else None)
+        totals = _simulate_lane(lane, plan, cost, collectives, lengths, events if record_events else None)
         per_lane.append(totals)
         lane_s.append(max((t.finish_s for t in totals), default=0.0))
-        for p, t in enumerate(totals):
-            stage_finish[p] = max(stage_finish[p], t.finish_s)
-            last_b_start[p] = max(last_b_start[p], t.last_b_start_s)
-
-    sync_s = [cost.grad_sync_s(p, pipeline) for p in range(num_stages)]
-    sync_end = [
-        max(stage_finish[p] + sync_s[p] / pipeline.layers_of(p), last_b_start[p] + sync_s[p]) for p in range(num_stages)
-    ]
-    iteration_s = max(sync_end)
+    stage_end = _stage_collectives_end(plan, per_lane, collectives, events if record_events else None)
+    iteration_s = max(stage_end)
     if record_events:
-        for lane in plan.lanes:
-            for p in range(num_stages):
-                if sync_s[p] > 0:
-                    ranks = lane.ranks[p]
-                    events.append(
-                        TimelineEvent(
-                            lane.lane_id,
-                            p,
-                            (ranks[0], ranks[-1]),
-                            "SYNC",
-                            -1,
-                            sync_end[p] - sync_s[p],
-                            sync_end[p],
-                        )
-                    )
         events.sort(key=attrgetter("start_s"))  # stable: ties keep lane, stage, op order
 
     state_bytes = [cost.model_state_bytes(p, pipeline, dp_size) for p in range(num_stages)]
@@ -151,8 +143,8 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
             busy = t.busy_s
             busy_total += busy * lane.sp_degree
             if busy > busiest[0]:
-                busiest = (busy, t.compute_s, t.alltoall_s + t.p2p_s, t.recompute_s)
-    pipe_end = max(stage_finish)
+                busiest = (busy, t.compute_s, t.alltoall_s + t.p2p_s + t.collective_s, t.recompute_s)
+    pipe_end = max(t.finish_s for totals in per_lane for t in totals)
     bubble = 0.0
     if pipe_end > 0:
         bubble = min(max(1.0 - busy_total / (num_devices * pipe_end), 0.0), 1.0)
@@ -166,13 +158,79 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
         compute_s=busiest[1],
         comm_s=busiest[2],
         recompute_s=busiest[3],
-        grad_sync_s=max(sync_s),
+        grad_sync_s=max(times.total_s(max_chunks) for times in collectives),
     )
     return SimulationResult(predicted=predicted, events=tuple(events))
 
 
+class _OpTimes(NamedTuple):
+    """Seconds of one op on a (lane, stage): its own work in series, and its length beside its collectives."""
+
+    recompute_s: float
+    compute_s: float
+    alltoall_s: float
+    duration_s: float
+    """At least recompute + compute + all-to-alls; more when per-chunk data-parallel collectives do not fit."""
+    lead_s: float
+    """Collective piece the work waits for (ZeRO-3: the first unit's all-gather)."""
+    alltoall: LinkTimes
+    collective_s: float
+    """The op's data-parallel collectives on their own (0: none)."""
+
+
+def _op_times(
+    recompute_s: float, compute_s: float, alltoall_s: float, alltoall: LinkTimes, collectives: OverlappedCollectives
+) -> _OpTimes:
+    serial = recompute_s + compute_s + alltoall_s
+    duration = overlapped_op_s(serial, alltoall, collectives)
+    lead = collectives.lead_s if collectives.links.duration_s > 0 else 0.0
+    return _OpTimes(recompute_s, compute_s, alltoall_s, duration, lead, alltoall, collectives.links.duration_s)
+
+
+def _stage_collectives_end(
+    plan: Plan,
+    per_lane: list[list[_StageTotals]],
+    collectives: list[StageCollectiveTimes],
+    events: list[TimelineEvent] | None,
+) -> list[float]:
+    """Per stage, when its data-parallel collectives end, after the lanes' own ops.
+
+    Lanes with fewer chunks than the busiest join its remaining per-chunk rounds without compute (their
+    finish moves); the bucketed ZeRO-0/1 reduction completes behind every lane's last backward; the ZeRO-1/2
+    parameter all-gather follows.
+    """
+    max_chunks = max(len(lane.chunks) for lane in plan.lanes)
+    for lane, totals in zip(plan.lanes, per_lane, strict=True):
+        for p, t in enumerate(totals):
+            extra = (max_chunks - len(lane.chunks)) * collectives[p].idle_round_s
+            if extra > 0 and events is not None:
+                events.append(_event(lane, p, "SYNC", -1, t.finish_s, t.finish_s + extra))
+            t.finish_s += extra
+            t.collective_s += extra
+    ends = []
+    for p, times in enumerate(collectives):
+        finish = max(totals[p].finish_s for totals in per_lane)
+        last = [lb for totals in per_lane if (lb := totals[p].last_backward) is not None]
+        sync_end = max(finish, step_sync_end_s(times.step_sync, times.step_bucket_share, last))
+        ends.append(sync_end + times.after_step_s)
+        if events is None:
+            continue
+        for lane, totals in zip(plan.lanes, per_lane, strict=True):
+            lb = totals[p].last_backward
+            if times.step_sync.duration_s > 0 and lb is not None:
+                events.append(_event(lane, p, "SYNC", -1, first_bucket_s(lb, times.step_bucket_share), sync_end))
+            if times.after_step_s > 0:
+                events.append(_event(lane, p, "SYNC", -1, sync_end, ends[p]))
+    return ends
+
+
 def _simulate_lane(
-    lane: Lane, plan: Plan, cost: CostModel, lengths: dict[int, int], events: list[TimelineEvent] | None
+    lane: Lane,
+    plan: Plan,
+    cost: CostModel,
+    collectives: list[StageCollectiveTimes],
+    lengths: dict[int, int],
+    events: list[TimelineEvent] | None,
 ) -> list[_StageTotals]:
     """Time and memory of every stage of one lane."""
     pipeline = plan.pipeline
@@ -187,15 +245,14 @@ def _simulate_lane(
 
     shapes = [ChunkShape.of(c) for c in chunks]
     tokens = [sh.num_tokens for sh in shapes]
-    kb = cost.profile.backward_to_forward
 
     # ---- per-stage op costs ------------------------------------------------------------------------------
     spans = [cluster.spans_nodes(lane.ranks[p]) for p in range(num_stages)]
-    terms_by_span: dict[bool, list[tuple[float, float, float]]] = {}
+    terms_by_span: dict[bool, list[LayerTerms]] = {}
     for sp in set(spans):
         terms_by_span[sp] = [cost.layer_terms(sh, sp_degree=s, spans_nodes=sp) for sh in shapes]
-    f_cost: list[list[tuple[float, float]]] = []  # [p][c] -> (compute, comm)
-    b_cost: list[list[tuple[float, float, float]]] = []  # [p][c] -> (recompute, compute, comm)
+    f_cost: list[list[_OpTimes]] = []  # [p][c]
+    b_cost: list[list[_OpTimes]] = []
     for p in range(num_stages):
         layers = pipeline.layers_of(p)
         last = p == num_stages - 1
@@ -203,12 +260,14 @@ def _simulate_lane(
         rec = lane.recompute[p]
         fp, bp = [], []
         for c in range(num_chunks):
-            layer, a2a, head = terms[c]
-            fwd = layers * layer + (head if last else 0.0)
-            comm = layers * a2a
+            term = terms[c]
             r = min(max(rec[c], 0), layers)
-            fp.append((fwd, comm))
-            bp.append((r * (layer + a2a), kb * fwd, comm))
+            comm = layers * term.alltoall_s
+            forward = layers * term.forward_s + (term.head_s if last else 0.0)
+            backward = layers * term.backward_s + (term.head_backward_s if last else 0.0)
+            fp.append(_op_times(0.0, forward, comm, term.alltoall.scaled(layers), collectives[p].forward))
+            recompute = r * (term.forward_s + term.alltoall_s)
+            bp.append(_op_times(recompute, backward, comm, term.alltoall.scaled(layers + r), collectives[p].backward))
         f_cost.append(fp)
         b_cost.append(bp)
     p2p = []  # [p][c]: send from stage p to p+1 (activations) or p+1 to p (gradients): same size and link
@@ -230,60 +289,42 @@ def _simulate_lane(
         queued[p] = False
         ops = lane.schedule[p]
         t = totals[p]
-        ranks = (lane.ranks[p][0], lane.ranks[p][-1])
         advanced_f = advanced_b = False
         while cursor[p] < len(ops):
             op = ops[cursor[p]]
             c = op.chunk
-            if op.kind == "F":
-                if p == 0:
-                    ready = 0.0
-                else:
-                    prev = f_end[p - 1][c]
-                    if prev is None:
-                        break
-                    ready = prev + p2p[p - 1][c]
-                start = max(free[p], ready)
-                comp, comm = f_cost[p][c]
-                end = start + comp + comm
-                f_end[p][c] = end
-                t.compute_s += comp
-                t.alltoall_s += comm
-                if events is not None:
-                    events.append(TimelineEvent(lane.lane_id, p, ranks, "F", c, start, start + comp))
-                    if comm > 0:
-                        events.append(TimelineEvent(lane.lane_id, p, ranks, "A2A", c, start + comp, end))
-                    if p + 1 < num_stages:
-                        events.append(TimelineEvent(lane.lane_id, p, ranks, "P2P", c, end, end + p2p[p][c]))
-                if p + 1 < num_stages:
-                    t.p2p_s += p2p[p][c]
+            forward = op.kind == "F"
+            if forward and p > 0:
+                prev = f_end[p - 1][c]
+                if prev is None:
+                    break
+                ready = prev + p2p[p - 1][c]
+            elif not forward and p < num_stages - 1:
+                nxt = b_end[p + 1][c]
+                if nxt is None:
+                    break
+                ready = nxt + p2p[p][c]
+            else:
+                ready = 0.0
+            times = f_cost[p][c] if forward else b_cost[p][c]
+            start = max(free[p], ready)
+            end = start + times.duration_s
+            (f_end if forward else b_end)[p][c] = end
+            t.recompute_s += times.recompute_s
+            t.compute_s += times.compute_s
+            t.alltoall_s += times.alltoall_s
+            t.collective_s += times.duration_s - (times.recompute_s + times.compute_s + times.alltoall_s)
+            send_to = p + 1 if forward else p - 1
+            sends = 0 <= send_to < num_stages
+            send_s = p2p[min(p, send_to)][c] if sends else 0.0
+            t.p2p_s += send_s
+            if not forward:
+                t.last_backward = LastBackward(start, end, times.alltoall)
+            if events is not None:
+                _op_events(events, lane, p, op.kind, c, start, end, times, send_s if sends else None)
+            if forward:
                 advanced_f = True
             else:
-                if p == num_stages - 1:
-                    ready = 0.0
-                else:
-                    nxt = b_end[p + 1][c]
-                    if nxt is None:
-                        break
-                    ready = nxt + p2p[p][c]
-                start = max(free[p], ready)
-                t.last_b_start_s = start
-                recomp, comp, comm = b_cost[p][c]
-                end = start + recomp + comp + comm
-                b_end[p][c] = end
-                t.recompute_s += recomp
-                t.compute_s += comp
-                t.alltoall_s += comm
-                if events is not None:
-                    if recomp > 0:
-                        events.append(TimelineEvent(lane.lane_id, p, ranks, "R", c, start, start + recomp))
-                    events.append(TimelineEvent(lane.lane_id, p, ranks, "B", c, start + recomp, start + recomp + comp))
-                    if comm > 0:
-                        events.append(TimelineEvent(lane.lane_id, p, ranks, "A2A", c, start + recomp + comp, end))
-                    if p > 0:
-                        events.append(TimelineEvent(lane.lane_id, p, ranks, "P2P", c, end, end + p2p[p - 1][c]))
-                if p > 0:
-                    t.p2p_s += p2p[p - 1][c]
                 advanced_b = True
             free[p] = end
             cursor[p] += 1
@@ -302,6 +343,37 @@ def _simulate_lane(
 
     _lane_memory(lane, plan, cost, tokens, lengths, totals)
     return totals
+
+
+def _event(lane: Lane, stage: int, kind: EventKind, chunk: int, start_s: float, end_s: float) -> TimelineEvent:
+    ranks = lane.ranks[stage]
+    return TimelineEvent(lane.lane_id, stage, (ranks[0], ranks[-1]), kind, chunk, start_s, end_s)
+
+
+def _op_events(
+    events: list[TimelineEvent],
+    lane: Lane,
+    stage: int,
+    kind: Literal["F", "B"],
+    chunk: int,
+    start: float,
+    end: float,
+    times: _OpTimes,
+    send_s: float | None,
+) -> None:
+    """The bars of one op: [collective lead,] recompute, compute, all-to-alls; its collectives beside it; its send."""
+    at = start + times.lead_s
+    if times.recompute_s > 0:
+        events.append(_event(lane, stage, "R", chunk, at, at + times.recompute_s))
+        at += times.recompute_s
+    events.append(_event(lane, stage, kind, chunk, at, at + times.compute_s))
+    at += times.compute_s
+    if times.alltoall_s > 0:
+        events.append(_event(lane, stage, "A2A", chunk, at, at + times.alltoall_s))
+    if times.collective_s > 0:
+        events.append(_event(lane, stage, "SYNC", chunk, start, end))
+    if send_s is not None:
+        events.append(_event(lane, stage, "P2P", chunk, end, end + send_s))
 
 
 def _lane_memory(

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner_service.assembly import LaneDraft, assemble_plan, finish_plan, fits_memory, heuristic_record
-from planner_service.context import PlanningContext, options_that_fit
+from planner_service.context import PlanningContext, options_that_fit, zero_stage_contexts
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.lanes import buddy_offsets
 from planner_service.layout.memory_fit import memory_token_cap, sequence_fits
@@ -142,16 +142,18 @@ def plan_dcp(ctx: PlanningContext) -> Plan:
     for group, offset in zip(groups, offsets, strict=True):
         chunks = tuple(Chunk(segments=[Segment(seq_id=i, start=0, end=n)]) for i, n in group.items)
         drafts.append((group.size, offset, chunks))
-    policy = lane_policies(p_ctx, pipeline, drafts)
-    plan = assemble_plan(
-        p_ctx,
-        strategy="dcp",
-        pipeline=pipeline,
-        drafts=policy,
-        solver=SolverInfo(backend="greedy", status=SolverStatus.HEURISTIC),
-        budget=ctx.budget,
-    )
-    if not fits_memory(plan, ctx.cluster):
+    for zero_ctx in zero_stage_contexts(p_ctx):  # model states sharded further when a group does not fit
+        plan = assemble_plan(
+            zero_ctx,
+            strategy="dcp",
+            pipeline=pipeline,
+            drafts=lane_policies(zero_ctx, pipeline, drafts),
+            solver=SolverInfo(backend="greedy", status=SolverStatus.HEURISTIC),
+            budget=ctx.budget,
+        )
+        if fits_memory(plan, ctx.cluster):
+            break
+    else:
         raise InfeasibleWorkload(
             f"dcp: some group of P={num_stages} runs out of memory even with full recompute", field="lengths"
         )

@@ -10,11 +10,12 @@ batch, so memory is checked on each lane's memory timeline before the one plan k
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
 from planner_service.assembly import LaneDraft, assemble_plan, finish_plan, fits_memory, lanes_of_drafts
-from planner_service.context import PlanningContext, options_that_fit
+from planner_service.context import PlanningContext, options_that_fit, zero_stage_contexts
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.chunks import capped_chunks
 from planner_service.layout.lanes import uniform_lanes
@@ -75,22 +76,21 @@ def plan_greedy(
         ctx = options_that_fit(job_ctx, pipeline)
         degrees = valid_sp_degrees(ctx.model, Topology.of(ctx.cluster, num_stages).stage_block_size)
         cap = max(1, math.ceil(longest / num_stages)) if num_stages > 1 else longest
-        for sp_degree in degrees:
-            if not sequence_fits(ctx.cost, pipeline, longest, sp_degree, sliced=num_stages > 1):
+        # the stage guessed from model states first; a higher one only when nothing fits at it
+        for zero_ctx, sp_degree, full in itertools.product(zero_stage_contexts(ctx), degrees, (False, True)):
+            if not sequence_fits(zero_ctx.cost, pipeline, longest, sp_degree, sliced=num_stages > 1):
                 continue
-            for full in (False, True):
-                drafts = greedy_drafts(ctx, pipeline, sp_degree, cap, full)
-                if not drafts_fit(ctx, pipeline, drafts):
-                    continue
-                plan = assemble_plan(
-                    ctx,
-                    strategy=strategy,
-                    pipeline=pipeline,
-                    drafts=drafts,
-                    solver=SolverInfo(backend="greedy", status=status),
-                )
-                if not fits_memory(plan, ctx.cluster):  # the timeline check above is the simulator's; keep both
-                    continue
+            drafts = greedy_drafts(zero_ctx, pipeline, sp_degree, cap, full)
+            if not drafts_fit(zero_ctx, pipeline, drafts):
+                continue
+            plan = assemble_plan(
+                zero_ctx,
+                strategy=strategy,
+                pipeline=pipeline,
+                drafts=drafts,
+                solver=SolverInfo(backend="greedy", status=status),
+            )
+            if fits_memory(plan, ctx.cluster):  # the timeline check above is the simulator's; keep both
                 return finish_plan(
                     plan,
                     SolverInfo(

@@ -25,7 +25,7 @@ import numpy as np
 
 from planner_service.assembly import LaneDraft, PlanHeader, assemble_plan, finish_plan, fits_memory
 from planner_service.budget import UNITS_PER_SEQUENCE_PASS, PlanningBudget
-from planner_service.context import PlanningContext, options_that_fit
+from planner_service.context import PlanningContext, options_that_fit, zero_stage_contexts
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.chunks import pack_next_fit
 from planner_service.layout.recompute import uniform_recompute
@@ -143,13 +143,14 @@ def rank_static_layouts(ctx: PlanningContext, layouts: Sequence[StaticLayout]) -
 
 def micro_batch_fits(ctx: PlanningContext, pipeline: PipelineSpec, layout: StaticLayout, tokens: int) -> bool:
     """A necessary condition: the largest micro-batch alone (with the layout's checkpointing) fits stage 0 and
-    the last stage next to their model states."""
+    the last stage next to their model states, sharded as far as any ZeRO stage allows."""
     cost = ctx.cost
     dp = cost.dp_size(pipeline)
     for stage in {0, pipeline.num_stages - 1}:
         layers = pipeline.layers_of(stage)
         last = stage == pipeline.num_stages - 1
-        need = cost.model_state_bytes(stage, pipeline, dp) + cost.chunk_activation_bytes(
+        states = min(z.cost.model_state_bytes(stage, pipeline, dp) for z in zero_stage_contexts(ctx))
+        need = states + cost.chunk_activation_bytes(
             tokens,
             sp_degree=layout.sp_degree,
             num_layers=layers,
@@ -182,19 +183,25 @@ def build_static(
     budget: PlanningBudget,
     header: PlanHeader | None = None,
 ) -> Plan:
-    """The simulated plan of one static layout (memory not checked: see `fits_memory`)."""
+    """The simulated plan of one static layout at the ZeRO stage its model states suggest, or at the next
+    stages when the built plan does not fit memory (the last one tried is returned: see `fits_memory`)."""
     pipeline = PipelineSpec.even(ctx.model.num_layers, layout.num_stages)
-    layout_ctx = options_that_fit(ctx, pipeline)
-    budget.charge(UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths))  # packing the micro-batches
-    return assemble_plan(
-        layout_ctx,
-        strategy=strategy,
-        pipeline=pipeline,
-        drafts=static_drafts(layout_ctx, layout, pipeline),
-        solver=SolverInfo(backend="grid-search", status=SolverStatus.OPTIMAL),
-        budget=budget,
-        header=header,
-    )
+    plan = None
+    for layout_ctx in zero_stage_contexts(options_that_fit(ctx, pipeline)):
+        budget.charge(UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths))  # packing the micro-batches
+        plan = assemble_plan(
+            layout_ctx,
+            strategy=strategy,
+            pipeline=pipeline,
+            drafts=static_drafts(layout_ctx, layout, pipeline),
+            solver=SolverInfo(backend="grid-search", status=SolverStatus.OPTIMAL),
+            budget=budget,
+            header=header,
+        )
+        if fits_memory(plan, ctx.cluster):
+            break
+    assert plan is not None
+    return plan
 
 
 def static_search(

@@ -35,12 +35,15 @@ CLUSTER = ClusterSpec(
 MODEL = ModelSpec(
     name="t", num_layers=4, hidden_size=64, num_heads=8, num_kv_heads=2, ffn_hidden_size=128, vocab_size=256
 )
+# One backward/forward factor (2) for attention and GEMMs alike, which the hand numbers below assume; the split
+# factors are pinned in test_backward_factors.py.
 PROFILE = CostProfile(
     name="hand",
     attn_s_per_token2=1e-9,
     linear_s_per_token=1e-6,
     layer_overhead_s=1e-5,
-    backward_to_forward=2.0,
+    linear_backward_to_forward=2.0,
+    attention_backward_to_forward=2.0,
     head_s_per_token=2e-6,
     alltoall_bw_intra=1e9,
     alltoall_bw_inter=1e8,
@@ -141,6 +144,9 @@ def test_p2p_intra_and_inter() -> None:
 
 
 def test_grad_sync_hierarchical() -> None:
+    """Gradients reduced in the model's 2-byte dtype (`grad_reduce_dtype="model"`), which these numbers assume;
+    the fp32 default is pinned in test_comm_bandwidths.py."""
+    cost = CostModel.from_specs(CLUSTER, MODEL, PROFILE, PlanOptions(grad_reduce_dtype="model"))
     pipeline = PipelineSpec.even(4, 2)  # stage 0: layers 0-1 + embedding; stage 1: layers 2-3 + head
     n0 = 2 * 34_944 + 256 * 64
     n1 = 2 * 34_944 + 64 + 256 * 64
@@ -149,19 +155,23 @@ def test_grad_sync_hierarchical() -> None:
     # P=2 on 2 nodes x 4: stage 0's block is node 0 (4 devices): reduce-scatter + all-gather of 2*n0 bytes,
     # each 3/4 * bytes / 1e9 + 3 intra latencies (5e-6)
     expected = 2 * (0.75 * 2 * n0 / 1e9 + 3 * 5e-6)
-    assert COST.grad_sync_s(0, pipeline) == pytest.approx(expected)
+    assert cost.grad_sync_s(0, pipeline) == pytest.approx(expected)
     # P=1: one block of 8 over both nodes, hierarchical: per phase 3/4 * B / 1e9 + 3 * 5e-6 inside each node,
     # then 1/2 * (B / 4) / 1e8 + 1 * 2e-5 across the two nodes on each device's own link
     whole = PipelineSpec.even(4, 1)
     b = 2 * memory_model.stage_params(MODEL, whole, 0)
     per_phase = 0.75 * b / 1e9 + 3 * 5e-6 + 0.5 * (b / 4) / 1e8 + 2e-5
-    assert COST.grad_sync_s(0, whole) == pytest.approx(2 * per_phase)
-    assert COST.grad_sync_s(0, PipelineSpec.even(4, 4)) > 0
+    assert cost.grad_sync_s(0, whole) == pytest.approx(2 * per_phase)
+    assert cost.grad_sync_s(0, PipelineSpec.even(4, 4)) > 0
     one_device = ClusterSpec(**{**CLUSTER.model_dump(), "num_nodes": 1, "devices_per_node": 1})
     assert CostModel.from_specs(one_device, MODEL, PROFILE).grad_sync_s(0, whole) == 0.0
-    # ZeRO-2: reduce-scatter grads + all-gather params, same volume when both are 2-byte
-    zero2 = CostModel.from_specs(CLUSTER, MODEL, PROFILE, PlanOptions(zero_stage=2))
-    assert zero2.grad_sync_s(0, pipeline) == pytest.approx(expected)
+    # ZeRO-1: reduce-scatter of the grads + all-gather of the params, the same volume when both are 2-byte.
+    # ZeRO-2 reduce-scatters after every chunk's backward (per-chunk, priced in the ops), so only the parameter
+    # all-gather is once per step: one phase, half the ZeRO-0/1 figure.
+    zero1 = CostModel.from_specs(CLUSTER, MODEL, PROFILE, PlanOptions(zero_stage=1, grad_reduce_dtype="model"))
+    assert zero1.grad_sync_s(0, pipeline) == pytest.approx(expected)
+    zero2 = CostModel.from_specs(CLUSTER, MODEL, PROFILE, PlanOptions(zero_stage=2, grad_reduce_dtype="model"))
+    assert zero2.grad_sync_s(0, pipeline) == pytest.approx(expected / 2)
 
 
 def test_zero_sharding_reduces_model_states() -> None:
@@ -188,12 +198,16 @@ def test_tied_embeddings_cost_a_copy_on_the_last_stage_only_with_pipelining() ->
 
 
 def test_activation_bytes_with_recompute_and_head() -> None:
-    # 150 tokens over s=2 -> 75 per device; 3 layers, 1 recomputed: 75 * (100 * 2 + 10 * 1); + head 75 * 50
-    assert COST.chunk_activation_bytes(CHUNK, sp_degree=2, num_layers=3, recompute_layers=1) == 75 * 210
+    # 150 tokens over s=2 -> 75 per device; 3 layers, 1 recomputed: 75 * (100 * 2 + 10 * 1); + head 75 * 50.
+    # CHUNK's second segment is a slice with context 100, so the (fused) attention of each of the 2 kept layers
+    # also saves [prefix; own] K/V of all 100 + 50 + 100 = 250 rows, head-sharded: 250 / 2 * 8 B = 1000 per layer.
+    assert COST.chunk_activation_bytes(CHUNK, sp_degree=2, num_layers=3, recompute_layers=1) == 75 * 210 + 2000
     assert (
         COST.chunk_activation_bytes(CHUNK, sp_degree=2, num_layers=3, recompute_layers=1, is_last_stage=True)
-        == 75 * 260
+        == 75 * 260 + 2000
     )
+    # without a prefix (a token count stands for whole sequences) there is no concatenated copy
+    assert COST.chunk_activation_bytes(150, sp_degree=2, num_layers=3, recompute_layers=1) == 75 * 210
     # odd token counts are padded to a multiple of s
     assert COST.chunk_activation_bytes(151, sp_degree=2, num_layers=1) == 76 * 100
     assert COST.transient_bytes(150, sp_degree=2, is_last_stage=False) == 75 * 100
@@ -270,7 +284,8 @@ def test_preset_coefficients_follow_the_documented_assumptions() -> None:
     # 2 h = 8192 FLOPs per query-key pair (QK^T and PV, halved by causality) at 0.45 x 312e12 FLOP/s
     assert prof.attn_s_per_token2 == pytest.approx(5.8348e-11, rel=1e-4)
     assert prof.layer_overhead_s == pytest.approx(6e-5)
-    assert prof.backward_to_forward == 2.0
+    assert prof.linear_backward_to_forward == 2.0  # Kaplan et al.: 4ND backward vs 2ND forward
+    assert prof.attention_backward_to_forward == 2.5  # FlashAttention-2: backward ~2.5x forward
     assert prof.alltoall_bw_intra == 100e9
     assert prof.alltoall_bw_inter == 8e9
     assert prof.checkpoint_bytes_per_token_layer == 8192  # the layer input: h bf16 values
