@@ -1,115 +1,147 @@
-"""Plan quality: every strategy's predicted iteration time on paper-scale clusters, models and data.
+"""Plan quality: every strategy's predicted (simulated) iteration time where static layouts are hard to beat.
 
-clusters {a100-40g-8x8, a800-80g-4x8, h100-80g-16x8} x models {gpt-7b, gpt-13b, gpt-30b} x data {the real
-Wikipedia lengths (when ../shared is present), synthetic github, synthetic commoncrawl} x max length
-{64K, 128K, 384K}, batch 512. For each: iteration time, speedup over `static`, ratio to ideal, planning time.
+Grid: clusters {a100-40g-8x8, a800-80g-4x8, h100-80g-8x8} x models {llama2-7b, gpt-13b, llama3-8b (GQA)} x
+batch {128, 512} x max length {32K, 128K} x seeds {1, 2} = 72 configurations, each on one length source taken
+in turn from {the real Wikipedia lengths (when present), the Python standard library's files, synthetic github,
+synthetic commoncrawl}: a sample of the full cross product with every source, so the run stays near half an
+hour on 2 cores (`--full` runs every source on every configuration, four times longer).
 
-    .venv/bin/python bench/plan_quality.py                 # the full grid (long: tens of minutes on 2 cores)
-    .venv/bin/python bench/plan_quality.py --quick         # a100-40g-8x8 x gpt-7b x all data, 384K only
+Every strategy plans with the same limit (2 s by default); `megatron` first tunes its one layout for the job on
+three other batches of the same source (not counted in its planning time). Reported per configuration:
+each strategy's time, helix's speedup over each peer and over the best of all others, its ratio to ideal,
+and the planning wall time; then medians, worst cases and the count of configurations where helix is slower.
 
-Writes bench/results/plan_quality.md and .json. A configuration a strategy cannot fit is reported as such.
+    .venv/bin/python bench/plan_quality.py                 # the sampled grid
+    .venv/bin/python bench/plan_quality.py --quick         # 8 configurations (smoke test)
+    .venv/bin/python bench/plan_quality.py --wikipedia /path/to/wikipedia-lengths.txt
+
+Writes bench/results/plan_quality.md and .json (plan_quality_quick.* with --quick).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import sys
-import time
+from pathlib import Path
 from statistics import median
 from typing import Any
 
 from bench_common import WIKIPEDIA, machine, write_table
 
-from planner_service.cost_model import CostModel
-from planner_service.errors import PlanningError
-from planner_service.planner import make_plan
-from planner_service.presets import resolve_cluster, resolve_model
-from planner_service.workloads import load_workload
+from planner_service.report import compare_results, load_named_workload
+from planner_service.strategies.registry import STRATEGIES
 
-STRATEGIES = ("static", "flexsp", "infinipipe", "helix")
-CLUSTERS = ("a100-40g-8x8", "a800-80g-4x8", "h100-80g-16x8")
-MODELS = ("gpt-7b", "gpt-13b", "gpt-30b")
-MAX_LENS = (65536, 131072, 393216)
+CLUSTERS = ("a100-40g-8x8", "a800-80g-4x8", "h100-80g-8x8")
+MODELS = ("llama2-7b", "gpt-13b", "llama3-8b")
+BATCHES = (128, 512)
+MAX_LENS = (32768, 131072)
+SEEDS = (1, 2)
+PEERS = tuple(name for name in STRATEGIES if name != "helix")
 
 
-def datasets() -> list[tuple[str, str | None, str | None]]:
-    """(label, lengths path, synthetic dataset)."""
-    out: list[tuple[str, str | None, str | None]] = []
-    if WIKIPEDIA.exists():
-        out.append(("wikipedia (real)", str(WIKIPEDIA), None))
+def sources(wikipedia: Path) -> list[tuple[str, Path | None, str | None]]:
+    """(label, lengths file, dataset) of every length source available here."""
+    out: list[tuple[str, Path | None, str | None]] = []
+    if wikipedia.exists():
+        out.append(("wikipedia (real)", wikipedia, None))
     else:
-        print(f"note: {WIKIPEDIA} absent, skipping the real Wikipedia lengths", file=sys.stderr)
-    out += [("github (synthetic)", None, "github"), ("commoncrawl (synthetic)", None, "commoncrawl")]
+        print(f"note: {wikipedia} absent: the real Wikipedia lengths are skipped", file=sys.stderr)
+    out += [("stdlib (real)", None, "stdlib"), ("github (synthetic)", None, "github")]
+    out += [("commoncrawl (synthetic)", None, "commoncrawl")]
     return out
 
 
+def configurations(args: argparse.Namespace) -> list[tuple[Any, ...]]:
+    grid = list(itertools.product(CLUSTERS, MODELS, BATCHES, MAX_LENS, SEEDS))
+    data = sources(args.wikipedia)
+    if args.full:
+        return [(*config, source) for config in grid for source in data]
+    picked = [(*config, data[i % len(data)]) for i, config in enumerate(grid)]
+    return picked[:: len(picked) // 8] if args.quick else picked
+
+
+def speedup(row: dict[str, Any], peer: str, helix: float | None) -> float | None:
+    other = row.get(peer)
+    return other / helix if other and helix else None
+
+
 def run(args: argparse.Namespace) -> None:
-    clusters = ("a100-40g-8x8",) if args.quick else CLUSTERS
-    models = ("gpt-7b",) if args.quick else MODELS
-    max_lens = (393216,) if args.quick else MAX_LENS
     rows: list[list[Any]] = []
-    grid = [(c, m, d, L) for c in clusters for m in models for d in datasets() for L in max_lens]
-    for i, (cluster_name, model_name, (label, path, dataset), max_len) in enumerate(grid, 1):
-        cluster, model = resolve_cluster(cluster_name), resolve_model(model_name)
-        batch = load_workload(lengths_path=path, dataset=dataset, batch_size=512, seed=args.seed, max_len=max_len)
-        ideal = CostModel.from_specs(cluster, model).ideal_s(batch)
-        results: dict[str, tuple[float | None, float, str]] = {}
-        for name in STRATEGIES:
-            started = time.perf_counter()
-            try:
-                plan = make_plan(batch=batch, cluster=cluster, model=model, strategy=name, time_limit_s=args.time_limit)
-                results[name] = (plan.predicted.iteration_s, time.perf_counter() - started, plan.solver.status)
-            except PlanningError:
-                results[name] = (None, time.perf_counter() - started, "infeasible")
-        static = results["static"][0]
-        for name, (iteration, plan_s, status) in results.items():
-            rows.append([
-                cluster_name, model_name, label, max_len, name,
-                iteration,
-                static / iteration if static and iteration else None,
-                iteration / ideal if iteration else None,
-                plan_s, status,
-            ])  # fmt: skip
-        summary = ", ".join(f"{n} {r[0]:.2f}s" if r[0] else f"{n} -" for n, r in results.items())
+    summary: list[dict[str, Any]] = []
+    configs = configurations(args)
+    load_before = os.getloadavg()
+    for i, (cluster, model, batch, max_len, seed, (label, path, dataset)) in enumerate(configs, 1):
+        work = load_named_workload(cluster, model, path, dataset, batch, seed, max_len)
+        report, _ = compare_results(work, list(STRATEGIES), args.time_limit, "cpsat", 0)
+        times = {r["strategy"]: r["iteration_s"] for r in report["results"]}
+        plan_s = {r["strategy"]: r["plan_s"] for r in report["results"]}
+        helix = times["helix"]
+        best_other = min((t for name, t in times.items() if name != "helix" and t), default=None)
+        entry = {
+            "config": f"{cluster} {model} {label} b{batch} L{max_len} s{seed}",
+            "helix_vs_best": best_other / helix if best_other and helix else None,
+            "ratio_to_ideal": helix / report["ideal_s"] if helix else None,
+            "helix_plan_s": plan_s["helix"],
+            **{f"vs_{peer}": speedup(times, peer, helix) for peer in PEERS},
+        }
+        summary.append(entry)
+        rows.append([
+            cluster, model, label, batch, max_len, seed, report["ideal_s"],
+            *(times[name] for name in STRATEGIES),
+            entry["helix_vs_best"], entry["ratio_to_ideal"], plan_s["helix"], max(plan_s.values()),
+        ])  # fmt: skip
         print(
-            f"[{i}/{len(grid)}] {cluster_name} {model_name} {label} {max_len}: ideal {ideal:.2f}s; {summary}",
+            f"[{i}/{len(configs)}] {entry['config']}: helix {helix or float('nan'):.3f}s, "
+            f"{entry['helix_vs_best'] or float('nan'):.3f}x the best other, "
+            f"{entry['ratio_to_ideal'] or float('nan'):.3f}x ideal, planned in {plan_s['helix']:.2f}s",
             flush=True,
         )
-    helix_speedups = [r[6] for r in rows if r[4] == "helix" and r[6]]
-    meta = {
-        **machine(),
-        "batch": 512,
-        "seed": args.seed,
-        "time_limit_s": args.time_limit,
-        "median helix speedup over static": f"{median(helix_speedups):.2f}x" if helix_speedups else "-",
-        "command": "python bench/plan_quality.py" + (" --quick" if args.quick else ""),
-    }
+    meta = {**machine(), **summarise(summary, args), "load average (1 min) before/after": (
+        f"{load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")}  # fmt: skip
+    name = "plan_quality" + ("_quick" if args.quick else "_full" if args.full else "")
     md = write_table(
-        "plan_quality" + ("_quick" if args.quick else ""),
-        "Plan quality (predicted by the calibrated simulator)",
-        [
-            "cluster",
-            "model",
-            "data",
-            "max_len",
-            "strategy",
-            "iteration_s",
-            "speedup_vs_static",
-            "ratio_to_ideal",
-            "plan_s",
-            "status",
-        ],
+        name,
+        "Plan quality: simulated iteration seconds per strategy (helix speedup = other / helix)",
+        ["cluster", "model", "data", "batch", "max_len", "seed", "ideal_s", *STRATEGIES,
+         "helix_vs_best_other", "helix_x_ideal", "helix_plan_s", "slowest_plan_s"],
         rows,
         meta,
-    )
+    )  # fmt: skip
     print(f"wrote {md}")
+
+
+def summarise(summary: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Medians and worst cases over the configurations where both sides have a plan."""
+
+    def stats(key: str) -> str:
+        values = [s[key] for s in summary if s[key] is not None]
+        if not values:
+            return "-"
+        slower = sum(v < 1 - 1e-9 for v in values)
+        return f"median {median(values):.3f}x, worst {min(values):.3f}x, helix slower in {slower} of {len(values)}"
+
+    ideal = [s["ratio_to_ideal"] for s in summary if s["ratio_to_ideal"] is not None]
+    plan = sorted(s["helix_plan_s"] for s in summary)
+    return {
+        "configurations": f"{len(summary)} ({'every source on every configuration' if args.full else 'sampled'})",
+        "time_limit_s": args.time_limit,
+        "helix vs best of all others": stats("helix_vs_best"),
+        **{f"helix vs {peer}": stats(f"vs_{peer}") for peer in PEERS},
+        "helix ratio to ideal": f"median {median(ideal):.3f}, worst {max(ideal):.3f}" if ideal else "-",
+        "helix planning wall s": f"p50 {plan[len(plan) // 2]:.2f}, p95 {plan[int(0.95 * (len(plan) - 1))]:.2f}, "
+        f"max {plan[-1]:.2f}",
+        "command": "python bench/plan_quality.py" + (" --quick" if args.quick else " --full" if args.full else ""),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one cluster and model, 384K only")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="8 configurations")
+    parser.add_argument("--full", action="store_true", help="every length source on every configuration")
     parser.add_argument("--time-limit", type=float, default=2.0)
+    parser.add_argument("--wikipedia", type=Path, default=WIKIPEDIA, help="the real Wikipedia lengths file")
     run(parser.parse_args())
     return 0
 

@@ -66,6 +66,13 @@ class PlanningBudget:
     """Set when the wall clock stopped a step the units would have allowed (the plan may then depend on load)."""
     units_ran_out: bool = field(default=False)
     """Set when the units stopped a step (a deterministic stop: a longer limit might find a better plan)."""
+    started: float | None = None
+    """Clock reading when the call began (default: at creation); the observed seconds per unit since then
+    predict whether a step can end before the safety net."""
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.parent.started if self.parent is not None else self.clock()
 
     @classmethod
     def for_limit(
@@ -95,6 +102,24 @@ class PlanningBudget:
     def wall_left(self) -> float:
         """Seconds until the safety net (never negative)."""
         return max(0.0, self.wall_end - self.clock())
+
+    def root(self) -> PlanningBudget:
+        return self.parent.root() if self.parent is not None else self
+
+    def seconds_for(self, units: float) -> float:
+        """Predicted wall seconds of `units` on this machine now: the reference rate, or the slower rate this call
+        has seen so far (a loaded machine)."""
+        root = self.root()
+        assert root.started is not None
+        seen = (self.clock() - root.started) / root.spent if root.spent > 0 else 0.0
+        return units * max(1.0 / WORK_UNITS_PER_SECOND, seen)
+
+    def affordable(self, units: float) -> bool:
+        """Whether a step of `units` is predicted to end before the safety net (a wall-clock decision)."""
+        if self.seconds_for(units) <= self.wall_left():
+            return True
+        self._trip()
+        return False
 
     def out_of_units(self) -> bool:
         return self.units_left() <= 0.0

@@ -60,9 +60,13 @@ class Score:
     spread: float
 
     @classmethod
-    def of(cls, lanes: Sequence[LaneScore]) -> Score:
+    def of(cls, lanes: Sequence[LaneScore], idle_round_s: float = 0.0) -> Score:
+        """Lanes priced alone: the slowest end, each lane's end lengthened by the per-chunk collective rounds
+        it joins idle (ZeRO-2/3: as many as the busiest lane has chunks more than it)."""
         finish = np.array([lane.finish_s for lane in lanes], dtype=np.float64)
-        return cls(max(lane.end_s for lane in lanes), float((finish * finish).sum()))
+        most = max(lane.num_chunks for lane in lanes)
+        end = max(lane.end_s + (most - lane.num_chunks) * idle_round_s for lane in lanes)
+        return cls(end, float((finish * finish).sum()))
 
     def beats(self, other: Score) -> bool:
         if self.iteration_s < other.iteration_s * (1 - IMPROVEMENT_EPS):
@@ -245,27 +249,22 @@ def improve(session: SearchSession, start: Candidate, budget: PlanningBudget) ->
 def walk(session: SearchSession, start: Candidate, budget: PlanningBudget) -> tuple[Candidate, int]:
     assert start.recipe is not None
     recipe = start.recipe
+    pipeline, cost = recipe.pipeline, recipe.ctx.cost
+    idle = max(cost.collective_times(p, pipeline).idle_round_s for p in range(pipeline.num_stages))
     scores = session.lane_scores(recipe)
     if scores is None:
         return start, 0
-    score = Score.of(scores)
+    score = Score.of(scores, idle)
     best, steps, checked = start, 0, 0
     while not budget.exhausted():
         hood = Neighbourhoods(session, recipe, scores)
-        for tried, neighbour in enumerate(hood):
+        for neighbour in hood:
             if budget.exhausted():
                 break
             found = session.lane_scores(neighbour)
-            if found is not None and Score.of(found).beats(score):
-                log.debug(
-                    "step %d: %.4f -> %.4f s (%s, neighbour %d)",
-                    steps,
-                    score.iteration_s,
-                    Score.of(found).iteration_s,
-                    hood.last,
-                    tried,
-                )
-                recipe, scores, score = neighbour, found, Score.of(found)
+            if found is not None and (better := Score.of(found, idle)).beats(score):
+                log.debug("step %d: %.4f -> %.4f s (%s)", steps, score.iteration_s, better.iteration_s, hood.last)
+                recipe, scores, score = neighbour, found, better
                 steps += 1
                 break
         else:

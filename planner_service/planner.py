@@ -1,8 +1,9 @@
 """The planner facade: one call from a batch, a cluster and a model to a validated plan.
 
 Used in-process by the CLI, the tests, the service and the executor's offline fallback.
-A strategy that crashes (a solver bug, a timeout) never stops training: the greedy plan is
-returned instead, marked `fallback` with the reason.
+A strategy that crashes (a solver bug) never stops training: the greedy plan is returned instead, marked
+`fallback` with the reason; one that could build nothing within the time limit returns it marked
+`timeout-fallback`. The time limit bounds the whole call (`PlanningContext.budget`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload, PlanningError
+from planner_service.search import NothingBuiltInTime
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.registry import get_strategy
 from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, SolverStatus, validate_plan
@@ -59,7 +61,10 @@ def make_plan(
         validate_plan(plan, batch, cluster, model)
     except PlanningError:
         raise
-    except Exception as exc:  # a broken or timed-out strategy must not stop training
+    except NothingBuiltInTime as exc:  # the limit is too short for this strategy at this scale
+        plan = plan_greedy(ctx, strategy=strategy, status=SolverStatus.TIMEOUT_FALLBACK, reason=str(exc))
+        validate_plan(plan, batch, cluster, model)
+    except Exception as exc:  # a broken strategy must not stop training
         log.warning("strategy %s failed (%s); returning the greedy fallback plan", strategy, exc)
         plan = plan_greedy(ctx, strategy=strategy, status=SolverStatus.FALLBACK, reason=f"{type(exc).__name__}: {exc}")
         validate_plan(plan, batch, cluster, model)

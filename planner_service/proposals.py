@@ -13,6 +13,8 @@ Strategies pick and combine families (`helix` takes them all); building and sear
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from planner_service.budget import UNITS_PER_SEQUENCE_PASS, UNITS_PER_SOLVER_DETERMINISTIC_S
@@ -21,7 +23,7 @@ from planner_service.layout.flexible_lanes import FlexibleLanes, flexible_lanes,
 from planner_service.layout.lanes import LaneSpec, uniform_lanes
 from planner_service.layout.memory_fit import sequence_fits
 from planner_service.layout.recompute import RecomputeMode
-from planner_service.layout.work_model import simulated_work, work_model
+from planner_service.layout.work_model import SimulatedWork, exposed_sync_s, simulated_work, work_model
 from planner_service.search import (
     CANDIDATES_BUILT,
     MAX_DYNAMIC_PIPELINE_DEGREE,
@@ -45,48 +47,66 @@ def estimate_lanes(ctx: PlanningContext, pipeline: PipelineSpec, lanes: list[Lan
     """Estimated simulated time of lanes: the busiest lane's `SimulatedWork` (compute, all-to-alls, forced
     recompute, fill and drain, chunk overheads) plus the split's exposed gradient sync."""
     knob = chunkings_for(pipeline.num_stages)[0].chunks_per_stage
-    models = {}
+    sync = exposed_sync_s(ctx.cost, pipeline)
+    models: dict[int, SimulatedWork] = {}
     worst = 0.0
     for lane in lanes:
         s = lane.sp_degree
         if s not in models:
-            models[s] = simulated_work(ctx.cost, pipeline, s, sliced=sliced, chunks_per_stage=knob)
+            models[s] = simulated_work(ctx.cost, pipeline, s, sliced=sliced, chunks_per_stage=knob, sync_exposed_s=sync)
         if lane.items:
             work = models[s](np.array([n for _, n in lane.items], dtype=np.float64))
             worst = max(worst, float(work.sum()) + models[s].chunk_overhead_s)
-    sync = next(iter(models.values())).sync_exposed_s if models else 0.0
     ctx.budget.charge(UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths))
     return worst + sync
 
 
+def uniform_recipe(ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int, *, strategy: str, note: str) -> Recipe:
+    """Every lane of size s, sequences dealt longest-processing-time first by the work model."""
+    p = pipeline.num_stages
+    lanes = uniform_lanes(ctx, pipeline, sp_degree, work_model(ctx.cost, pipeline, sp_degree))
+    return Recipe(
+        ctx=ctx,
+        pipeline=pipeline,
+        lanes=tuple(lanes),
+        strategy=strategy,
+        chunking=chunkings_for(p)[0],
+        sliced=p > 1,
+        recompute="adaptive",
+        solver=SolverInfo(backend="enumeration", status=SolverStatus.FEASIBLE, message=note),
+    )
+
+
 def uniform_proposals(ctx: PlanningContext, *, strategy: str, degrees: list[int]) -> list[Proposal]:
-    """Every uniform (P, s) layout of `degrees` the longest sequence fits, with its estimate (no solver)."""
+    """Every uniform (P, s) layout of `degrees` the longest sequence fits, with its estimate: the average lane's
+    `SimulatedWork` or the costliest sequence's, whichever is larger (lanes are dealt only when built)."""
     longest = max(ctx.batch.lengths)
+    lengths = np.array(ctx.batch.lengths, dtype=np.float64)
     out: list[Proposal] = []
     for p in degrees:
         pipeline = PipelineSpec.even(ctx.model.num_layers, p)
         p_ctx = options_that_fit(ctx, pipeline)
         sliced = p > 1
-        for s in valid_sp_degrees(ctx.model, p_ctx.cost.dp_size(pipeline)):
+        block = p_ctx.cost.dp_size(pipeline)
+        sync = exposed_sync_s(p_ctx.cost, pipeline)
+        knob = chunkings_for(p)[0].chunks_per_stage
+        for s in valid_sp_degrees(ctx.model, block):
             if not sequence_fits(p_ctx.cost, pipeline, longest, s, sliced=sliced):
                 continue
-            lanes = uniform_lanes(p_ctx, pipeline, s, work_model(p_ctx.cost, pipeline, s))
-            estimate = estimate_lanes(p_ctx, pipeline, lanes, sliced=sliced)
-            recipe = Recipe(
-                ctx=p_ctx,
-                pipeline=pipeline,
-                lanes=tuple(lanes),
-                strategy=strategy,
-                chunking=chunkings_for(p)[0],
-                sliced=sliced,
-                recompute="adaptive",
-                solver=SolverInfo(
-                    backend="enumeration",
-                    status=SolverStatus.FEASIBLE,
-                    message=f"uniform SP {s} x P {p} (estimate {estimate:.4f} s)",
-                ),
+            model = simulated_work(p_ctx.cost, pipeline, s, sliced=sliced, chunks_per_stage=knob, sync_exposed_s=sync)
+            work = model(lengths)
+            estimate = max(float(work.sum()) / (block // s), float(work.max())) + model.chunk_overhead_s + sync
+            note = f"uniform SP {s} x P {p} (estimate {estimate:.4f} s)"
+            out.append(
+                Proposal(
+                    estimate,
+                    functools.partial(uniform_recipe, p_ctx, pipeline, s, strategy=strategy, note=note),
+                    chunkings_for(p),
+                    p,
+                    ("uniform", p, s),
+                )
             )
-            out.append(Proposal(estimate, recipe, chunkings_for(p)))
+    ctx.budget.charge(UNITS_PER_SEQUENCE_PASS * len(lengths) * len(out))
     return out
 
 
@@ -147,7 +167,7 @@ def flexible_proposals(
             continue
         recipe, found = made
         estimate = estimate_lanes(p_ctx, pipeline, found.lanes, sliced=p > 1) if fidelity else found.estimate_s
-        out.append(Proposal(estimate, recipe, chunkings_for(p)))
+        out.append(Proposal.of(estimate, recipe, chunkings_for(p), ("flexible", p, fidelity)))
     return out
 
 
@@ -169,7 +189,7 @@ def single_stage_flexible_proposal(
     if made is None:
         return None
     recipe, found = made
-    return Proposal(found.estimate_s, recipe, chunkings_for(1))
+    return Proposal.of(found.estimate_s, recipe, chunkings_for(1), ("flexible", 1, False, recompute))
 
 
 def seeded_proposal(ctx: PlanningContext, plan: Plan, *, strategy: str, label: str) -> Proposal:
@@ -199,7 +219,7 @@ def seeded_proposal(ctx: PlanningContext, plan: Plan, *, strategy: str, label: s
             message=f"{label} ({lane_sizes_text(lanes)}, P={p})",
         ),
     )
-    return Proposal(plan.predicted.iteration_s, recipe, chunkings_for(p))
+    return Proposal.of(plan.predicted.iteration_s, recipe, chunkings_for(p), ("seeded", label, p))
 
 
 def infinipipe_proposals(ctx: PlanningContext, *, strategy: str) -> list[Proposal]:

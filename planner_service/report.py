@@ -7,7 +7,8 @@ rich renderables; printing and argument handling stay in `cli.py`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,14 @@ from rich.table import Table
 
 from planner_service.cost_model import CostModel
 from planner_service.errors import PlanningError
+from planner_service.job_layout import tune_fixed_layout
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.workloads import load_workload
 from proto import Batch, ClusterSpec, ModelSpec, Plan, PlanOptions, ZeroStage
+
+JOB_SAMPLE_BATCHES = 3
+"""Batches (other seeds of the same source) a `megatron` job is tuned on before the compared batch is planned."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +35,15 @@ class Workload:
     model: ModelSpec
     batch: Batch
     description: dict[str, Any]
+    other_batch: Callable[[int], Batch] | None = field(default=None, compare=False)
+    """Another batch of the same source and size for a seed (a job's sample for `megatron`), when known."""
+
+    def job_sample(self, count: int = JOB_SAMPLE_BATCHES) -> list[Batch]:
+        """Batches a job would see besides this one: the same source with the seeds after this batch's."""
+        if self.other_batch is None:
+            return [self.batch]
+        seed = int(self.description.get("seed", 0))
+        return [self.other_batch(seed + 1 + k) for k in range(count)]
 
 
 def load_named_workload(
@@ -38,13 +52,17 @@ def load_named_workload(
     """Cluster and model from preset names or files, and a batch sampled from a lengths file or a dataset."""
     cluster_spec = resolve_cluster(cluster)
     model_spec = resolve_model(model)
-    batch = load_workload(
-        lengths_path=str(lengths) if lengths else None,
-        dataset=dataset,
-        batch_size=batch_size,
-        seed=seed,
-        max_len=max_len,
-    )
+
+    def batch_for(batch_seed: int) -> Batch:
+        return load_workload(
+            lengths_path=str(lengths) if lengths else None,
+            dataset=dataset,
+            batch_size=batch_size,
+            seed=batch_seed,
+            max_len=max_len,
+        )
+
+    batch = batch_for(seed)
     description = {
         "cluster": cluster_spec.name,
         "num_devices": cluster_spec.num_devices,
@@ -56,7 +74,18 @@ def load_named_workload(
         "num_tokens": batch.num_tokens,
         "longest": max(batch.lengths),
     }
-    return Workload(cluster=cluster_spec, model=model_spec, batch=batch, description=description)
+    return Workload(cluster=cluster_spec, model=model_spec, batch=batch, description=description, other_batch=batch_for)
+
+
+def job_options(work: Workload, strategy: str, options: PlanOptions, time_limit: float) -> PlanOptions:
+    """The options a job running `strategy` plans this batch with: for `megatron`, its fixed layout tuned on
+    the job's sample (other batches of the same source), as a user tunes once before training."""
+    if strategy != "megatron" or options.fixed_layout is not None:
+        return options
+    layout = tune_fixed_layout(
+        cluster=work.cluster, model=work.model, samples=work.job_sample(), options=options, time_limit_s=time_limit
+    )
+    return options.model_copy(update={"fixed_layout": layout})
 
 
 def compare_results(
@@ -68,14 +97,19 @@ def compare_results(
     results = []
     plans: dict[str, Plan] = {}
     for name in strategies:
-        started = time.perf_counter()
+        try:
+            strategy_options = job_options(work, name, options, time_limit)
+        except PlanningError as exc:
+            results.append(result_row(name, None, f"infeasible: {exc}", 0.0, ideal))
+            continue
+        started = time.perf_counter()  # a job tunes its layout once: not part of planning this batch
         try:
             made = make_plan(
                 batch=work.batch,
                 cluster=work.cluster,
                 model=work.model,
                 strategy=name,
-                options=options,
+                options=strategy_options,
                 time_limit_s=time_limit,
                 solver=solver,
             )
@@ -84,20 +118,22 @@ def compare_results(
             status: str = made.solver.status.value
         except PlanningError as exc:
             plan, status = None, f"infeasible: {exc}"
-        elapsed = time.perf_counter() - started
-        results.append(
-            {
-                "strategy": name,
-                "feasible": plan is not None,
-                "iteration_s": plan.predicted.iteration_s if plan else None,
-                "ratio_to_ideal": plan.predicted.iteration_s / ideal if plan and ideal > 0 else None,
-                "peak_memory_gib": max(plan.predicted.peak_memory_bytes) / 2**30 if plan else None,
-                "plan_s": elapsed,
-                "status": status,
-                "gap": plan.solver.gap if plan else None,
-            }
-        )
+        results.append(result_row(name, plan, status, time.perf_counter() - started, ideal))
     return {"ideal_s": ideal, "workload": work.description, "results": results}, plans
+
+
+def result_row(strategy: str, plan: Plan | None, status: str, plan_s: float, ideal: float) -> dict[str, Any]:
+    """One strategy's row of the comparison (`plan` None: it produced no plan, `status` says why)."""
+    return {
+        "strategy": strategy,
+        "feasible": plan is not None,
+        "iteration_s": plan.predicted.iteration_s if plan else None,
+        "ratio_to_ideal": plan.predicted.iteration_s / ideal if plan and ideal > 0 else None,
+        "peak_memory_gib": max(plan.predicted.peak_memory_bytes) / 2**30 if plan else None,
+        "plan_s": plan_s,
+        "status": status,
+        "gap": plan.solver.gap if plan else None,
+    }
 
 
 def render_comparison(report: dict[str, Any]) -> Table:

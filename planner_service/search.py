@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from planner_service.assembly import PlanHeader, finish_plan, fits_memory, simulate_lanes
-from planner_service.budget import PlanningBudget
+from planner_service.budget import (
+    UNITS_PER_BUILT_OP,
+    UNITS_PER_SEQUENCE_PASS,
+    UNITS_PER_SIMULATED_OP,
+    PlanningBudget,
+)
 from planner_service.context import PlanningContext, zero_stage_contexts
 from planner_service.layout.lane_builder import Chunking, ChunkKnobs, LaneBuilder, LaneScore
 from planner_service.layout.lanes import LaneSpec, buddy_offsets
@@ -69,6 +74,10 @@ class Recipe:
         return replace(self, lanes=tuple(lanes), lane_chunking=tuple(lane_chunking))
 
 
+class NothingBuiltInTime(RuntimeError):
+    """No candidate could be built before the wall-clock safety net: the caller returns its fallback plan."""
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     plan: Plan
@@ -81,19 +90,29 @@ class Candidate:
         return self.plan.predicted.iteration_s
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Proposal:
-    """A candidate layout not yet built: its estimate, its recipe and the chunk counts to try."""
+    """A candidate layout not yet built: its estimate, the chunkings to try, and its recipe, made on first use
+    (dealing thousands of sequences to lanes is worth doing only for the proposals that get built)."""
 
     estimate_s: float
-    recipe: Recipe
+    make_recipe: Callable[[], Recipe]
     knobs: tuple[Chunking, ...]
+    num_stages: int
+    key: tuple[object, ...]
+    """What identifies the layout (family, split, sizes), so two families proposing it build it once."""
+    made: Recipe | None = None
 
     @property
-    def key(self) -> tuple[object, ...]:
-        """What identifies the layout: split, ZeRO stage, lanes, chunking and recompute policy."""
-        r = self.recipe
-        return (r.pipeline.num_stages, int(r.ctx.options.zero_stage), r.lanes, r.sliced, r.recompute, self.knobs)
+    def recipe(self) -> Recipe:
+        if self.made is None:
+            self.made = self.make_recipe()
+        return self.made
+
+    @classmethod
+    def of(cls, estimate_s: float, recipe: Recipe, knobs: tuple[Chunking, ...], key: tuple[object, ...]) -> Proposal:
+        """A proposal whose recipe is already made."""
+        return cls(estimate_s, lambda: recipe, knobs, recipe.pipeline.num_stages, key, recipe)
 
 
 def chunkings_for(num_stages: int) -> tuple[Chunking, ...]:
@@ -171,15 +190,35 @@ class SearchSession:
                 return Candidate(plan, staged)
         return None
 
+    def build_units(self, recipe: Recipe) -> float:
+        """Predicted units of building and simulating `recipe` from scratch (its ops: about chunks x P x 2)."""
+        p = recipe.pipeline.num_stages
+        builder = self.builder(recipe)
+        ops = 0
+        for i, lane in enumerate(recipe.lanes):
+            if lane.items:
+                tokens = sum(n for _, n in lane.items)
+                chunks = max(
+                    recipe.chunking_of(i).chunks_per_stage * p, -(-tokens // builder.token_cap(lane.sp_degree))
+                )
+                ops += 2 * p * min(chunks, len(lane.items) + chunks // 2)
+        return ops * (UNITS_PER_BUILT_OP + UNITS_PER_SIMULATED_OP) + UNITS_PER_SEQUENCE_PASS * len(
+            self.ctx.batch.lengths
+        )
+
     def search_knobs(self, recipe: Recipe, knobs: Sequence[Chunking], *, forced: bool = False) -> Candidate | None:
-        """Build with each chunk count (the first always when `forced`, the rest while units last); the fastest."""
+        """Build with each chunking (the first always when `forced` and it can end before the safety net, the
+        rest while units last); the fastest."""
         best: Candidate | None = None
         for i, knob in enumerate(knobs):
             if (i > 0 or not forced) and self.budget.exhausted():
                 break
-            if forced and self.budget.out_of_time() and best is not None:
+            if forced and best is not None and self.budget.out_of_time():
                 break
-            found = self.candidate(replace(recipe, chunking=knob, lane_chunking=()))
+            trial = replace(recipe, chunking=knob, lane_chunking=())
+            if not self.budget.affordable(self.build_units(trial)):
+                continue  # it cannot end in time: a cheaper proposal may
+            found = self.candidate(trial)
             if found is not None and (best is None or found.iteration_s < best.iteration_s):
                 best = found
         return best
@@ -202,19 +241,19 @@ class SearchSession:
             if found is None:
                 return
             built.append((found, proposal))
-            p = proposal.recipe.pipeline.num_stages
+            p = proposal.num_stages
             if proposal.estimate_s > 0:
                 ratio[p] = min(ratio.get(p, math.inf), found.iteration_s / proposal.estimate_s)
 
         def corrected(proposal: Proposal) -> float:
-            return proposal.estimate_s * ratio.get(proposal.recipe.pipeline.num_stages, 1.0)
+            return proposal.estimate_s * ratio.get(proposal.num_stages, 1.0)
 
         for proposal in required:
             if built and self.budget.out_of_time():
                 break
             record(self.search_knobs(proposal.recipe, proposal.knobs[:1], forced=True), proposal)
         waiting = list(optional)
-        while waiting and not (built and self.budget.exhausted()):
+        while waiting and not (built and self.budget.exhausted()) and not self.budget.tripped():
             waiting.sort(key=corrected)
             proposal = waiting.pop(0)
             best = min((c.iteration_s for c, _ in built), default=math.inf)
@@ -235,12 +274,14 @@ class SearchSession:
         return out
 
     def polish(self, candidate: Candidate) -> Candidate:
-        """The candidate with its recompute re-solved by the recompute ILP, when that is at least as fast."""
+        """The candidate with its recompute re-solved by the recompute ILP, when that is at least as fast (skipped
+        when it could not end before the safety net)."""
         plan, recipe = candidate.plan, candidate.recipe
         if (
             recipe is None
             or recipe.recompute != "adaptive"
             or not any(any(map(any, lane.recompute)) for lane in plan.lanes)
+            or not self.budget.affordable(2 * self.build_units(recipe))
         ):
             return candidate
         exact = self.build(recipe, exact=True)
@@ -296,6 +337,8 @@ def finalize(
     last, so a long limit polishes them all and the choice does not hinge on the order)."""
     found = fastest(candidates)
     if not found:
+        if session.budget.tripped():
+            raise NothingBuiltInTime("no candidate could be built within the time limit")
         return None
     best = session.polish(found[0])
     for candidate in found[1:] if polish_all else ():

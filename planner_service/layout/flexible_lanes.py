@@ -23,7 +23,7 @@ from planner_service.budget import SolverLimits
 from planner_service.context import PlanningContext
 from planner_service.layout.lanes import LaneSpec, deal_longest_first
 from planner_service.layout.memory_fit import sequence_fits
-from planner_service.layout.work_model import SimulatedWork, WorkModel, simulated_work, work_model
+from planner_service.layout.work_model import SimulatedWork, WorkModel, exposed_sync_s, simulated_work, work_model
 from planner_service.solvers.bucketing import DEFAULT_NUM_BUCKETS, Bucket, bucket_lengths
 from planner_service.solvers.lane_assignment_milp import LaneProblem, LaneSolution, solve_lanes
 from proto import PipelineSpec, SolverInfo, SolverStatus
@@ -169,8 +169,14 @@ def flexible_lanes(
     subset = tuple(ctx.batch.lengths[i] for i in chosen)
     profile = ctx.cost.profile
     buckets = quadratic_buckets(subset, profile.attn_s_per_token2, profile.linear_s_per_token, DEFAULT_NUM_BUCKETS)
+    sync = exposed_sync_s(ctx.cost, pipeline) if fidelity else 0.0
     charged = (
-        {s: simulated_work(ctx.cost, pipeline, s, sliced=sliced, chunks_per_stage=chunks_per_stage) for s in sizes}
+        {
+            s: simulated_work(
+                ctx.cost, pipeline, s, sliced=sliced, chunks_per_stage=chunks_per_stage, sync_exposed_s=sync
+            )
+            for s in sizes
+        }
         if fidelity
         else None
     )
@@ -191,5 +197,4 @@ def flexible_lanes(
         return None
     models = {s: work_model(ctx.cost, pipeline, s) for s in sizes}
     lanes = realize_lanes(ctx, problem, solution, buckets, chosen, models)
-    sync = next(iter(charged.values())).sync_exposed_s if charged else 0.0
     return FlexibleLanes(lanes, solution, sync)

@@ -81,11 +81,13 @@ class ChunkKnobs:
 @dataclass(frozen=True, slots=True)
 class LaneScore:
     """A lane simulated alone: when its stages' work and their share of the gradient sync end, when its
-    pipeline finishes, and whether its devices' peak memory fits."""
+    pipeline finishes, whether its devices' peak memory fits, and its chunks (with per-chunk data-parallel
+    collectives, a lane with fewer chunks than the busiest joins the rest of the rounds idle)."""
 
     end_s: float
     finish_s: float
     fits: bool
+    num_chunks: int
 
 
 class LaneBuilder:
@@ -138,7 +140,8 @@ class LaneBuilder:
         )
         predicted = plan.predicted
         fits = max(predicted.peak_memory_bytes, default=0.0) <= self.ctx.cluster.device_memory_bytes
-        self._scores[key] = LaneScore(predicted.iteration_s, max(predicted.lane_s, default=0.0), fits)
+        finish = max(predicted.lane_s, default=0.0)
+        self._scores[key] = LaneScore(predicted.iteration_s, finish, fits, len(built.lane.chunks))
         return self._scores[key]
 
     def build(self, spec: LaneSpec, offset: int, knobs: ChunkKnobs, *, exact: bool = False) -> BuiltLane | None:

@@ -97,10 +97,22 @@ class SimulatedWork:
         return (compute + self.forced_recompute_s(lengths)) * self.stretch
 
 
+def exposed_sync_s(cost: CostModel, pipeline: PipelineSpec) -> float:
+    """The gradient sync a split cannot hide: the largest stage's last bucket (one layer's share)."""
+    return max(cost.grad_sync_s(p, pipeline) / pipeline.layers_of(p) for p in range(pipeline.num_stages))
+
+
 def simulated_work(
-    cost: CostModel, pipeline: PipelineSpec, sp_degree: int, *, sliced: bool, chunks_per_stage: int
+    cost: CostModel,
+    pipeline: PipelineSpec,
+    sp_degree: int,
+    *,
+    sliced: bool,
+    chunks_per_stage: int,
+    sync_exposed_s: float | None = None,
 ) -> SimulatedWork:
-    """`SimulatedWork` of lanes of SP degree s on `pipeline` (see the class for what each term stands for)."""
+    """`SimulatedWork` of lanes of SP degree s on `pipeline` (see the class for what each term stands for);
+    `sync_exposed_s` when the caller has it (`exposed_sync_s`, the same for every lane size of a split)."""
     s = sp_degree
     stage = max(range(pipeline.num_stages), key=pipeline.layers_of)
     layers = pipeline.layers_of(stage)
@@ -135,7 +147,7 @@ def simulated_work(
     chunks = chunks_per_stage * p_count
     stretch = 1.0 + (p_count - 1) / chunks
     model = work_model(cost, pipeline, s)
-    sync = max(cost.grad_sync_s(p, pipeline) / pipeline.layers_of(p) for p in range(p_count))
+    sync = exposed_sync_s(cost, pipeline) if sync_exposed_s is None else sync_exposed_s
     return SimulatedWork(
         sp_degree=s,
         work=model,

@@ -31,31 +31,35 @@ class RecomputeResult:
 
 
 def greedy_recompute(memory: StageMemory, layer_s: Sequence[float], budget: float) -> tuple[int, ...] | None:
-    """Raise recompute where it saves the most bytes per second until every op fits; None if impossible."""
+    """Raise recompute where it saves the most bytes per second until every op fits; None if impossible.
+
+    One pass over the stage's ops with the held bytes kept up to date (a lane has hundreds of chunks at scale,
+    so re-summing the held chunks at every op would be quadratic)."""
     counts = [0] * len(memory.base)
-    held_at = memory.held_at()
-    for k, held in enumerate(held_at):
-
-        def need(held: tuple[int, ...] = held, k: int = k) -> float:
-            used = memory.op_constant[k] + sum(memory.base[c] + memory.per_layer[c] * counts[c] for c in held)
-            return used - budget
-
-        over = need()
-        if over <= 0:
-            continue
-        candidates = sorted(
-            (c for c in held if memory.per_layer[c] < 0),
-            key=lambda c: layer_s[c] / -memory.per_layer[c],
-        )
-        for c in candidates:
-            if over <= 0:
-                break
-            room = memory.num_layers - counts[c]
-            take = min(room, int(-(-over // -memory.per_layer[c])))
-            counts[c] += take
-            over = need()
+    held: set[int] = set()
+    used = 0.0  # bytes of the held chunks at their current recompute counts
+    for c, forward, const in zip(memory.op_chunks, memory.op_is_forward, memory.op_constant, strict=True):
+        if forward:
+            held.add(c)
+            used += memory.base[c] + memory.per_layer[c] * counts[c]
+        over = used + const - budget
         if over > 0:
-            return None
+            candidates = sorted(
+                (h for h in held if memory.per_layer[h] < 0),
+                key=lambda h: (layer_s[h] / -memory.per_layer[h], h),
+            )
+            for h in candidates:
+                if over <= 0:
+                    break
+                take = min(memory.num_layers - counts[h], int(-(-over // -memory.per_layer[h])))
+                counts[h] += take
+                used += memory.per_layer[h] * take
+                over += memory.per_layer[h] * take
+            if over > 0:
+                return None
+        if not forward:
+            held.discard(c)
+            used -= memory.base[c] + memory.per_layer[c] * counts[c]
     return tuple(counts)
 
 

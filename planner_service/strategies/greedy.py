@@ -14,7 +14,7 @@ import itertools
 import math
 import time
 
-from planner_service.assembly import LaneDraft, assemble_plan, finish_plan, fits_memory, lanes_of_drafts
+from planner_service.assembly import LaneDraft, finish_plan, fits_memory, lanes_of_drafts, simulate_lanes
 from planner_service.context import PlanningContext, options_that_fit, zero_stage_contexts
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.chunks import capped_chunks
@@ -23,40 +23,49 @@ from planner_service.layout.memory_fit import sequence_fits
 from planner_service.layout.recompute import uniform_recompute
 from planner_service.layout.work_model import work_model
 from planner_service.simulator.memory_timeline import stage_memory
-from proto import PipelineSpec, Plan, SolverInfo, SolverStatus
+from proto import Chunk, Lane, PipelineSpec, Plan, SolverInfo, SolverStatus
 from proto.topology import Topology, valid_sp_degrees
 
 
-def greedy_drafts(
-    ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int, cap: int, full: bool
-) -> list[LaneDraft]:
+def greedy_chunks(ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int, cap: int) -> list[tuple[Chunk, ...]]:
+    """Per uniform lane of size s (LPT-dealt), its chunks: slices over `cap` tokens when P > 1, the rest packed."""
     lanes = uniform_lanes(ctx, pipeline, sp_degree, work_model(ctx.cost, pipeline, sp_degree))
-    drafts = []
-    for lane, spec in enumerate(lanes):
-        chunks = capped_chunks(ctx.cost.profile, spec.items, token_cap=cap, allow_slicing=pipeline.num_stages > 1)
-        drafts.append(
-            LaneDraft(
-                sp_degree=sp_degree,
-                offset=lane * sp_degree,
-                chunks=tuple(chunks),
-                recompute=uniform_recompute(pipeline, len(chunks), full),
-            )
+    slicing = pipeline.num_stages > 1
+    return [tuple(capped_chunks(ctx.cost.profile, spec.items, token_cap=cap, allow_slicing=slicing)) for spec in lanes]
+
+
+def greedy_drafts(
+    pipeline: PipelineSpec, sp_degree: int, lane_chunks: list[tuple[Chunk, ...]], full: bool
+) -> list[LaneDraft]:
+    return [
+        LaneDraft(
+            sp_degree=sp_degree,
+            offset=lane * sp_degree,
+            chunks=chunks,
+            recompute=uniform_recompute(pipeline, len(chunks), full),
         )
-    return drafts
+        for lane, chunks in enumerate(lane_chunks)
+    ]
 
 
-def drafts_fit(ctx: PlanningContext, pipeline: PipelineSpec, drafts: list[LaneDraft]) -> bool:
-    """Whether every lane's peak (the simulator's memory timeline) fits next to each stage's model states."""
+def fitting_lanes(ctx: PlanningContext, pipeline: PipelineSpec, drafts: list[LaneDraft]) -> list[Lane] | None:
+    """The drafts' lanes when every lane's peak (the simulator's memory timeline) fits next to each stage's
+    model states, else None."""
     cost = ctx.cost
     dp = cost.dp_size(pipeline)
     budgets = [cost.usable_memory_bytes - cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages)]
     lengths = ctx.batch.length_of()
-    for lane, draft in zip(lanes_of_drafts(ctx, pipeline, drafts), sorted(drafts, key=lambda d: d.offset), strict=True):
-        tokens = [c.num_tokens for c in draft.chunks]
+    lanes = lanes_of_drafts(ctx, pipeline, drafts)
+    for lane in lanes:
+        tokens = [c.num_tokens for c in lane.chunks]
         for p in range(pipeline.num_stages):
-            if stage_memory(lane, pipeline, p, cost, lengths, tokens).peak(draft.recompute[p]) > budgets[p]:
-                return False
-    return True
+            if stage_memory(lane, pipeline, p, cost, lengths, tokens).peak(lane.recompute[p]) > budgets[p]:
+                return None
+    return lanes
+
+
+def drafts_fit(ctx: PlanningContext, pipeline: PipelineSpec, drafts: list[LaneDraft]) -> bool:
+    return fitting_lanes(ctx, pipeline, drafts) is not None
 
 
 def plan_greedy(
@@ -76,18 +85,21 @@ def plan_greedy(
         ctx = options_that_fit(job_ctx, pipeline)
         degrees = valid_sp_degrees(ctx.model, Topology.of(ctx.cluster, num_stages).stage_block_size)
         cap = max(1, math.ceil(longest / num_stages)) if num_stages > 1 else longest
+        chunked: dict[int, list[tuple[Chunk, ...]]] = {}  # per SP degree: the same at every ZeRO stage
         # the stage guessed from model states first; a higher one only when nothing fits at it
         for zero_ctx, sp_degree, full in itertools.product(zero_stage_contexts(ctx), degrees, (False, True)):
             if not sequence_fits(zero_ctx.cost, pipeline, longest, sp_degree, sliced=num_stages > 1):
                 continue
-            drafts = greedy_drafts(zero_ctx, pipeline, sp_degree, cap, full)
-            if not drafts_fit(zero_ctx, pipeline, drafts):
+            if sp_degree not in chunked:
+                chunked[sp_degree] = greedy_chunks(zero_ctx, pipeline, sp_degree, cap)
+            lanes = fitting_lanes(zero_ctx, pipeline, greedy_drafts(pipeline, sp_degree, chunked[sp_degree], full))
+            if lanes is None:
                 continue
-            plan = assemble_plan(
+            plan = simulate_lanes(
                 zero_ctx,
                 strategy=strategy,
                 pipeline=pipeline,
-                drafts=drafts,
+                lanes=lanes,
                 solver=SolverInfo(backend="greedy", status=status),
             )
             if fits_memory(plan, ctx.cluster):  # the timeline check above is the simulator's; keep both

@@ -32,7 +32,6 @@ from planner_service.lower_bound import simulated_time_lower_bound
 from planner_service.proposals import (
     dynamic_pipeline_degrees,
     flexible_proposals,
-    infinipipe_proposals,
     seeded_proposal,
     single_stage_flexible_proposal,
     uniform_proposals,
@@ -50,8 +49,9 @@ PROPOSAL_SHARE = 0.45
 """Share of the units left for the lane ILPs and building the proposals."""
 POLISH_RESERVE = 0.15
 """Share of the units left kept for the recompute ILP on the winners; the improvement phase gets the rest."""
-IMPROVED_STARTS = 2
-"""Best candidates (with different pipeline degrees) the improvement phase starts from."""
+START_SHARE = 0.5
+"""Share of the improvement phase's units left that one start may use (a walk that reaches a local optimum
+sooner leaves the rest to the next start)."""
 
 
 def plan_helix(ctx: PlanningContext) -> Plan:
@@ -73,10 +73,11 @@ def plan_helix(ctx: PlanningContext) -> Plan:
             log.debug("candidate %.4f s P=%d: %s", c.iteration_s, c.plan.pipeline.num_stages, c.plan.solver.message)
         log.debug("units spent before improvement: %.0f of %.0f", root.spent, root.units)
     steps = 0
-    starts = improvement_starts(candidates)
     improve_budget = root.child(1 - POLISH_RESERVE)
-    for i, start in enumerate(starts):
-        improved, made = improve(session, start, improve_budget.child(1 / (len(starts) - i)))
+    for start in improvement_starts(candidates):
+        if improve_budget.exhausted():
+            break
+        improved, made = improve(session, start, improve_budget.child(START_SHARE))
         steps += made
         log.debug(
             "improved %.4f -> %.4f s in %d steps (units %.0f)",
@@ -108,11 +109,11 @@ def proposals(session: SearchSession, best_static: Plan | None) -> tuple[list[Pr
     if not ctx.num_stages or ctx.num_stages == 1:
         flexsp = single_stage_flexible_proposal(session, strategy="helix", recompute="lane-uniform", share=0.3)
         required += [flexsp] if flexsp else []
-    if ctx.num_stages != 1:
-        required += infinipipe_proposals(ctx, strategy="helix")
     degrees = dynamic_pipeline_degrees(ctx, include_one=True)
-    flexible = sorted(flexible_proposals(session, strategy="helix", degrees=degrees), key=lambda p: p.estimate_s)
     uniform = sorted(uniform_proposals(ctx, strategy="helix", degrees=degrees), key=lambda p: p.estimate_s)
+    if ctx.num_stages != 1:  # InfiniPipe's candidates: the best-estimated uniform layouts with a pipeline
+        required += [p for p in uniform if p.num_stages > 1][:CANDIDATES_BUILT]
+    flexible = sorted(flexible_proposals(session, strategy="helix", degrees=degrees), key=lambda p: p.estimate_s)
     if best_static is not None:
         required.append(seeded_proposal(ctx, best_static, strategy="helix", label="best static layout, rebuilt"))
     required += flexible[:1] + uniform[:1]
@@ -132,14 +133,22 @@ def distinct(found: list[Proposal]) -> list[Proposal]:
 
 
 def improvement_starts(candidates: list[Candidate]) -> list[Candidate]:
-    """The fastest rebuildable candidate of each kind (uniform lanes, mixed lane sizes), fastest first."""
-    starts: list[Candidate] = []
+    """Rebuildable candidates to improve, one per layout shape (split, lane sizes): the fastest with uniform
+    lanes and the fastest with mixed sizes first (the two families reach different optima), then the rest,
+    fastest first."""
+    first: list[Candidate] = []
+    rest: list[Candidate] = []
     kinds: set[bool] = set()
+    shapes: set[tuple[int, tuple[int, ...]]] = set()
     for candidate in fastest(candidates):
         if candidate.recipe is None:
             continue
-        mixed = len({lane.sp_degree for lane in candidate.recipe.lanes}) > 1
-        if mixed not in kinds:
-            kinds.add(mixed)
-            starts.append(candidate)
-    return starts[:IMPROVED_STARTS]
+        sizes = tuple(sorted(lane.sp_degree for lane in candidate.recipe.lanes))
+        shape = (candidate.plan.pipeline.num_stages, sizes)
+        if shape in shapes:
+            continue
+        shapes.add(shape)
+        mixed = len(set(sizes)) > 1
+        (rest if mixed in kinds else first).append(candidate)
+        kinds.add(mixed)
+    return first + rest

@@ -29,7 +29,7 @@ from planner_service.context import PlanningContext, options_that_fit, zero_stag
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.chunks import pack_next_fit
 from planner_service.layout.recompute import uniform_recompute
-from planner_service.layout.work_model import chunk_cost_fit
+from planner_service.layout.work_model import chunk_cost_fit, exposed_sync_s
 from proto import Chunk, FixedLayout, PipelineSpec, Plan, SolverInfo, SolverStatus
 from proto.topology import Topology, valid_sp_degrees
 
@@ -111,6 +111,7 @@ def rank_static_layouts(ctx: PlanningContext, layouts: Sequence[StaticLayout]) -
     stage with the most layers and on the last stage) plus (P - 1) times its costliest micro-batch (1F1B fill
     and drain), plus the stage's exposed gradient sync."""
     shapes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    syncs: dict[int, float] = {}
     ranked: list[RankedLayout] = []
     for layout in layouts:
         p_count, s = layout.num_stages, layout.sp_degree
@@ -135,8 +136,9 @@ def rank_static_layouts(ctx: PlanningContext, layouts: Sequence[StaticLayout]) -
             costs = fit(pairs, tokens)
             loads = np.bincount(np.arange(len(costs)) % lanes, weights=costs, minlength=lanes)
             stage_costs.append(float(loads.max()) + (p_count - 1) * float(costs.max()))
-        sync = max(p_ctx.cost.grad_sync_s(p, pipeline) / pipeline.layers_of(p) for p in range(p_count))
-        ranked.append(RankedLayout(max(stage_costs) + sync, layout))
+        if p_count not in syncs:
+            syncs[p_count] = exposed_sync_s(p_ctx.cost, pipeline)
+        ranked.append(RankedLayout(max(stage_costs) + syncs[p_count], layout))
     ctx.budget.charge(UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths) * len(shapes))
     return sorted(ranked, key=lambda r: r.estimate_s)
 
