@@ -29,22 +29,30 @@ through a 1F1B pipeline unsliced).
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from planner_service.assembly import LaneDraft, assemble_plan, finish_plan, fits_memory, heuristic_record
+from planner_service.assembly import (
+    LaneDraft,
+    finish_plan,
+    fits_memory,
+    heuristic_record,
+    lane_of_draft,
+    simulate_lanes,
+)
 from planner_service.context import PlanningContext, options_that_fit, zero_stage_contexts
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.lanes import buddy_offsets
 from planner_service.layout.memory_fit import memory_token_cap, sequence_fits
 from planner_service.layout.recompute import uniform_recompute
 from planner_service.layout.work_model import work_model
-from planner_service.strategies.greedy import drafts_fit
-from proto import Chunk, PipelineSpec, Plan, Segment, SolverInfo, SolverStatus
-from proto.topology import valid_sp_degrees
+from planner_service.strategies.greedy import lanes_fit
+from proto import Chunk, Lane, PipelineSpec, Plan, Segment, SolverInfo, SolverStatus
+from proto.topology import Topology, valid_sp_degrees
 
 
 @dataclass(slots=True)
@@ -96,13 +104,24 @@ def allot_groups(class_work: dict[int, float], block: int, sizes: list[int]) -> 
 
 def balance_groups(items: list[tuple[int, int]], groups: list[Group], need: dict[int, int]) -> list[Group]:
     """Megatron's greedy balancing: longest first, each to the least-loaded group of the size it needs (load
-    L^2 / size per GPU, Megatron's estimate), else to the least-loaded larger group, else the largest."""
+    L^2 / size per GPU, Megatron's estimate), else to the least-loaded larger group, else the largest.
+
+    One heap of (load, index) per group size keeps each choice logarithmic (thousands of sequences)."""
+    heaps: dict[int, list[tuple[float, int]]] = {}
+    for i, g in enumerate(groups):
+        heaps.setdefault(g.size, []).append((g.load, i))
+    for heap in heaps.values():
+        heapq.heapify(heap)
+    sizes = sorted(heaps)
     for seq_id, length in sorted(items, key=lambda x: (-x[1], x[0])):
-        same = [g for g in groups if g.size == need[seq_id]]
-        larger = [g for g in groups if g.size > need[seq_id]]
-        best = min(same or larger or [max(groups, key=lambda g: g.size)], key=lambda g: g.load)
-        best.items.append((seq_id, length))
-        best.load += length * length / best.size
+        want = need[seq_id]
+        options = [s for s in sizes if s == want] or [s for s in sizes if s > want] or sizes[-1:]
+        size = min(options, key=lambda s: heaps[s][0])
+        _, i = heapq.heappop(heaps[size])
+        group = groups[i]
+        group.items.append((seq_id, length))
+        group.load += length * length / group.size
+        heapq.heappush(heaps[size], (group.load, i))
     return groups
 
 
@@ -143,11 +162,11 @@ def plan_dcp(ctx: PlanningContext) -> Plan:
         chunks = tuple(Chunk(segments=[Segment(seq_id=i, start=0, end=n)]) for i, n in group.items)
         drafts.append((group.size, offset, chunks))
     for zero_ctx in zero_stage_contexts(p_ctx):  # model states sharded further when a group does not fit
-        plan = assemble_plan(
+        plan = simulate_lanes(
             zero_ctx,
             strategy="dcp",
             pipeline=pipeline,
-            drafts=lane_policies(zero_ctx, pipeline, drafts),
+            lanes=lane_policies(zero_ctx, pipeline, drafts),
             solver=SolverInfo(backend="greedy", status=SolverStatus.HEURISTIC),
             budget=ctx.budget,
         )
@@ -164,17 +183,19 @@ def plan_dcp(ctx: PlanningContext) -> Plan:
 
 def lane_policies(
     ctx: PlanningContext, pipeline: PipelineSpec, drafts: list[tuple[int, int, tuple[Chunk, ...]]]
-) -> list[LaneDraft]:
+) -> list[Lane]:
     """Per lane: no recompute when its peak memory fits, else every layer."""
+    topology = Topology.of(ctx.cluster, pipeline.num_stages)
+    lengths = ctx.batch.length_of()
     out = []
     for size, offset, chunks in drafts:
-        lane = LaneDraft(
+        draft = LaneDraft(
             sp_degree=size, offset=offset, chunks=chunks, recompute=uniform_recompute(pipeline, len(chunks), False)
         )
-        if not drafts_fit(ctx, pipeline, [lane]):
-            lane = LaneDraft(
-                sp_degree=size, offset=offset, chunks=chunks, recompute=uniform_recompute(pipeline, len(chunks), True)
-            )
+        lane = lane_of_draft(topology, draft)
+        if not lanes_fit(ctx, pipeline, [lane], lengths):
+            full = uniform_recompute(pipeline, len(chunks), True)
+            lane = lane.model_copy(update={"recompute": [list(r) for r in full]})
         out.append(lane)
     return out
 

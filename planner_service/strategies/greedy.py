@@ -48,24 +48,21 @@ def greedy_drafts(
     ]
 
 
-def fitting_lanes(ctx: PlanningContext, pipeline: PipelineSpec, drafts: list[LaneDraft]) -> list[Lane] | None:
-    """The drafts' lanes when every lane's peak (the simulator's memory timeline) fits next to each stage's
-    model states, else None."""
+def lanes_fit(
+    ctx: PlanningContext, pipeline: PipelineSpec, lanes: list[Lane], lengths: dict[int, int] | None = None
+) -> bool:
+    """Whether every lane's peak (the simulator's memory timeline) fits next to each stage's model states
+    (`lengths`: the batch's `length_of()`, when the caller checks many lanes)."""
     cost = ctx.cost
     dp = cost.dp_size(pipeline)
     budgets = [cost.usable_memory_bytes - cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages)]
-    lengths = ctx.batch.length_of()
-    lanes = lanes_of_drafts(ctx, pipeline, drafts)
+    lengths = lengths or ctx.batch.length_of()
     for lane in lanes:
         tokens = [c.num_tokens for c in lane.chunks]
         for p in range(pipeline.num_stages):
             if stage_memory(lane, pipeline, p, cost, lengths, tokens).peak(lane.recompute[p]) > budgets[p]:
-                return None
-    return lanes
-
-
-def drafts_fit(ctx: PlanningContext, pipeline: PipelineSpec, drafts: list[LaneDraft]) -> bool:
-    return fitting_lanes(ctx, pipeline, drafts) is not None
+                return False
+    return True
 
 
 def plan_greedy(
@@ -92,8 +89,8 @@ def plan_greedy(
                 continue
             if sp_degree not in chunked:
                 chunked[sp_degree] = greedy_chunks(zero_ctx, pipeline, sp_degree, cap)
-            lanes = fitting_lanes(zero_ctx, pipeline, greedy_drafts(pipeline, sp_degree, chunked[sp_degree], full))
-            if lanes is None:
+            lanes = lanes_of_drafts(zero_ctx, pipeline, greedy_drafts(pipeline, sp_degree, chunked[sp_degree], full))
+            if not lanes_fit(zero_ctx, pipeline, lanes):
                 continue
             plan = simulate_lanes(
                 zero_ctx,
