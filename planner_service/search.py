@@ -226,10 +226,10 @@ class SearchSession:
     def build_proposals(
         self, required: Sequence[Proposal], optional: Sequence[Proposal], *, refine: int = 2
     ) -> list[Candidate]:
-        """Every `required` proposal at its first chunking (skipped only by the safety net once one is built),
-        then the `optional` ones by corrected estimate while units last; then the other chunkings of the `refine`
-        fastest (and, while units last, of every required one and of the others within `PRUNE_MARGIN` of the
-        fastest).
+        """Every `required` proposal at its first chunking (skipped only by the safety net once one is built), the
+        other chunkings of the `refine` fastest, then the `optional` ones by corrected estimate while units last;
+        then the other chunkings of the new `refine` fastest and, while units last, of every required one and of
+        the others within `PRUNE_MARGIN` of the fastest.
 
         Estimates err by a factor that depends mostly on the pipeline degree (bubbles, sends, slice chains), so
         each optional estimate is corrected by the smallest simulated/estimated ratio seen at its degree, and a
@@ -248,10 +248,25 @@ class SearchSession:
         def corrected(proposal: Proposal) -> float:
             return proposal.estimate_s * ratio.get(proposal.num_stages, 1.0)
 
+        refined: set[int] = set()
+
+        def refine_all(count: int, *, wanted: Callable[[Candidate, Proposal], bool]) -> None:
+            """Other chunkings of the `count` fastest built so far, then of the `wanted` ones while units last."""
+            built.sort(key=lambda cp: cp[0].iteration_s)
+            for rank, (candidate, proposal) in enumerate(built):
+                if id(proposal) in refined or len(proposal.knobs) < 2:
+                    continue
+                if rank < count or (wanted(candidate, proposal) and not self.budget.exhausted()):
+                    refined.add(id(proposal))
+                    better = self.search_knobs(proposal.recipe, proposal.knobs[1:])
+                    if better is not None and better.iteration_s < candidate.iteration_s:
+                        built[rank] = (better, proposal)
+
         for proposal in required:
             if built and self.budget.out_of_time():
                 break
             record(self.search_knobs(proposal.recipe, proposal.knobs[:1], forced=True), proposal)
+        refine_all(refine, wanted=lambda c, p: False)  # the most promising first, in case time runs short
         waiting = list(optional)
         while waiting and not (built and self.budget.exhausted()) and not self.budget.tripped():
             waiting.sort(key=corrected)
@@ -260,18 +275,10 @@ class SearchSession:
             if corrected(proposal) > best * (1 + PRUNE_MARGIN):
                 break  # the rest are slower still
             record(self.search_knobs(proposal.recipe, proposal.knobs[:1], forced=not built), proposal)
-        built.sort(key=lambda cp: cp[0].iteration_s)
-        out = []
-        best = built[0][0].iteration_s if built else math.inf
         must = {id(p) for p in required}
-        for rank, (candidate, proposal) in enumerate(built):
-            wanted = id(proposal) in must or candidate.iteration_s <= best * (1 + PRUNE_MARGIN)
-            if len(proposal.knobs) > 1 and (rank < refine or (wanted and not self.budget.exhausted())):
-                better = self.search_knobs(proposal.recipe, proposal.knobs[1:])
-                if better is not None and better.iteration_s < candidate.iteration_s:
-                    candidate = better
-            out.append(candidate)
-        return out
+        fastest_s = min((c.iteration_s for c, _ in built), default=math.inf)
+        refine_all(refine, wanted=lambda c, p: id(p) in must or c.iteration_s <= fastest_s * (1 + PRUNE_MARGIN))
+        return [candidate for candidate, _ in built]
 
     def polish(self, candidate: Candidate) -> Candidate:
         """The candidate with its recompute re-solved by the recompute ILP, when that is at least as fast (skipped

@@ -38,14 +38,16 @@ from planner_service.proposals import (
 )
 from planner_service.search import CANDIDATES_BUILT, Candidate, Proposal, SearchSession, fastest, finalize
 from planner_service.strategies.greedy import plan_greedy
-from planner_service.strategies.static import static_search
+from planner_service.strategies.static import StaticSearch
 from proto import Plan
 
 log = logging.getLogger(__name__)
 
+STATIC_FIRST = 3
+"""Best-estimated static layouts simulated before anything else (the best static layout seeds a proposal)."""
 STATIC_SHARE = 0.2
-"""Share of the units for the static grid."""
-PROPOSAL_SHARE = 0.45
+"""Share of the units for the static grid (a quarter of it for the first layouts)."""
+PROPOSAL_SHARE = 0.4
 """Share of the units left for the lane ILPs and building the proposals."""
 POLISH_RESERVE = 0.15
 """Share of the units left kept for the recompute ILP on the winners; the improvement phase gets the rest."""
@@ -56,17 +58,19 @@ sooner leaves the rest to the next start)."""
 
 def plan_helix(ctx: PlanningContext) -> Plan:
     root = ctx.budget
-    session = SearchSession(ctx, root.child(STATIC_SHARE))
+    session = SearchSession(ctx, root)
+    static = StaticSearch(ctx, strategy="helix", header=session.header)
+    first = static.run(root.child(STATIC_SHARE / 4), at_most=STATIC_FIRST)
     candidates: list[Candidate] = []
-    static = static_search(ctx, session.budget, strategy="helix", header=session.header)
-    candidates += [Candidate(plan, None) for plan, _ in static.plans[:1]]
 
-    session.budget = root.child(PROPOSAL_SHARE / (1 - STATIC_SHARE))
-    required, optional = proposals(session, static.plans[0][0] if static.plans else None)
+    session.budget = root.child(PROPOSAL_SHARE)
+    required, optional = proposals(session, first.plans[0][0] if first.plans else None)
     candidates += session.build_proposals(required, optional, refine=CANDIDATES_BUILT)
     if not candidates or not root.exhausted():  # the fallback plan competes while time is left
         with contextlib.suppress(PlanningError):
             candidates.append(Candidate(plan_greedy(ctx, strategy="helix"), recipe=None))
+    rest = static.run(root.child(STATIC_SHARE / (1 - PROPOSAL_SHARE)))  # the rest of the grid, best-estimated first
+    candidates += [Candidate(plan, None) for plan, _ in rest.plans[:1]]
 
     if log.isEnabledFor(logging.DEBUG):
         for c in fastest(candidates):
@@ -118,7 +122,8 @@ def proposals(session: SearchSession, best_static: Plan | None) -> tuple[list[Pr
         required.append(seeded_proposal(ctx, best_static, strategy="helix", label="best static layout, rebuilt"))
     required += flexible[:1] + uniform[:1]
     optional += flexible[1:] + uniform[1:]
-    return distinct(required), [p for p in distinct(optional) if p.key not in {r.key for r in required}]
+    required = sorted(distinct(required), key=lambda p: p.estimate_s)  # the most promising first, under pressure
+    return required, [p for p in distinct(optional) if p.key not in {r.key for r in required}]
 
 
 def distinct(found: list[Proposal]) -> list[Proposal]:

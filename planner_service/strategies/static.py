@@ -206,6 +206,49 @@ def build_static(
     return plan
 
 
+class StaticSearch:
+    """The static grid ranked by estimate and simulated in that order, resumable: `helix` simulates the
+    best-estimated few first and the rest of the grid later, with another share of its budget."""
+
+    def __init__(
+        self,
+        ctx: PlanningContext,
+        *,
+        strategy: str = "static",
+        layouts: Sequence[StaticLayout] | None = None,
+        header: PlanHeader | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.strategy = strategy
+        self.ranked = rank_static_layouts(ctx, static_layouts(ctx) if layouts is None else layouts)
+        self.header = header or PlanHeader.of(ctx)
+        self.found: list[tuple[Plan, StaticLayout]] = []
+        self.fits_without: set[tuple[int, int, int]] = set()
+        self.simulated = 0
+
+    def run(self, budget: PlanningBudget, *, at_most: int | None = None) -> StaticResult:
+        """Simulate the next layouts while `budget` lasts (always until one fits), at most `at_most` of them."""
+        stop = len(self.ranked) if at_most is None else min(len(self.ranked), self.simulated + at_most)
+        while self.simulated < stop:
+            if self.found and budget.exhausted():
+                break
+            layout = self.ranked[self.simulated].layout
+            self.simulated += 1
+            key = (layout.num_stages, layout.sp_degree, layout.micro_batch_tokens)
+            if layout.full_recompute and key in self.fits_without:
+                continue  # no recompute already fits; full recompute can only be slower
+            plan = build_static(self.ctx, layout, strategy=self.strategy, budget=budget, header=self.header)
+            if fits_memory(plan, self.ctx.cluster):
+                if not layout.full_recompute:
+                    self.fits_without.add(key)
+                self.found.append((plan, layout))
+        return self.result()
+
+    def result(self) -> StaticResult:
+        plans = sorted(self.found, key=lambda pl: pl[0].predicted.iteration_s)
+        return StaticResult(plans, self.simulated, len(self.ranked))
+
+
 def static_search(
     ctx: PlanningContext,
     budget: PlanningBudget,
@@ -215,27 +258,7 @@ def static_search(
     header: PlanHeader | None = None,
 ) -> StaticResult:
     """Simulate static layouts best-estimate first while `budget` lasts (always at least until one fits)."""
-    ranked = rank_static_layouts(ctx, static_layouts(ctx) if layouts is None else layouts)
-    header = header or PlanHeader.of(ctx)
-    found: list[tuple[Plan, StaticLayout]] = []
-    fits_without: set[tuple[int, int, int]] = set()
-    simulated = 0
-    for entry in ranked:
-        layout = entry.layout
-        if found and budget.exhausted():
-            break
-        key = (layout.num_stages, layout.sp_degree, layout.micro_batch_tokens)
-        if layout.full_recompute and key in fits_without:
-            simulated += 1  # no recompute already fits; full recompute can only be slower
-            continue
-        plan = build_static(ctx, layout, strategy=strategy, budget=budget, header=header)
-        simulated += 1
-        if fits_memory(plan, ctx.cluster):
-            if not layout.full_recompute:
-                fits_without.add(key)
-            found.append((plan, layout))
-    found.sort(key=lambda pl: pl[0].predicted.iteration_s)
-    return StaticResult(found, simulated, len(ranked))
+    return StaticSearch(ctx, strategy=strategy, layouts=layouts, header=header).run(budget)
 
 
 def plan_static(ctx: PlanningContext) -> Plan:
