@@ -25,9 +25,10 @@ Clock = Callable[[], float]
 WORK_UNITS_PER_SECOND = 1000.0
 """Work units per second of the reference machine (2-core development VM, one core per planning call):
 the unit prices below are measured in milliseconds there."""
-SEARCH_SHARE = 0.7
-"""Share of the time limit turned into work units: the rest absorbs the finishing steps (polish, validation,
-plan id) and the spread between the unit prices and real costs."""
+SEARCH_SHARE = 0.5
+"""Share of the time limit turned into work units at the reference rate. The rest absorbs the finishing steps
+(validation, plan id), the spread between unit prices and real costs, and a machine up to ~1.7x slower than
+the reference (another process on a core) before the safety net (`WALL_SHARE`) has to decide anything."""
 WALL_SHARE = 0.85
 """Share of the time limit after which the wall-clock safety net stops every search step that may be skipped."""
 FINISH_RESERVE_S_PER_SEQUENCE = 20e-6
@@ -45,6 +46,19 @@ UNITS_PER_LANE_OP = 0.002
 """One op of a lane whose chunks are already made: its schedule and pydantic objects (static, greedy)."""
 UNITS_PER_SOLVER_DETERMINISTIC_S = 1000.0
 """CP-SAT's deterministic time is calibrated to about one second of one core."""
+UNITS_PER_SOLVER_CALL = 1.0
+"""One solver call's fixed cost (model objects, CP-SAT start-up), whatever its search takes."""
+UNITS_PER_PROGRAM_ENTRY = 0.02
+"""One variable or coefficient of a program: building it in Python and presolving it (measured ~20 us)."""
+
+
+def solver_units(deterministic_s: float, calls: int, entries: int) -> float:
+    """What solver calls cost in units: their deterministic search time plus building and presolving."""
+    return (
+        deterministic_s * UNITS_PER_SOLVER_DETERMINISTIC_S
+        + calls * UNITS_PER_SOLVER_CALL
+        + entries * UNITS_PER_PROGRAM_ENTRY
+    )
 
 
 @dataclass(kw_only=True)

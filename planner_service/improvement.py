@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner_service.budget import UNITS_PER_SOLVER_DETERMINISTIC_S, PlanningBudget
+from planner_service.budget import PlanningBudget, solver_units
 from planner_service.layout.flexible_lanes import flexible_lanes
 from planner_service.layout.lane_builder import Chunking, LaneScore
 from planner_service.layout.lanes import LaneSpec
@@ -225,7 +225,8 @@ class Neighbourhoods:
             )
             if found is None:
                 continue
-            budget.charge(found.solution.deterministic_s * UNITS_PER_SOLVER_DETERMINISTIC_S)
+            sol = found.solution
+            budget.charge(solver_units(sol.deterministic_s, sol.probes, sol.entries))
             yield self.replaced(
                 dict.fromkeys(freed, LaneSpec(0, ())),
                 [(lane, self.recipe.chunking) for lane in found.lanes],

@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from planner_service.budget import UNITS_PER_SEQUENCE_PASS, UNITS_PER_SOLVER_DETERMINISTIC_S
+from planner_service.budget import UNITS_PER_SEQUENCE_PASS, solver_units
 from planner_service.context import PlanningContext, options_that_fit
 from planner_service.layout.flexible_lanes import FlexibleLanes, flexible_lanes, lane_sizes_text
 from planner_service.layout.lanes import LaneSpec, uniform_lanes
@@ -133,9 +133,9 @@ def lanes_recipe(
     )
     if found is None:
         return None
+    sol = found.solution
     session.budget.charge(
-        found.solution.deterministic_s * UNITS_PER_SOLVER_DETERMINISTIC_S
-        + UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths)
+        solver_units(sol.deterministic_s, sol.probes, sol.entries) + UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths)
     )
     model = "simulator-fidelity" if fidelity else "work-model"
     recipe = Recipe(

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from planner_service.budget import UNITS_PER_SOLVER_DETERMINISTIC_S
+from planner_service.budget import solver_units
 from planner_service.context import PlanningContext
 from planner_service.cost_model import CostModel
 from planner_service.schedules import build_schedule
@@ -107,7 +107,7 @@ def lane_recompute(
                 deterministic_s=deterministic_s,
             )
             if charge is not None:
-                charge(result.deterministic_s * UNITS_PER_SOLVER_DETERMINISTIC_S)
+                charge(solver_units(result.deterministic_s, 1 if result.entries else 0, result.entries))
             out.append(result.counts)
         else:
             out.append(greedy_recompute(memory, layer_s, budgets[p]) or full)

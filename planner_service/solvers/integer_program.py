@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ortools.sat.python import cp_model  # imported with the planner: its ~0.3 s import must not eat a limit
@@ -81,16 +81,22 @@ class Solution:
     solve_s: float
     backend: str
     deterministic_s: float = 0.0
-    """CP-SAT's deterministic time spent (0 for the PuLP backends): what a work budget is charged."""
+    """CP-SAT's deterministic time spent (0 for the PuLP backends)."""
+    entries: int = 0
+    """Variables, coefficients and objective terms of the program: with `deterministic_s`, what the solve costs
+    (building the model and presolve grow with it even when the search itself is instant)."""
 
 
 def solve(program: IntegerProgram, *, backend: str, time_limit_s: float, deterministic_s: float = math.inf) -> Solution:
     """Solve with `backend` within `deterministic_s` (CP-SAT) and `time_limit_s` wall seconds (every backend)."""
     if backend == "cpsat":
-        return _solve_cpsat(program, time_limit_s, deterministic_s)
-    if backend in ("pulp-cbc", "pulp-highs"):
-        return _solve_pulp(program, backend, time_limit_s)
-    raise ValueError(f"unknown solver backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        solution = _solve_cpsat(program, time_limit_s, deterministic_s)
+    elif backend in ("pulp-cbc", "pulp-highs"):
+        solution = _solve_pulp(program, backend, time_limit_s)
+    else:
+        raise ValueError(f"unknown solver backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    entries = len(program.variables) + sum(len(row.coefs) for row in program.rows) + len(program.objective)
+    return replace(solution, entries=entries)
 
 
 def _scaled_row(row: Row) -> tuple[list[tuple[int, int]], int]:

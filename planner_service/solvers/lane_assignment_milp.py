@@ -70,7 +70,9 @@ class LaneSolution:
     probes: int
     backend: str
     deterministic_s: float = 0.0
-    """Deterministic solver time the probes spent (what a work budget is charged)."""
+    """Deterministic solver time the probes spent."""
+    entries: int = 0
+    """Program entries over all probes (with `deterministic_s` and `probes`, what a work budget is charged)."""
 
     @property
     def gap(self) -> float:
@@ -184,6 +186,7 @@ def solve_lanes(
     improved = 0
     proven = True
     spent = 0.0
+    entries = 0
     nk = len(problem.sizes)
     while probes < MAX_PROBES and (best is None or (ub - lb) > tolerance * ub):
         remaining = time_limit_s - (time.perf_counter() - started)
@@ -196,6 +199,7 @@ def solve_lanes(
         det = min(det_left, max(det_left / 4, 0.05)) if math.isfinite(det_left) else math.inf
         sol = _probe(problem, target, best, backend, wall, det)
         spent += sol.deterministic_s
+        entries += sol.entries
         probes += 1
         if sol.status in ("optimal", "feasible"):
             vals = sol.values
@@ -228,4 +232,5 @@ def solve_lanes(
         probes=probes,
         backend=backend,
         deterministic_s=spent,
+        entries=entries,
     )

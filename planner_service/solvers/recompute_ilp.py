@@ -27,7 +27,9 @@ class RecomputeResult:
     status: str
     """none-needed, optimal, feasible, infeasible, or greedy (solver gave no answer in time)."""
     deterministic_s: float = 0.0
-    """CP-SAT deterministic time spent (what a work budget is charged)."""
+    """CP-SAT deterministic time spent."""
+    entries: int = 0
+    """Entries of the program solved (0: none was), with `deterministic_s` what a work budget is charged."""
 
 
 def greedy_recompute(memory: StageMemory, layer_s: Sequence[float], budget: float) -> tuple[int, ...] | None:
@@ -96,11 +98,11 @@ def choose_recompute(
     if greedy is not None:
         prog.hint = {r[c]: v for c, v in enumerate(greedy)}
     sol = solve(prog, backend=backend, time_limit_s=time_limit_s, deterministic_s=deterministic_s)
-    spent = sol.deterministic_s
+    spent, entries = sol.deterministic_s, sol.entries
     if sol.status in ("optimal", "feasible"):
         counts = tuple(sol.values)
         if memory.peak(counts) <= budget * (1 + 1e-9):
-            return RecomputeResult(counts, sol.status, spent)
+            return RecomputeResult(counts, sol.status, spent, entries)
     if greedy is not None:
-        return RecomputeResult(greedy, "greedy", spent)
-    return RecomputeResult(full, "greedy", spent)
+        return RecomputeResult(greedy, "greedy", spent, entries)
+    return RecomputeResult(full, "greedy", spent, entries)
