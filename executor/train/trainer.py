@@ -189,6 +189,7 @@ class _Loop:
         return self._summary(time.perf_counter() - began)
 
     def _step(self, step: int, batch: GlobalBatch) -> None:
+        iteration_began = time.perf_counter()
         config = self.config
         proto_batch = batch.batch()
         payload = None
@@ -238,6 +239,7 @@ class _Loop:
             peak_memory_bytes=[float(p.item()) for p in peaks],
             predicted_peak_memory_bytes=list(plan.predicted.peak_memory_bytes),
             plan_wait_s=wait_s,
+            iteration_wall_s=time.perf_counter() - iteration_began,
             fallback_reason=reason,
         )
         if self.writer is not None:
