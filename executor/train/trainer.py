@@ -12,6 +12,7 @@ Per step t, on every rank (rank 0 coordinates):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -340,18 +341,10 @@ def _resume_path(config: TrainConfig) -> str | None:
     return str(latest)
 
 
-def _autocast(config: TrainConfig) -> Any:
+def _autocast(config: TrainConfig) -> contextlib.AbstractContextManager[Any]:
     if config.dtype == "bfloat16" and config.device == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return _NoAutocast()
-
-
-class _NoAutocast:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    return contextlib.nullcontext()
 
 
 def _reset_peak_memory(device: str) -> None:
