@@ -23,7 +23,7 @@ from executor.data.corpus import CorpusError, open_corpus
 from executor.data.tokenizer import TokenizerError
 from executor.train.checkpoint import CheckpointError, find_latest_checkpoint
 from executor.train.config import LOCAL_PLANNER, ResumeMode, TrainConfig
-from executor.train.summary import summary_table
+from executor.train.summary import run_table
 from proto import PlanOptions, ZeroStage
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ def _run_rank(config: TrainConfig) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     if summary is not None:
-        Console(width=80).print(summary_table(summary, config))
+        title = f"helix train: {config.model.name} on {config.cluster.name}"
+        Console(width=80).print(run_table(summary.records, title=title, wall_s=summary.seconds))
     return 0
 
 

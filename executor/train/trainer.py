@@ -12,6 +12,7 @@ Per step t, on every rank (rank 0 coordinates):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -189,6 +190,7 @@ class _Loop:
         return self._summary(time.perf_counter() - began)
 
     def _step(self, step: int, batch: GlobalBatch) -> None:
+        iteration_began = time.perf_counter()
         config = self.config
         proto_batch = batch.batch()
         payload = None
@@ -238,6 +240,7 @@ class _Loop:
             peak_memory_bytes=[float(p.item()) for p in peaks],
             predicted_peak_memory_bytes=list(plan.predicted.peak_memory_bytes),
             plan_wait_s=wait_s,
+            iteration_wall_s=time.perf_counter() - iteration_began,
             fallback_reason=reason,
         )
         if self.writer is not None:
@@ -338,18 +341,10 @@ def _resume_path(config: TrainConfig) -> str | None:
     return str(latest)
 
 
-def _autocast(config: TrainConfig) -> Any:
+def _autocast(config: TrainConfig) -> contextlib.AbstractContextManager[Any]:
     if config.dtype == "bfloat16" and config.device == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return _NoAutocast()
-
-
-class _NoAutocast:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    return contextlib.nullcontext()
 
 
 def _reset_peak_memory(device: str) -> None:
