@@ -6,6 +6,7 @@ rich renderables; printing and argument handling stay in `cli.py`.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,16 +54,11 @@ def load_named_workload(
     cluster_spec = resolve_cluster(cluster)
     model_spec = resolve_model(model)
 
-    def batch_for(batch_seed: int) -> Batch:
-        return load_workload(
-            lengths_path=str(lengths) if lengths else None,
-            dataset=dataset,
-            batch_size=batch_size,
-            seed=batch_seed,
-            max_len=max_len,
-        )
-
-    batch = batch_for(seed)
+    batch_for = functools.partial(
+        load_workload, lengths_path=str(lengths) if lengths else None, dataset=dataset, batch_size=batch_size,
+        max_len=max_len,
+    )  # fmt: skip
+    batch = batch_for(seed=seed)
     description = {
         "cluster": cluster_spec.name,
         "num_devices": cluster_spec.num_devices,

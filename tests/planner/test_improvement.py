@@ -36,22 +36,26 @@ def context(batch: Batch, units: float = 5_000.0) -> PlanningContext:
     )
 
 
+def recipe_of(ctx: PlanningContext, num_stages: int, lanes: tuple[LaneSpec, ...], chunking: Chunking) -> Recipe:
+    return Recipe(
+        ctx=ctx,
+        pipeline=PipelineSpec.even(MODEL.num_layers, num_stages),
+        lanes=lanes,
+        strategy="helix",
+        chunking=chunking,
+        sliced=num_stages > 1,
+        recompute="adaptive",
+        solver=SolverInfo(),
+    )
+
+
 def test_improvement_balances_a_lopsided_layout_and_reports_the_simulated_time() -> None:
     """Two lanes of 16 devices at P = 1, every sequence on the first: moving work to the idle lane must help,
     and the plan returned is priced by a whole-plan simulation (not by the per-lane walk)."""
     batch = Batch.from_lengths([8000, 7000, 6000, 5000, 4000, 3000, 2000, 1000] * 2)
     ctx = context(batch)
     items = tuple(zip(batch.seq_ids, batch.lengths, strict=True))
-    recipe = Recipe(
-        ctx=ctx,
-        pipeline=PipelineSpec.even(MODEL.num_layers, 1),
-        lanes=(LaneSpec(16, items), LaneSpec(16, ())),
-        strategy="helix",
-        chunking=Chunking(1, costliest_last=True),
-        sliced=False,
-        recompute="adaptive",
-        solver=SolverInfo(),
-    )
+    recipe = recipe_of(ctx, 1, (LaneSpec(16, items), LaneSpec(16, ())), Chunking(1, costliest_last=True))
     session = SearchSession(ctx, ctx.budget)
     start = session.candidate(recipe)
     assert start is not None
@@ -67,16 +71,7 @@ def test_improvement_never_returns_a_slower_plan() -> None:
     batch = Batch.from_lengths([20000, 9000, 3000, 800, 600, 120, 5000, 4000])
     ctx = context(batch, units=300.0)
     items = tuple(zip(batch.seq_ids, batch.lengths, strict=True))
-    recipe = Recipe(
-        ctx=ctx,
-        pipeline=PipelineSpec.even(MODEL.num_layers, 2),
-        lanes=(LaneSpec(8, items[:4]), LaneSpec(8, items[4:])),
-        strategy="helix",
-        chunking=Chunking(4),
-        sliced=True,
-        recompute="adaptive",
-        solver=SolverInfo(),
-    )
+    recipe = recipe_of(ctx, 2, (LaneSpec(8, items[:4]), LaneSpec(8, items[4:])), Chunking(4))
     session = SearchSession(ctx, ctx.budget)
     start = session.candidate(recipe)
     assert start is not None
