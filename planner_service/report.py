@@ -70,7 +70,13 @@ def load_named_workload(
         "num_tokens": batch.num_tokens,
         "longest": max(batch.lengths),
     }
-    return Workload(cluster=cluster_spec, model=model_spec, batch=batch, description=description, other_batch=batch_for)
+    return Workload(
+        cluster=cluster_spec,
+        model=model_spec,
+        batch=batch,
+        description=description,
+        other_batch=lambda other_seed: batch_for(seed=other_seed),
+    )
 
 
 def job_options(work: Workload, strategy: str, options: PlanOptions, time_limit: float) -> PlanOptions:
