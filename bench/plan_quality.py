@@ -14,8 +14,12 @@ and the planning wall time; then medians, worst cases and the count of configura
     .venv/bin/python bench/plan_quality.py                 # the sampled grid
     .venv/bin/python bench/plan_quality.py --quick         # 8 configurations (smoke test)
     .venv/bin/python bench/plan_quality.py --wikipedia /path/to/wikipedia-lengths.txt
+    .venv/bin/python bench/plan_quality.py --units-only    # plans of the reference machine, load-independent
 
-Writes bench/results/plan_quality.md and .json (plan_quality_quick.* with --quick).
+Writes bench/results/plan_quality.md and .json (plan_quality_quick.* with --quick, *_units.* with --units-only).
+With `--units-only` the comparison is what each planner decides with the limit's work units: on a machine as
+fast as the reference (budget.WORK_UNITS_PER_SECOND) the same plans come out within the limit; on a loaded one
+the wall-clock net would stop the searches earlier, which the default mode measures.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
     for i, (cluster, model, batch, max_len, seed, (label, path, dataset)) in enumerate(configs, 1):
         work = load_named_workload(cluster, model, path, dataset, batch, seed, max_len)
-        report, _ = compare_results(work, list(STRATEGIES), args.time_limit, "cpsat", 0)
+        report, _ = compare_results(work, list(STRATEGIES), args.time_limit, "cpsat", 0, units_only=args.units_only)
         times = {r["strategy"]: r["iteration_s"] for r in report["results"]}
         plan_s = {r["strategy"]: r["plan_s"] for r in report["results"]}
         helix = times["helix"]
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> None:
     meta = {**machine(), **summarise(summary, args), "load average (1 min) before/after": (
         f"{load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")}  # fmt: skip
     name = "plan_quality" + ("_quick" if args.quick else "_full" if args.full else "")
+    name += "_units" if args.units_only else ""
     md = write_table(
         name,
         "Plan quality: simulated iteration seconds per strategy (helix speedup = other / helix)",
@@ -127,12 +132,17 @@ def summarise(summary: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
     return {
         "configurations": f"{len(summary)} ({'every source on every configuration' if args.full else 'sampled'})",
         "time_limit_s": args.time_limit,
+        "budget": "work units of the limit, no wall-clock net (reference machine)"
+        if args.units_only
+        else "the limit as a caller sets it (work units and the wall-clock safety net on this machine)",
         "helix vs best of all others": stats("helix_vs_best"),
         **{f"helix vs {peer}": stats(f"vs_{peer}") for peer in PEERS},
         "helix ratio to ideal": f"median {median(ideal):.3f}, worst {max(ideal):.3f}" if ideal else "-",
         "helix planning wall s": f"p50 {plan[len(plan) // 2]:.2f}, p95 {plan[int(0.95 * (len(plan) - 1))]:.2f}, "
         f"max {plan[-1]:.2f}",
-        "command": "python bench/plan_quality.py" + (" --quick" if args.quick else " --full" if args.full else ""),
+        "command": "python bench/plan_quality.py"
+        + (" --quick" if args.quick else " --full" if args.full else "")
+        + (" --units-only" if args.units_only else ""),
     }
 
 
@@ -142,6 +152,12 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="every length source on every configuration")
     parser.add_argument("--time-limit", type=float, default=2.0)
     parser.add_argument("--wikipedia", type=Path, default=WIKIPEDIA, help="the real Wikipedia lengths file")
+    parser.add_argument(
+        "--units-only",
+        action="store_true",
+        help="every strategy gets the limit's work units and no wall-clock net: the plans of the reference "
+        "machine, independent of this one's load",
+    )
     run(parser.parse_args())
     return 0
 

@@ -103,6 +103,14 @@ class PlanningBudget:
         wall = max(0.0, time_limit_s * WALL_SHARE - reserve)
         return cls(units=time_limit_s * SEARCH_SHARE * units_per_second, wall_end=start + wall, clock=clock)
 
+    @classmethod
+    def units_only(cls, time_limit_s: float, *, clock: Clock = time.perf_counter) -> PlanningBudget:
+        """The units of `time_limit_s` with no wall-clock net: what the planner decides on the reference machine,
+        whatever this one's load (benchmarks of plan quality; never for a caller that needs the bound)."""
+        budget = cls.for_limit(time_limit_s, clock=clock)
+        budget.wall_end = math.inf
+        return budget
+
     # ---- spending ---------------------------------------------------------------------------------------
     def charge(self, units: float) -> None:
         self.spent += units

@@ -49,8 +49,10 @@ class PlanningContext:
         time_limit_s: float = 2.0,
         solver: str = "cpsat",
         num_stages: int | None = None,
+        budget: PlanningBudget | None = None,
     ) -> PlanningContext:
-        """The context of a planning call: the cost model bound to the specs, profile and options."""
+        """The context of a planning call: the cost model bound to the specs, profile and options; the budget
+        of `time_limit_s` unless the caller brings its own."""
         return cls(
             batch=batch,
             cluster=cluster,
@@ -60,6 +62,7 @@ class PlanningContext:
             time_limit_s=time_limit_s,
             solver=solver,
             num_stages=num_stages,
+            budget=budget,  # type: ignore[arg-type]  # None: __post_init__ makes the limit's
         )
 
     def pipeline_degrees(self, *, max_degree: int | None = None) -> list[int]:

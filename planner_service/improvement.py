@@ -7,7 +7,7 @@ lanes can be drained one after the other). Neighbourhoods, all around the slowes
 
 1. move one of its costliest sequences to one of the least-loaded lanes;
 2. swap one of them with a cheaper sequence of a least-loaded lane, the one that balances the two best;
-3. re-chunk it (another number of chunks per stage, when P > 1);
+3. re-chunk it (another chunking), or every lane at once;
 4. split it into two lanes of half the size, or merge it with the least-loaded lane of its size;
 5. repair: free it and the least-loaded lanes (sizes summing to a block of devices) and re-solve the lane
    ILP (simulator-fidelity model) for their sequences on their devices (large-neighbourhood search).
@@ -166,13 +166,18 @@ class Neighbourhoods:
                     yield self.replaced({c: source, t: target})
 
     def rechunks(self) -> Iterator[Recipe]:
+        """Another chunking for the slowest lane, then for every lane at once."""
         self.last = "rechunks"
         c = self.slowest
-        for knob in chunkings_for(self.pipeline.num_stages):
+        knobs = chunkings_for(self.pipeline.num_stages)
+        for knob in knobs:
             if knob != self.chunks[c]:
                 chunks = list(self.chunks)
                 chunks[c] = knob
                 yield self.recipe.with_lanes(self.recipe.lanes, chunks)
+        for knob in knobs:
+            if any(k != knob for k in self.chunks):
+                yield self.recipe.with_lanes(self.recipe.lanes, [knob] * len(self.chunks))
 
     def splits_and_merges(self) -> Iterator[Recipe]:
         self.last = "splits_and_merges"

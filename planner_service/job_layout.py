@@ -67,8 +67,10 @@ def tune_fixed_layout(
     profile: CostProfile | None = None,
     num_stages: int | None = None,
     time_limit_s: float = 10.0,
+    budget: PlanningBudget | None = None,
 ) -> FixedLayout:
-    """The job's fixed layout, tuned on `samples` (a few batches of the job's data) within `time_limit_s`."""
+    """The job's fixed layout, tuned on `samples` (a few batches of the job's data) within `time_limit_s` (or
+    `budget`)."""
     ctx = PlanningContext.of(
         batch=samples[0],
         cluster=cluster,
@@ -77,5 +79,6 @@ def tune_fixed_layout(
         profile=profile,
         time_limit_s=time_limit_s,
         num_stages=num_stages,
+        budget=budget,
     )
     return tune_layout(ctx, samples, ctx.budget)

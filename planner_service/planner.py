@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from planner_service.budget import PlanningBudget
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.search import NothingBuiltInTime
@@ -41,8 +42,12 @@ def make_plan(
     num_stages: int | None = None,
     step: int | None = None,
     job_id: str | None = None,
+    budget: PlanningBudget | None = None,
 ) -> Plan:
-    """Plan one batch with `strategy`; the result passed `validate_plan`."""
+    """Plan one batch with `strategy`; the result passed `validate_plan`.
+
+    `time_limit_s` bounds the call (its work units and the wall-clock safety net); a caller may bring its own
+    `budget` instead (e.g. `PlanningBudget.units_only` to measure plan quality independent of the load)."""
     check_workload(batch, cluster, model)
     options = options or PlanOptions()
     ctx = PlanningContext.of(
@@ -54,6 +59,7 @@ def make_plan(
         time_limit_s=time_limit_s,
         solver=solver,
         num_stages=num_stages,
+        budget=budget,
     )
     strategy_fn = get_strategy(strategy)
     try:

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import RenderableType
 from rich.table import Table
 
+from planner_service.budget import PlanningBudget
 from planner_service.cost_model import CostModel
 from planner_service.errors import PlanningError
 from planner_service.job_layout import tune_fixed_layout
@@ -79,28 +80,38 @@ def load_named_workload(
     )
 
 
-def job_options(work: Workload, strategy: str, options: PlanOptions, time_limit: float) -> PlanOptions:
+def job_options(
+    work: Workload, strategy: str, options: PlanOptions, time_limit: float, *, units_only: bool = False
+) -> PlanOptions:
     """The options a job running `strategy` plans this batch with: for `megatron`, its fixed layout tuned on
     the job's sample (other batches of the same source), as a user tunes once before training."""
     if strategy != "megatron" or options.fixed_layout is not None:
         return options
     layout = tune_fixed_layout(
-        cluster=work.cluster, model=work.model, samples=work.job_sample(), options=options, time_limit_s=time_limit
+        cluster=work.cluster,
+        model=work.model,
+        samples=work.job_sample(),
+        options=options,
+        time_limit_s=time_limit,
+        budget=PlanningBudget.units_only(time_limit) if units_only else None,
     )
     return options.model_copy(update={"fixed_layout": layout})
 
 
 def compare_results(
-    work: Workload, strategies: list[str], time_limit: float, solver: str, zero: int
+    work: Workload, strategies: list[str], time_limit: float, solver: str, zero: int, *, units_only: bool = False
 ) -> tuple[dict[str, Any], dict[str, Plan]]:
-    """The comparison report (the `--json` object) and the plans of the feasible strategies."""
+    """The comparison report (the `--json` object) and the plans of the feasible strategies.
+
+    `units_only`: every strategy gets the work units of `time_limit` and no wall-clock net, i.e. what it plans on
+    the reference machine whatever this one's load (benchmarks of plan quality)."""
     options = PlanOptions(zero_stage=ZeroStage(zero))
     ideal = CostModel.from_specs(work.cluster, work.model, options=options).ideal_s(work.batch)
     results = []
     plans: dict[str, Plan] = {}
     for name in strategies:
         try:
-            strategy_options = job_options(work, name, options, time_limit)
+            strategy_options = job_options(work, name, options, time_limit, units_only=units_only)
         except PlanningError as exc:
             results.append(result_row(name, None, f"infeasible: {exc}", 0.0, ideal))
             continue
@@ -114,6 +125,7 @@ def compare_results(
                 options=strategy_options,
                 time_limit_s=time_limit,
                 solver=solver,
+                budget=PlanningBudget.units_only(time_limit) if units_only else None,
             )
             plan: Plan | None = made
             plans[name] = made

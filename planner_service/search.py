@@ -206,12 +206,14 @@ class SearchSession:
             self.ctx.batch.lengths
         )
 
-    def search_knobs(self, recipe: Recipe, knobs: Sequence[Chunking], *, forced: bool = False) -> Candidate | None:
-        """Build with each chunking (the first always when `forced` and it can end before the safety net, the
-        rest while units last); the fastest."""
+    def search_knobs(
+        self, recipe: Recipe, knobs: Sequence[Chunking], *, forced: bool = False, every: bool = False
+    ) -> Candidate | None:
+        """Build with each chunking (the first always when `forced`, all of them when `every`, as long as they can
+        end before the safety net; the others while units last); the fastest."""
         best: Candidate | None = None
         for i, knob in enumerate(knobs):
-            if (i > 0 or not forced) and self.budget.exhausted():
+            if not every and (i > 0 or not forced) and self.budget.exhausted():
                 break
             if forced and best is not None and self.budget.out_of_time():
                 break
@@ -226,8 +228,8 @@ class SearchSession:
     def build_proposals(
         self, required: Sequence[Proposal], optional: Sequence[Proposal], *, refine: int = 2
     ) -> list[Candidate]:
-        """Every `required` proposal at its first chunking (skipped only by the safety net once one is built), the
-        other chunkings of the `refine` fastest, then the `optional` ones by corrected estimate while units last;
+        """Every `required` proposal at its first chunking and the other chunkings of the `refine` fastest (skipped
+        only by the safety net once one is built), then the `optional` ones by corrected estimate while units last;
         then the other chunkings of the new `refine` fastest and, while units last, of every required one and of
         the others within `PRUNE_MARGIN` of the fastest.
 
@@ -258,7 +260,7 @@ class SearchSession:
                     continue
                 if rank < count or (wanted(candidate, proposal) and not self.budget.exhausted()):
                     refined.add(id(proposal))
-                    better = self.search_knobs(proposal.recipe, proposal.knobs[1:])
+                    better = self.search_knobs(proposal.recipe, proposal.knobs[1:], every=rank < count)
                     if better is not None and better.iteration_s < candidate.iteration_s:
                         built[rank] = (better, proposal)
 

@@ -62,6 +62,44 @@ def greedy_recompute(memory: StageMemory, layer_s: Sequence[float], budget: floa
         if not forward:
             held.discard(c)
             used -= memory.base[c] + memory.per_layer[c] * counts[c]
+    return trim_recompute(memory, counts, layer_s, budget)
+
+
+def trim_recompute(
+    memory: StageMemory, counts: Sequence[int], layer_s: Sequence[float], budget: float
+) -> tuple[int, ...]:
+    """Give back the recompute the greedy did not need: a layer of chunk c can stop recomputing when every op that
+    holds c has room for the bytes it then keeps. The greedy raises recompute at the first op over budget, before
+    it sees the later ops; chunks are trimmed costliest per byte first, so the trim never raises a plan's time.
+
+    A chunk is held from its forward op to its backward op, so its ops are one interval of the stage's order."""
+    counts = list(counts)
+    num_ops = len(memory.op_chunks)
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for k, (c, forward) in enumerate(zip(memory.op_chunks, memory.op_is_forward, strict=True)):
+        if forward:
+            first[c] = k
+        else:
+            last[c] = k
+    held = [0.0] * num_ops  # bytes held at each op with the current counts
+    for c in first:
+        size = memory.base[c] + memory.per_layer[c] * counts[c]
+        for k in range(first[c], last.get(c, num_ops - 1) + 1):
+            held[k] += size
+    slack = [budget - held[k] - memory.op_constant[k] for k in range(num_ops)]
+    order = sorted(
+        (c for c in first if counts[c] > 0 and memory.per_layer[c] < 0),
+        key=lambda c: (-layer_s[c] / -memory.per_layer[c], c),
+    )
+    for c in order:
+        span = range(first[c], last.get(c, num_ops - 1) + 1)
+        room = min(slack[k] for k in span)
+        give = min(counts[c], int(room // -memory.per_layer[c])) if room > 0 else 0
+        if give > 0:
+            counts[c] -= give
+            for k in span:
+                slack[k] += memory.per_layer[c] * give
     return tuple(counts)
 
 

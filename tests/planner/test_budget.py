@@ -132,3 +132,16 @@ def test_same_plan_id_on_a_loaded_machine() -> None:
     for budget in (idle_budget, loaded_budget):
         assert budget.stopped_by_units() and not budget.tripped()
     assert loaded.plan_id == idle.plan_id
+
+
+def test_make_plan_takes_a_callers_budget() -> None:
+    """A caller's budget replaces the limit's: `units_only` (no wall-clock net) never trips, so it gives the
+    reference machine's plan on any machine, the same twice."""
+    from planner_service.planner import make_plan
+
+    plans = []
+    for _ in range(2):
+        budget = PlanningBudget.units_only(0.3)
+        plans.append(make_plan(batch=BATCH, cluster=CLUSTER, model=MODEL, strategy="helix", budget=budget))
+        assert not budget.tripped() and budget.stopped_by_units()
+    assert plans[0].plan_id == plans[1].plan_id

@@ -9,7 +9,7 @@ import pytest
 
 from planner_service.simulator.memory_timeline import StageMemory
 from planner_service.solvers.integer_program import BACKENDS
-from planner_service.solvers.recompute_ilp import choose_recompute, greedy_recompute
+from planner_service.solvers.recompute_ilp import choose_recompute, greedy_recompute, trim_recompute
 
 
 def two_chunk_memory() -> StageMemory:
@@ -36,10 +36,17 @@ def test_recompute_ilp_hand_optimum(backend: str) -> None:
     assert memory.peak(result.counts) <= 150.0
 
 
-def test_recompute_greedy_is_feasible_but_not_optimal_here() -> None:
-    """The greedy picks the best bytes-per-second chunk first (chunk 1: 0.5/20 < 1.0/30): (1, 2), 2.0 s."""
-    counts = greedy_recompute(two_chunk_memory(), [1.0, 0.5], 150.0)
-    assert counts == (1, 2)
+def test_recompute_greedy_then_trims_what_it_did_not_need() -> None:
+    """The greedy picks the best bytes-per-second chunk first (chunk 1: 0.5/20 < 1.0/30): (0, 2) saves 40 of the
+    50 bytes, then chunk 0 takes one layer: (1, 2), 2.0 s, saving 70. The trim gives back what is not needed,
+    costliest per byte first: chunk 0 cannot give its layer (30 > the 20 spare), chunk 1 gives one (20): (1, 1),
+    1.5 s, here the optimum."""
+    memory = two_chunk_memory()
+    counts = greedy_recompute(memory, [1.0, 0.5], 150.0)
+    assert counts == (1, 1)
+    assert trim_recompute(memory, (1, 2), [1.0, 0.5], 150.0) == (1, 1)
+    assert trim_recompute(memory, (2, 2), [1.0, 0.5], 150.0) == (1, 1)  # 100 saved: chunk 0 gives one back first
+    assert memory.peak(counts) <= 150.0
 
 
 def test_recompute_none_needed_and_infeasible() -> None:
