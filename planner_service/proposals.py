@@ -23,7 +23,13 @@ from planner_service.layout.flexible_lanes import FlexibleLanes, flexible_lanes,
 from planner_service.layout.lanes import LaneSpec, uniform_lanes
 from planner_service.layout.memory_fit import sequence_fits
 from planner_service.layout.recompute import RecomputeMode
-from planner_service.layout.work_model import SimulatedWork, exposed_sync_s, simulated_work, work_model
+from planner_service.layout.work_model import (
+    BACKWARD_SHARE,
+    SimulatedWork,
+    SyncExposure,
+    simulated_work,
+    work_model,
+)
 from planner_service.search import (
     CANDIDATES_BUILT,
     MAX_DYNAMIC_PIPELINE_DEGREE,
@@ -45,20 +51,21 @@ def dynamic_pipeline_degrees(ctx: PlanningContext, *, include_one: bool) -> list
 
 def estimate_lanes(ctx: PlanningContext, pipeline: PipelineSpec, lanes: list[LaneSpec], *, sliced: bool) -> float:
     """Estimated simulated time of lanes: the busiest lane's `SimulatedWork` (compute, all-to-alls, forced
-    recompute, fill and drain, chunk overheads) plus the split's exposed gradient sync."""
+    recompute, fill and drain, chunk overheads) plus the collectives its last backward op cannot hide."""
     knob = chunkings_for(pipeline.num_stages)[0].chunks_per_stage
-    sync = exposed_sync_s(ctx.cost, pipeline)
+    exposure = SyncExposure.of(ctx.cost, pipeline)
     models: dict[int, SimulatedWork] = {}
     worst = 0.0
     for lane in lanes:
         s = lane.sp_degree
         if s not in models:
-            models[s] = simulated_work(ctx.cost, pipeline, s, sliced=sliced, chunks_per_stage=knob, sync_exposed_s=sync)
+            models[s] = simulated_work(ctx.cost, pipeline, s, sliced=sliced, chunks_per_stage=knob, sync_exposed_s=0)
         if lane.items:
-            work = models[s](np.array([n for _, n in lane.items], dtype=np.float64))
-            worst = max(worst, float(work.sum()) + models[s].chunk_overhead_s)
+            work = float(models[s](np.array([n for _, n in lane.items], dtype=np.float64)).sum())
+            last_op = BACKWARD_SHARE * work / (knob * pipeline.num_stages * models[s].stretch)
+            worst = max(worst, work + models[s].chunk_overhead_s + exposure.exposed_s(last_op))
     ctx.budget.charge(UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths))
-    return worst + sync
+    return worst
 
 
 def uniform_recipe(ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int, *, strategy: str, note: str) -> Recipe:
@@ -88,14 +95,16 @@ def uniform_proposals(ctx: PlanningContext, *, strategy: str, degrees: list[int]
         p_ctx = options_that_fit(ctx, pipeline)
         sliced = p > 1
         block = p_ctx.cost.dp_size(pipeline)
-        sync = exposed_sync_s(p_ctx.cost, pipeline)
+        exposure = SyncExposure.of(p_ctx.cost, pipeline)
         knob = chunkings_for(p)[0].chunks_per_stage
         for s in valid_sp_degrees(ctx.model, block):
             if not sequence_fits(p_ctx.cost, pipeline, longest, s, sliced=sliced):
                 continue
-            model = simulated_work(p_ctx.cost, pipeline, s, sliced=sliced, chunks_per_stage=knob, sync_exposed_s=sync)
+            model = simulated_work(p_ctx.cost, pipeline, s, sliced=sliced, chunks_per_stage=knob, sync_exposed_s=0)
             work = model(lengths)
-            estimate = max(float(work.sum()) / (block // s), float(work.max())) + model.chunk_overhead_s + sync
+            lane_work = max(float(work.sum()) / (block // s), float(work.max()))
+            last_op = BACKWARD_SHARE * lane_work / (knob * p * model.stretch)
+            estimate = lane_work + model.chunk_overhead_s + exposure.exposed_s(last_op)
             note = f"uniform SP {s} x P {p} (estimate {estimate:.4f} s)"
             out.append(
                 Proposal(

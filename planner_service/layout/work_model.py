@@ -97,9 +97,42 @@ class SimulatedWork:
         return (compute + self.forced_recompute_s(lengths)) * self.stretch
 
 
-def exposed_sync_s(cost: CostModel, pipeline: PipelineSpec) -> float:
-    """The gradient sync a split cannot hide: the largest stage's last bucket (one layer's share)."""
-    return max(cost.grad_sync_s(p, pipeline) / pipeline.layers_of(p) for p in range(pipeline.num_stages))
+BACKWARD_SHARE = 2 / 3
+"""Share of a chunk's forward + backward time its backward takes (backward ~2x forward): the last backward op,
+which the data-parallel reduction runs beside, is about this share of a lane's last chunk."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncExposure:
+    """Per stage of a split, its data-parallel collectives in the pieces the simulator overlaps: the reduction
+    that runs beside each lane's last backward op (`step_s`, with the share left after its last bucket), and
+    what runs after the step (`after_s`, exposed)."""
+
+    step_s: tuple[float, ...]
+    bucket_share: tuple[float, ...]
+    after_s: tuple[float, ...]
+
+    @classmethod
+    def of(cls, cost: CostModel, pipeline: PipelineSpec) -> SyncExposure:
+        times = [cost.collective_times(p, pipeline) for p in range(pipeline.num_stages)]
+        return cls(
+            step_s=tuple(t.step_sync.duration_s for t in times),
+            bucket_share=tuple(t.step_bucket_share for t in times),
+            after_s=tuple(t.after_step_s for t in times),
+        )
+
+    def exposed_s(self, last_op_s: float) -> float:
+        """What the slowest stage's collectives add to its work when a lane's last backward op takes
+        `last_op_s`: the part of the reduction that op cannot hide (at least its last bucket), and the rest."""
+        return max(
+            after + max(step * share, step - last_op_s)
+            for step, share, after in zip(self.step_s, self.bucket_share, self.after_s, strict=True)
+        )
+
+
+def exposed_sync_s(cost: CostModel, pipeline: PipelineSpec, last_op_s: float = 0.0) -> float:
+    """`SyncExposure.exposed_s` of a split (0 for the last op: nothing hidden, an upper estimate)."""
+    return SyncExposure.of(cost, pipeline).exposed_s(last_op_s)
 
 
 def simulated_work(

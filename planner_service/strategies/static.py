@@ -29,7 +29,7 @@ from planner_service.context import PlanningContext, options_that_fit, zero_stag
 from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.chunks import pack_next_fit
 from planner_service.layout.recompute import uniform_recompute
-from planner_service.layout.work_model import chunk_cost_fit, exposed_sync_s
+from planner_service.layout.work_model import BACKWARD_SHARE, SyncExposure, chunk_cost_fit
 from proto import Chunk, FixedLayout, PipelineSpec, Plan, SolverInfo, SolverStatus
 from proto.topology import Topology, valid_sp_degrees
 
@@ -109,9 +109,9 @@ def rank_static_layouts(ctx: PlanningContext, layouts: Sequence[StaticLayout]) -
 
     Estimate of a layout: its lanes' loads (micro-batches dealt round-robin, priced by `ChunkCostFit` on the
     stage with the most layers and on the last stage) plus (P - 1) times its costliest micro-batch (1F1B fill
-    and drain), plus the stage's exposed gradient sync."""
+    and drain), plus the data-parallel collectives a typical last backward op cannot hide."""
     shapes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    syncs: dict[int, float] = {}
+    syncs: dict[tuple[int, int], SyncExposure] = {}
     ranked: list[RankedLayout] = []
     for layout in layouts:
         p_count, s = layout.num_stages, layout.sp_degree
@@ -124,6 +124,7 @@ def rank_static_layouts(ctx: PlanningContext, layouts: Sequence[StaticLayout]) -
             continue
         lanes = p_ctx.cost.dp_size(pipeline) // s
         stage_costs = []
+        last_op = 0.0
         for stage in {0, p_count - 1}:
             layers = pipeline.layers_of(stage)
             fit = chunk_cost_fit(
@@ -136,9 +137,11 @@ def rank_static_layouts(ctx: PlanningContext, layouts: Sequence[StaticLayout]) -
             costs = fit(pairs, tokens)
             loads = np.bincount(np.arange(len(costs)) % lanes, weights=costs, minlength=lanes)
             stage_costs.append(float(loads.max()) + (p_count - 1) * float(costs.max()))
-        if p_count not in syncs:
-            syncs[p_count] = exposed_sync_s(p_ctx.cost, pipeline)
-        ranked.append(RankedLayout(max(stage_costs) + syncs[p_count], layout))
+            last_op = max(last_op, BACKWARD_SHARE * float(costs.mean()))
+        key = (p_count, int(p_ctx.options.zero_stage))
+        if key not in syncs:
+            syncs[key] = SyncExposure.of(p_ctx.cost, pipeline)
+        ranked.append(RankedLayout(max(stage_costs) + syncs[key].exposed_s(last_op), layout))
     ctx.budget.charge(UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths) * len(shapes))
     return sorted(ranked, key=lambda r: r.estimate_s)
 
