@@ -4,26 +4,59 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from proto.wire_types import ExactInt, FiniteFloat
+
+# Physical bounds (documented in the README): they refuse unit mistakes and values that would overflow the
+# cost model (e.g. 1e-300 FLOP/s), while leaving room far beyond today's hardware.
+MIN_BANDWIDTH = 1e6
+"""1 MB/s: slower than any interconnect a training job would use."""
+MAX_BANDWIDTH = 1e14
+"""100 TB/s per device: ~50x NVLink 5."""
+MIN_FLOPS = 1e6
+MAX_FLOPS = 1e18
+"""1 EFLOP/s per device: ~100x a 2025 accelerator."""
+MIN_DEVICE_MEMORY = 2**20
+MAX_DEVICE_MEMORY = 2**50
+"""1 MiB .. 1 PiB per device."""
+MAX_LATENCY_S = 1.0
+MAX_NAME_CHARS = 128
+MAX_SOURCE_CHARS = 1024
+
 
 class ClusterSpec(BaseModel):
     """A homogeneous cluster: `num_nodes` nodes of `devices_per_node` identical devices.
 
     Bandwidths are per device, in bytes/s, as seen by collectives (not the marketing link rate);
     latencies are per message, in seconds.
+
+    Cross-field rule: with more than one node, `inter_node_bandwidth` is at most 100x `intra_node_bandwidth`
+    (a larger ratio is a units mistake).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(default="custom", description="Preset name or a free label.")
-    num_nodes: int = Field(ge=1, le=4096, description="Number of nodes.")
-    devices_per_node: int = Field(ge=1, le=64, description="Accelerators per node.")
-    device_memory_bytes: float = Field(gt=0, description="Usable memory per device in bytes.")
-    peak_flops: float = Field(gt=0, description="Dense half-precision peak FLOP/s per device.")
-    intra_node_bandwidth: float = Field(gt=0, description="Per-device bytes/s inside a node (e.g. NVLink).")
-    inter_node_bandwidth: float = Field(gt=0, description="Per-device bytes/s across nodes (e.g. InfiniBand).")
-    intra_node_latency_s: float = Field(default=5e-6, ge=0, description="Per-message latency inside a node.")
-    inter_node_latency_s: float = Field(default=2e-5, ge=0, description="Per-message latency across nodes.")
-    source: str = Field(default="", description="Where the numbers come from.")
+    name: str = Field(default="custom", max_length=MAX_NAME_CHARS, description="Preset name or a free label.")
+    num_nodes: ExactInt = Field(ge=1, le=4096, description="Number of nodes.")
+    devices_per_node: ExactInt = Field(ge=1, le=64, description="Accelerators per node.")
+    device_memory_bytes: FiniteFloat = Field(
+        ge=MIN_DEVICE_MEMORY, le=MAX_DEVICE_MEMORY, description="Usable memory per device in bytes."
+    )
+    peak_flops: FiniteFloat = Field(
+        ge=MIN_FLOPS, le=MAX_FLOPS, description="Dense half-precision peak FLOP/s per device."
+    )
+    intra_node_bandwidth: FiniteFloat = Field(
+        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Per-device bytes/s inside a node (e.g. NVLink)."
+    )
+    inter_node_bandwidth: FiniteFloat = Field(
+        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Per-device bytes/s across nodes (e.g. InfiniBand)."
+    )
+    intra_node_latency_s: FiniteFloat = Field(
+        default=5e-6, ge=0, le=MAX_LATENCY_S, description="Per-message latency inside a node."
+    )
+    inter_node_latency_s: FiniteFloat = Field(
+        default=2e-5, ge=0, le=MAX_LATENCY_S, description="Per-message latency across nodes."
+    )
+    source: str = Field(default="", max_length=MAX_SOURCE_CHARS, description="Where the numbers come from.")
 
     @model_validator(mode="after")
     def _check_bandwidths(self) -> ClusterSpec:

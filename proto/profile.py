@@ -9,6 +9,18 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from proto.cluster import MAX_BANDWIDTH, MAX_LATENCY_S, MAX_NAME_CHARS, MAX_SOURCE_CHARS, MIN_BANDWIDTH
+from proto.wire_types import FiniteFloat
+
+# Physical bounds of the coefficients (documented in the README); the presets sit orders of magnitude inside.
+MAX_ATTN_S_PER_TOKEN2 = 1e-3
+MAX_S_PER_TOKEN = 10.0
+MAX_LAYER_OVERHEAD_S = 10.0
+MIN_BYTES_PER_TOKEN_LAYER = 1.0
+MAX_BYTES_PER_TOKEN_LAYER = 1e9
+MAX_BYTES_PER_TOKEN = 1e10
+MAX_MEMORY_RESERVE = 2**50
+
 
 class CostProfile(BaseModel):
     """Per-layer compute coefficients, collective bandwidths and memory coefficients.
@@ -22,40 +34,82 @@ class CostProfile(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(default="custom", description="Label, e.g. 'preset:a100-40g-8x8/gpt-7b'.")
-    source: str = Field(default="", description="How the numbers were obtained.")
+    name: str = Field(
+        default="custom", max_length=MAX_NAME_CHARS, description="Label, e.g. 'preset:a100-40g-8x8/gpt-7b'."
+    )
+    source: str = Field(default="", max_length=MAX_SOURCE_CHARS, description="How the numbers were obtained.")
     # compute (per layer, forward, whole chunk on one device; divided by s for a lane)
-    attn_s_per_token2: float = Field(ge=0, description="a2: seconds per unit of sum((C+len)^2 - C^2), per layer.")
-    linear_s_per_token: float = Field(ge=0, description="a1: seconds per token per layer (projections, MLP).")
-    layer_overhead_s: float = Field(default=0.0, ge=0, description="b: fixed seconds per layer call.")
-    backward_to_forward: float = Field(default=2.0, ge=0.5, le=5.0, description="k_b: backward / forward time.")
-    head_s_per_token: float = Field(default=0.0, ge=0, description="LM head + loss forward seconds per token.")
+    attn_s_per_token2: FiniteFloat = Field(
+        ge=0, le=MAX_ATTN_S_PER_TOKEN2, description="a2: seconds per unit of sum((C+len)^2 - C^2), per layer."
+    )
+    linear_s_per_token: FiniteFloat = Field(
+        ge=0, le=MAX_S_PER_TOKEN, description="a1: seconds per token per layer (projections, MLP)."
+    )
+    layer_overhead_s: FiniteFloat = Field(
+        default=0.0, ge=0, le=MAX_LAYER_OVERHEAD_S, description="b: fixed seconds per layer call."
+    )
+    backward_to_forward: FiniteFloat = Field(default=2.0, ge=0.5, le=5.0, description="k_b: backward / forward time.")
+    head_s_per_token: FiniteFloat = Field(
+        default=0.0, ge=0, le=MAX_S_PER_TOKEN, description="LM head + loss forward seconds per token."
+    )
     # collectives (effective per-device bytes/s and per-call latency)
-    alltoall_bw_intra: float = Field(gt=0, description="All-to-all bytes/s per device inside one node.")
-    alltoall_bw_inter: float = Field(gt=0, description="All-to-all bytes/s per device when the group spans nodes.")
-    alltoall_latency_intra_s: float = Field(default=1e-5, ge=0, description="Per all-to-all latency in a node.")
-    alltoall_latency_inter_s: float = Field(default=3e-5, ge=0, description="Per all-to-all latency across nodes.")
-    p2p_bw_intra: float = Field(gt=0, description="Pipeline send/recv bytes/s inside a node.")
-    p2p_bw_inter: float = Field(gt=0, description="Pipeline send/recv bytes/s across nodes.")
-    p2p_latency_s: float = Field(default=1e-5, ge=0, description="Per send/recv latency.")
-    allreduce_bw_intra: float = Field(gt=0, description="Ring all-reduce bus bytes/s inside a node.")
-    allreduce_bw_inter: float = Field(gt=0, description="Ring all-reduce bus bytes/s across nodes.")
+    alltoall_bw_intra: FiniteFloat = Field(
+        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="All-to-all bytes/s per device inside one node."
+    )
+    alltoall_bw_inter: FiniteFloat = Field(
+        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="All-to-all bytes/s per device when the group spans nodes."
+    )
+    alltoall_latency_intra_s: FiniteFloat = Field(
+        default=1e-5, ge=0, le=MAX_LATENCY_S, description="Per all-to-all latency in a node."
+    )
+    alltoall_latency_inter_s: FiniteFloat = Field(
+        default=3e-5, ge=0, le=MAX_LATENCY_S, description="Per all-to-all latency across nodes."
+    )
+    p2p_bw_intra: FiniteFloat = Field(
+        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Pipeline send/recv bytes/s inside a node."
+    )
+    p2p_bw_inter: FiniteFloat = Field(
+        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Pipeline send/recv bytes/s across nodes."
+    )
+    p2p_latency_s: FiniteFloat = Field(default=1e-5, ge=0, le=MAX_LATENCY_S, description="Per send/recv latency.")
+    allreduce_bw_intra: FiniteFloat = Field(
+        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Ring all-reduce bus bytes/s inside a node."
+    )
+    allreduce_bw_inter: FiniteFloat = Field(
+        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Ring all-reduce bus bytes/s across nodes."
+    )
     # memory
-    activation_bytes_per_token_layer: float = Field(
-        gt=0, description="Bytes kept per token per layer for backward without recompute (whole layer, s=1)."
+    activation_bytes_per_token_layer: FiniteFloat = Field(
+        ge=MIN_BYTES_PER_TOKEN_LAYER,
+        le=MAX_BYTES_PER_TOKEN_LAYER,
+        description="Bytes kept per token per layer for backward without recompute (whole layer, s=1).",
     )
-    checkpoint_bytes_per_token_layer: float = Field(
-        gt=0, description="Bytes kept per token per recomputed layer (its input), s=1."
+    checkpoint_bytes_per_token_layer: FiniteFloat = Field(
+        ge=MIN_BYTES_PER_TOKEN_LAYER,
+        le=MAX_BYTES_PER_TOKEN_LAYER,
+        description="Bytes kept per token per recomputed layer (its input), s=1.",
     )
-    kv_bytes_per_token_layer: float = Field(gt=0, description="K and V bytes per token per layer, s=1.")
-    head_activation_bytes_per_token: float = Field(
-        default=0.0, ge=0, description="Bytes kept per token by the LM head/loss on the last stage."
+    kv_bytes_per_token_layer: FiniteFloat = Field(
+        ge=MIN_BYTES_PER_TOKEN_LAYER,
+        le=MAX_BYTES_PER_TOKEN_LAYER,
+        description="K and V bytes per token per layer, s=1.",
     )
-    bytes_per_param_state: float = Field(
-        default=16.0, gt=0, description="Param+grad+optimizer bytes per parameter (bf16 + fp32 Adam: 2+2+12)."
+    head_activation_bytes_per_token: FiniteFloat = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_BYTES_PER_TOKEN,
+        description="Bytes kept per token by the LM head/loss on the last stage.",
     )
-    param_bytes: float = Field(default=2.0, gt=0, description="Bytes per parameter of the working copy.")
-    grad_bytes: float = Field(default=2.0, gt=0, description="Bytes per gradient element.")
-    memory_reserve_bytes: float = Field(
-        default=0.0, ge=0, description="Per-device memory kept free (framework, fragmentation, buffers)."
+    bytes_per_param_state: FiniteFloat = Field(
+        default=16.0, ge=1, le=64, description="Param+grad+optimizer bytes per parameter (bf16 + fp32 Adam: 2+2+12)."
+    )
+    param_bytes: FiniteFloat = Field(
+        default=2.0, ge=0.125, le=8, description="Bytes per parameter of the working copy."
+    )
+    grad_bytes: FiniteFloat = Field(default=2.0, ge=0.125, le=8, description="Bytes per gradient element.")
+    memory_reserve_bytes: FiniteFloat = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_MEMORY_RESERVE,
+        description="Per-device memory kept free (framework, fragmentation, buffers).",
     )

@@ -9,6 +9,7 @@ from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
 from proto.plan import PlanOptions
 from proto.profile import CostProfile
+from proto.wire_types import FiniteFloat
 
 
 class PlanRequest(BaseModel):
@@ -22,5 +23,5 @@ class PlanRequest(BaseModel):
     strategy: str = Field(default="helix", min_length=1, max_length=64)
     options: PlanOptions = Field(default_factory=PlanOptions)
     profile: CostProfile | None = Field(default=None, description="Overrides the preset profile.")
-    time_limit_s: float = Field(default=2.0, gt=0, le=600)
+    time_limit_s: FiniteFloat = Field(default=2.0, gt=0, le=600)
     solver: str = Field(default="cpsat", min_length=1, max_length=32)
