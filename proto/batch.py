@@ -7,10 +7,10 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from proto.fingerprint import fingerprint
-from proto.wire_types import MAX_SEQ_ID, MAX_SEQUENCE_LENGTH, ExactInt
+from proto.wire_types import AS_EXACT_INT, MAX_SEQ_ID, MAX_SEQUENCE_LENGTH
 
-SeqId = Annotated[ExactInt, Field(ge=0, le=MAX_SEQ_ID, description="A sequence id (signed 64-bit, >= 0).")]
-Length = Annotated[ExactInt, Field(ge=1, le=MAX_SEQUENCE_LENGTH, description="Tokens in one sequence (>= 1).")]
+SeqId = Annotated[int, Field(ge=0, le=MAX_SEQ_ID, description="A sequence id (signed 64-bit, >= 0)."), AS_EXACT_INT]
+Length = Annotated[int, Field(ge=1, le=MAX_SEQUENCE_LENGTH, description="Tokens in one sequence (>= 1)."), AS_EXACT_INT]
 
 
 class Batch(BaseModel):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from proto.wire_types import ExactInt, FiniteFloat
+from proto.wire_types import AS_EXACT_INT, AS_FINITE_NUMBER
 
 # Physical bounds (documented in the README): they refuse unit mistakes and values that would overflow the
 # cost model (e.g. 1e-300 FLOP/s), while leaving room far beyond today's hardware.
@@ -12,7 +14,8 @@ MIN_BANDWIDTH = 1e6
 """1 MB/s: slower than any interconnect a training job would use."""
 MAX_BANDWIDTH = 1e14
 """100 TB/s per device: ~50x NVLink 5."""
-MIN_FLOPS = 1e6
+MIN_FLOPS = 1e9
+"""1 GFLOP/s: slower than any device a model is trained on (and it keeps derived coefficients bounded)."""
 MAX_FLOPS = 1e18
 """1 EFLOP/s per device: ~100x a 2025 accelerator."""
 MIN_DEVICE_MEMORY = 2**20
@@ -36,25 +39,25 @@ class ClusterSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(default="custom", max_length=MAX_NAME_CHARS, description="Preset name or a free label.")
-    num_nodes: ExactInt = Field(ge=1, le=4096, description="Number of nodes.")
-    devices_per_node: ExactInt = Field(ge=1, le=64, description="Accelerators per node.")
-    device_memory_bytes: FiniteFloat = Field(
-        ge=MIN_DEVICE_MEMORY, le=MAX_DEVICE_MEMORY, description="Usable memory per device in bytes."
+    num_nodes: Annotated[int, Field(ge=1, le=4096), AS_EXACT_INT] = Field(description="Number of nodes.")
+    devices_per_node: Annotated[int, Field(ge=1, le=64), AS_EXACT_INT] = Field(description="Accelerators per node.")
+    device_memory_bytes: Annotated[
+        float, Field(ge=MIN_DEVICE_MEMORY, le=MAX_DEVICE_MEMORY, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Usable memory per device in bytes.")
+    peak_flops: Annotated[float, Field(ge=MIN_FLOPS, le=MAX_FLOPS, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        description="Dense half-precision peak FLOP/s per device."
     )
-    peak_flops: FiniteFloat = Field(
-        ge=MIN_FLOPS, le=MAX_FLOPS, description="Dense half-precision peak FLOP/s per device."
+    intra_node_bandwidth: Annotated[
+        float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Per-device bytes/s inside a node (e.g. NVLink).")
+    inter_node_bandwidth: Annotated[
+        float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Per-device bytes/s across nodes (e.g. InfiniBand).")
+    intra_node_latency_s: Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(default=5e-6, description="Per-message latency inside a node.")
     )
-    intra_node_bandwidth: FiniteFloat = Field(
-        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Per-device bytes/s inside a node (e.g. NVLink)."
-    )
-    inter_node_bandwidth: FiniteFloat = Field(
-        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Per-device bytes/s across nodes (e.g. InfiniBand)."
-    )
-    intra_node_latency_s: FiniteFloat = Field(
-        default=5e-6, ge=0, le=MAX_LATENCY_S, description="Per-message latency inside a node."
-    )
-    inter_node_latency_s: FiniteFloat = Field(
-        default=2e-5, ge=0, le=MAX_LATENCY_S, description="Per-message latency across nodes."
+    inter_node_latency_s: Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(default=2e-5, description="Per-message latency across nodes.")
     )
     source: str = Field(default="", max_length=MAX_SOURCE_CHARS, description="Where the numbers come from.")
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from proto.wire_types import MAX_STEP, ExactInt, FiniteFloat
+from proto.wire_types import AS_EXACT_INT, AS_FINITE_NUMBER, MAX_STEP
 
 MAX_ITERATION_S = 1e6
 """About 11 days for one step: anything longer is a units mistake."""
@@ -14,7 +14,7 @@ MAX_MEMORY_BYTES = 2**50
 MAX_TOKENS_PER_S = 1e12
 MAX_RANKS = 65536
 
-MemoryBytes = Annotated[FiniteFloat, Field(ge=0, le=MAX_MEMORY_BYTES)]
+MemoryBytes = Annotated[float, Field(ge=0, le=MAX_MEMORY_BYTES, allow_inf_nan=False), AS_FINITE_NUMBER]
 
 
 class Feedback(BaseModel):
@@ -26,10 +26,14 @@ class Feedback(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    step: ExactInt = Field(ge=0, le=MAX_STEP)
+    step: Annotated[int, Field(ge=0, le=MAX_STEP), AS_EXACT_INT] = Field()
     plan_id: str = Field(min_length=1, max_length=128)
-    measured_iteration_s: FiniteFloat = Field(gt=0, le=MAX_ITERATION_S)
+    measured_iteration_s: Annotated[float, Field(gt=0, le=MAX_ITERATION_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field()
+    )
     peak_memory_bytes: list[MemoryBytes] = Field(
         default_factory=list, max_length=MAX_RANKS, description="Per rank, index = rank."
     )
-    tokens_per_s: FiniteFloat | None = Field(default=None, ge=0, le=MAX_TOKENS_PER_S)
+    tokens_per_s: Annotated[float, Field(ge=0, le=MAX_TOKENS_PER_S, allow_inf_nan=False), AS_FINITE_NUMBER] | None = (
+        Field(default=None)
+    )

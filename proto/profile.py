@@ -7,14 +7,18 @@ Every number the cost model uses is a field here or in `ClusterSpec`/`ModelSpec`
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from proto.cluster import MAX_BANDWIDTH, MAX_LATENCY_S, MAX_NAME_CHARS, MAX_SOURCE_CHARS, MIN_BANDWIDTH
-from proto.wire_types import FiniteFloat
+from proto.wire_types import AS_FINITE_NUMBER
 
-# Physical bounds of the coefficients (documented in the README); the presets sit orders of magnitude inside.
-MAX_ATTN_S_PER_TOKEN2 = 1e-3
-MAX_S_PER_TOKEN = 10.0
+# Bounds of the coefficients (documented in the README): they refuse absurd values (1e308, 5e-324) and keep
+# every cost-model sum finite, and they hold every profile derived from specs within the cluster and model
+# bounds (e.g. a 2^20-wide model on a 1 GFLOP/s device: ~3e4 s per token per layer). Presets sit far inside.
+MAX_ATTN_S_PER_TOKEN2 = 1.0
+MAX_S_PER_TOKEN = 1e6
 MAX_LAYER_OVERHEAD_S = 10.0
 MIN_BYTES_PER_TOKEN_LAYER = 1.0
 MAX_BYTES_PER_TOKEN_LAYER = 1e9
@@ -39,77 +43,71 @@ class CostProfile(BaseModel):
     )
     source: str = Field(default="", max_length=MAX_SOURCE_CHARS, description="How the numbers were obtained.")
     # compute (per layer, forward, whole chunk on one device; divided by s for a lane)
-    attn_s_per_token2: FiniteFloat = Field(
-        ge=0, le=MAX_ATTN_S_PER_TOKEN2, description="a2: seconds per unit of sum((C+len)^2 - C^2), per layer."
+    attn_s_per_token2: Annotated[
+        float, Field(ge=0, le=MAX_ATTN_S_PER_TOKEN2, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="a2: seconds per unit of sum((C+len)^2 - C^2), per layer.")
+    linear_s_per_token: Annotated[float, Field(ge=0, le=MAX_S_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(description="a1: seconds per token per layer (projections, MLP).")
     )
-    linear_s_per_token: FiniteFloat = Field(
-        ge=0, le=MAX_S_PER_TOKEN, description="a1: seconds per token per layer (projections, MLP)."
+    layer_overhead_s: Annotated[float, Field(ge=0, le=MAX_LAYER_OVERHEAD_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(default=0.0, description="b: fixed seconds per layer call.")
     )
-    layer_overhead_s: FiniteFloat = Field(
-        default=0.0, ge=0, le=MAX_LAYER_OVERHEAD_S, description="b: fixed seconds per layer call."
+    backward_to_forward: Annotated[float, Field(ge=0.5, le=5.0, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=2.0, description="k_b: backward / forward time."
     )
-    backward_to_forward: FiniteFloat = Field(default=2.0, ge=0.5, le=5.0, description="k_b: backward / forward time.")
-    head_s_per_token: FiniteFloat = Field(
-        default=0.0, ge=0, le=MAX_S_PER_TOKEN, description="LM head + loss forward seconds per token."
+    head_s_per_token: Annotated[float, Field(ge=0, le=MAX_S_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=0.0, description="LM head + loss forward seconds per token."
     )
     # collectives (effective per-device bytes/s and per-call latency)
-    alltoall_bw_intra: FiniteFloat = Field(
-        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="All-to-all bytes/s per device inside one node."
+    alltoall_bw_intra: Annotated[
+        float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="All-to-all bytes/s per device inside one node.")
+    alltoall_bw_inter: Annotated[
+        float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="All-to-all bytes/s per device when the group spans nodes.")
+    alltoall_latency_intra_s: Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(default=1e-5, description="Per all-to-all latency in a node.")
     )
-    alltoall_bw_inter: FiniteFloat = Field(
-        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="All-to-all bytes/s per device when the group spans nodes."
+    alltoall_latency_inter_s: Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(default=3e-5, description="Per all-to-all latency across nodes.")
     )
-    alltoall_latency_intra_s: FiniteFloat = Field(
-        default=1e-5, ge=0, le=MAX_LATENCY_S, description="Per all-to-all latency in a node."
+    p2p_bw_intra: Annotated[float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(description="Pipeline send/recv bytes/s inside a node.")
     )
-    alltoall_latency_inter_s: FiniteFloat = Field(
-        default=3e-5, ge=0, le=MAX_LATENCY_S, description="Per all-to-all latency across nodes."
+    p2p_bw_inter: Annotated[float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(description="Pipeline send/recv bytes/s across nodes.")
     )
-    p2p_bw_intra: FiniteFloat = Field(
-        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Pipeline send/recv bytes/s inside a node."
+    p2p_latency_s: Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=1e-5, description="Per send/recv latency."
     )
-    p2p_bw_inter: FiniteFloat = Field(
-        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Pipeline send/recv bytes/s across nodes."
-    )
-    p2p_latency_s: FiniteFloat = Field(default=1e-5, ge=0, le=MAX_LATENCY_S, description="Per send/recv latency.")
-    allreduce_bw_intra: FiniteFloat = Field(
-        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Ring all-reduce bus bytes/s inside a node."
-    )
-    allreduce_bw_inter: FiniteFloat = Field(
-        ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, description="Ring all-reduce bus bytes/s across nodes."
-    )
+    allreduce_bw_intra: Annotated[
+        float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Ring all-reduce bus bytes/s inside a node.")
+    allreduce_bw_inter: Annotated[
+        float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Ring all-reduce bus bytes/s across nodes.")
     # memory
-    activation_bytes_per_token_layer: FiniteFloat = Field(
-        ge=MIN_BYTES_PER_TOKEN_LAYER,
-        le=MAX_BYTES_PER_TOKEN_LAYER,
-        description="Bytes kept per token per layer for backward without recompute (whole layer, s=1).",
+    activation_bytes_per_token_layer: Annotated[
+        float, Field(ge=MIN_BYTES_PER_TOKEN_LAYER, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Bytes kept per token per layer for backward without recompute (whole layer, s=1).")
+    checkpoint_bytes_per_token_layer: Annotated[
+        float, Field(ge=MIN_BYTES_PER_TOKEN_LAYER, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Bytes kept per token per recomputed layer (its input), s=1.")
+    kv_bytes_per_token_layer: Annotated[
+        float, Field(ge=MIN_BYTES_PER_TOKEN_LAYER, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="K and V bytes per token per layer, s=1.")
+    head_activation_bytes_per_token: Annotated[
+        float, Field(ge=0, le=MAX_BYTES_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(default=0.0, description="Bytes kept per token by the LM head/loss on the last stage.")
+    bytes_per_param_state: Annotated[float, Field(ge=1, le=64, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=16.0, description="Param+grad+optimizer bytes per parameter (bf16 + fp32 Adam: 2+2+12)."
     )
-    checkpoint_bytes_per_token_layer: FiniteFloat = Field(
-        ge=MIN_BYTES_PER_TOKEN_LAYER,
-        le=MAX_BYTES_PER_TOKEN_LAYER,
-        description="Bytes kept per token per recomputed layer (its input), s=1.",
+    param_bytes: Annotated[float, Field(ge=0.125, le=8, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=2.0, description="Bytes per parameter of the working copy."
     )
-    kv_bytes_per_token_layer: FiniteFloat = Field(
-        ge=MIN_BYTES_PER_TOKEN_LAYER,
-        le=MAX_BYTES_PER_TOKEN_LAYER,
-        description="K and V bytes per token per layer, s=1.",
+    grad_bytes: Annotated[float, Field(ge=0.125, le=8, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=2.0, description="Bytes per gradient element."
     )
-    head_activation_bytes_per_token: FiniteFloat = Field(
-        default=0.0,
-        ge=0,
-        le=MAX_BYTES_PER_TOKEN,
-        description="Bytes kept per token by the LM head/loss on the last stage.",
-    )
-    bytes_per_param_state: FiniteFloat = Field(
-        default=16.0, ge=1, le=64, description="Param+grad+optimizer bytes per parameter (bf16 + fp32 Adam: 2+2+12)."
-    )
-    param_bytes: FiniteFloat = Field(
-        default=2.0, ge=0.125, le=8, description="Bytes per parameter of the working copy."
-    )
-    grad_bytes: FiniteFloat = Field(default=2.0, ge=0.125, le=8, description="Bytes per gradient element.")
-    memory_reserve_bytes: FiniteFloat = Field(
-        default=0.0,
-        ge=0,
-        le=MAX_MEMORY_RESERVE,
-        description="Per-device memory kept free (framework, fragmentation, buffers).",
-    )
+    memory_reserve_bytes: Annotated[
+        float, Field(ge=0, le=MAX_MEMORY_RESERVE, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(default=0.0, description="Per-device memory kept free (framework, fragmentation, buffers).")

@@ -13,10 +13,12 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
+INTEGER_RULE = "must be an integer (not a string, a float or a boolean)"
+
 
 def _exact_int(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError("must be an integer (not a string, a float or a boolean)")
+        raise ValueError(INTEGER_RULE)
     return int(value)
 
 
@@ -26,11 +28,18 @@ def _exact_number(value: Any) -> Any:
     return value
 
 
+# Bounds go *before* these markers in `Annotated[int, Field(ge=..), AS_EXACT_INT]`: pydantic then keeps them
+# in the number's own schema (JSON Schema `minimum`/`maximum`), which it cannot do for bounds set after a
+# validator.
+AS_FINITE_NUMBER = BeforeValidator(_exact_number)
+"""Refuses strings and booleans before a float field validates."""
+
+
 AS_EXACT_INT = BeforeValidator(_exact_int)
 """Refuses strings, floats and booleans before an integer (or IntEnum) field validates."""
 ExactInt = Annotated[int, AS_EXACT_INT]
 """An integer given as an integer."""
-FiniteFloat = Annotated[float, BeforeValidator(_exact_number), Field(allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False), AS_FINITE_NUMBER]
 """A finite number given as a number."""
 ExactBool = Annotated[bool, Field(strict=True)]
 """true or false, not 1, 0 or a string."""

@@ -8,7 +8,7 @@ refused at start-up (`StoreError`, one line naming it).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -38,7 +38,9 @@ Every plan request answers within its solver time limit plus the service's margi
 a strategy that overruns is abandoned for the greedy plan (`solver.status` = `timeout-fallback`). When the
 solve queue is full the answer is 503 `busy` with `Retry-After`.
 
-Rules the schema cannot state (each violation is a 422 `invalid_input` naming the field):
+Integers are written as JSON integers: `5`, not `5.0` or `"5"` (JSON Schema's `integer` admits `5.0`; this API
+does not), and booleans as `true`/`false`. Rules the schema cannot state (each violation is a 422
+`invalid_input` naming the field):
 
 """
 
@@ -52,15 +54,20 @@ def open_store(settings: Settings) -> PlanStore:
     )
 
 
-def create_app(settings: Settings | None = None, *, solve_fn: SolveFn = make_plan) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    solve_fn: SolveFn = make_plan,
+    store_factory: Callable[[Settings], PlanStore] = open_store,
+) -> FastAPI:
     """Build the app. `solve_fn` replaces `make_plan` in the workers (picklable; tests hold, count or hang
-    solves with it)."""
+    solves with it); `store_factory` opens the store (tests make its writes fail or stall)."""
     settings = settings if settings is not None else Settings()
     state = ServiceState(settings=settings, metrics=ServiceMetrics(), solve_fn=solve_fn)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings)
+        store = store_factory(settings)
         try:
             service = SolveService(settings=settings, store=store, metrics=state.metrics, solve_fn=solve_fn)
         except BaseException:
@@ -91,7 +98,8 @@ def create_app(settings: Settings | None = None, *, solve_fn: SolveFn = make_pla
     if settings.docs:
         install_docs(app)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+    # Without a token the routes are open, and the schema declares no security scheme (it says what is enforced).
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)] if settings.token else [])
     for module in (plans, jobs, job_plans, feedback, profiles):
         v1.include_router(module.router)
     app.include_router(v1)

@@ -17,7 +17,7 @@ from planner_service.solvers.integer_program import BACKENDS
 from planner_service.strategies.registry import STRATEGIES
 from proto import Batch, ClusterSpec, CostProfile, ModelSpec, PlanOptions
 from proto.batch import Length, SeqId
-from proto.wire_types import MAX_STEP, ExactInt, FiniteFloat
+from proto.wire_types import AS_EXACT_INT, AS_FINITE_NUMBER, MAX_STEP
 
 if TYPE_CHECKING:
     StrategyName = str
@@ -50,7 +50,7 @@ CROSS_FIELD_RULES: dict[str, str] = {
 """Rules on combinations of fields (or on service settings) that a JSON Schema cannot state. A request that
 breaks one is answered 422 `invalid_input` naming the field; the OpenAPI description lists them."""
 
-TimeLimit = Annotated[FiniteFloat, Field(gt=0, le=MAX_TIME_LIMIT_S)]
+TimeLimit = Annotated[float, Field(gt=0, le=MAX_TIME_LIMIT_S, allow_inf_nan=False), AS_FINITE_NUMBER]
 
 
 def rules_text(*fields: str) -> str:
@@ -82,10 +82,9 @@ class JobCreate(BaseModel):
         description="Sequence lengths typical of the job, used to choose the pipeline degree; "
         "a synthetic sample is used when omitted. " + rules_text("sample_lengths"),
     )
-    num_stages: ExactInt | None = Field(
-        default=None, ge=1, le=1024, description="Fix the pipeline degree instead of choosing it. "
-        + rules_text("num_stages"),
-    )  # fmt: skip
+    num_stages: Annotated[int, Field(ge=1, le=1024), AS_EXACT_INT] | None = Field(
+        default=None, description="Fix the pipeline degree instead of choosing it. " + rules_text("num_stages")
+    )
     profile: CostProfile | None = Field(default=None, description="Initial cost profile (else the preset's).")
 
 
@@ -186,7 +185,9 @@ class StepPlanRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    step: ExactInt = Field(ge=0, le=MAX_STEP, description="Training step (iteration) number.")
+    step: Annotated[int, Field(ge=0, le=MAX_STEP), AS_EXACT_INT] = Field(
+        description="Training step (iteration) number."
+    )
     lengths: list[Length] = Field(
         min_length=1,
         max_length=MAX_REQUEST_SEQUENCES,

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         description="Largest cluster (num_nodes x devices_per_node) a request may describe.",
     )
     max_sequence_stages: int = Field(
-        default=16384,
+        default=4096,
         ge=1,
         description="Most sequences x pipeline degree of one plan: the greedy plan's work grows with both.",
     )

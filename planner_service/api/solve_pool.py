@@ -27,6 +27,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Generic, TypeVar
 
+from pydantic import ValidationError
+
 from planner_service.errors import InfeasibleWorkload, PlanningError
 from proto import PlanValidationError
 
@@ -93,8 +95,13 @@ def _worker_main(conn: Connection) -> None:
             conn.send(("internal", f"PlanValidationError: {exc}"))
         except PlanningError as exc:
             conn.send(("planning", (str(exc), exc.field, isinstance(exc, InfeasibleWorkload))))
+        except ValidationError as exc:  # e.g. a cost profile derived from the specs falls out of its bounds
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            message = f"the cost profile derived from the cluster and model is out of range ({where}: {first['msg']})"
+            conn.send(("planning", (message, "cluster", False)))
         except ValueError as exc:  # an input combination the planner rejects without a PlanningError
-            conn.send(("planning", (str(exc), None, False)))
+            conn.send(("planning", (" ".join(str(exc).split()), None, False)))
         except Exception as exc:  # reported to the service, which logs it
             conn.send(("internal", f"{type(exc).__name__}: {exc}"))
 

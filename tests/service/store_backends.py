@@ -77,7 +77,7 @@ class PostgresServer:
 def start_postgres() -> PostgresServer | str:
     """A started server, or the reason it could not be started."""
     try:
-        import psycopg  # noqa: F401
+        import psycopg
     except ImportError:
         return "psycopg is not installed (pip install 'helixtrain[service]')"
     binaries = find_postgres_bin()

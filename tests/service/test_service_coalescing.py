@@ -19,7 +19,6 @@ import httpx
 
 from planner_service.api import create_app
 from tests.service.service_inputs import LENGTHS, SMALL_JOB, SettingsFactory
-
 from tests.service.solve_fns import HANG_GUARD_S, GatedSolve
 
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from planner_service.store import PlanConflictError, PlanRecord, PlanStore, Retention, StoreError
+from planner_service.store import PlanConflictError, PlanRecord, Retention, StoreError
 from tests.service.store_backends import StoreFactory
 
 
