@@ -127,6 +127,14 @@ def summary(name: str, clients: int, elapsed: float, stats: PhaseStats) -> dict[
     }
 
 
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def run_phase(name: str, clients: int, seconds: float, work: Any) -> dict[str, Any]:
     """Run `work(client_index, iteration, stats)` in `clients` threads for `seconds`; summarise."""
     return run_mixed(name, seconds, [(clients, work)])[0]
@@ -234,11 +242,7 @@ def load_main(args: argparse.Namespace) -> int:
             for c in clients:
                 c.close()
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
         storage = store_usage(db, next_step() - 1)
 
     report = {"setup": setup_of(args), "results": results, "storage": storage}
@@ -354,11 +358,7 @@ def limits_main(args: argparse.Namespace) -> int:
                     print(json.dumps(row), flush=True)
                     rows.append(row)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
     worst = max(r["wall_s"] for r in rows)
     worst_greedy = max(r["greedy_alone_s"] for r in rows)
     report = {"limit_s": limit, "margin_s": margin, "worst_wall_s": worst, "worst_greedy_s": worst_greedy,
