@@ -214,13 +214,19 @@ def load_main(args: argparse.Namespace) -> int:
                 return next(steps)
 
         try:
+            overload_clients = 4 * args.max_solves
             with PlannerClient(url, token=token, retries=0) as setup:
                 job = setup.create_job(
                     cluster=args.cluster, model=args.model, strategy=args.strategy, sample_lengths=batches[0]
                 )
                 setup.plan_for_step(job.job_id, 0, batches[0])
+                # one job per planning client (many training jobs share one planner), all with job's P
+                jobs = [
+                    setup.create_job(cluster=args.cluster, model=args.model, strategy=args.strategy,
+                                     num_stages=job.decisions.num_stages).job_id
+                    for _ in range(args.clients + overload_clients)
+                ]  # fmt: skip
             print(f"job {job.job_id}: P={job.decisions.num_stages}", flush=True)
-            overload_clients = 4 * args.max_solves
             clients = [PlannerClient(url, token=token, retries=0) for _ in range(args.clients + overload_clients)]
 
             def cached_get(i: int, n: int, stats: PhaseStats) -> None:
@@ -228,7 +234,8 @@ def load_main(args: argparse.Namespace) -> int:
 
             def fresh_plan(i: int, n: int, stats: PhaseStats) -> None:
                 step = next_step()  # unique per request: every request is a solve
-                stats.record(lambda: clients[i].plan_bytes_for_step(job.job_id, step, batches[step % len(batches)]))
+                batch = batches[step % len(batches)]
+                stats.record(lambda: clients[i].plan_bytes_for_step(jobs[i], step, batch))
 
             results = [
                 run_phase("cached_get", args.clients, args.seconds, cached_get),
@@ -254,9 +261,9 @@ def load_main(args: argparse.Namespace) -> int:
         f"{args.clients} clients x {args.seconds:g} s per phase against `helix serve` on loopback "
         f"({report['setup']['cpus']} CPUs, Python {report['setup']['python']}); plans for {args.cluster} / "
         f"{args.model} / {args.strategy}, {args.batch_size} sequences (synthetic github, <= {args.max_len} tokens); "
-        f"server: {args.max_solves} solve workers, queue of {args.max_queued}. Overload: {overload_clients} "
-        f"planning clients (4x the workers, no client retries) and {args.clients} clients reading a stored plan, "
-        "at once.",
+        f"server: {args.max_solves} solve workers, queue of {args.max_queued}. Each planning client plans its own "
+        f"job. Overload: {overload_clients} planning clients (4x the workers, no client retries) and "
+        f"{args.clients} clients reading a stored plan, at once.",
         "",
         "| phase | clients | requests ok | errors | 503 busy rate | throughput (req/s) | p50 (ms) | p99 (ms) "
         "| max (ms) |",
@@ -401,7 +408,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-len", type=int, default=32768)
     parser.add_argument("--max-solves", type=int, default=2, help="HELIX_MAX_CONCURRENT_SOLVES of the server.")
-    parser.add_argument("--max-queued", type=int, default=8, help="HELIX_MAX_QUEUED_SOLVES of the server.")
+    parser.add_argument("--max-queued", type=int, default=4, help="HELIX_MAX_QUEUED_SOLVES of the server.")
     parser.add_argument("--out", type=Path, default=RESULTS / "service_load")
     args = parser.parse_args()
     if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.seconds <= MAX_SECONDS:

@@ -123,10 +123,6 @@ class PlanStore:
     def describe(self) -> str:
         return self.dialect.describe()
 
-    @property
-    def path(self) -> str:
-        return self.describe()
-
     def _connection(self) -> Connection:
         if self._conn is None:  # a PostgreSQL connection that broke is reopened on the next use
             self._conn = self.dialect.connect()
