@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from executor.interop.hf_llama import load_pretrained_stage
 from executor.model import build_stage
 from executor.parallel.data import AdamWConfig, clip_gradients
 from executor.parallel.groups import ProcessGroups
@@ -67,6 +68,8 @@ class ExecutorConfig:
     """Gradient bucket size of the ZeRO-0/1/2 sync (the cost profile's `grad_bucket_bytes`)."""
     compute_dtype: torch.dtype | None = None
     """Mixed precision on CUDA: bf16 compute over fp32 parameters (autocast, or FSDP2's policy for ZeRO-3)."""
+    init_from: str | None = None
+    """A Hugging Face Llama checkpoint folder whose weights replace the seeded ones (`helix train --init`)."""
     recv_timeout_s: float = 300.0
     """A pipeline receive that waits longer fails with a message naming rank, stage, lane and op."""
 
@@ -120,6 +123,8 @@ class PlanExecutor:
             dtype=config.dtype,
             device=config.device,
         )
+        if config.init_from is not None:  # before the states flatten or shard the parameters
+            load_pretrained_stage(self.module, config.init_from)
         self.states: ModelStates = build_model_states(
             self.module,
             config=StatesConfig(
