@@ -45,6 +45,7 @@ from executor.parallel.zero.model_states import (
 )
 from executor.role import PlanRefused, RankRole, check_plan, find_role, lane_of
 from proto.batch import Batch
+from proto.capabilities import TORCH_EXECUTOR
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
 from proto.plan import Lane, PipelineSpec, Plan
@@ -86,6 +87,28 @@ class StepResult:
     """Measured peak activation memory of this rank in the step (`executor.parallel.pipeline.memory_probe`)."""
 
 
+def refuse_unsupported(config: ExecutorConfig) -> None:
+    """Raise ValueError naming the field when `config` asks for something outside `TORCH_EXECUTOR`."""
+    caps = TORCH_EXECUTOR
+    if config.zero_stage not in caps.zero_stages:
+        raise ValueError(
+            f"zero_stage={config.zero_stage}: this executor runs ZeRO stages {list(map(int, caps.zero_stages))}"
+        )
+    if config.attention_backend not in caps.attention_backends:
+        raise ValueError(
+            f"attention_backend={config.attention_backend!r}: choose one of {', '.join(caps.attention_backends)}"
+        )
+    dtype = str(config.dtype).removeprefix("torch.")
+    if dtype not in caps.parameter_dtypes:
+        raise ValueError(f"dtype={dtype}: parameters are kept in one of {', '.join(caps.parameter_dtypes)}")
+    if config.compute_dtype is not None:
+        compute = str(config.compute_dtype).removeprefix("torch.")
+        if compute not in caps.compute_dtypes or torch.device(config.device).type != "cuda":
+            raise ValueError(
+                f"compute_dtype={compute}: mixed precision runs on CUDA in one of {', '.join(caps.compute_dtypes)}"
+            )
+
+
 class PlanExecutor:
     """One rank's stage, optimizer and process groups for a job; applies a new plan every step."""
 
@@ -114,8 +137,7 @@ class PlanExecutor:
         self.stage = topology.stage_of(self.rank)
         self.dp_ranks = topology.stage_block(self.stage)
         self.dp_group = groups.dp_group(pipeline.num_stages, self.stage)
-        if config.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, not {config.zero_stage}")
+        refuse_unsupported(config)
         self.module = build_stage(
             model,
             seed=config.seed,
@@ -152,6 +174,11 @@ class PlanExecutor:
             rank=self.rank,
             pipeline=self.pipeline,
         )
+        problem = TORCH_EXECUTOR.plan_problem(plan, self.model_spec)
+        if problem is not None:
+            raise PlanRefused(
+                f"rank {self.rank} refuses plan {plan.plan_id or '<no id>'} (step {plan.step}): {problem}"
+            )
         role = find_role(plan, rank=self.rank, world_size=self.world_size)
         assert role.stage == self.stage, f"rank {self.rank}: plan puts it on stage {role.stage}, not {self.stage}"
         lane = lane_of(plan, role)
