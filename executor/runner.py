@@ -233,6 +233,12 @@ class PlanExecutor:
 
     # --- internals -------------------------------------------------------------------------------------
 
+    def _activation_dtype(self) -> torch.dtype:
+        """dtype of the hidden states between stages: FSDP2's bf16 parameters make them bf16 under ZeRO-3 mixed
+        precision; autocast keeps the fp32 residual stream of ZeRO-0/1/2."""
+        config = self.config
+        return config.compute_dtype if config.zero_stage == 3 and config.compute_dtype is not None else config.dtype
+
     def _rounds(self, plan: Plan, role: RankRole) -> list[Round] | None:
         """ZeRO-3: the block's common rounds for this rank (refused, on every rank alike, if they cannot
         line up without a deadlock); otherwise None (the lane's own schedule)."""
@@ -257,7 +263,7 @@ class PlanExecutor:
             tokens=tokens,
             loss_norm=max(total_targets(lengths), 1),
             settings=StageRunSettings(
-                dtype=self.config.dtype,
+                dtype=self._activation_dtype(),
                 device=self.config.device,
                 attention_backend=self.config.attention_backend,
                 recv_timeout_s=self.config.recv_timeout_s,

@@ -114,6 +114,7 @@ def run_training(config: TrainConfig) -> RunSummary | None:
             attention_backend=config.attention_backend,
             optimizer=AdamWConfig(lr=config.lr, weight_decay=config.weight_decay),
             zero_stage=int(config.options.zero_stage),
+            compute_dtype=torch.bfloat16 if config.dtype == "bfloat16" and config.device == "cuda" else None,
             recv_timeout_s=config.recv_timeout_s,
         ),
     )
