@@ -69,6 +69,8 @@ class ExecutorConfig:
     """Gradient bucket size of the ZeRO-0/1/2 sync (the cost profile's `grad_bucket_bytes`)."""
     compute_dtype: torch.dtype | None = None
     """Mixed precision on CUDA: bf16 compute over fp32 parameters (autocast, or FSDP2's policy for ZeRO-3)."""
+    overlap_grad_sync: bool = True
+    """ZeRO-0/1/2: reduce gradient buckets while the backward runs (False: after it, for measurements)."""
     init_from: str | None = None
     """A Hugging Face Llama checkpoint folder whose weights replace the seeded ones (`helix train --init`)."""
     recv_timeout_s: float = 300.0
@@ -150,7 +152,10 @@ class PlanExecutor:
         self.states: ModelStates = build_model_states(
             self.module,
             config=StatesConfig(
-                zero_stage=config.zero_stage, bucket_bytes=config.grad_bucket_bytes, compute_dtype=config.compute_dtype
+                zero_stage=config.zero_stage,
+                bucket_bytes=config.grad_bucket_bytes,
+                compute_dtype=config.compute_dtype,
+                overlap=config.overlap_grad_sync,
             ),
             optimizer=config.optimizer,
             dp_group=self.dp_group if len(self.dp_ranks) > 1 else None,

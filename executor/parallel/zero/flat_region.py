@@ -37,7 +37,8 @@ class _Pending:
     keep: tuple[torch.Tensor, ...]
     """Buffers the collective reads or writes (alive until it completes)."""
     accumulate: tuple[torch.Tensor, torch.Tensor] | None = None
-    """ZeRO-2: (received slice, shard view) to add once complete."""
+    """(received slice, this rank's gradient slice): added once complete (ZeRO-2), or copied (ZeRO-1)."""
+    replace: bool = False
 
 
 class FlatRegion:
@@ -50,10 +51,11 @@ class FlatRegion:
         zero_stage: int,
         group: dist.ProcessGroup | None,
         bucket_bytes: float,
+        overlap: bool = True,
     ) -> None:
         assert params, "a flat region needs parameters"
         assert zero_stage in (0, 1, 2), f"flat regions serve ZeRO-0/1/2, not {zero_stage}"
-        self.params, self.zero_stage, self.group = params, zero_stage, group
+        self.params, self.zero_stage, self.group, self.overlap = params, zero_stage, group, overlap
         self.dp_size = dist.get_world_size(group) if group is not None else 1
         self.dp_rank = dist.get_rank(group) if group is not None else 0
         first = params[0]
@@ -67,9 +69,14 @@ class FlatRegion:
             for p, off, n in zip(params, layout.offsets, layout.sizes, strict=True):
                 self.flat[off : off + n].copy_(p.detach().reshape(-1))
                 p.data = self.flat[off : off + n].view_as(p)
-        # ZeRO-0/1: the gradients live here for the whole step; ZeRO-2 keeps only the shard
+        # ZeRO-0/1: the gradients live here for the whole step (ZeRO-1's reduced slices replace this rank's own
+        # slices of them in place); ZeRO-2 keeps only a shard buffer
         self.grad = torch.zeros_like(self.flat) if zero_stage <= 1 else None
-        self.shard_grad = torch.zeros(layout.shard_elems, dtype=first.dtype, device=first.device)
+        self.shard_grad = (
+            torch.zeros(layout.shard_elems, dtype=first.dtype, device=first.device) if zero_stage == 2 else None
+        )
+        self.shard_views = [self._shard_view(b) for b in range(len(layout.buckets))] if zero_stage >= 1 else []
+        """This rank's reduced gradient slice of each bucket (ZeRO-1/2): the sharded optimizer's gradients."""
         self.shard_params = [self._shard_param(b) for b in range(len(layout.buckets))] if zero_stage >= 1 else []
         self._filled = [0] * len(layout.buckets)
         self._capacity = [max(0, min(hi, layout.num_elems) - lo) for lo, hi in layout.buckets]
@@ -91,7 +98,8 @@ class FlatRegion:
         else:
             for p in self.params:
                 p.grad = None
-        self.shard_grad.zero_()
+        if self.shard_grad is not None:
+            self.shard_grad.zero_()
         self.issued_during_backward = 0
         self._reset_round()
 
@@ -114,7 +122,8 @@ class FlatRegion:
             param.grad = None
         for bucket, lo, hi in self.layout.param_pieces(index):
             self._filled[bucket] += hi - lo
-        self._issue_ready()
+        if self.overlap:
+            self._issue_ready()
 
     def end_backward(self) -> None:
         """The armed backward op is over: issue every bucket not issued yet (parameters it never reached
@@ -144,7 +153,10 @@ class FlatRegion:
             item.work.wait()
             if item.accumulate is not None:
                 received, target = item.accumulate
-                target.add_(received)
+                if item.replace:
+                    target.copy_(received)
+                else:
+                    target.add_(received)
 
     # --- after the optimizer step ---------------------------------------------------------------------------
 
@@ -179,22 +191,29 @@ class FlatRegion:
         if self.zero_stage == 0:
             assert self.grad is not None
             return self.grad
-        return self.gather_flat(self.shard_grad)
+        return self.gather_flat(torch.cat(self.shard_views))
 
-    def local_gradient_terms(self) -> torch.Tensor:
-        """The gradient this rank holds after the sync: the whole region (ZeRO-0) or its shard."""
+    def local_gradients(self) -> list[torch.Tensor]:
+        """The gradient this rank holds after the sync: the whole region (ZeRO-0) or its slices (ZeRO-1/2)."""
         if self.zero_stage == 0:
             assert self.grad is not None
-            return self.grad
-        return self.shard_grad
+            return [self.grad]
+        return self.shard_views
 
     # --- internals ------------------------------------------------------------------------------------------
+
+    def _shard_view(self, bucket: int) -> torch.Tensor:
+        lo, hi = self.layout.owned(bucket, self.dp_rank)
+        if self.grad is not None:
+            return self.grad[lo:hi]
+        assert self.shard_grad is not None
+        so = self.layout.shard_offset(bucket)
+        return self.shard_grad[so : so + (hi - lo)]
 
     def _shard_param(self, bucket: int) -> nn.Parameter:
         lo, hi = self.layout.owned(bucket, self.dp_rank)
         param = nn.Parameter(self.flat[lo:hi])  # shares the flat buffer's storage: the optimizer updates it
-        so = self.layout.shard_offset(bucket)
-        param.grad = self.shard_grad[so : so + (hi - lo)]
+        param.grad = self.shard_views[bucket]
         return param
 
     def _staging_of(self, bucket: int) -> torch.Tensor:
@@ -218,13 +237,10 @@ class FlatRegion:
     def _issue(self, bucket: int) -> None:
         self._next_bucket = bucket + 1
         lo, hi = self.layout.buckets[bucket]
-        so, part = self.layout.shard_offset(bucket), (hi - lo) // self.dp_size
-        if self.dp_size == 1:
+        part = (hi - lo) // self.dp_size
+        if self.dp_size == 1:  # the local gradient is the sum (ZeRO-1: already in place)
             if self.zero_stage == 2:
-                self.shard_grad[so : so + part].add_(self._staging_of(bucket))
-            elif self.zero_stage == 1:
-                assert self.grad is not None
-                self.shard_grad[so : so + part].copy_(self.grad[lo:hi])
+                self.shard_views[bucket].add_(self._staging_of(bucket))
             self._staging.pop(bucket, None)
             return
         self.num_collectives += 1
@@ -233,16 +249,17 @@ class FlatRegion:
             piece = self.grad[lo:hi]
             work = dist.all_reduce(piece, group=self.group, async_op=True)
             self._pending.append(_Pending(work, (piece,)))
-        elif self.zero_stage == 1:
+        elif self.zero_stage == 1:  # the reduced slice replaces this rank's slice once the bucket is read
             assert self.grad is not None
-            src, dst = self.grad[lo:hi], self.shard_grad[so : so + part]
-            work = _reduce_scatter(dst, src, group=self.group, async_op=True)
-            self._pending.append(_Pending(work, (src, dst)))
+            src = self.grad[lo:hi]
+            received = torch.empty(part, dtype=self.flat.dtype, device=self.flat.device)
+            work = _reduce_scatter(received, src, group=self.group, async_op=True)
+            self._pending.append(_Pending(work, (src, received), (received, self.shard_views[bucket]), replace=True))
         else:
             src = self._staging.pop(bucket, None)
             if src is None:
                 src = torch.zeros(hi - lo, dtype=self.flat.dtype, device=self.flat.device)
             received = torch.empty(part, dtype=self.flat.dtype, device=self.flat.device)
             work = _reduce_scatter(received, src, group=self.group, async_op=True)
-            self._pending.append(_Pending(work, (src, received), (received, self.shard_grad[so : so + part])))
+            self._pending.append(_Pending(work, (src, received), (received, self.shard_views[bucket])))
         assert self._pending[-1].work is not None

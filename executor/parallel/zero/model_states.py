@@ -46,6 +46,9 @@ class StatesConfig:
     """bf16 on CUDA for mixed precision; None computes in the parameters' dtype."""
     reduce_dtype: torch.dtype = torch.float32
     """Gradient reduction dtype under mixed precision (ZeRO-3's policy; ZeRO-0/1/2 reduce fp32 gradients)."""
+    overlap: bool = True
+    """ZeRO-0/1/2: issue each bucket as soon as its gradients are final; False issues them all after the backward
+    op (the baseline `bench/zero_memory.py` measures the overlap against)."""
 
 
 class ShardedAdamW(torch.optim.AdamW):
@@ -95,7 +98,9 @@ class BucketedStates:
         tied = tied_parameter(module, tie_group)
         # backward produces gradients roughly in reverse registration order: buckets fill front to back
         main = [p for p in reversed(list(module.parameters())) if p is not tied]
-        self.main = FlatRegion(main, zero_stage=config.zero_stage, group=dp_group, bucket_bytes=config.bucket_bytes)
+        self.main = FlatRegion(
+            main, zero_stage=config.zero_stage, group=dp_group, bucket_bytes=config.bucket_bytes, overlap=config.overlap
+        )
         self.tied = (
             FlatRegion([tied], zero_stage=min(config.zero_stage, 1), group=dp_group, bucket_bytes=config.bucket_bytes)
             if tied is not None
@@ -148,9 +153,9 @@ class BucketedStates:
         """Each held gradient and how many ranks hold the same values (replicas under ZeRO-0; the tied
         weight's gradient is also held by the other holder stage)."""
         replicas = self.dp_size if self.zero_stage == 0 else 1
-        terms = [GradTerm(self.main.local_gradient_terms(), replicas)]
+        terms = [GradTerm(g, replicas) for g in self.main.local_gradients()]
         if self.tied is not None:
-            terms.append(GradTerm(self.tied.local_gradient_terms(), 2 * replicas))
+            terms += [GradTerm(g, 2 * replicas) for g in self.tied.local_gradients()]
         return terms
 
     def step(self) -> None:
@@ -202,6 +207,8 @@ class ShardedStates:
         fully_shard(module, mesh=mesh, reshard_after_forward=True, mp_policy=policy)
         for unit in [module, *layers]:
             unit.set_gradient_divide_factor(1.0)  # type: ignore[operator]  # sums, as the loss normalisation needs
+            # plain SUM collectives: a factor on float32 otherwise becomes NCCL's PREMUL_SUM, which gloo lacks
+            unit.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]
         for block, following in itertools.pairwise(layers):
             block.set_modules_to_forward_prefetch([following])  # type: ignore[operator]
         self._tied = tied_parameter(module, tie_group)  # after fully_shard, which replaces the parameters
