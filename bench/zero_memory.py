@@ -18,11 +18,12 @@ Ranks and cores: this machine has 2 cores; the memory run puts 4 single-threaded
 time-shared: memory numbers do not depend on it); the overlap run uses 2 single-threaded ranks, one per core,
 so a reduction in flight competes with the other rank's compute only through gloo's own threads.
 
-Run: .venv/bin/python bench/zero_memory.py   (writes bench/results/zero_memory.{md,json})
+Run: .venv/bin/python bench/zero_memory.py   (writes both tables to bench/results/zero_memory.{md,json})
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -39,18 +40,12 @@ from executor.parallel.groups import create_process_groups
 from executor.runner import ExecutorConfig, PlanExecutor
 from executor.verify.launch import launch_local
 from executor.verify.synthetic_tokens import SyntheticTokens
+from planner_service.presets import resolve_model
 from proto import Batch, ClusterSpec, ModelSpec, Plan, PlanOptions, ZeroStage
 
 MIB = 2**20
-MODEL = ModelSpec(
-    name="bench-llama-s",
-    num_layers=4,
-    hidden_size=128,
-    num_heads=8,
-    num_kv_heads=2,
-    ffn_hidden_size=352,
-    vocab_size=8192,
-    bytes_per_element=4,
+MODEL = resolve_model("tiny").model_copy(
+    update={"name": "bench-llama-s", "num_layers": 4, "hidden_size": 128, "ffn_hidden_size": 352, "vocab_size": 8192}
 )
 """2.9 M parameters (float32: 11 MiB of weights, 45 MiB of unsharded states) and small activations, so the
 states the ZeRO stages shard dominate."""
@@ -193,7 +188,7 @@ def main() -> None:
                 ]
             )
     lanes = ", ".join(f"SP {lane.sp_degree} x {len(lane.chunks)} chunks" for lane in memory_plan.lanes)
-    write_table(
+    memory_md = write_table(
         "zero_memory",
         "Peak memory per rank by ZeRO stage (measured on CPU vs the cost model), same plan",
         [
@@ -227,7 +222,7 @@ def main() -> None:
         alone = statistics.median(timed["all-reduce-alone"])
         sync_rows.append([zero, after * 1e3, overlap * 1e3, saved * 1e3, saved / after, alone * 1e3])
     lanes = ", ".join(f"SP {lane.sp_degree} x {len(lane.chunks)} chunks" for lane in sync_plan.lanes)
-    write_table(
+    overlap_md = write_table(
         "zero_sync_overlap",
         "Step time with the gradient sync after the backward vs overlapped with it (medians, ms)",
         ["ZeRO", "sync after backward ms", "overlapped ms", "saved ms (paired)", "saved share", "flat all-reduce ms"],
@@ -243,6 +238,17 @@ def main() -> None:
             "raw seconds": {k: [round(x, 4) for x in v] for k, v in timed.items()},
         },
     )
+    merge_tables(memory_md, overlap_md)
+
+
+def merge_tables(first: Path, second: Path) -> None:
+    """Append `second`'s table (md and json) to `first`'s, so zero_memory.{md,json} hold both."""
+    first.write_text(first.read_text() + "\n" + second.read_text().replace("# ", "## ", 1))
+    merged = {"memory": json.loads(first.with_suffix(".json").read_text())}
+    merged["sync_overlap"] = json.loads(second.with_suffix(".json").read_text())
+    first.with_suffix(".json").write_text(json.dumps(merged, indent=1))
+    second.unlink()
+    second.with_suffix(".json").unlink()
 
 
 if __name__ == "__main__":

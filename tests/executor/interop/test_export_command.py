@@ -15,20 +15,13 @@ from executor.interop.export_command import register
 from executor.interop.hf_llama import load_pretrained_stage
 from executor.model import build_stage
 from executor.train.checkpoint import TrainState, save_checkpoint
-from tests.executor.executor_fixtures import tiny_model
+from tests.executor.executor_fixtures import plugin_app, tiny_model
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """Keep `export` a subcommand."""
-
-    register(app)
-    return app
+    return plugin_app(register)
 
 
 def test_export_round_trips_a_training_checkpoint(tmp_path: Path) -> None:

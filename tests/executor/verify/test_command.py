@@ -11,18 +11,11 @@ from typer.testing import CliRunner
 
 from executor.verify.command import register
 from planner_service.presets import resolve_cluster, resolve_model
-from tests.executor.executor_fixtures import make_plan, random_batch
+from tests.executor.executor_fixtures import make_plan, plugin_app, random_batch
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """Keep `verify` a subcommand (a one-command typer app would swallow its name)."""
-
-    register(app)
-    return app
+    return plugin_app(register)
 
 
 STEP_KEYS = {
