@@ -84,7 +84,6 @@ class FlatRegion:
         self._next_bucket = 0
         self._armed = False
         self._pending: list[_Pending] = []
-        self.num_collectives = 0
         self.issued_during_backward = 0
         """Buckets of this step issued by a gradient hook while the backward op was still running (overlap)."""
 
@@ -102,6 +101,11 @@ class FlatRegion:
             self.shard_grad.zero_()
         self.issued_during_backward = 0
         self._reset_round()
+
+    @property
+    def armed(self) -> bool:
+        """Whether the running backward op's gradients are being synchronised."""
+        return self._armed
 
     def arm(self) -> None:
         """The next backward op's gradients are synchronised as they become final."""
@@ -168,7 +172,6 @@ class FlatRegion:
             return shard
         scratch = torch.empty(layout.padded, dtype=shard.dtype, device=shard.device) if out is None else out
         _all_gather(scratch, shard.contiguous(), group=self.group)
-        self.num_collectives += 1
         flat = torch.empty_like(scratch)
         for b, (lo, hi) in enumerate(layout.buckets):
             part, so = (hi - lo) // self.dp_size, layout.shard_offset(b)
@@ -243,7 +246,6 @@ class FlatRegion:
                 self.shard_views[bucket].add_(self._staging_of(bucket))
             self._staging.pop(bucket, None)
             return
-        self.num_collectives += 1
         if self.zero_stage == 0:
             assert self.grad is not None
             piece = self.grad[lo:hi]

@@ -132,7 +132,7 @@ class BucketedStates:
             self.main.arm()
 
     def after_backward(self) -> None:
-        if self.main._armed:
+        if self.main.armed:
             self._synced = True
         self.main.end_backward()
 
