@@ -12,7 +12,9 @@ Overlap (2 gloo ranks, one stage block of 2): the same steps with the gradient b
 backward runs (the executor's default) and with every bucket issued after it (`overlap_grad_sync=False`),
 alternating, step time = the slowest rank's forward-backward including the sync; medians over the steps, and
 the saving as the median of per-step differences (the modes run back to back, so drifting load cancels);
-beside it, one flat all-reduce of all the gradients on its own (what overlapping can hide at most).
+beside it, one flat all-reduce of all the gradients on its own (what overlapping can hide at most), and the
+exposed sync: the seconds from the end of a rank's last backward op until its reductions completed (slowest
+rank, median), which is the part overlap is meant to remove and depends less on the machine's load.
 
 Ranks and cores: this machine has 2 cores; the memory run puts 4 single-threaded ranks on them (2 per core,
 time-shared: memory numbers do not depend on it); the overlap run uses 2 single-threaded ranks, one per core,
@@ -54,7 +56,7 @@ SYNC_MODEL = MODEL.model_copy(update={"name": "bench-llama-sync", "hidden_size":
 the compute, so overlapping it matters."""
 MEMORY_BATCH = Batch.from_lengths([512, 384, 256, 200, 128, 96, 64, 32])
 SYNC_BATCH = Batch.from_lengths([128, 128, 128, 128])
-SYNC_STEPS = 12
+SYNC_STEPS = 31
 """Steps per mode (the first of each is a warm-up and dropped)."""
 SYNC_BUCKET_BYTES = 4 * MIB
 
@@ -121,7 +123,10 @@ def sync_worker(plan_json: str) -> dict[str, list[float]]:
         for zero in (0, 1)
         for overlap in (True, False)
     }
-    times: dict[str, list[float]] = {f"zero{z}-{'overlap' if o else 'after'}": [] for z, o in executors}
+    times: dict[str, list[float]] = {}
+    for z, o in executors:
+        times[f"zero{z}-{'overlap' if o else 'after'}"] = []
+        times[f"zero{z}-{'overlap' if o else 'after'}-exposed"] = []
     times["all-reduce-alone"] = []
     for step in range(SYNC_STEPS):
         for (zero, overlap), executor in executors.items():
@@ -131,8 +136,11 @@ def sync_worker(plan_json: str) -> dict[str, list[float]]:
             executor.forward_backward(staged, SYNC_BATCH, tokens=SyntheticTokens(step, SYNC_MODEL.vocab_size))
             elapsed = torch.tensor([time.perf_counter() - began], dtype=torch.float64)
             dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+            exposed = torch.tensor([executor.states.exposed_sync_s], dtype=torch.float64)  # type: ignore[attr-defined]
+            dist.all_reduce(exposed, op=dist.ReduceOp.MAX)
             if step > 0:
                 times[f"zero{zero}-{'overlap' if overlap else 'after'}"].append(float(elapsed))
+                times[f"zero{zero}-{'overlap' if overlap else 'after'}-exposed"].append(float(exposed))
         # the reduction on its own: what overlapping can hide at most
         grads = torch.zeros(sum(p.numel() for p in executors[(0, True)].module.parameters()))
         dist.barrier()
@@ -220,12 +228,24 @@ def main() -> None:
         # paired by step (the two modes run back to back), so load that drifts over the run cancels
         saved = statistics.median(a - o for a, o in zip(after_backward, overlapped, strict=True))
         alone = statistics.median(timed["all-reduce-alone"])
-        sync_rows.append([zero, after * 1e3, overlap * 1e3, saved * 1e3, saved / after, alone * 1e3])
+        exposed = [statistics.median(timed[f"zero{zero}-{m}-exposed"]) for m in ("after", "overlap")]
+        sync_rows.append(
+            [zero, after * 1e3, overlap * 1e3, saved * 1e3, saved / after, alone * 1e3, *(e * 1e3 for e in exposed)]
+        )
     lanes = ", ".join(f"SP {lane.sp_degree} x {len(lane.chunks)} chunks" for lane in sync_plan.lanes)
     overlap_md = write_table(
         "zero_sync_overlap",
         "Step time with the gradient sync after the backward vs overlapped with it (medians, ms)",
-        ["ZeRO", "sync after backward ms", "overlapped ms", "saved ms (paired)", "saved share", "flat all-reduce ms"],
+        [
+            "ZeRO",
+            "sync after backward ms",
+            "overlapped ms",
+            "saved ms (paired)",
+            "saved share",
+            "flat all-reduce ms",
+            "exposed sync ms, after",
+            "exposed sync ms, overlapped",
+        ],
         sync_rows,
         {
             **machine(),

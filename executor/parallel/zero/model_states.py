@@ -20,6 +20,7 @@ step driver enters it); ZeRO-3 uses FSDP2's `MixedPrecisionPolicy(param_dtype=bf
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -110,6 +111,8 @@ class BucketedStates:
             param.register_post_accumulate_grad_hook(lambda _p, i=index: self.main.on_grad_ready(i))
         self._names = {id(p): n for n, p in module.named_parameters()}
         self._synced = False
+        self.exposed_sync_s = 0.0
+        """Seconds the last step's sync took after this rank's last backward op (what overlap did not hide)."""
         if config.zero_stage == 0:
             self.optimizer: torch.optim.Optimizer = build_optimizer(module.parameters(), optimizer)
         else:
@@ -137,6 +140,11 @@ class BucketedStates:
         self.main.end_backward()
 
     def finish_step(self, *, idle_backward_rounds: int) -> None:
+        began = time.perf_counter()
+        self._finish(idle_backward_rounds)
+        self.exposed_sync_s = time.perf_counter() - began
+
+    def _finish(self, idle_backward_rounds: int) -> None:
         if self.zero_stage == 2:
             for _ in range(idle_backward_rounds):
                 self.main.idle_round()
