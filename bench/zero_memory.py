@@ -59,6 +59,10 @@ SYNC_BATCH = Batch.from_lengths([128, 128, 128, 128])
 SYNC_STEPS = 31
 """Steps per mode (the first of each is a warm-up and dropped)."""
 SYNC_BUCKET_BYTES = 4 * MIB
+MEMORY_COLUMNS = ["ZeRO", "rank", "states MiB", "activations MiB", "measured MiB"]
+MEMORY_COLUMNS += ["pred. states MiB", "pred. act. MiB", "predicted MiB", "measured/predicted"]
+SYNC_COLUMNS = ["ZeRO", "sync after backward ms", "overlapped ms", "saved ms (paired)", "saved share"]
+SYNC_COLUMNS += ["flat all-reduce ms", "exposed sync ms, after", "exposed sync ms, overlapped"]
 
 
 def cluster(devices: int) -> ClusterSpec:
@@ -195,29 +199,13 @@ def main() -> None:
                     total / p_total,
                 ]
             )
-    lanes = ", ".join(f"SP {lane.sp_degree} x {len(lane.chunks)} chunks" for lane in memory_plan.lanes)
     memory_md = write_table(
         "zero_memory",
         "Peak memory per rank by ZeRO stage (measured on CPU vs the cost model), same plan",
-        [
-            "ZeRO",
-            "rank",
-            "states MiB",
-            "activations MiB",
-            "measured MiB",
-            "pred. states MiB",
-            "pred. act. MiB",
-            "predicted MiB",
-            "measured/predicted",
-        ],
+        MEMORY_COLUMNS,
         rows,
-        {
-            **machine(),
-            "model": f"{MODEL.name}: {MODEL.num_layers} layers, hidden {MODEL.hidden_size}, vocab {MODEL.vocab_size}",
-            "plan": f"static, P = 1, 4 ranks in one stage block ({lanes}); batch {MEMORY_BATCH.lengths}",
-            "ranks on cores": "4 single-threaded gloo ranks on 2 cores",
-            "not measured on CPU": "ZeRO-3's transiently gathered layers (predicted: 2 layers)",
-        },
+        run_meta(MODEL, memory_plan, MEMORY_BATCH, "4 single-threaded gloo ranks on 2 cores")
+        | {"not measured on CPU": "ZeRO-3's transiently gathered layers (predicted: 2 layers)"},
     )
     sync_plan = make_plan(SYNC_BATCH, 2, SYNC_MODEL)
     timed = launch_local(sync_worker, (sync_plan.model_dump_json(),), world_size=2)[0]
@@ -232,33 +220,31 @@ def main() -> None:
         sync_rows.append(
             [zero, after * 1e3, overlap * 1e3, saved * 1e3, saved / after, alone * 1e3, *(e * 1e3 for e in exposed)]
         )
-    lanes = ", ".join(f"SP {lane.sp_degree} x {len(lane.chunks)} chunks" for lane in sync_plan.lanes)
     overlap_md = write_table(
         "zero_sync_overlap",
         "Step time with the gradient sync after the backward vs overlapped with it (medians, ms)",
-        [
-            "ZeRO",
-            "sync after backward ms",
-            "overlapped ms",
-            "saved ms (paired)",
-            "saved share",
-            "flat all-reduce ms",
-            "exposed sync ms, after",
-            "exposed sync ms, overlapped",
-        ],
+        SYNC_COLUMNS,
         sync_rows,
-        {
-            **machine(),
-            "model": f"{SYNC_MODEL.name}: {SYNC_MODEL.num_layers} layers, hidden {SYNC_MODEL.hidden_size}, "
-            f"vocab {SYNC_MODEL.vocab_size}",
-            "plan": f"static, P = 1, 2 ranks in one stage block ({lanes}); batch {SYNC_BATCH.lengths}",
+        run_meta(SYNC_MODEL, sync_plan, SYNC_BATCH, "2 single-threaded gloo ranks, one per core")
+        | {
             "buckets": f"{SYNC_BUCKET_BYTES // MIB} MiB",
             "steps": f"{SYNC_STEPS - 1} per mode after a warm-up, modes alternating",
-            "ranks on cores": "2 single-threaded gloo ranks, one per core",
             "raw seconds": {k: [round(x, 4) for x in v] for k, v in timed.items()},
         },
     )
     merge_tables(memory_md, overlap_md)
+
+
+def run_meta(model: ModelSpec, plan: Plan, batch: Batch, ranks_on_cores: str) -> dict[str, Any]:
+    """What a table was measured on: the machine, the model, the plan's lanes, how ranks share the cores."""
+    lanes = ", ".join(f"SP {lane.sp_degree} x {len(lane.chunks)} chunks" for lane in plan.lanes)
+    ranks = sum(lane.sp_degree for lane in plan.lanes)
+    return {
+        **machine(),
+        "model": f"{model.name}: {model.num_layers} layers, hidden {model.hidden_size}, vocab {model.vocab_size}",
+        "plan": f"{plan.strategy}, P = 1, {ranks} ranks in one stage block ({lanes}); batch {batch.lengths}",
+        "ranks on cores": ranks_on_cores,
+    }
 
 
 def merge_tables(first: Path, second: Path) -> None:
