@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from executor.data.batches import BatchSampler, DataPosition, GlobalBatch
 from executor.data.dataset import Dataset, prepare_dataset
-from executor.parallel.data import AdamWConfig, clip_grad_norm
+from executor.parallel.data import AdamWConfig
 from executor.parallel.groups import create_process_groups
 from executor.parallel.pipeline.shards import TokenSource
 from executor.runner import ExecutorConfig, PlanExecutor
@@ -115,7 +115,8 @@ def run_training(config: TrainConfig, *, job_start: JobStart | None = None) -> R
             device=config.device,
             attention_backend=config.attention_backend,
             optimizer=AdamWConfig(lr=config.lr, weight_decay=config.weight_decay),
-            zero1=config.options.zero_stage == 1,
+            zero_stage=int(config.options.zero_stage),
+            compute_dtype=torch.bfloat16 if config.dtype == "bfloat16" and config.device == "cuda" else None,
             recv_timeout_s=config.recv_timeout_s,
         ),
     )
@@ -207,11 +208,7 @@ class _Loop:
         began = time.perf_counter()
         with _autocast(config):
             result = self.executor.forward_backward(plan, proto_batch, tokens=self.tokens)
-        grad_norm = (
-            clip_grad_norm(list(self.executor.module.parameters()), config.grad_clip, replicas=self.replicas)
-            if config.grad_clip > 0
-            else float("nan")
-        )
+        grad_norm = self.executor.clip_grad_norm(config.grad_clip) if config.grad_clip > 0 else float("nan")
         lr = self.scheduler.get_last_lr()[0]
         self.executor.optimizer_step()
         self.scheduler.step()
@@ -357,11 +354,7 @@ def _peak_memory_bytes(executor: PlanExecutor, activation_peak: int, device: str
     gradients, optimizer state) plus the measured peak of saved activations."""
     if device == "cuda":
         return float(torch.cuda.max_memory_allocated())
-    states = sum(p.numel() * p.element_size() for p in executor.module.parameters())
-    states += sum(p.grad.numel() * p.grad.element_size() for p in executor.module.parameters() if p.grad is not None)
-    for values in executor.optimizer.state.values():
-        states += sum(v.numel() * v.element_size() for v in values.values() if isinstance(v, torch.Tensor))
-    return float(states + activation_peak)
+    return float(executor.states.state_bytes() + activation_peak)
 
 
 def init_distributed(config: TrainConfig, *, timeout_s: float = 600.0) -> None:
