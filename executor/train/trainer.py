@@ -12,7 +12,6 @@ Per step t, on every rank (rank 0 coordinates):
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
@@ -42,7 +41,7 @@ from executor.train.job_start import JobStart, start_job
 from executor.train.lr_schedule import WarmupCosine
 from executor.train.progress import ProgressPrinter
 from executor.train.run_metrics import MetricsWriter, StepRecord, plot_run, read_metrics
-from proto import Feedback, PipelineSpec, Plan
+from proto import CostProfile, Feedback, PipelineSpec, Plan
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +115,8 @@ def run_training(config: TrainConfig, *, job_start: JobStart | None = None) -> R
             attention_backend=config.attention_backend,
             optimizer=AdamWConfig(lr=config.lr, weight_decay=config.weight_decay),
             zero_stage=int(config.options.zero_stage),
+            grad_bucket_bytes=_profile(config).grad_bucket_bytes,
+            init_from=str(config.init) if config.init is not None else None,
             compute_dtype=torch.bfloat16 if config.dtype == "bfloat16" and config.device == "cuda" else None,
             recv_timeout_s=config.recv_timeout_s,
         ),
@@ -206,10 +207,9 @@ class _Loop:
         _reset_peak_memory(config.device)
         dist.barrier()  # every rank starts the clock together: the measured time is the step, not the skew
         began = time.perf_counter()
-        with _autocast(config):
-            result = self.executor.forward_backward(plan, proto_batch, tokens=self.tokens)
+        result = self.executor.forward_backward(plan, proto_batch, tokens=self.tokens)  # (autocast inside on CUDA)
         grad_norm = self.executor.clip_grad_norm(config.grad_clip) if config.grad_clip > 0 else float("nan")
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         self.executor.optimizer_step()
         self.scheduler.step()
         elapsed = torch.tensor([time.perf_counter() - began], dtype=torch.float64)
@@ -244,7 +244,7 @@ class _Loop:
             self.writer.write(record)
         assert self.progress is not None
         self.progress.step(record)
-        if origin == "service":
+        if origin == "service" and self.start is not None:
             self.start.source.send_feedback(
                 Feedback(
                     step=step,
@@ -338,10 +338,12 @@ def _resume_path(config: TrainConfig) -> str | None:
     return str(latest)
 
 
-def _autocast(config: TrainConfig) -> contextlib.AbstractContextManager[Any]:
-    if config.dtype == "bfloat16" and config.device == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _profile(config: TrainConfig) -> CostProfile:
+    """The profile plans are made with (given, else the preset): the executor takes its bucket size from it, so the
+    gradient buckets the cost model prices are the ones the executor issues."""
+    from planner_service.cost_model.profile_presets import profile_for
+
+    return profile_for(config.cluster, config.model, config.profile)
 
 
 def _reset_peak_memory(device: str) -> None:

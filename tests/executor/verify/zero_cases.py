@@ -10,17 +10,17 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from executor.model import build_stage
 from executor.parallel.zero.block_rounds import block_placements
 from executor.verify.equivalence import EquivalenceCase, StepInput
+from planner_service.cost_model.data_parallel import StageGroup, contract_calls, stage_collectives
 from planner_service.planner import make_plan as make_planner_plan
 from planner_service.presets import resolve_cluster
 from proto.batch import Batch
 from proto.model import ModelSpec
-from proto.plan import PipelineSpec
+from proto.plan import PipelineSpec, ZeroStage
 from tests.executor.executor_fixtures import cpu_cluster, make_pipeline_plan, tiny_model
 from tests.executor.verify.pipeline_cases import SKEWED, tiny_preset
 
@@ -131,22 +131,30 @@ def contract_counts(
     units: int,
     rounds: tuple[int, int] | None = None,
 ) -> dict[str, int]:
-    """Per rank per step on the stage block, read from the executor contract (/tmp/h/zero_contract.md and
-    `planner_service.cost_model.data_parallel` on the cost-model branch, whose `stage_collectives` the lead
-    will substitute here): buckets = ceil(gradient bytes / bucket bytes)."""
+    """Per rank per step on the stage block, as the COST MODEL prices them: the calls come from
+    `planner_service.cost_model.data_parallel.contract_calls` (the executor contract the planner charges for),
+    counted once per step or once per forward/backward round. `rounds` (forward, backward) defaults to the busiest
+    lane's chunk count, which is what the cost model assumes (`stage_collectives`)."""
+    group = StageGroup(num_params=num_params, num_units=units, dp_size=dp_size, nodes=1)
+    calls = contract_calls(
+        group,
+        zero_stage=ZeroStage(zero_stage),
+        bucket_bytes=bucket_bytes,
+        grad_bytes=elem_bytes,
+        param_bytes=elem_bytes,
+    )
+    forward, backward = rounds if rounds is not None else (max_chunks, max_chunks)
+    per_occasion = {"last_backward": 1, "after_step": 1, "forward": forward, "backward": backward}
     counts = {"all_reduce": 0, "reduce_scatter": 0, "all_gather": 0}
-    if dp_size == 1 or num_params == 0:
-        return counts
-    buckets = math.ceil(num_params * elem_bytes / bucket_bytes)
-    if zero_stage == 0:
-        counts["all_reduce"] = buckets
-    elif zero_stage in (1, 2):
-        counts["reduce_scatter"] = buckets * (max_chunks if zero_stage == 2 else 1)
-        counts["all_gather"] = 1
-    else:
-        forward, backward = rounds if rounds is not None else (max_chunks, max_chunks)
-        counts["all_gather"] = (forward + backward) * units
-        counts["reduce_scatter"] = backward * units
+    for call in calls:
+        counts[call.kind] += per_occasion[call.occasion] * call.count
+    if rounds is None:  # the same numbers as the cost model's own step count
+        priced = stage_collectives(0, calls, max_chunks=max_chunks)
+        assert (priced.all_reduces, priced.reduce_scatters, priced.all_gathers) == (
+            counts["all_reduce"],
+            counts["reduce_scatter"],
+            counts["all_gather"],
+        )
     return counts
 
 
