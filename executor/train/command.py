@@ -24,7 +24,7 @@ from executor.data.tokenizer import TokenizerError
 from executor.train.checkpoint import CheckpointError, find_latest_checkpoint
 from executor.train.config import LOCAL_PLANNER, ResumeMode, TrainConfig
 from executor.train.summary import run_table
-from proto import PlanOptions, ZeroStage
+from proto import ModelSpec, PlanOptions, ZeroStage
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,10 @@ def register(app: typer.Typer) -> None:
 
 def train_command(
     cluster: Annotated[str, typer.Option("--cluster", "-c", help="Cluster preset (e.g. cpu-2x2) or YAML/JSON file.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Model preset, JSON file or HF config.json.")],
     data: Annotated[Path, typer.Option("--data", help="Corpus: folder of text files, or .jsonl (text or input_ids).")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model preset, JSON file or HF config.json (default: --init's).")
+    ] = None,
     planner: Annotated[str, typer.Option("--planner", help="'local', or the planner service URL.")] = LOCAL_PLANNER,
     strategy: Annotated[str, typer.Option("--strategy", "-s", help="Planning strategy.")] = "helix",
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 100,
@@ -54,7 +56,10 @@ def train_command(
     max_len: Annotated[int, typer.Option("--max-len", min=2, help="Split longer documents into windows.")] = 4096,
     seed: Annotated[int, typer.Option("--seed", help="Seed of weights and data order.")] = 0,
     stages: Annotated[int | None, typer.Option("--stages", min=1, help="Fix the pipeline degree P.")] = None,
-    zero: Annotated[int, typer.Option("--zero", min=0, max=1, help="0, or 1 (optimizer state sharded).")] = 0,
+    zero: Annotated[int, typer.Option("--zero", min=0, max=3, help="ZeRO stage 0-3 over each stage's devices.")] = 0,
+    init: Annotated[
+        Path | None, typer.Option("--init", help="Start from a Hugging Face Llama checkpoint folder.")
+    ] = None,
     time_limit: Annotated[float, typer.Option("--time-limit", min=0.01, help="Planner limit per step (s).")] = 2.0,
     solver: Annotated[str, typer.Option("--solver", help="cpsat, pulp-cbc or pulp-highs.")] = "cpsat",
     plan_deadline: Annotated[
@@ -87,11 +92,12 @@ def train_command(
     Example: helix train --cluster cpu-2x2 --model tiny --data corpus/ --planner http://127.0.0.1:8000
     --strategy helix --steps 6 --batch-size 8 --max-len 2048 --seed 1 --metrics run.jsonl
     """
-    from planner_service.presets import resolve_cluster, resolve_model
+    from planner_service.presets import resolve_cluster
 
     config = TrainConfig(
         cluster=resolve_cluster(cluster),
-        model=resolve_model(model),
+        model=_model(model, init),
+        init=init,
         data=data,
         tokenizer=tokenizer,
         cache_dir=cache_dir,
@@ -192,6 +198,24 @@ def _launch_local(config: TrainConfig, nproc: int, max_restarts: int) -> int:
             markup=False,
         )
     return code
+
+
+def _model(name: str | None, init: Path | None) -> ModelSpec:
+    """--model, else the shape of the --init checkpoint; with both, they must agree."""
+    from executor.interop.hf_llama import CheckpointFormatError, check_compatible, read_spec
+    from planner_service.presets import resolve_model
+
+    if name is None and init is None:
+        raise user_error("give --model (or --init with a checkpoint's config.json)", param_hint="--model")
+    try:
+        checkpoint = read_spec(init, name=init.name) if init is not None else None
+        spec = resolve_model(name) if name is not None else checkpoint
+        if checkpoint is not None and spec is not None:
+            check_compatible(spec, checkpoint, init)  # type: ignore[arg-type]
+    except CheckpointFormatError as exc:
+        raise user_error(str(exc), param_hint="--init") from None
+    assert spec is not None
+    return spec
 
 
 def _planner_url(value: str) -> str:

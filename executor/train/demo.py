@@ -24,8 +24,6 @@ from rich.console import Console
 
 from executor.train.run_metrics import read_metrics
 from executor.train.summary import run_table
-from planner_service.local_service import LocalService
-from planner_service.workloads.stdlib_lengths import stdlib_source_files
 
 TRAIN_ARGS = (
     "--cluster", "cpu-2x2", "--model", "small", "--strategy", "helix", "--batch-size", "8", "--max-len", "2048",
@@ -38,6 +36,8 @@ WIDTH = 80
 
 def write_stdlib_corpus(path: Path) -> Path:
     """One JSON line per standard-library source file (kept when already written)."""
+    from planner_service.workloads.stdlib_lengths import stdlib_source_files
+
     if path.is_file() and path.stat().st_size > 0:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +51,8 @@ def write_stdlib_corpus(path: Path) -> Path:
 
 
 def run_training(out: Path, steps: int, console: Console) -> int:
+    from planner_service.local_service import LocalService
+
     corpus = write_stdlib_corpus(out / "corpus" / "stdlib.jsonl")
     console.rule("training: helix train, 4 CPU ranks, plans from the planner service")
     metrics = out / "train.jsonl"
