@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from planner_service.budget import UNITS_PER_SEQUENCE_PASS, solver_units
+from planner_service.budget import UNITS_PER_SEQUENCE_PASS, UNITS_PER_SOLVER_CALL, solver_units
 from planner_service.context import PlanningContext, options_that_fit
 from planner_service.layout.flexible_lanes import FlexibleLanes, flexible_lanes, lane_sizes_text
 from planner_service.layout.lanes import LaneSpec, uniform_lanes
@@ -38,6 +38,7 @@ from planner_service.search import (
     SearchSession,
     chunkings_for,
 )
+from planner_service.solvers.lane_assignment_milp import MAX_PROBES
 from proto import PipelineSpec, Plan, SolverInfo, SolverStatus
 from proto.topology import valid_sp_degrees
 
@@ -129,9 +130,13 @@ def lanes_recipe(
     share: float,
     recompute: RecomputeMode = "adaptive",
 ) -> tuple[Recipe, FlexibleLanes] | None:
-    """The lane ILP's layout at one split as a recipe (None when some sequence fits no lane), charged."""
+    """The lane ILP's layout at one split as a recipe (None when some sequence fits no lane, or when it could
+    not end before the safety net), charged."""
     p = pipeline.num_stages
     sliced = p > 1
+    setup = UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths)  # bucketing and dealing every sequence
+    if not session.budget.affordable(setup + UNITS_PER_SOLVER_CALL * MAX_PROBES):
+        return None
     found = flexible_lanes(
         ctx,
         pipeline,
@@ -143,9 +148,7 @@ def lanes_recipe(
     if found is None:
         return None
     sol = found.solution
-    session.budget.charge(
-        solver_units(sol.deterministic_s, sol.probes, sol.entries) + UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths)
-    )
+    session.budget.charge(solver_units(sol.deterministic_s, sol.probes, sol.entries) + setup)
     model = "simulator-fidelity" if fidelity else "work-model"
     recipe = Recipe(
         ctx=ctx,

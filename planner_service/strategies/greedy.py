@@ -20,7 +20,7 @@ from planner_service.errors import InfeasibleWorkload
 from planner_service.layout.chunks import capped_chunks
 from planner_service.layout.lanes import uniform_lanes
 from planner_service.layout.memory_fit import sequence_fits
-from planner_service.layout.recompute import uniform_recompute
+from planner_service.layout.recompute import no_recompute_bound, uniform_recompute
 from planner_service.layout.work_model import work_model
 from planner_service.simulator.memory_timeline import stage_memory
 from proto import Chunk, Lane, PipelineSpec, Plan, SolverInfo, SolverStatus
@@ -52,7 +52,8 @@ def lanes_fit(
     ctx: PlanningContext, pipeline: PipelineSpec, lanes: list[Lane], lengths: dict[int, int] | None = None
 ) -> bool:
     """Whether every lane's peak (the simulator's memory timeline) fits next to each stage's model states
-    (`lengths`: the batch's `length_of()`, when the caller checks many lanes)."""
+    (`lengths`: the batch's `length_of()`, when the caller checks many lanes). A stage without recompute whose
+    chunks fit even all held at once (`no_recompute_bound`) needs no walk of its timeline."""
     cost = ctx.cost
     dp = cost.dp_size(pipeline)
     budgets = [cost.usable_memory_bytes - cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages)]
@@ -60,6 +61,9 @@ def lanes_fit(
     for lane in lanes:
         tokens = [c.num_tokens for c in lane.chunks]
         for p in range(pipeline.num_stages):
+            free = not any(lane.recompute[p])
+            if free and no_recompute_bound(cost, pipeline, p, lane.sp_degree, lane.chunks) <= budgets[p]:
+                continue
             if stage_memory(lane, pipeline, p, cost, lengths, tokens).peak(lane.recompute[p]) > budgets[p]:
                 return False
     return True

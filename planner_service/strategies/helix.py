@@ -63,7 +63,7 @@ def plan_helix(ctx: PlanningContext) -> Plan:
     session = SearchSession(ctx, root)
     static = StaticSearch(ctx, strategy="helix", header=session.header)
     first = static.run(root.child(STATIC_SHARE / 4), at_most=STATIC_FIRST)
-    candidates: list[Candidate] = []
+    candidates: list[Candidate] = [Candidate(plan, None) for plan, _ in first.plans[:1]]
 
     session.budget = root.child(PROPOSAL_SHARE)
     required, optional = proposals(session, first.plans[0][0] if first.plans else None)
