@@ -76,19 +76,23 @@ def setups(quick: bool) -> list[tuple[str, str, str, str, int]]:
     return out
 
 
-def breakdown(plan: Plan) -> dict[str, float]:
-    """Seconds of the busiest device by cause, and the idle share of the pipeline (bubbles, imbalance)."""
+def breakdown(plan: Plan) -> dict[str, Any]:
+    """Seconds of the busiest device by cause, the idle share of the pipeline (bubbles, imbalance), and the
+    layout (P, lane sizes) with the planner's own account of it."""
     p = plan.predicted
+    sizes = sorted({lane.sp_degree for lane in plan.lanes if lane.chunks}, reverse=True)
     return {
         "iteration_s": p.iteration_s,
         "comm_s": p.comm_s,
         "recompute_s": p.recompute_s,
         "idle_s": p.bubble_fraction * p.iteration_s,
         "grad_sync_s": p.grad_sync_s,
+        "layout": f"P={plan.pipeline.num_stages}, SP {'/'.join(map(str, sizes))}, ZeRO-{int(plan.options.zero_stage)}",
+        "solver": plan.solver.message,
     }
 
 
-def explain(slow: dict[str, float], fast: dict[str, float]) -> str:
+def explain(slow: dict[str, Any], fast: dict[str, Any]) -> str:
     """The causes of the difference between two plans, largest first (measured on the simulated plans)."""
     gap = slow["iteration_s"] - fast["iteration_s"]
     parts = []
@@ -97,7 +101,8 @@ def explain(slow: dict[str, float], fast: dict[str, float]) -> str:
         if abs(delta) > 0.05 * abs(gap) and gap:
             parts.append((abs(delta), f"{name} {slow[key]:.2f} vs {fast[key]:.2f} s"))
     parts.sort(reverse=True)
-    return "; ".join(text for _, text in parts) or "compute and overheads only"
+    causes = "; ".join(text for _, text in parts) or "compute and overheads only"
+    return f"{causes} (layouts: {slow['layout']} vs {fast['layout']})"
 
 
 def run(args: argparse.Namespace) -> None:
