@@ -1,8 +1,8 @@
 """Request and response bodies of the planner service that are not in `proto` (job resources).
 
-Plain pydantic + `proto` only, so the typed client (and the executor through it) can import them
-without FastAPI. Lengths are strict positive integers: `5.0` or `"5"` is a caller bug, reported as a
-422 naming `lengths[i]`, not silently coerced.
+Plain pydantic + `proto` (and the pydantic-only calibration summary), so the typed client (and the executor
+through it) can import them without FastAPI. Lengths are strict positive integers: `5.0` or `"5"` is a caller
+bug, reported as a 422 naming `lengths[i]`, not silently coerced.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from planner_service.calibration.summary import CalibrationSummary
 from proto import ClusterSpec, CostProfile, ModelSpec, PlanOptions
 
 PositiveLength = Annotated[int, Field(strict=True, ge=1, description="Tokens in one sequence (>= 1).")]
@@ -114,6 +115,9 @@ class JobPublic(BaseModel):
     counts: JobCounts = Field(default_factory=JobCounts)
     profile_version: int | None = Field(default=None, description="Latest PUT profile version, if any.")
     latest_error: PredictionError | None = None
+    calibration: CalibrationSummary | None = Field(
+        default=None, description="Online calibration from this job's feedback (None until a stored plan's feedback)."
+    )
 
 
 class StepPlanRequest(BaseModel):

@@ -26,11 +26,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
+from planner_service.api.calibration import JobCalibrations
 from planner_service.api.errors import ApiError
 from planner_service.api.inputs import check_sequence_count, check_step, job_spec_of
 from planner_service.api.metrics import ServiceMetrics
 from planner_service.api.schemas import JobCreate, JobDecisions, JobSpec, StageCandidate, StepPlanRequest
 from planner_service.api.settings import Settings
+from planner_service.calibration.calibrator import CalibrationSettings
+from planner_service.cost_model.profile_document import (
+    ProfileDocument,
+    ProfileFileError,
+    check_matches,
+    read_profile_file,
+)
 from planner_service.errors import PlanningError
 from planner_service.pipeline_degree import PipelineDegreeChoice, SyntheticSample, choose_pipeline_degree
 from planner_service.store import JobRecord, PlanConflictError, PlanRecord, PlanStore
@@ -137,6 +145,20 @@ class SolveService:
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_solves, thread_name_prefix="helix-solve")
         self._in_flight: dict[tuple[str, int], tuple[str, asyncio.Task[tuple[bytes, PlanSource]]]] = {}
         self._jobs: dict[str, RegisteredJob] = {}
+        self.calibrations = JobCalibrations(
+            store=store,
+            metrics=metrics,
+            settings=CalibrationSettings(window=settings.calibration_window),
+            enabled=settings.calibrate,
+        )
+        self._default_profile = read_profile_file(settings.profile) if settings.profile is not None else None
+
+    def default_profile(self, spec: JobSpec) -> CostProfile | None:
+        """`helix serve --profile`'s profile when it applies to this cluster and model, else None."""
+        if self._default_profile is None:
+            return None
+        profile, doc = self._default_profile
+        return profile if _document_matches(doc, spec) else None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -198,7 +220,8 @@ class SolveService:
         check_sequence_count(len(req.batch.lengths), self.settings, "batch.lengths")
         started = time.perf_counter()
         try:
-            plan = await self.solve(SolveCall(kind="stateless", spec=spec, batch=req.batch, profile=req.profile))
+            profile = req.profile or self.default_profile(spec)
+            plan = await self.solve(SolveCall(kind="stateless", spec=spec, batch=req.batch, profile=profile))
         except PlanningError as exc:
             if exc.field in ("lengths", "seq_ids"):  # the planner names Batch fields; here they sit under batch
                 exc.field = f"batch.{exc.field}"
@@ -211,21 +234,22 @@ class SolveService:
         spec = job_spec_of(req, self.settings)
         if req.sample_lengths is not None:
             check_sequence_count(len(req.sample_lengths), self.settings, "sample_lengths")
-        decisions = await self._choose_pipeline_degree(spec, req)
+        profile = req.profile or self.default_profile(spec)
+        decisions = await self._choose_pipeline_degree(spec, req, profile)
         job_id = f"job_{uuid.uuid4().hex[:20]}"
         await self.io(self.store.create_job, job_id, spec.model_dump(mode="json"), decisions.model_dump(mode="json"))
-        if req.profile is not None:
-            await self.io(self.store.put_profile, job_id, req.profile.model_dump(mode="json"))
+        if profile is not None:
+            await self.io(self.store.put_profile, job_id, profile.model_dump(mode="json"))
         return job_id
 
-    async def _choose_pipeline_degree(self, spec: JobSpec, req: JobCreate) -> JobDecisions:
+    async def _choose_pipeline_degree(self, spec: JobSpec, req: JobCreate, profile: CostProfile | None) -> JobDecisions:
         """The library's decision, its per-P solves run concurrently in the pool.
 
         The decision itself only waits on the pool, so it runs in the loop's default executor.
         """
 
         def plan_at(batch: Batch, num_stages: int) -> Plan:
-            call = SolveCall(kind="job_decision", spec=spec, batch=batch, profile=req.profile, num_stages=num_stages)
+            call = SolveCall(kind="job_decision", spec=spec, batch=batch, profile=profile, num_stages=num_stages)
             return self._solve_sync(call)
 
         choose = functools.partial(
@@ -320,6 +344,14 @@ class SolveService:
             self.metrics.conflicts.inc()
             raise _step_conflict(job.job_id, step) from None
         return stored.plan_json, "solve"
+
+
+def _document_matches(doc: ProfileDocument | None, spec: JobSpec) -> bool:
+    try:
+        check_matches(doc, spec.cluster, spec.model, source="the service's profile")
+    except ProfileFileError:
+        return False
+    return True
 
 
 def _step_conflict(job_id: str, step: int) -> ApiError:
