@@ -51,6 +51,17 @@ class CostProfile(BaseModel):
     p2p_latency_s: float = Field(default=1e-5, ge=0, description="Per send/recv latency.")
     allreduce_bw_intra: float = Field(gt=0, description="Ring all-reduce bus bytes/s inside a node.")
     allreduce_bw_inter: float = Field(gt=0, description="Ring all-reduce bus bytes/s across nodes.")
+    allreduce_latency_intra_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Per ring step of a data-parallel reduction phase inside a node (measured by `helix profile`); "
+        "None: the cluster's intra_node_latency_s.",
+    )
+    allreduce_latency_inter_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Per step of a reduction phase across nodes; None: the cluster's inter_node_latency_s.",
+    )
     grad_bucket_bytes: float = Field(
         default=25 * 2**20,
         gt=0,

@@ -7,7 +7,7 @@ multiplied by it, bandwidths divided by it, so θ_g > 1 means "that kind of work
 
 Why the split is exact: the simulated iteration time is piecewise linear and positively homogeneous of degree 1
 in the group scales (scaling every time coefficient by λ scales every op, so the critical path, by λ), except
-for the cluster's per-call collective latencies, which no profile field holds. So, where the critical path does
+for the cluster's per-call collective latencies where the profile does not set its own. So, where the critical path does
 not change, t(θ) = Σ_g θ_g·∂t/∂θ_g + fixed, and the partial derivatives — found by re-simulating the plan with
 one group nudged — are the plan's predicted components. Activation memory is exactly linear in the memory
 coefficients, so one scale φ covers it.
@@ -38,7 +38,12 @@ TIME_FIELDS: Mapping[str, tuple[tuple[str, int], ...]] = {
         ("p2p_bw_inter", -1),
         ("p2p_latency_s", 1),
     ),
-    "collectives": (("allreduce_bw_intra", -1), ("allreduce_bw_inter", -1)),
+    "collectives": (
+        ("allreduce_bw_intra", -1),
+        ("allreduce_bw_inter", -1),
+        ("allreduce_latency_intra_s", 1),
+        ("allreduce_latency_inter_s", 1),
+    ),
 }
 """Per group, (field, exponent): the field is multiplied by θ_g ** exponent (seconds up, bandwidths down)."""
 
@@ -65,7 +70,9 @@ def scale_profile(
     for group, theta in scales.items():
         assert theta > 0, f"scale of {group} must be positive, got {theta}"
         for field, exponent in TIME_FIELDS[group]:
-            update[field] = getattr(profile, field) * theta**exponent
+            value = getattr(profile, field)
+            if value is not None:  # an unset latency is the cluster's, which no profile scale reaches
+                update[field] = value * theta**exponent
     if memory_scale != 1.0:
         assert memory_scale > 0, f"memory scale must be positive, got {memory_scale}"
         for field in MEMORY_FIELDS:

@@ -249,16 +249,14 @@ def _fit_ulysses(
     if intra:
         x = [r.num_bytes * (r.per_node - 1) / (r.group_size - 1) for r in intra]
         slope, latency = relative_fit([x, [float(calls)] * len(intra)], [r.seconds for r in intra])
-        if slope > 0:
-            update |= {"alltoall_bw_intra": 1.0 / slope, "alltoall_latency_intra_s": latency}
+        update |= _bandwidth_and_latency(slope, latency, "alltoall_bw_intra", "alltoall_latency_intra_s")
     else:
         reports.append(_unmeasured("all-to-all inside a node", ["alltoall_bw_intra"], "no SP group inside a node"))
     intra_bw = update.get("alltoall_bw_intra", base.alltoall_bw_intra)
     if inter:
         x = [r.num_bytes * (r.group_size - r.per_node) / (r.group_size - 1) for r in inter]
         slope, latency = relative_fit([x, [float(calls)] * len(inter)], [r.seconds for r in inter])
-        if slope > 0:
-            update |= {"alltoall_bw_inter": 1.0 / slope, "alltoall_latency_inter_s": latency}
+        update |= _bandwidth_and_latency(slope, latency, "alltoall_bw_inter", "alltoall_latency_inter_s")
     else:
         reports.append(
             _unmeasured("all-to-all across nodes", ["alltoall_bw_inter"], "no aligned SP group spans nodes here")
@@ -294,8 +292,7 @@ def _fit_p2p(rows: list[CollectiveTiming], base: CostProfile) -> tuple[dict[str,
     inter = [r for r in rows if r.nodes > 1]
     if intra:
         slope, latency = relative_fit([[r.num_bytes for r in intra], [1.0] * len(intra)], [r.seconds for r in intra])
-        if slope > 0:
-            update |= {"p2p_bw_intra": 1.0 / slope, "p2p_latency_s": latency}
+        update |= _bandwidth_and_latency(slope, latency, "p2p_bw_intra", "p2p_latency_s")
     latency = update.get("p2p_latency_s", base.p2p_latency_s)
     usable = [r for r in inter if r.seconds > latency]
     if usable:
@@ -330,18 +327,17 @@ def _phases(row: CollectiveTiming) -> int:
 def _fit_reductions(
     rows: list[CollectiveTiming], cluster: ClusterSpec, base: CostProfile
 ) -> tuple[dict[str, Any], list[FitReport]]:
-    """Bus bandwidths of the data-parallel reductions, priced as `data_parallel` prices them (one hierarchical
-    phase per reduce-scatter, two per all-reduce). The per-call latency is a fit column (so small buffers do not
-    bias the bandwidth) but the planner keeps using the cluster's latencies: the report's error is with them."""
+    """Bus bandwidths and per-step latencies of the data-parallel reductions, priced as `data_parallel` prices them
+    (one hierarchical phase per reduce-scatter, two per all-reduce): inside a node first, then the inter-node part
+    of the groups that span nodes, given the intra-node fit."""
     update: dict[str, Any] = {}
     intra = [r for r in rows if r.nodes == 1 and r.group_size > 1]
     inter = [r for r in rows if r.nodes > 1]
     if intra:
         x = [_phases(r) * (r.per_node - 1) / r.per_node * r.num_bytes for r in intra]
-        lat = [float(_phases(r) * (r.per_node - 1)) for r in intra]
-        slope, _ = relative_fit([x, lat], [r.seconds for r in intra])
-        if slope > 0:
-            update["allreduce_bw_intra"] = 1.0 / slope
+        steps = [float(_phases(r) * (r.per_node - 1)) for r in intra]
+        slope, latency = relative_fit([x, steps], [r.seconds for r in intra])
+        update |= _bandwidth_and_latency(slope, latency, "allreduce_bw_intra", "allreduce_latency_intra_s")
     fitted = base.model_copy(update=update)
 
     def predict(r: CollectiveTiming, p: CostProfile) -> float:
@@ -351,40 +347,57 @@ def _fit_reductions(
             nodes=r.nodes,
             intra_bw=p.allreduce_bw_intra,
             inter_bw=p.allreduce_bw_inter,
-            intra_latency_s=cluster.intra_node_latency_s,
-            inter_latency_s=cluster.inter_node_latency_s,
+            intra_latency_s=_latency(p.allreduce_latency_intra_s, cluster.intra_node_latency_s),
+            inter_latency_s=_latency(p.allreduce_latency_inter_s, cluster.inter_node_latency_s),
         )
         return _phases(r) * one.duration_s
 
     if inter:
-        intra_part = [
-            _phases(r) * ((r.per_node - 1) / r.per_node * r.num_bytes / fitted.allreduce_bw_intra) for r in inter
-        ]
+        within = [_phases(r) * _phase_intra_s(r, fitted, cluster) for r in inter]
         x = [_phases(r) * (r.nodes - 1) / r.nodes * r.num_bytes / r.per_node for r in inter]
-        lat = [float(_phases(r) * (r.nodes - 1)) for r in inter]
-        rest = [max(r.seconds - part, 1e-12) for r, part in zip(inter, intra_part, strict=True)]
-        slope, _ = relative_fit([x, lat], rest)
-        if slope > 0:
-            update["allreduce_bw_inter"] = 1.0 / slope
+        steps = [float(_phases(r) * (r.nodes - 1)) for r in inter]
+        rest = [max(r.seconds - part, 1e-12) for r, part in zip(inter, within, strict=True)]
+        slope, latency = relative_fit([x, steps], rest)
+        update |= _bandwidth_and_latency(slope, latency, "allreduce_bw_inter", "allreduce_latency_inter_s")
         fitted = base.model_copy(update=update)
     reports = []
-    for label, group, key in (
-        ("gradient reductions inside a node", intra, "allreduce_bw_intra"),
-        ("gradient reductions across nodes", inter, "allreduce_bw_inter"),
+    for label, group, keys in (
+        ("gradient reductions inside a node", intra, ("allreduce_bw_intra", "allreduce_latency_intra_s")),
+        ("gradient reductions across nodes", inter, ("allreduce_bw_inter", "allreduce_latency_inter_s")),
     ):
         if not group:
-            reports.append(_unmeasured(label, [key], "no stage block of that placement"))
+            reports.append(_unmeasured(label, keys, "no stage block of that placement"))
             continue
         reports.append(
             _report(
                 label,
-                {key: float(getattr(fitted, key))},
+                {k: float(getattr(fitted, k)) for k in keys},
                 [predict(r, fitted) for r in group],
                 [r.seconds for r in group],
-                "error with the cluster's per-call latencies, which the planner uses",
             )
         )
     return update, reports
+
+
+def _phase_intra_s(r: CollectiveTiming, p: CostProfile, cluster: ClusterSpec) -> float:
+    """The intra-node part of one hierarchical phase of a reduction over `r`'s group."""
+    k = r.per_node
+    return (k - 1) / k * r.num_bytes / p.allreduce_bw_intra + (k - 1) * _latency(
+        p.allreduce_latency_intra_s, cluster.intra_node_latency_s
+    )
+
+
+def _latency(measured: float | None, default: float) -> float:
+    return default if measured is None else measured
+
+
+def _bandwidth_and_latency(slope: float, latency: float, bw_key: str, latency_key: str) -> dict[str, float]:
+    """A fit's (seconds per byte, seconds per call) as profile fields. A zero slope means the sizes measured never
+    waited on bandwidth: the latency is kept and the bandwidth stays the base's (the fit's report shows the error)."""
+    update = {latency_key: latency}
+    if slope > 0:
+        update[bw_key] = 1.0 / slope
+    return update
 
 
 # --- memory ------------------------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ TRUE = preset_profile(CLUSTER, MODEL).model_copy(
         "p2p_latency_s": 6e-5,
         "allreduce_bw_intra": 1.1e9,
         "allreduce_bw_inter": 0.4e9,
+        "allreduce_latency_intra_s": 3e-4,
+        "allreduce_latency_inter_s": 7e-4,
     }
 )
 FITTED_FIELDS = (
@@ -58,6 +60,8 @@ FITTED_FIELDS = (
     "p2p_latency_s",
     "allreduce_bw_intra",
     "allreduce_bw_inter",
+    "allreduce_latency_intra_s",
+    "allreduce_latency_inter_s",
 )
 
 
@@ -128,8 +132,8 @@ def synthetic_measurements(true: CostProfile, noise: float = 0.0, seed: int = 0)
                     nodes=nodes,
                     intra_bw=true.allreduce_bw_intra,
                     inter_bw=true.allreduce_bw_inter,
-                    intra_latency_s=CLUSTER.intra_node_latency_s,
-                    inter_latency_s=CLUSTER.inter_node_latency_s,
+                    intra_latency_s=true.allreduce_latency_intra_s or CLUSTER.intra_node_latency_s,
+                    inter_latency_s=true.allreduce_latency_inter_s or CLUSTER.inter_node_latency_s,
                 )
                 collectives.append(
                     CollectiveTiming(
