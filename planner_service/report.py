@@ -19,7 +19,7 @@ from planner_service.errors import PlanningError
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.workloads import load_workload
-from proto import Batch, ClusterSpec, ModelSpec, Plan, PlanOptions, ZeroStage
+from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, ZeroStage
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +60,17 @@ def load_named_workload(
 
 
 def compare_results(
-    work: Workload, strategies: list[str], time_limit: float, solver: str, zero: int
+    work: Workload,
+    strategies: list[str],
+    time_limit: float,
+    solver: str,
+    zero: int,
+    profile: CostProfile | None = None,
 ) -> tuple[dict[str, Any], dict[str, Plan]]:
-    """The comparison report (the `--json` object) and the plans of the feasible strategies."""
+    """The comparison report (the `--json` object) and the plans of the feasible strategies (priced with
+    `profile`, or the preset)."""
     options = PlanOptions(zero_stage=ZeroStage(zero))
-    ideal = CostModel.from_specs(work.cluster, work.model, options=options).ideal_s(work.batch)
+    ideal = CostModel.from_specs(work.cluster, work.model, profile=profile, options=options).ideal_s(work.batch)
     results = []
     plans: dict[str, Plan] = {}
     for name in strategies:
@@ -76,6 +82,7 @@ def compare_results(
                 model=work.model,
                 strategy=name,
                 options=options,
+                profile=profile,
                 time_limit_s=time_limit,
                 solver=solver,
             )
