@@ -12,7 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 Dtype = Literal["float32", "float64", "bfloat16"]
+
+PARAM_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.float32}
+"""Parameter dtype per setting: 'bfloat16' keeps float32 weights under bf16 autocast (as `helix train` does)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

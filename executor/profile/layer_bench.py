@@ -22,12 +22,9 @@ from executor.attention.prefix import SCORE_KEEPING_BACKENDS, prefix_attention
 from executor.model import Block, RMSNorm, init_parameters, rope_cos_sin
 from executor.parallel.data import AdamWConfig, build_optimizer
 from executor.parallel.pipeline.memory_probe import ActivationMemoryProbe
-from executor.profile.grid import ProfileGrid, ProfileSettings
+from executor.profile.grid import PARAM_DTYPES, ProfileGrid, ProfileSettings
 from executor.profile.timing import Clock, aligned, median_seconds
 from proto.model import ModelSpec
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.float32}
-"""Parameter dtype per setting: 'bfloat16' keeps float32 weights under bf16 autocast (as `helix train` does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +71,7 @@ class LayerBench:
 
     def __init__(self, model: ModelSpec, settings: ProfileSettings) -> None:
         self.model, self.settings = model, settings
-        self.dtype = DTYPES[settings.dtype]
+        self.dtype = PARAM_DTYPES[settings.dtype]
         self.device = torch.device(settings.device)
         self.backend = resolve_backend(settings.attention_backend, self.device)
         self.block = Block(model, 0).to(dtype=self.dtype)

@@ -57,28 +57,30 @@ def software_versions(device: str) -> dict[str, str]:
     return versions
 
 
+def cache_key(target: ProfileTarget) -> str:
+    """The target's key: devices, model, software and settings."""
+    from planner_service.cost_model.profile_document import profile_cache_key
+
+    software = software_versions(target.settings.device)
+    return profile_cache_key(target.cluster, target.model, software, target.settings.describe())
+
+
 def cache_file(target: ProfileTarget) -> Path | None:
     """Where the cache keeps this target's document (None without a cache)."""
-    from planner_service.cost_model.profile_document import cache_path, profile_cache_key
+    from planner_service.cost_model.profile_document import cache_path
 
     if target.cache_dir is None:
         return None
-    key = profile_cache_key(
-        target.cluster, target.model, software_versions(target.settings.device), target.settings.describe()
-    )
-    return cache_path(target.cache_dir, target.cluster, target.model, key)
+    return cache_path(target.cache_dir, target.cluster, target.model, cache_key(target))
 
 
 def cached_document(target: ProfileTarget) -> ProfileDocument | None:
     """The cached document for this target, or None."""
-    from planner_service.cost_model.profile_document import find_cached, profile_cache_key
+    from planner_service.cost_model.profile_document import find_cached
 
     if target.cache_dir is None:
         return None
-    key = profile_cache_key(
-        target.cluster, target.model, software_versions(target.settings.device), target.settings.describe()
-    )
-    return find_cached(target.cache_dir, target.cluster, target.model, key)
+    return find_cached(target.cache_dir, target.cluster, target.model, cache_key(target))
 
 
 def run_profile_rank(target: ProfileTarget) -> ProfileDocument | None:

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from executor.parallel.groups import create_process_groups
+from executor.profile.grid import PARAM_DTYPES
 from executor.profile.timing import pin_to_core
 from executor.runner import ExecutorConfig, PlanExecutor
 from executor.verify.synthetic_tokens import SyntheticTokens
@@ -26,8 +27,6 @@ from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
 from proto.plan import Plan
-
-PARAM_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.float32}
 
 
 @dataclass(frozen=True, kw_only=True)
