@@ -21,7 +21,7 @@ import torch.distributed as dist
 from executor.parallel.groups import ProcessGroups
 from executor.parallel.ulysses import UlyssesAttention
 from executor.profile.grid import ProfileSettings
-from executor.profile.timing import median_seconds
+from executor.profile.timing import repeated_seconds
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
 from proto.topology import Topology, valid_sp_degrees
@@ -70,7 +70,7 @@ class CollectiveBench:
     def _time(self, call: object) -> float:
         assert callable(call)
         s = self.settings
-        return median_seconds(call, device=s.device, warmup=s.warmup, repeats=s.repeats)
+        return repeated_seconds(call, device=s.device, warmup=s.warmup, repeats=s.repeats, statistic=s.statistic)
 
     def _my_group(self, size: int) -> tuple[int, ...]:
         start = self.rank - self.rank % size

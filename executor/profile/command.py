@@ -46,7 +46,10 @@ def profile_command(
     refresh: Annotated[bool, typer.Option("--refresh", help="Measure even when the cache has a profile.")] = False,
     grid: Annotated[str | None, typer.Option("--grid", help="tiny, cpu or gpu (default: by --device).")] = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls before each measurement.")] = 1,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per measurement (median).")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed calls per measurement.")] = 3,
+    statistic: Annotated[
+        str, typer.Option("--statistic", help="median, or min on a machine shared with other work.")
+    ] = "median",
     dtype: Annotated[str, typer.Option("--dtype", help="float32, float64, or bfloat16 (autocast).")] = "float32",
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     attention_backend: Annotated[
@@ -77,6 +80,8 @@ def profile_command(
     grid_name = grid or ("gpu" if device == "cuda" else "cpu")
     if grid_name not in GRIDS:
         raise user_error(f"{grid_name!r}; choose one of {', '.join(GRIDS)}", param_hint="--grid")
+    if statistic not in ("median", "min"):
+        raise user_error(f"{statistic!r}; choose median or min", param_hint="--statistic")
     if no_cache and out is None:
         raise user_error("with --no-cache, give --out FILE (the profile would be written nowhere)", param_hint="--out")
     settings = ProfileSettings(
@@ -84,6 +89,7 @@ def profile_command(
         grid_name=grid_name,
         warmup=warmup,
         repeats=repeats,
+        statistic=statistic,  # type: ignore[arg-type]
         dtype=dtype,  # type: ignore[arg-type]
         device=device,  # type: ignore[arg-type]
         attention_backend=attention_backend,

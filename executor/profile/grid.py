@@ -14,6 +14,8 @@ from typing import Literal
 
 import torch
 
+from executor.profile.timing import Statistic
+
 Dtype = Literal["float32", "float64", "bfloat16"]
 
 PARAM_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.float32}
@@ -94,7 +96,9 @@ class ProfileSettings:
     warmup: int = 1
     """Untimed calls before each measurement (allocator, kernel selection, caches)."""
     repeats: int = 3
-    """Timed calls per measurement; the median is kept."""
+    """Timed calls per measurement."""
+    statistic: Statistic = "median"
+    """What is kept of the repeats: the median, or the minimum on a machine shared with other work."""
     dtype: Dtype = "float32"
     """Parameters and activations; 'bfloat16' is bf16 autocast over float32 weights, as `helix train` runs it."""
     device: Literal["cpu", "cuda"] = "cpu"
@@ -111,6 +115,7 @@ class ProfileSettings:
             "grid": self.grid_name,
             "warmup": self.warmup,
             "repeats": self.repeats,
+            "statistic": self.statistic,
             "dtype": self.dtype,
             "device": self.device,
             "attention_backend": self.attention_backend,

@@ -9,7 +9,6 @@ separately from forward, and again through activation checkpointing (the recompu
 from __future__ import annotations
 
 import contextlib
-import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from executor.model import Block, RMSNorm, init_parameters, rope_cos_sin
 from executor.parallel.data import AdamWConfig, build_optimizer
 from executor.parallel.pipeline.memory_probe import ActivationMemoryProbe
 from executor.profile.grid import PARAM_DTYPES, ProfileGrid, ProfileSettings
-from executor.profile.timing import Clock, aligned, median_seconds
+from executor.profile.timing import Clock, aligned, repeated_seconds, summarize
 from proto.model import ModelSpec
 
 
@@ -118,7 +117,7 @@ class LayerBench:
         return x, cos, sin, attend
 
     def time_layer(self, shape: GridChunk, *, recompute: bool) -> tuple[float, float]:
-        """Median forward and backward seconds of the layer on `shape` (through checkpointing with `recompute`)."""
+        """Forward and backward seconds of the layer on `shape` (through checkpointing with `recompute`)."""
         x, cos, sin, attend = self.layer_inputs(shape)
         grad = torch.ones(shape.num_tokens, self.model.hidden_size, device=self.device, dtype=self.dtype)
 
@@ -135,7 +134,7 @@ class LayerBench:
         return self._forward_backward_seconds(forward, backward)
 
     def time_head(self, num_tokens: int) -> tuple[float, float]:
-        """Median forward and backward seconds of final norm + LM head + summed cross-entropy."""
+        """Forward and backward seconds of final norm + LM head + summed cross-entropy."""
         x = self._randn(num_tokens, self.model.hidden_size, grad=True)
         targets = torch.randint(0, self.model.vocab_size, (num_tokens,), device=self.device, generator=self._generator)
 
@@ -151,7 +150,8 @@ class LayerBench:
     def _forward_backward_seconds(
         self, forward: Callable[[], torch.Tensor], backward: Callable[[torch.Tensor], None]
     ) -> tuple[float, float]:
-        """Medians of forward and backward, each timed on its own with all ranks aligned before it."""
+        """Forward and backward seconds (the settings' statistic over repeats), each timed on its own with all
+        ranks aligned before it."""
         s = self.settings
         clock = Clock(s.device)
         forward_s, backward_s = [], []
@@ -168,7 +168,7 @@ class LayerBench:
             if i >= s.warmup:
                 forward_s.append(f)
                 backward_s.append(b)
-        return statistics.median(forward_s), statistics.median(backward_s)
+        return summarize(forward_s, s.statistic), summarize(backward_s, s.statistic)
 
     def saved_bytes(self, num_tokens: int, *, kind: str) -> float:
         """Bytes the forward of the layer ('layer', 'checkpointed_layer') or of the head ('head') keeps for backward:
@@ -194,7 +194,7 @@ class LayerBench:
         n = self.settings.grid.gemm_size
         a, b = self._randn(n, n), self._randn(n, n)
         with autocast(self.settings):
-            seconds = median_seconds(lambda: a @ b, device=self.settings.device, warmup=1, repeats=3)
+            seconds = repeated_seconds(lambda: a @ b, device=self.settings.device, warmup=1, repeats=3, statistic="min")
         return 2.0 * n**3 / seconds
 
     def state_bytes_per_param(self) -> tuple[float, float, float]:

@@ -55,7 +55,7 @@ class StepTiming:
     key: str
     plan_id: str
     seconds: tuple[float, ...]
-    """Each timed step: the slowest rank's seconds."""
+    """Each timed step: the slowest rank's seconds (callers pick the statistic, e.g. `timing.summarize`)."""
     peak_memory_bytes: tuple[float, ...]
     """Per rank (index = rank), the largest over the timed steps."""
     loss: float

@@ -1,6 +1,8 @@
-"""Timing primitives of the profiler: a synchronised clock, medians over repeats, ranks pinned to cores.
+"""Timing primitives of the profiler: a synchronised clock, a statistic over repeats, ranks pinned to cores.
 
-Every measurement is a median over `repeats` calls after `warmup` untimed ones; on CUDA the clock waits for the
+Every measurement is a statistic over `repeats` calls after `warmup` untimed ones: the median, or on a machine
+shared with other work the minimum (load from elsewhere only ever adds time, so the fastest repeat is the best
+estimate of the undisturbed call — timeit's rationale); on CUDA the clock waits for the
 device (`torch.cuda.synchronize`) so a kernel's time is not mistaken for its launch. `aligned` calls run behind a
 barrier, so every rank measures while the others do the same work: the concurrency of a training step.
 """
@@ -11,6 +13,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -43,8 +46,24 @@ def aligned() -> None:
         dist.barrier()
 
 
-def median_seconds(call: Callable[[], object], *, device: str, warmup: int, repeats: int, align: bool = True) -> float:
-    """Median seconds of `call()` over `repeats` timed calls after `warmup` untimed ones."""
+Statistic = Literal["median", "min"]
+STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
+
+
+def summarize(times: list[float], statistic: Statistic) -> float:
+    return STATISTICS[statistic](times)
+
+
+def repeated_seconds(
+    call: Callable[[], object],
+    *,
+    device: str,
+    warmup: int,
+    repeats: int,
+    statistic: Statistic = "median",
+    align: bool = True,
+) -> float:
+    """`statistic` of the seconds of `call()` over `repeats` timed calls after `warmup` untimed ones."""
     clock = Clock(device)
     times = []
     for i in range(warmup + repeats):
@@ -55,7 +74,7 @@ def median_seconds(call: Callable[[], object], *, device: str, warmup: int, repe
         elapsed = clock.stop()
         if i >= warmup:
             times.append(elapsed)
-    return statistics.median(times)
+    return summarize(times, statistic)
 
 
 def pin_to_core(rank: int) -> str:
