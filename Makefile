@@ -1,4 +1,4 @@
-# HelixTrain: `make demo` runs the planning demo, `make test` runs the test suite.
+# HelixTrain: `make demo` trains a small model with plans from the planner service and compares the strategies; `make test` runs the test suite.
 # Both create .venv and install what they need (torch pinned to the CPU build on this machine's disk).
 PYTHON ?= python3
 VENV := .venv
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m planner_service.demo --out out/demo
+	$(PY) -m executor.train.demo --out out/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check proto planner_service executor tests bench

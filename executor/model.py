@@ -111,7 +111,8 @@ class DecoderStage(nn.Module):
     """Layers [lo, hi) of the decoder; the embedding when lo == 0; final norm + LM head when hi == num_layers.
 
     Parameter names are global (`layers.5.attn.wq.weight`), so the state dicts of all stages of a
-    pipeline merge into the state dict of the whole model.
+    pipeline merge into the state dict of the whole model. With tied embeddings and P > 1 both the first
+    and the last stage hold `embed.weight` (the same values: the executor keeps them equal).
     """
 
     def __init__(self, spec: ModelSpec, layer_range: tuple[int, int] | None = None) -> None:
@@ -120,9 +121,10 @@ class DecoderStage(nn.Module):
         assert 0 <= lo < hi <= spec.num_layers, f"layer range [{lo}, {hi}) outside [0, {spec.num_layers})"
         self.spec, self.lo, self.hi = spec, lo, hi
         self.is_first, self.is_last = lo == 0, hi == spec.num_layers
-        if spec.tie_embeddings and not (self.is_first and self.is_last):
-            raise NotImplementedError("tie_embeddings needs the embedding and the LM head on one stage (P = 1)")
-        self.embed = nn.Embedding(spec.vocab_size, spec.hidden_size) if self.is_first else None
+        # tied: the last stage holds its own copy of the shared matrix (same name, same init) as its LM head;
+        # the executor sums the two copies' gradients each step, so they stay equal
+        holds_embedding = self.is_first or (self.is_last and spec.tie_embeddings)
+        self.embed = nn.Embedding(spec.vocab_size, spec.hidden_size) if holds_embedding else None
         self.layers = nn.ModuleDict({str(i): Block(spec, i) for i in range(lo, hi)})
         self.norm = RMSNorm(spec.hidden_size, spec.norm_eps) if self.is_last else None
         self.lm_head = (
@@ -138,7 +140,8 @@ class DecoderStage(nn.Module):
         last stage, else (T, H) hidden. The first `recompute_layers` blocks keep no activations and
         recompute their forward during backward (activation checkpointing)."""
         assert 0 <= recompute_layers <= len(self.layers), f"recompute {recompute_layers} of {len(self.layers)} layers"
-        if self.embed is not None:
+        if self.is_first:
+            assert self.embed is not None
             assert inputs.dim() == 1, f"first stage takes (T,) token ids, got {tuple(inputs.shape)}"
             x = self.embed(inputs)  # (T, H)
         else:

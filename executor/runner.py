@@ -8,7 +8,9 @@ Per step, on every rank:
    this rank's share of chunk c (or receives it from the previous stage) and runs the stage's layers with
    Ulysses attention over the lane's SP group and K/V caches for sliced sequences; B(c) back-propagates
    it and sends the input gradient back;
-4. all-reduce (sum) gradients over the stage's data-parallel group (`executor.parallel.data`).
+4. sum the gradients over the stage's data-parallel group as the rank's model states do it
+   (`executor.parallel.zero`: bucketed and overlapped with backward for ZeRO-0/1/2, FSDP2 for ZeRO-3),
+   and, with a tied embedding at P > 1, between its two holder stages.
 
 The loss of a chunk is the sum of its token cross-entropies divided by the number of target tokens of
 the *global* batch, so summing over chunks, SP ranks and lanes gives the single-device loss exactly
@@ -27,13 +29,23 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from executor.interop.hf_llama import load_pretrained_stage
 from executor.model import build_stage
-from executor.parallel.data import AdamWConfig, build_optimizer, sync_gradients
+from executor.parallel.data import AdamWConfig, clip_gradients
 from executor.parallel.groups import ProcessGroups
 from executor.parallel.pipeline.runtime import StageRunResult, StageRunSettings, StageRuntime
 from executor.parallel.pipeline.shards import TokenSource, total_targets
-from executor.role import RankRole, check_plan, find_role, lane_of
+from executor.parallel.zero.block_rounds import Round, RoundsRefused, align_plan
+from executor.parallel.zero.model_states import (
+    DEFAULT_BUCKET_BYTES,
+    ModelStates,
+    StatesConfig,
+    build_model_states,
+    max_chunks_in_block,
+)
+from executor.role import PlanRefused, RankRole, check_plan, find_role, lane_of
 from proto.batch import Batch
+from proto.capabilities import TORCH_EXECUTOR
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
 from proto.plan import Lane, PipelineSpec, Plan
@@ -51,8 +63,16 @@ class ExecutorConfig:
     device: str = "cpu"
     attention_backend: str = "auto"
     optimizer: AdamWConfig = field(default_factory=AdamWConfig)
-    zero1: bool = False
-    """Shard AdamW state over each stage's data-parallel group (ZeroRedundancyOptimizer)."""
+    zero_stage: int = 0
+    """0: replicated states; 1: AdamW state sharded; 2: + gradients; 3: + parameters (FSDP2), per stage block."""
+    grad_bucket_bytes: float = DEFAULT_BUCKET_BYTES
+    """Gradient bucket size of the ZeRO-0/1/2 sync (the cost profile's `grad_bucket_bytes`)."""
+    compute_dtype: torch.dtype | None = None
+    """Mixed precision on CUDA: bf16 compute over fp32 parameters (autocast, or FSDP2's policy for ZeRO-3)."""
+    overlap_grad_sync: bool = True
+    """ZeRO-0/1/2: reduce gradient buckets while the backward runs (False: after it, for measurements)."""
+    init_from: str | None = None
+    """A Hugging Face Llama checkpoint folder whose weights replace the seeded ones (`helix train --init`)."""
     recv_timeout_s: float = 300.0
     """A pipeline receive that waits longer fails with a message naming rank, stage, lane and op."""
 
@@ -67,6 +87,28 @@ class StepResult:
     seconds: float
     peak_activation_bytes: int = 0
     """Measured peak activation memory of this rank in the step (`executor.parallel.pipeline.memory_probe`)."""
+
+
+def refuse_unsupported(config: ExecutorConfig) -> None:
+    """Raise ValueError naming the field when `config` asks for something outside `TORCH_EXECUTOR`."""
+    caps = TORCH_EXECUTOR
+    if config.zero_stage not in caps.zero_stages:
+        raise ValueError(
+            f"zero_stage={config.zero_stage}: this executor runs ZeRO stages {list(map(int, caps.zero_stages))}"
+        )
+    if config.attention_backend not in caps.attention_backends:
+        raise ValueError(
+            f"attention_backend={config.attention_backend!r}: choose one of {', '.join(caps.attention_backends)}"
+        )
+    dtype = str(config.dtype).removeprefix("torch.")
+    if dtype not in caps.parameter_dtypes:
+        raise ValueError(f"dtype={dtype}: parameters are kept in one of {', '.join(caps.parameter_dtypes)}")
+    if config.compute_dtype is not None:
+        compute = str(config.compute_dtype).removeprefix("torch.")
+        if compute not in caps.compute_dtypes or torch.device(config.device).type != "cuda":
+            raise ValueError(
+                f"compute_dtype={compute}: mixed precision runs on CUDA in one of {', '.join(caps.compute_dtypes)}"
+            )
 
 
 class PlanExecutor:
@@ -97,6 +139,7 @@ class PlanExecutor:
         self.stage = topology.stage_of(self.rank)
         self.dp_ranks = topology.stage_block(self.stage)
         self.dp_group = groups.dp_group(pipeline.num_stages, self.stage)
+        refuse_unsupported(config)
         self.module = build_stage(
             model,
             seed=config.seed,
@@ -104,9 +147,22 @@ class PlanExecutor:
             dtype=config.dtype,
             device=config.device,
         )
-        self.optimizer = build_optimizer(
-            self.module.parameters(), config.optimizer, zero1=config.zero1, dp_group=self.dp_group
+        if config.init_from is not None:  # before the states flatten or shard the parameters
+            load_pretrained_stage(self.module, config.init_from)
+        self.states: ModelStates = build_model_states(
+            self.module,
+            config=StatesConfig(
+                zero_stage=config.zero_stage,
+                bucket_bytes=config.grad_bucket_bytes,
+                compute_dtype=config.compute_dtype,
+                overlap=config.overlap_grad_sync,
+            ),
+            optimizer=config.optimizer,
+            dp_group=self.dp_group if len(self.dp_ranks) > 1 else None,
+            mesh=groups.dp_mesh(pipeline.num_stages, self.stage) if config.zero_stage == 3 else None,
+            tie_group=groups.tie_group(pipeline.num_stages, self.rank) if model.tie_embeddings else None,
         )
+        self.optimizer = self.states.optimizer
 
     # --- one step --------------------------------------------------------------------------------------
 
@@ -123,12 +179,20 @@ class PlanExecutor:
             rank=self.rank,
             pipeline=self.pipeline,
         )
+        problem = TORCH_EXECUTOR.plan_problem(plan, self.model_spec)
+        if problem is not None:
+            raise PlanRefused(
+                f"rank {self.rank} refuses plan {plan.plan_id or '<no id>'} (step {plan.step}): {problem}"
+            )
         role = find_role(plan, rank=self.rank, world_size=self.world_size)
         assert role.stage == self.stage, f"rank {self.rank}: plan puts it on stage {role.stage}, not {self.stage}"
         lane = lane_of(plan, role)
-        self.module.zero_grad(set_to_none=True)
-        run = self._run_schedule(lane, role, batch, tokens=tokens)
-        sync_gradients(list(self.module.parameters()), self.dp_group)
+        rounds = self._rounds(plan, role)
+        self.states.begin_step()
+        run = self._run_schedule(lane, role, batch, tokens=tokens, rounds=rounds)
+        # every lane has ranks in every stage block: the block's busiest lane is the plan's
+        busiest = max_chunks_in_block([len(other.chunks) for other in plan.lanes])
+        self.states.finish_step(idle_backward_rounds=busiest - len(lane.chunks))
         loss = torch.tensor([run.local_loss], dtype=torch.float64)
         dist.all_reduce(loss)
         seconds = time.perf_counter() - began
@@ -151,7 +215,21 @@ class PlanExecutor:
         )
 
     def optimizer_step(self) -> None:
-        self.optimizer.step()
+        """AdamW on this rank's states; ZeRO-1/2 then all-gather the updated parameters."""
+        self.states.step()
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Clip the step's gradients to a global norm of `max_norm` over the whole model (every gradient value
+        counted once, whatever the ZeRO stage or tying); returns the norm before clipping."""
+        return clip_gradients(self.states.grad_terms(), max_norm)
+
+    def full_gradients(self) -> dict[str, torch.Tensor]:
+        """The stage's synchronised gradients by global name (collective over the block under ZeRO-1/2/3)."""
+        return self.states.full_gradients()
+
+    def full_parameters(self) -> dict[str, torch.Tensor]:
+        """The stage's parameters by global name (collective over the block under ZeRO-3)."""
+        return self.states.full_parameters()
 
     def train_step(self, plan: Plan, batch: Batch, *, tokens: TokenSource) -> StepResult:
         result = self.forward_backward(plan, batch, tokens=tokens)
@@ -160,7 +238,26 @@ class PlanExecutor:
 
     # --- internals -------------------------------------------------------------------------------------
 
-    def _run_schedule(self, lane: Lane, role: RankRole, batch: Batch, *, tokens: TokenSource) -> StageRunResult:
+    def _activation_dtype(self) -> torch.dtype:
+        """dtype of the hidden states between stages: FSDP2's bf16 parameters make them bf16 under ZeRO-3 mixed
+        precision; autocast keeps the fp32 residual stream of ZeRO-0/1/2."""
+        config = self.config
+        return config.compute_dtype if config.zero_stage == 3 and config.compute_dtype is not None else config.dtype
+
+    def _rounds(self, plan: Plan, role: RankRole) -> list[Round] | None:
+        """ZeRO-3: the block's common rounds for this rank (refused, on every rank alike, if they cannot
+        line up without a deadlock); otherwise None (the lane's own schedule)."""
+        if self.config.zero_stage != 3 or len(self.dp_ranks) == 1:
+            return None
+        try:
+            return align_plan(plan)[(role.lane_index, role.stage)]
+        except RoundsRefused as err:
+            where = f"rank {self.rank} refuses plan {plan.plan_id or '<no id>'} (step {plan.step})"
+            raise PlanRefused(f"{where}: {err}") from err
+
+    def _run_schedule(
+        self, lane: Lane, role: RankRole, batch: Batch, *, tokens: TokenSource, rounds: list[Round] | None
+    ) -> StageRunResult:
         lengths = batch.length_of()
         runtime = StageRuntime(
             module=self.module,
@@ -171,10 +268,13 @@ class PlanExecutor:
             tokens=tokens,
             loss_norm=max(total_targets(lengths), 1),
             settings=StageRunSettings(
-                dtype=self.config.dtype,
+                dtype=self._activation_dtype(),
                 device=self.config.device,
                 attention_backend=self.config.attention_backend,
                 recv_timeout_s=self.config.recv_timeout_s,
+                compute_dtype=self.config.compute_dtype if self.config.zero_stage < 3 else None,
             ),
+            hooks=self.states,
+            rounds=rounds,
         )
         return runtime.run()

@@ -31,11 +31,21 @@ from planner_service.report import (
     render_comparison,
     render_summary,
 )
+from planner_service.store import StoreError
+from planner_service.store.commands import register as register_store_commands
 from planner_service.strategies.registry import STRATEGIES
 from planner_service.workloads import WorkloadError
 from proto import ClusterSpec, ModelSpec, Plan, PlanOptions, ZeroStage
 
-USER_ERRORS = (PlanningError, PresetError, WorkloadError, ValidationError, FileNotFoundError, json.JSONDecodeError)
+USER_ERRORS = (
+    PlanningError,
+    PresetError,
+    WorkloadError,
+    ValidationError,
+    FileNotFoundError,
+    json.JSONDecodeError,
+    StoreError,
+)
 EXIT_USER_ERROR = 2
 
 app = typer.Typer(
@@ -248,7 +258,9 @@ def serve_command(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8000,
-    db: Annotated[Path | None, typer.Option("--db", help="SQLite plan store (default: HELIX_DB).")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="SQLite file or postgresql:// URL (default: HELIX_DB).")
+    ] = None,
     profile: Annotated[
         Path | None,
         typer.Option(
@@ -258,10 +270,10 @@ def serve_command(
         ),
     ] = None,
 ) -> None:
-    """Run the planner service (REST API, SQLite plan store, Prometheus /metrics) under uvicorn.
+    """Run the planner service (REST API, plan store, Prometheus /metrics) under uvicorn.
 
     Settings come from HELIX_* environment variables (HELIX_API_TOKEN, HELIX_DB, HELIX_SOLVER_TIME_LIMIT_S,
-    HELIX_MAX_CONCURRENT_SOLVES, HELIX_MAX_BODY_BYTES, HELIX_MAX_SEQUENCES).
+    HELIX_DEADLINE_MARGIN_S, HELIX_MAX_CONCURRENT_SOLVES, HELIX_MAX_QUEUED_SOLVES, ...; see the README).
 
     Example: HELIX_API_TOKEN=$(openssl rand -hex 24) helix serve --host 0.0.0.0 --port 8000 --db plans.db
     """
@@ -280,9 +292,11 @@ def serve_command(
         raise UserError(f"--host {host} is not a loopback address; set HELIX_API_TOKEN to serve it with auth")
     import uvicorn
 
-    from planner_service.api.app import create_app
+    from planner_service.api.app import create_app, open_store
+    from planner_service.api.server import uvicorn_config
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    open_store(settings).close()  # a damaged store is refused here, in one line, before uvicorn starts
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port, log_level="info")).run()
 
 
 @app.command("presets")
@@ -299,6 +313,8 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _load_plugins() -> None:
+    if not any(group.name == "store" for group in app.registered_groups):
+        register_store_commands(app)
     for ep in entry_points(group="helix.commands"):
         try:
             ep.load()(app)

@@ -3,8 +3,10 @@
 Why retries here: a training job must not die because the planner restarted or a packet was lost. Every
 call the service makes idempotent (per-step plans, GETs, feedback per step, profile PUT) is retried on
 connection errors, timeouts, 429 and 5xx with exponential backoff; job registration is only retried when
-the request never reached the server. Caller mistakes (4xx) raise `PlannerApiError` at once, with the
-service's `code`, `message` and `field`.
+the request never reached the server, or was refused unexecuted (503 `busy`). A 503 `busy` is retried after
+its `Retry-After` (at most `max_retry_after_s`), within the same retry budget. Caller mistakes (4xx) raise
+`PlannerApiError` at once, with the service's `code`, `message` and `field`; a body the service would refuse
+(an unknown strategy, a bad number) is refused here the same way, without a request.
 
 Depends on httpx, pydantic and `proto` only (no FastAPI).
 """
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=30.0, pool=10.0)
+MAX_RETRY_AFTER_S = 30.0
+"""The longest `Retry-After` the client honours; a longer one is cut to this."""
 
 
 class PlannerApiError(RuntimeError):
@@ -52,12 +56,14 @@ class PlannerClient:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         retries: int = 3,
         backoff_s: float = 0.2,
+        max_retry_after_s: float = MAX_RETRY_AFTER_S,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
         self.retries = retries
         self.backoff_s = backoff_s
+        self.max_retry_after_s = max_retry_after_s
 
     def close(self) -> None:
         self._http.close()
@@ -88,18 +94,26 @@ class PlannerClient:
                     return response
                 if response.status_code not in RETRY_STATUSES and response.status_code < 500:
                     raise _api_error(response)
-                if not idempotent:
+                if not idempotent and not _refused_unexecuted(response):
                     raise _api_error(response)
                 error = response
             if attempt >= self.retries:
                 if isinstance(error, httpx.Response):
                     raise _api_error(error)
                 raise PlannerApiError(None, "unreachable", f"{method} {path}: {error}") from error
-            delay = self.backoff_s * 2**attempt
+            delay = self._delay(error, attempt)
             log.warning("planner %s %s failed (%s); retry %d/%d in %.2fs", method, path, _describe(error),
                         attempt + 1, self.retries, delay)  # fmt: skip
             time.sleep(delay)
             attempt += 1
+
+    def _delay(self, error: Exception | httpx.Response, attempt: int) -> float:
+        """The service's `Retry-After` when it sent one (bounded), else exponential backoff."""
+        if isinstance(error, httpx.Response):
+            retry_after = _retry_after_s(error)
+            if retry_after is not None:
+                return min(retry_after, self.max_retry_after_s)
+        return float(self.backoff_s * 2**attempt)
 
     # API --------------------------------------------------------------------------------------------
     def health(self) -> Health:
@@ -120,17 +134,22 @@ class PlannerClient:
         profile: CostProfile | None = None,
     ) -> JobPublic:
         """Register a job; the service chooses its pipeline degree once (see `JobPublic.decisions`)."""
-        body = JobCreate(
-            cluster=cluster,
-            model=model,
-            strategy=strategy,
-            options=options or PlanOptions(),
-            solver=solver,
-            time_limit_s=time_limit_s,
-            sample_lengths=list(sample_lengths) if sample_lengths is not None else None,
-            num_stages=num_stages,
-            profile=profile,
-        )
+        try:
+            body = JobCreate(
+                cluster=cluster,
+                model=model,
+                strategy=strategy,
+                options=options or PlanOptions(),
+                solver=solver,
+                time_limit_s=time_limit_s,
+                sample_lengths=list(sample_lengths) if sample_lengths is not None else None,
+                num_stages=num_stages,
+                profile=profile,
+            )
+        except ValidationError as exc:  # what the service would answer with 422, without sending it
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first.get("loc", ()) if not str(p)[:1].isupper()) or None
+            raise PlannerApiError(422, "invalid_input", str(first.get("msg", "invalid")), field) from None
         response = self.request("POST", "/v1/jobs", json=body.model_dump(mode="json"), idempotent=False)
         return JobPublic.model_validate_json(response.content)
 
@@ -188,6 +207,27 @@ def _api_error(response: httpx.Response) -> PlannerApiError:
         text = response.text[:200] or response.reason_phrase
         return PlannerApiError(response.status_code, "http_error", text)
     return PlannerApiError(response.status_code, body.code, body.message, body.field)
+
+
+def _refused_unexecuted(response: httpx.Response) -> bool:
+    """503 `busy`: the service refused the request before doing anything, so even a registration may retry."""
+    if response.status_code != 503:
+        return False
+    try:
+        return ErrorBody.model_validate_json(response.content).code == "busy"
+    except ValidationError:
+        return False
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: fall back to backoff
+    return max(0.0, seconds)
 
 
 def _describe(error: Exception | httpx.Response) -> str:

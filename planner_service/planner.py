@@ -2,7 +2,8 @@
 
 Used in-process by the CLI, the tests, the service and the executor's offline fallback.
 A strategy that crashes (a solver bug, a timeout) never stops training: the greedy plan is
-returned instead, marked `fallback` with the reason.
+returned instead, marked `fallback` with the reason. Every plan is checked against the target executor's
+published capabilities (`proto.capabilities`): a plan it could not run is an error, never returned.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.registry import get_strategy
 from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, SolverStatus, validate_plan
+from proto.capabilities import TORCH_EXECUTOR, ExecutorCapabilities
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,9 @@ def make_plan(
     num_stages: int | None = None,
     step: int | None = None,
     job_id: str | None = None,
+    executor: ExecutorCapabilities = TORCH_EXECUTOR,
 ) -> Plan:
-    """Plan one batch with `strategy`; the result passed `validate_plan`."""
+    """Plan one batch with `strategy`; the result passed `validate_plan` and fits `executor`'s capabilities."""
     check_workload(batch, cluster, model)
     options = options or PlanOptions()
     ctx = PlanningContext(
@@ -64,6 +67,9 @@ def make_plan(
         log.warning("strategy %s failed (%s); returning the greedy fallback plan", strategy, exc)
         plan = plan_greedy(ctx, strategy=strategy, status=SolverStatus.FALLBACK, reason=f"{type(exc).__name__}: {exc}")
         validate_plan(plan, batch, cluster, model)
+    problem = executor.plan_problem(plan, model)
+    if problem is not None:
+        raise InfeasibleWorkload(f"no plan this executor can run: {problem}", field="options")
     if step is not None or job_id is not None:
         plan = plan.model_copy(update={"step": step, "job_id": job_id}).with_id()
     return plan

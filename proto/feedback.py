@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from proto.wire_types import AS_EXACT_INT, AS_FINITE_NUMBER, MAX_STEP
+
+MAX_ITERATION_S = 1e6
+"""About 11 days for one step: anything longer is a units mistake."""
+MAX_MEMORY_BYTES = 2**50
+MAX_TOKENS_PER_S = 1e12
+MAX_RANKS = 65536
+
+MemoryBytes = Annotated[float, Field(ge=0, le=MAX_MEMORY_BYTES, allow_inf_nan=False), AS_FINITE_NUMBER]
 
 
 class Feedback(BaseModel):
+    """One step as it ran.
+
+    Cross-field rule (checked by the service against the job): `peak_memory_bytes` is empty or has one entry
+    per rank of the job's cluster.
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    step: int = Field(ge=0)
-    plan_id: str = Field(min_length=1)
-    measured_iteration_s: float = Field(gt=0)
-    peak_memory_bytes: list[float] = Field(default_factory=list, description="Per rank, index = rank.")
-    tokens_per_s: float | None = Field(default=None, ge=0)
+    step: Annotated[int, Field(ge=0, le=MAX_STEP), AS_EXACT_INT] = Field()
+    plan_id: str = Field(min_length=1, max_length=128)
+    measured_iteration_s: Annotated[float, Field(gt=0, le=MAX_ITERATION_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field()
+    )
+    peak_memory_bytes: list[MemoryBytes] = Field(
+        default_factory=list, max_length=MAX_RANKS, description="Per rank, index = rank."
+    )
+    tokens_per_s: Annotated[float, Field(ge=0, le=MAX_TOKENS_PER_S, allow_inf_nan=False), AS_FINITE_NUMBER] | None = (
+        Field(default=None)
+    )

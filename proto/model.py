@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from proto.cluster import MAX_NAME_CHARS, MAX_SOURCE_CHARS
+from proto.wire_types import AS_EXACT_INT, AS_FINITE_NUMBER, ExactBool
+
 
 class ModelSpec(BaseModel):
-    """Shape of a decoder-only transformer with RMSNorm, RoPE, SwiGLU (or GELU MLP) and GQA."""
+    """Shape of a decoder-only transformer with RMSNorm, RoPE, SwiGLU (or GELU MLP) and GQA.
+
+    Cross-field rules: `hidden_size` is divisible by `num_heads`, and `num_heads` by `num_kv_heads`.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(default="custom", description="Preset name or a free label.")
-    num_layers: int = Field(ge=1, le=1024, description="Transformer blocks.")
-    hidden_size: int = Field(ge=1, description="Model width.")
-    num_heads: int = Field(ge=1, description="Query heads.")
-    num_kv_heads: int = Field(ge=1, description="Key/value heads (GQA); equals num_heads for MHA.")
-    ffn_hidden_size: int = Field(ge=1, description="Inner width of the MLP.")
-    vocab_size: int = Field(ge=2, description="Vocabulary size.")
-    bytes_per_element: int = Field(default=2, ge=1, le=8, description="Activation/parameter bytes (2 for bf16).")
-    gated_mlp: bool = Field(default=True, description="SwiGLU (3 matrices) rather than a 2-matrix GELU MLP.")
-    rope_theta: float = Field(default=10000.0, gt=0, description="RoPE base.")
-    norm_eps: float = Field(default=1e-5, gt=0, description="RMSNorm epsilon.")
-    tie_embeddings: bool = Field(default=False, description="LM head shares the embedding matrix.")
-    source: str = Field(default="", description="Where the shape comes from.")
+    name: str = Field(default="custom", max_length=MAX_NAME_CHARS, description="Preset name or a free label.")
+    num_layers: Annotated[int, Field(ge=1, le=1024), AS_EXACT_INT] = Field(description="Transformer blocks.")
+    hidden_size: Annotated[int, Field(ge=1, le=2**20), AS_EXACT_INT] = Field(description="Model width.")
+    num_heads: Annotated[int, Field(ge=1, le=2**14), AS_EXACT_INT] = Field(description="Query heads.")
+    num_kv_heads: Annotated[int, Field(ge=1, le=2**14), AS_EXACT_INT] = Field(
+        description="Key/value heads (GQA); equals num_heads for MHA."
+    )
+    ffn_hidden_size: Annotated[int, Field(ge=1, le=2**22), AS_EXACT_INT] = Field(description="Inner width of the MLP.")
+    vocab_size: Annotated[int, Field(ge=2, le=2**24), AS_EXACT_INT] = Field(description="Vocabulary size.")
+    bytes_per_element: Annotated[int, Field(ge=1, le=8), AS_EXACT_INT] = Field(
+        default=2, description="Activation/parameter bytes (2 for bf16)."
+    )
+    gated_mlp: ExactBool = Field(default=True, description="SwiGLU (3 matrices) rather than a 2-matrix GELU MLP.")
+    rope_theta: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=10000.0, description="RoPE base."
+    )
+    norm_eps: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=1e-5, description="RMSNorm epsilon."
+    )
+    tie_embeddings: ExactBool = Field(default=False, description="LM head shares the embedding matrix.")
+    source: str = Field(default="", max_length=MAX_SOURCE_CHARS, description="Where the shape comes from.")
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelSpec:

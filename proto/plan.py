@@ -12,11 +12,12 @@ Conventions (see DESIGN.md §3):
 from __future__ import annotations
 
 from enum import Enum, IntEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from proto.fingerprint import fingerprint
+from proto.wire_types import AS_EXACT_INT
 
 SCHEMA_VERSION = "1.0"
 
@@ -232,7 +233,7 @@ class PlanOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    zero_stage: ZeroStage = Field(
+    zero_stage: Annotated[ZeroStage, AS_EXACT_INT] = Field(
         default=ZeroStage.NONE,
         description="Shard optimizer (1), +grads (2), +params (3) across each stage's devices.",
     )

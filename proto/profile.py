@@ -7,7 +7,24 @@ Every number the cost model uses is a field here or in `ClusterSpec`/`ModelSpec`
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from proto.cluster import MAX_BANDWIDTH, MAX_LATENCY_S, MAX_NAME_CHARS, MAX_SOURCE_CHARS, MIN_BANDWIDTH
+from proto.wire_types import AS_FINITE_NUMBER
+
+# Bounds of the coefficients (documented in the README): they refuse absurd values (1e308, 5e-324) and keep
+# every cost-model sum finite, and they hold every profile derived from specs within the cluster and model
+# bounds (e.g. a 2^20-wide model on a 1 GFLOP/s device: ~3e4 s per token per layer). Presets sit far inside.
+MAX_ATTN_S_PER_TOKEN2 = 1.0
+MAX_S_PER_TOKEN = 1e6
+MAX_LAYER_OVERHEAD_S = 10.0
+MIN_BYTES_PER_TOKEN_LAYER = 1.0
+MAX_BYTES_PER_TOKEN_LAYER = 1e9
+MAX_BYTES_PER_TOKEN = 1e10
+MAX_MEMORY_RESERVE = 2**50
+MAX_BUCKET_BYTES = 2**40
 
 
 class CostProfile(BaseModel):
@@ -24,61 +41,93 @@ class CostProfile(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(default="custom", description="Label, e.g. 'preset:a100-40g-8x8/gpt-7b'.")
-    source: str = Field(default="", description="How the numbers were obtained.")
+    name: str = Field(
+        default="custom", max_length=MAX_NAME_CHARS, description="Label, e.g. 'preset:a100-40g-8x8/gpt-7b'."
+    )
+    source: str = Field(default="", max_length=MAX_SOURCE_CHARS, description="How the numbers were obtained.")
     # compute (per layer, forward, whole chunk on one device; divided by s for a lane)
-    attn_s_per_token2: float = Field(ge=0, description="a2: seconds per unit of sum((C+len)^2 - C^2), per layer.")
-    linear_s_per_token: float = Field(ge=0, description="a1: seconds per token per layer (projections, MLP).")
-    layer_overhead_s: float = Field(default=0.0, ge=0, description="b: fixed seconds per layer call.")
-    linear_backward_to_forward: float = Field(
+    attn_s_per_token2: Annotated[
+        float, Field(ge=0, le=MAX_ATTN_S_PER_TOKEN2, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="a2: seconds per unit of sum((C+len)^2 - C^2), per layer.")
+    linear_s_per_token: Annotated[float, Field(ge=0, le=MAX_S_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(description="a1: seconds per token per layer (projections, MLP).")
+    )
+    layer_overhead_s: Annotated[float, Field(ge=0, le=MAX_LAYER_OVERHEAD_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(default=0.0, description="b: fixed seconds per layer call.")
+    )
+    linear_backward_to_forward: Annotated[float, Field(ge=0.5, le=5.0, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
         default=2.0,
-        ge=0.5,
-        le=5.0,
         description="k_lin: backward / forward time of the GEMMs (projections, MLP, LM head), of the per-call "
         "overhead and of the loss.",
     )
-    attention_backward_to_forward: float = Field(
-        default=2.5, ge=0.5, le=5.0, description="k_attn: backward / forward time of causal attention."
+    attention_backward_to_forward: Annotated[float, Field(ge=0.5, le=5.0, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(default=2.5, description="k_attn: backward / forward time of causal attention.")
     )
-    head_s_per_token: float = Field(default=0.0, ge=0, description="LM head + loss forward seconds per token.")
+    head_s_per_token: Annotated[float, Field(ge=0, le=MAX_S_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=0.0, description="LM head + loss forward seconds per token."
+    )
     # collectives (effective per-device bytes/s and per-call latency)
-    alltoall_bw_intra: float = Field(gt=0, description="All-to-all bytes/s per device inside one node.")
-    alltoall_bw_inter: float = Field(gt=0, description="All-to-all bytes/s per device when the group spans nodes.")
-    alltoall_latency_intra_s: float = Field(default=1e-5, ge=0, description="Per all-to-all latency in a node.")
-    alltoall_latency_inter_s: float = Field(default=3e-5, ge=0, description="Per all-to-all latency across nodes.")
-    p2p_bw_intra: float = Field(gt=0, description="Pipeline send/recv bytes/s inside a node.")
-    p2p_bw_inter: float = Field(gt=0, description="Pipeline send/recv bytes/s across nodes.")
-    p2p_latency_s: float = Field(default=1e-5, ge=0, description="Per send/recv latency.")
-    allreduce_bw_intra: float = Field(gt=0, description="Ring all-reduce bus bytes/s inside a node.")
-    allreduce_bw_inter: float = Field(gt=0, description="Ring all-reduce bus bytes/s across nodes.")
-    allreduce_latency_intra_s: float | None = Field(
+    alltoall_bw_intra: Annotated[
+        float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="All-to-all bytes/s per device inside one node.")
+    alltoall_bw_inter: Annotated[
+        float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="All-to-all bytes/s per device when the group spans nodes.")
+    alltoall_latency_intra_s: Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(default=1e-5, description="Per all-to-all latency in a node.")
+    )
+    alltoall_latency_inter_s: Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(default=3e-5, description="Per all-to-all latency across nodes.")
+    )
+    p2p_bw_intra: Annotated[float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(description="Pipeline send/recv bytes/s inside a node.")
+    )
+    p2p_bw_inter: Annotated[float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(description="Pipeline send/recv bytes/s across nodes.")
+    )
+    p2p_latency_s: Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=1e-5, description="Per send/recv latency."
+    )
+    allreduce_bw_intra: Annotated[
+        float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Ring all-reduce bus bytes/s inside a node.")
+    allreduce_bw_inter: Annotated[
+        float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Ring all-reduce bus bytes/s across nodes.")
+    allreduce_latency_intra_s: (
+        Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] | None
+    ) = Field(
         default=None,
-        ge=0,
         description="Per ring step of a data-parallel reduction phase inside a node (measured by `helix profile`); "
         "None: the cluster's intra_node_latency_s.",
     )
-    allreduce_latency_inter_s: float | None = Field(
+    allreduce_latency_inter_s: (
+        Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] | None
+    ) = Field(
         default=None,
-        ge=0,
         description="Per step of a reduction phase across nodes; None: the cluster's inter_node_latency_s.",
     )
-    grad_bucket_bytes: float = Field(
-        default=25 * 2**20,
-        gt=0,
-        description="Size of the gradient buckets data-parallel reductions are issued in while backward runs "
-        "(default 25 MiB, PyTorch DDP's bucket_cap_mb): the last bucket is what stays exposed after backward.",
+    grad_bucket_bytes: Annotated[float, Field(ge=1, le=MAX_BUCKET_BYTES, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(
+            default=25 * 2**20,
+            description="Size of the gradient buckets data-parallel reductions are issued in while backward runs "
+            "(default 25 MiB, PyTorch DDP's bucket_cap_mb): the last bucket is what stays exposed after backward.",
+        )
     )
     # memory
-    activation_bytes_per_token_layer: float = Field(
-        gt=0, description="Bytes kept per token per layer for backward without recompute (whole layer, s=1)."
-    )
-    checkpoint_bytes_per_token_layer: float = Field(
-        gt=0, description="Bytes kept per token per recomputed layer (its input), s=1."
-    )
-    kv_bytes_per_token_layer: float = Field(gt=0, description="K and V bytes per token per layer, s=1.")
-    ulysses_extra_bytes_per_token_layer: float = Field(
+    activation_bytes_per_token_layer: Annotated[
+        float, Field(ge=MIN_BYTES_PER_TOKEN_LAYER, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Bytes kept per token per layer for backward without recompute (whole layer, s=1).")
+    checkpoint_bytes_per_token_layer: Annotated[
+        float, Field(ge=MIN_BYTES_PER_TOKEN_LAYER, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="Bytes kept per token per recomputed layer (its input), s=1.")
+    kv_bytes_per_token_layer: Annotated[
+        float, Field(ge=MIN_BYTES_PER_TOKEN_LAYER, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(description="K and V bytes per token per layer, s=1.")
+    ulysses_extra_bytes_per_token_layer: Annotated[
+        float, Field(ge=0, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(
         default=0.0,
-        ge=0,
         description="Bytes per token per layer kept on top of activation_bytes_per_token_layer when the SP degree "
         "is above 1 and the layer does not recompute: a fused attention kernel saves its head-sharded output "
         "while the out-projection saves the sequence-sharded copy (at s=1 they are one tensor). Replicated K/V "
@@ -86,21 +135,27 @@ class CostProfile(BaseModel):
     )
     attention_saves_prefix_kv: bool = Field(
         default=True,
+        strict=True,
         description="True when the attention kernel saves, for backward, the concatenation [earlier slices' K/V; "
         "the chunk's own K/V] of a chunk whose segments attend to a prefix (fused flash / varlen kernels on "
         "CUDA); False when it keeps the prefix pieces by reference (the executor's exact SDPA path).",
     )
-    head_activation_bytes_per_token: float = Field(
-        default=0.0, ge=0, description="Bytes kept per token by the LM head/loss on the last stage."
+    head_activation_bytes_per_token: Annotated[
+        float, Field(ge=0, le=MAX_BYTES_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(default=0.0, description="Bytes kept per token by the LM head/loss on the last stage.")
+    bytes_per_param_state: Annotated[float, Field(ge=1, le=64, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=16.0, description="Param+grad+optimizer bytes per parameter (bf16 + fp32 Adam: 2+2+12)."
     )
-    bytes_per_param_state: float = Field(
-        default=16.0, gt=0, description="Param+grad+optimizer bytes per parameter (bf16 + fp32 Adam: 2+2+12)."
+    param_bytes: Annotated[float, Field(ge=0.125, le=8, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=2.0, description="Bytes per parameter of the working copy."
     )
-    param_bytes: float = Field(default=2.0, gt=0, description="Bytes per parameter of the working copy.")
-    grad_bytes: float = Field(default=2.0, gt=0, description="Bytes per gradient element.")
-    memory_reserve_bytes: float = Field(
+    grad_bytes: Annotated[float, Field(ge=0.125, le=8, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=2.0, description="Bytes per gradient element."
+    )
+    memory_reserve_bytes: Annotated[
+        float, Field(ge=0, le=MAX_MEMORY_RESERVE, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(
         default=0.0,
-        ge=0,
         description="Per-device memory that training cannot use: CUDA context, collective buffers, allocator "
         "fragmentation. Counted once: subtracted from ClusterSpec.device_memory_bytes (the part's capacity) to "
         "get the memory for model states + activations, and included in Predicted.peak_memory_bytes.",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from proto.batch import Batch
@@ -9,6 +11,7 @@ from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
 from proto.plan import PlanOptions
 from proto.profile import CostProfile
+from proto.wire_types import AS_FINITE_NUMBER
 
 
 class PlanRequest(BaseModel):
@@ -22,5 +25,5 @@ class PlanRequest(BaseModel):
     strategy: str = Field(default="helix", min_length=1, max_length=64)
     options: PlanOptions = Field(default_factory=PlanOptions)
     profile: CostProfile | None = Field(default=None, description="Overrides the preset profile.")
-    time_limit_s: float = Field(default=2.0, gt=0, le=600)
+    time_limit_s: Annotated[float, Field(gt=0, le=600, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(default=2.0)
     solver: str = Field(default="cpsat", min_length=1, max_length=32)

@@ -75,11 +75,11 @@ class Corpus:
                     yield text
         elif self.kind is CorpusKind.JSONL_TEXT:
             for lineno, record in _jsonl_records(self.path):
-                text = _field(record, TEXT_FIELDS, self.path, lineno)
-                if not isinstance(text, str):
+                value = _field(record, TEXT_FIELDS, self.path, lineno)
+                if not isinstance(value, str):
                     raise CorpusError(f"{self.path}:{lineno}: field 'text' must be a string")
-                if text:
-                    yield text
+                if value:
+                    yield value
         else:
             raise CorpusError(f"{self.path} holds token ids, not text")
 

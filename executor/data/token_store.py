@@ -2,8 +2,8 @@
 
 Why a flat memory-mapped file: a rank reads only the tokens of its own chunks (a `seq_id` and a token range),
 so touching a slice must cost what the slice costs, not what the corpus costs; `numpy.memmap` does that. The
-store is built once per (corpus, tokeniser) and cached in the corpus cache folder; a `meta.json` written
-last (atomically) marks it complete, so a crashed build is rebuilt rather than read half-written.
+store is built once per (corpus, tokeniser) and cached in the corpus cache folder; it is built in a private
+folder and renamed into place when complete, so a crashed build is rebuilt rather than read half-written.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +66,27 @@ class TokenStore:
 
 
 def build_token_store(documents: Iterable[list[int]], folder: Path, *, max_id: int) -> TokenStore:
-    """Write the documents' ids to `folder` (ids.bin, offsets.npy, then meta.json) and open the result."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ids_path, offsets_path, meta_path = folder / "ids.bin", folder / "offsets.npy", folder / "meta.json"
-    meta_path.unlink(missing_ok=True)
+    """Write the documents' ids (ids.bin, offsets.npy, meta.json) into a private folder, then rename it to
+    `folder` in one step: builders on several nodes sharing a file system never see each other's half-written
+    files, and when two finish, the first rename wins and the other's copy is dropped."""
+    building = folder.with_name(f"{folder.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    building.mkdir(parents=True)
+    try:
+        _write_store(documents, building, max_id=max_id)
+        try:
+            os.rename(building, folder)
+        except OSError:  # another builder renamed its complete copy first
+            if not (folder / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return open_token_store(folder)
+
+
+def _write_store(documents: Iterable[list[int]], folder: Path, *, max_id: int) -> None:
     offsets = [0]
     digest = hashlib.sha256()
-    with open(ids_path, "wb") as fh:
+    with open(folder / "ids.bin", "wb") as fh:
         for doc in documents:
             arr = np.asarray(doc, dtype=np.int64)
             if arr.size == 0:
@@ -83,15 +99,12 @@ def build_token_store(documents: Iterable[list[int]], folder: Path, *, max_id: i
             digest.update(raw)
             offsets.append(offsets[-1] + arr.size)
     if len(offsets) == 1:
-        raise CorpusError(f"the corpus produced no tokens (cache {folder})")
+        raise CorpusError("the corpus produced no tokens")
     offsets_arr = np.asarray(offsets, dtype=np.int64)
-    np.save(offsets_path, offsets_arr)
+    np.save(folder / "offsets.npy", offsets_arr)
     digest.update(offsets_arr.tobytes())
     meta = {"format": FORMAT_VERSION, "num_documents": len(offsets) - 1, "digest": digest.hexdigest()[:16]}
-    partial = meta_path.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps(meta))
-    os.replace(partial, meta_path)
-    return open_token_store(folder)
+    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 def open_token_store(folder: Path) -> TokenStore:

@@ -8,8 +8,8 @@ ignored (and replaced by the next save of that step).
 
 Parameter names are global (`layers.5.attn.wq.weight`), so the stages of a pipeline write disjoint keys and the
 replicas of a stage block write the same keys (DCP stores one copy). Optimizer state goes by parameter name
-when torch can map it (plain AdamW, FSDP2); a ZeRO-1 shard is saved per rank as bytes, which restores only on
-the same world size and pipeline degree (`train_state.json` records them and resume checks them).
+when torch can map it (plain AdamW, FSDP2 for ZeRO-3); a ZeRO-1/2 flat shard is saved per rank as bytes, which
+restores only on the same world size and pipeline degree (`train_state.json` records them and resume checks them).
 """
 
 from __future__ import annotations
@@ -85,8 +85,13 @@ def find_latest_checkpoint(root: Path) -> Path | None:
 
 
 def _optimizer_by_name(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether torch can key this optimizer's state by parameter name (not a ZeRO-1 shard)."""
-    return type(optimizer).__name__ != "ZeroRedundancyOptimizer"
+    """Whether torch can key this optimizer's state by parameter name (not a ZeRO-1/2 flat shard)."""
+    return type(optimizer).__name__ not in {"ZeroRedundancyOptimizer", "ShardedAdamW"}
+
+
+def _shard_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer holding this rank's shard of the state (ZeroRedundancyOptimizer wraps it)."""
+    return getattr(optimizer, "optim", optimizer)
 
 
 def _tensors(module: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> dict[str, Any]:
@@ -94,7 +99,7 @@ def _tensors(module: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: in
     if _optimizer_by_name(optimizer):
         state["optim"] = get_optimizer_state_dict(module, optimizer)
     else:
-        inner = optimizer.optim.state_dict()  # type: ignore[attr-defined]  # this rank's shard of the state
+        inner = _shard_optimizer(optimizer).state_dict()  # this rank's shard of the state
         buffer = io.BytesIO()
         torch.save(inner, buffer)
         state["optim_shard"] = {f"rank{rank}": torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)}
@@ -136,7 +141,7 @@ def load_checkpoint(
     by_name = _optimizer_by_name(optimizer)
     if not by_name and train_state.world_size != world_size:
         raise CheckpointError(
-            f"{path} holds ZeRO-1 optimizer shards of {train_state.world_size} ranks; this run has {world_size}"
+            f"{path} holds ZeRO-1/2 optimizer shards of {train_state.world_size} ranks; this run has {world_size}"
         )
     rank = dist.get_rank()
     target = _tensors(module, optimizer, rank)
@@ -152,6 +157,6 @@ def load_checkpoint(
         set_optimizer_state_dict(module, optimizer, target["optim"])
     else:
         raw = target["optim_shard"][f"rank{rank}"].numpy().tobytes()
-        optimizer.optim.load_state_dict(torch.load(io.BytesIO(raw), weights_only=True))  # type: ignore[attr-defined]
+        _shard_optimizer(optimizer).load_state_dict(torch.load(io.BytesIO(raw), weights_only=True))
     torch.set_rng_state(target["rng"][f"rank{rank}"])
     return train_state

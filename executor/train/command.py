@@ -21,8 +21,8 @@ from executor.data.corpus import CorpusError, open_corpus
 from executor.data.tokenizer import TokenizerError
 from executor.train.checkpoint import CheckpointError, find_latest_checkpoint
 from executor.train.config import LOCAL_PLANNER, ResumeMode, TrainConfig
-from executor.train.summary import summary_table
-from proto import PlanOptions, ZeroStage
+from executor.train.summary import run_table
+from proto import ModelSpec, PlanOptions, ZeroStage
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,10 @@ def register(app: typer.Typer) -> None:
 
 def train_command(
     cluster: Annotated[str, typer.Option("--cluster", "-c", help="Cluster preset (e.g. cpu-2x2) or YAML/JSON file.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Model preset, JSON file or HF config.json.")],
     data: Annotated[Path, typer.Option("--data", help="Corpus: folder of text files, or .jsonl (text or input_ids).")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model preset, JSON file or HF config.json (default: --init's).")
+    ] = None,
     planner: Annotated[str, typer.Option("--planner", help="'local', or the planner service URL.")] = LOCAL_PLANNER,
     strategy: Annotated[str, typer.Option("--strategy", "-s", help="Planning strategy.")] = "helix",
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 100,
@@ -48,7 +50,10 @@ def train_command(
     max_len: Annotated[int, typer.Option("--max-len", min=2, help="Split longer documents into windows.")] = 4096,
     seed: Annotated[int, typer.Option("--seed", help="Seed of weights and data order.")] = 0,
     stages: Annotated[int | None, typer.Option("--stages", min=1, help="Fix the pipeline degree P.")] = None,
-    zero: Annotated[int, typer.Option("--zero", min=0, max=1, help="0, or 1 (optimizer state sharded).")] = 0,
+    zero: Annotated[int, typer.Option("--zero", min=0, max=3, help="ZeRO stage 0-3 over each stage's devices.")] = 0,
+    init: Annotated[
+        Path | None, typer.Option("--init", help="Start from a Hugging Face Llama checkpoint folder.")
+    ] = None,
     time_limit: Annotated[float, typer.Option("--time-limit", min=0.01, help="Planner limit per step (s).")] = 2.0,
     solver: Annotated[str, typer.Option("--solver", help="cpsat, pulp-cbc or pulp-highs.")] = "cpsat",
     plan_deadline: Annotated[
@@ -85,9 +90,9 @@ def train_command(
     --strategy helix --steps 6 --batch-size 8 --max-len 2048 --seed 1 --metrics run.jsonl
     """
     from planner_service.cost_model.profile_document import ProfileFileError, load_profile_for
-    from planner_service.presets import resolve_cluster, resolve_model
+    from planner_service.presets import resolve_cluster
 
-    cluster_spec, model_spec = resolve_cluster(cluster), resolve_model(model)
+    cluster_spec, model_spec = resolve_cluster(cluster), _model(model, init)
     try:
         measured = load_profile_for(profile, cluster_spec, model_spec) if profile is not None else None
     except ProfileFileError as exc:
@@ -95,6 +100,7 @@ def train_command(
     config = TrainConfig(
         cluster=cluster_spec,
         model=model_spec,
+        init=init,
         data=data,
         tokenizer=tokenizer,
         cache_dir=cache_dir,
@@ -156,7 +162,8 @@ def _run_rank(config: TrainConfig) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     if summary is not None:
-        Console(width=80).print(summary_table(summary, config))
+        title = f"helix train: {config.model.name} on {config.cluster.name}"
+        Console(width=80).print(run_table(summary.records, title=title, wall_s=summary.seconds))
     return 0
 
 
@@ -166,6 +173,24 @@ def _launch_local(config: TrainConfig, nproc: int, max_restarts: int) -> int:
     return launch_local_torchrun(
         module="executor.train", command="train", nproc=nproc, max_restarts=max_restarts, activity="training"
     )
+
+
+def _model(name: str | None, init: Path | None) -> ModelSpec:
+    """--model, else the shape of the --init checkpoint; with both, they must agree."""
+    from executor.interop.hf_llama import CheckpointFormatError, check_compatible, read_spec
+    from planner_service.presets import resolve_model
+
+    if name is None and init is None:
+        raise user_error("give --model (or --init with a checkpoint's config.json)", param_hint="--model")
+    try:
+        checkpoint = read_spec(init, name=init.name) if init is not None else None
+        spec = resolve_model(name) if name is not None else checkpoint
+        if checkpoint is not None and spec is not None:
+            check_compatible(spec, checkpoint, init)  # type: ignore[arg-type]
+    except CheckpointFormatError as exc:
+        raise user_error(str(exc), param_hint="--init") from None
+    assert spec is not None
+    return spec
 
 
 def _planner_url(value: str) -> str:

@@ -32,7 +32,10 @@ class TrainConfig:
     token_budget: int | None = None
     """Tokens per global batch (sequences are added while they fit)."""
     seed: int = 0
-    """Weights and data order."""
+    """Weights (unless `init` is given) and data order."""
+    init: Path | None = None
+    """A Hugging Face Llama-family checkpoint folder (config.json + *.safetensors) to start from; each rank
+    reads only its stage's tensors."""
     steps: int = 100
     # --- planning -----------------------------------------------------------------------------------------
     planner: str = LOCAL_PLANNER

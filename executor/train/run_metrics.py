@@ -36,6 +36,8 @@ class StepRecord:
     predicted_peak_memory_bytes: list[float]
     plan_wait_s: float
     """Seconds the step waited for its plan (0 when prefetched in time)."""
+    iteration_wall_s: float
+    """Rank 0's wall seconds for the whole iteration: getting the plan, broadcasting it, the step, metrics."""
     fallback_reason: str = ""
 
 

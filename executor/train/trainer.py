@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from executor.data.batches import BatchSampler, DataPosition, GlobalBatch
 from executor.data.dataset import Dataset, prepare_dataset
-from executor.parallel.data import AdamWConfig, clip_grad_norm
+from executor.parallel.data import AdamWConfig
 from executor.parallel.groups import create_process_groups
 from executor.parallel.pipeline.shards import TokenSource
 from executor.runner import ExecutorConfig, PlanExecutor
@@ -41,7 +41,7 @@ from executor.train.job_start import JobStart, start_job
 from executor.train.lr_schedule import WarmupCosine
 from executor.train.progress import ProgressPrinter
 from executor.train.run_metrics import MetricsWriter, StepRecord, plot_run, read_metrics
-from proto import Feedback, PipelineSpec, Plan
+from proto import CostProfile, Feedback, PipelineSpec, Plan
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,10 @@ def run_training(config: TrainConfig, *, job_start: JobStart | None = None) -> R
             device=config.device,
             attention_backend=config.attention_backend,
             optimizer=AdamWConfig(lr=config.lr, weight_decay=config.weight_decay),
-            zero1=config.options.zero_stage == 1,
+            zero_stage=int(config.options.zero_stage),
+            grad_bucket_bytes=_profile(config).grad_bucket_bytes,
+            init_from=str(config.init) if config.init is not None else None,
+            compute_dtype=torch.bfloat16 if config.dtype == "bfloat16" and config.device == "cuda" else None,
             recv_timeout_s=config.recv_timeout_s,
         ),
     )
@@ -189,6 +192,7 @@ class _Loop:
         return self._summary(time.perf_counter() - began)
 
     def _step(self, step: int, batch: GlobalBatch) -> None:
+        iteration_began = time.perf_counter()
         config = self.config
         proto_batch = batch.batch()
         payload = None
@@ -203,14 +207,9 @@ class _Loop:
         _reset_peak_memory(config.device)
         dist.barrier()  # every rank starts the clock together: the measured time is the step, not the skew
         began = time.perf_counter()
-        with _autocast(config):
-            result = self.executor.forward_backward(plan, proto_batch, tokens=self.tokens)
-        grad_norm = (
-            clip_grad_norm(list(self.executor.module.parameters()), config.grad_clip, replicas=self.replicas)
-            if config.grad_clip > 0
-            else float("nan")
-        )
-        lr = self.scheduler.get_last_lr()[0]
+        result = self.executor.forward_backward(plan, proto_batch, tokens=self.tokens)  # (autocast inside on CUDA)
+        grad_norm = self.executor.clip_grad_norm(config.grad_clip) if config.grad_clip > 0 else float("nan")
+        lr = float(self.scheduler.get_last_lr()[0])
         self.executor.optimizer_step()
         self.scheduler.step()
         elapsed = torch.tensor([time.perf_counter() - began], dtype=torch.float64)
@@ -238,13 +237,14 @@ class _Loop:
             peak_memory_bytes=[float(p.item()) for p in peaks],
             predicted_peak_memory_bytes=list(plan.predicted.peak_memory_bytes),
             plan_wait_s=wait_s,
+            iteration_wall_s=time.perf_counter() - iteration_began,
             fallback_reason=reason,
         )
         if self.writer is not None:
             self.writer.write(record)
         assert self.progress is not None
         self.progress.step(record)
-        if origin == "service":
+        if origin == "service" and self.start is not None:
             self.start.source.send_feedback(
                 Feedback(
                     step=step,
@@ -338,18 +338,12 @@ def _resume_path(config: TrainConfig) -> str | None:
     return str(latest)
 
 
-def _autocast(config: TrainConfig) -> Any:
-    if config.dtype == "bfloat16" and config.device == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return _NoAutocast()
+def _profile(config: TrainConfig) -> CostProfile:
+    """The profile plans are made with (given, else the preset): the executor takes its bucket size from it, so the
+    gradient buckets the cost model prices are the ones the executor issues."""
+    from planner_service.cost_model.profile_presets import profile_for
 
-
-class _NoAutocast:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    return profile_for(config.cluster, config.model, config.profile)
 
 
 def _reset_peak_memory(device: str) -> None:
@@ -362,11 +356,7 @@ def _peak_memory_bytes(executor: PlanExecutor, activation_peak: int, device: str
     gradients, optimizer state) plus the measured peak of saved activations."""
     if device == "cuda":
         return float(torch.cuda.max_memory_allocated())
-    states = sum(p.numel() * p.element_size() for p in executor.module.parameters())
-    states += sum(p.grad.numel() * p.grad.element_size() for p in executor.module.parameters() if p.grad is not None)
-    for values in executor.optimizer.state.values():
-        states += sum(v.numel() * v.element_size() for v in values.values() if isinstance(v, torch.Tensor))
-    return float(states + activation_peak)
+    return float(executor.states.state_bytes() + activation_peak)
 
 
 def init_distributed(config: TrainConfig, *, timeout_s: float = 600.0) -> None:

@@ -59,7 +59,13 @@ def verify_command(
     max_len: Annotated[int | None, typer.Option("--max-len", help="Truncate sequences to this many tokens.")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Training steps to run and compare.", min=1)] = 1,
     dtype: Annotated[str, typer.Option("--dtype", help="float64 (tolerance 1e-9) or float32 (1e-3).")] = "float64",
-    zero: Annotated[int, typer.Option("--zero", help="0: plain AdamW; 1: ZeRO-1 (state sharded per stage).")] = 0,
+    zero: Annotated[
+        int,
+        typer.Option(
+            "--zero",
+            help="ZeRO stage per stage block: 0 replicated, 1 AdamW state sharded, 2 + gradients, 3 + parameters.",
+        ),
+    ] = 0,
     plan_file: Annotated[
         Path | None, typer.Option("--plan-file", help="Verify this plan (for the --seed batch, every step).")
     ] = None,
@@ -80,10 +86,8 @@ def verify_command(
 
     if dtype not in DTYPES:
         raise typer.BadParameter(f"{dtype!r}; choose one of {', '.join(DTYPES)}", param_hint="--dtype")
-    if zero not in (0, 1):
-        raise typer.BadParameter(
-            f"ZeRO stage {zero} is not supported by the executor yet (0 or 1)", param_hint="--zero"
-        )
+    if zero not in (0, 1, 2, 3):
+        raise typer.BadParameter(f"ZeRO stage {zero} does not exist: choose 0, 1, 2 or 3", param_hint="--zero")
     cluster_spec, model_spec = resolve_cluster(cluster), resolve_model(model)
     if cluster_spec.num_devices > MAX_LOCAL_RANKS:
         raise typer.BadParameter(
@@ -115,7 +119,7 @@ def verify_command(
         steps=tuple(inputs),
         seed=seed,
         dtype=dtype,
-        zero1=zero == 1,
+        zero_stage=zero,
     )
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="helix-verify-") as out_dir:

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from executor.model import named_gradients
+from executor.parallel.collective_counter import CollectiveLog, count_collectives
 from executor.parallel.data import AdamWConfig
 from executor.parallel.groups import ProcessGroups, create_process_groups
 from executor.parallel.pipeline.links import ReceiveTimeout
+from executor.parallel.zero.model_states import DEFAULT_BUCKET_BYTES
 from executor.role import PlanRefused
 from executor.runner import ExecutorConfig, PlanExecutor
 from executor.verify.launch import launch_local
@@ -64,10 +65,15 @@ class EquivalenceCase:
     steps: tuple[StepInput, ...]
     seed: int = 0
     dtype: str = "float64"
-    zero1: bool = False
+    zero_stage: int = 0
     attention_backend: str = "auto"
     optimizer: AdamWConfig = field(default_factory=AdamWConfig)
     recv_timeout_s: float = 300.0
+    max_grad_norm: float | None = None
+    """Clip the gradients to this global norm before the optimizer step (as `helix train` does)."""
+    grad_bucket_bytes: float = DEFAULT_BUCKET_BYTES
+    count_collectives: bool = False
+    """Log each step's collectives on the rank's stage block (`RankOutcome.collectives`)."""
 
     @property
     def pipeline(self) -> PipelineSpec:
@@ -85,6 +91,11 @@ class RankOutcome:
     seconds: float
     peak_activation_bytes: list[int] = field(default_factory=list)
     """Measured per completed step (`executor.parallel.pipeline.memory_probe`)."""
+    grad_norms: list[float] = field(default_factory=list)
+    """Global gradient norm per step before clipping (cases with `max_grad_norm`)."""
+    collectives: list[dict[str, int]] = field(default_factory=list)
+    """Per step, collectives by kind on the rank's stage block, forward-backward and optimizer step together
+    (cases with `count_collectives`)."""
 
 
 @dataclass(frozen=True)
@@ -156,11 +167,14 @@ def _run_case(index: int, case: EquivalenceCase, groups: ProcessGroups, out_dir:
         dtype=DTYPES[case.dtype],
         attention_backend=case.attention_backend,
         optimizer=case.optimizer,
-        zero1=case.zero1,
+        zero_stage=case.zero_stage,
         recv_timeout_s=case.recv_timeout_s,
+        grad_bucket_bytes=case.grad_bucket_bytes,
     )
     losses: list[float] = []
     peaks: list[int] = []
+    norms: list[float] = []
+    counted: list[dict[str, int]] = []
     try:
         executor = PlanExecutor(
             model=case.model, cluster=case.cluster, pipeline=case.pipeline, groups=groups, config=config
@@ -169,22 +183,52 @@ def _run_case(index: int, case: EquivalenceCase, groups: ProcessGroups, out_dir:
         case_dir = out_dir / f"case{index:03d}"
         for k, step in enumerate(case.steps):
             tokens = SyntheticTokens(step.token_seed, case.model.vocab_size)
-            result = executor.forward_backward(step.plan, step.batch, tokens=tokens)
+            with _counting(case.count_collectives) as before:
+                result = executor.forward_backward(step.plan, step.batch, tokens=tokens)
             losses.append(result.loss)
             peaks.append(result.peak_activation_bytes)
+            if case.max_grad_norm is not None:
+                norms.append(executor.clip_grad_norm(case.max_grad_norm))
+            grads = executor.full_gradients()  # collective over the block when gradients are sharded
             if writer:
                 case_dir.mkdir(parents=True, exist_ok=True)
-                grads = {n: g.detach().clone() for n, g in named_gradients(executor.module)}
                 torch.save(grads, case_dir / f"grads_step{k}_stage{executor.stage}.pt")
-            executor.optimizer_step()
+            with _counting(case.count_collectives) as after:
+                executor.optimizer_step()
+            if case.count_collectives:
+                counted.append(_block_counts(executor, before, after))
+        params = executor.full_parameters()  # collective over the block under ZeRO-3
         if writer:
-            params = {n: p.detach().clone() for n, p in executor.module.named_parameters()}
             torch.save(params, case_dir / f"params_stage{executor.stage}.pt")
         dist.barrier()  # files are complete before any rank reports success
     except (PlanRefused, ReceiveTimeout) as err:
         log.info("case %s: %s", case.name, err)
-        return RankOutcome(case.name, rank, losses, str(err), time.perf_counter() - began, peaks)
-    return RankOutcome(case.name, rank, losses, None, time.perf_counter() - began, peaks)
+        return RankOutcome(case.name, rank, losses, str(err), time.perf_counter() - began, peaks, norms, counted)
+    return RankOutcome(case.name, rank, losses, None, time.perf_counter() - began, peaks, norms, counted)
+
+
+@contextmanager
+def _counting(enabled: bool) -> Iterator[CollectiveLog | None]:
+    if not enabled:
+        yield None
+        return
+    with count_collectives() as log_:
+        yield log_
+
+
+def _block_counts(executor: PlanExecutor, *logs: CollectiveLog | None) -> dict[str, int]:
+    """Collectives by kind on the rank's stage block, and (ZeRO-0/1/2) how many gradient buckets were issued
+    while a backward op still ran."""
+    main = getattr(executor.states, "main", None)
+    counts = dict.fromkeys(("all_reduce", "reduce_scatter", "all_gather"), 0)
+    counts["overlapped_buckets"] = main.issued_during_backward if main is not None else 0
+    if len(executor.dp_ranks) == 1:
+        return counts
+    for log_ in logs:
+        assert log_ is not None
+        for kind in ("all_reduce", "reduce_scatter", "all_gather"):
+            counts[kind] += log_.count(executor.dp_group, kind)
+    return counts
 
 
 # --- parent side -------------------------------------------------------------------------------------------
@@ -202,14 +246,21 @@ def _torch_threads(num_threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _load_merged(case_dir: Path, pattern: str) -> dict[str, torch.Tensor]:
-    merged: dict[str, torch.Tensor] = {}
+def _stage_error(case_dir: Path, pattern: str, expected: Mapping[str, torch.Tensor]) -> float:
+    """max_rel_error of every stage file against the reference's tensors of the same names; the files together
+    must name every reference tensor. A tensor two stages hold (a tied embedding) is checked in both."""
     files = sorted(case_dir.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no files {pattern} in {case_dir}")
+    worst, names = 0.0, set()
     for path in files:
-        merged.update(torch.load(path, weights_only=True))
-    return merged
+        actual = torch.load(path, weights_only=True)
+        names |= set(actual)
+        worst = max(worst, max_rel_error(actual, {n: expected[n] for n in actual if n in expected}))
+    if names != set(expected):
+        missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+        raise ValueError(f"tensor names differ: missing {missing[:5]}, unexpected {extra[:5]}")
+    return worst
 
 
 def compare_case(
@@ -228,11 +279,20 @@ def compare_case(
     steps = []
     for k, step in enumerate(case.steps):
         ref = reference.forward_backward(step.batch, tokens=SyntheticTokens(step.token_seed, case.model.vocab_size))
-        grads = _load_merged(case_dir, f"grads_step{k}_stage*.pt")
+        ref_grads = ref.grads
+        if case.max_grad_norm is not None:
+            ref_norm = reference.clip_grad_norm(case.max_grad_norm)
+            ref_grads = reference.gradients()
+            for o in outcomes:
+                rel = abs(o.grad_norms[k] - ref_norm) / ref_norm
+                assert rel <= 1e-9, (
+                    f"case {case.name} step {k}: rank {o.rank} norm {o.grad_norms[k]}, reference {ref_norm}"
+                )
+        grad_err = _stage_error(case_dir, f"grads_step{k}_stage*.pt", ref_grads)
         peaks = tuple(o.peak_activation_bytes[k] for o in sorted(outcomes, key=lambda o: o.rank))
-        steps.append(StepReport(k, losses[k], ref.loss, max_rel_error(grads, ref.grads), peaks))
+        steps.append(StepReport(k, losses[k], ref.loss, grad_err, peaks))
         reference.optimizer_step()
-    param_err = max_rel_error(_load_merged(case_dir, "params_stage*.pt"), reference.parameters())
+    param_err = _stage_error(case_dir, "params_stage*.pt", reference.parameters())
     tol = TOLERANCE[case.dtype] if tolerance is None else tolerance
     return CaseReport(case.name, steps, param_err, tol)
 

@@ -59,6 +59,13 @@ class ReferenceTrainer:
         grads = {name: g.detach().clone() for name, g in named_gradients(self.module)}
         return ReferenceStep(total, grads)
 
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """torch's own global-norm clipping over the whole model; the norm before clipping."""
+        return float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm))
+
+    def gradients(self) -> dict[str, torch.Tensor]:
+        return {name: g.detach().clone() for name, g in named_gradients(self.module)}
+
     def optimizer_step(self) -> None:
         self.optimizer.step()
 

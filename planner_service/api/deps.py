@@ -12,8 +12,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from planner_service.api.errors import ApiError
 from planner_service.api.inputs import MAX_STEP
 from planner_service.api.metrics import ServiceMetrics
-from planner_service.api.service import RegisteredJob, SolveFn, SolveService
+from planner_service.api.service import RegisteredJob, SolveService
 from planner_service.api.settings import Settings
+from planner_service.api.solve_tasks import SolveFn
 from planner_service.store import PlanStore
 
 

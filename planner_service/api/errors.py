@@ -3,9 +3,11 @@
 Why: the executor and other clients branch on `code`, not on prose; a caller mistake is always a 4xx
 naming the offending field, never a 500 and never FastAPI's default `{"detail": ...}` shape.
 
-Codes: 401 `unauthorized`, 404 `not_found`, 405 `method_not_allowed`, 409 `conflict`, 413 `too_large`,
-422 `invalid_input` (malformed or out-of-limit input) and `infeasible` (a valid workload no layout of the
-cluster can run), 503 `not_ready`, 500 `internal` (a bug, logged with its traceback).
+Codes: 401 `unauthorized`, 404 `not_found`, 405 `method_not_allowed`, 409 `conflict`, 410 `gone` (a plan
+pruned by the retention policy), 413 `too_large`, 422 `invalid_input` (malformed or out-of-limit input) and
+`infeasible` (a valid workload no layout of the cluster can run), 503 `not_ready`, `busy` (the solve queue is
+full; `Retry-After` says when to retry), `timeout` (no plan, not even the greedy one, within the deadline) and
+`store_unavailable` (the database failed), 500 `internal` (a bug, logged with its traceback).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.presets import PresetError
+from planner_service.store import StoreError
 from proto import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "gone",
     413: "too_large",
     422: "invalid_input",
     503: "not_ready",
@@ -43,12 +47,15 @@ _FIELD_IN_MESSAGE = re.compile(r"^(?:Value error, )?([a-z][a-z0-9]*(?:_[a-z0-9]+
 class ApiError(Exception):
     """Raised by routes and dependencies; rendered as an ErrorBody with `status`."""
 
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers
 
 
 def not_found(what: str, *, field: str | None = None) -> ApiError:
@@ -78,6 +85,8 @@ def format_loc(loc: tuple[Any, ...] | list[Any]) -> str | None:
 
 def validation_field(error: dict[str, Any]) -> str | None:
     """The offending field of one pydantic error, refined from the message of a model-level validator."""
+    if error.get("type") == "json_invalid":
+        return "body"  # its loc holds a character offset, not a list index
     loc = [p for p in error.get("loc", ()) if not (isinstance(p, str) and p[:1].isupper())]  # drop union tags
     base = format_loc(loc)
     match = _FIELD_IN_MESSAGE.match(str(error.get("msg", "")))
@@ -97,8 +106,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
         return error_response(exc.status, exc.code, exc.message, exc.field, headers=headers)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
+        log.error("store failure: %s", exc)
+        return error_response(503, "store_unavailable", f"{exc}; retry later")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,6 +122,9 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0]
         field = validation_field(first)
         msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        if first.get("type") == "json_invalid":
+            offset = next((p for p in first.get("loc", ()) if isinstance(p, int)), None)
+            msg = f"malformed JSON at character {offset}: {first.get('ctx', {}).get('error', msg)}"
         more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
         where = f"{field}: " if field else ""
         return error_response(422, "invalid_input", f"{where}{msg}{more}", field)

@@ -1,25 +1,26 @@
-"""Input checks of the planner service: preset resolution, finiteness, limits, and the job spec they yield.
+"""Input checks of the planner service that depend on its settings: preset resolution, size limits, and the
+job spec they yield.
 
 Why here and not in pydantic models: the limits are settings of this service process (`HELIX_MAX_*`), and
-preset names resolve against this build's registries. Every failure is an `ApiError` 422 `invalid_input`
-naming the field, raised before any solve is queued.
+preset names resolve against this build's registries. Types, bounds and enums are in the request models
+(`schemas.py`, `proto`). Every failure is an `ApiError` 422 `invalid_input` naming the field, raised before
+any solve is queued; each rule is listed in `schemas.CROSS_FIELD_RULES`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from planner_service.api.errors import ApiError
-from planner_service.api.schemas import JobCreate, JobSpec
+from planner_service.api.schemas import JobCreate, JobSpec, PlanCreate
 from planner_service.api.settings import Settings
 from planner_service.presets import CLUSTERS, MODELS
-from planner_service.strategies.registry import STRATEGIES
-from proto import ClusterSpec, ModelSpec, PlanRequest
+from proto import ClusterSpec, ModelSpec
+from proto.wire_types import MAX_STEP
 
 T = TypeVar("T")
-MAX_STEP = 2**62  # SQLite INTEGER is 64-bit signed
+__all__ = ["MAX_STEP", "capped_time_limit", "check_sequence_count", "check_sequence_stages", "job_spec_of"]
 
 
 def preset(presets: Mapping[str, T], name: str, *, kind: str, spec: str, field: str) -> T:
@@ -50,14 +51,6 @@ def resolve_model_arg(value: ModelSpec | str, field: str = "model") -> ModelSpec
     return value
 
 
-def check_strategy(name: str, field: str = "strategy") -> None:
-    """Strategies come from the registry at request time, so new ones are served without a code change."""
-    if name not in STRATEGIES:
-        raise ApiError(
-            422, "invalid_input", f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}", field=field
-        )
-
-
 def check_sequence_count(count: int, settings: Settings, field: str) -> None:
     if count > settings.max_sequences:
         raise ApiError(
@@ -66,22 +59,14 @@ def check_sequence_count(count: int, settings: Settings, field: str) -> None:
         )  # fmt: skip
 
 
-def check_step(step: int) -> None:
-    if step > MAX_STEP:
-        raise ApiError(422, "invalid_input", f"step must be at most {MAX_STEP}", field="step")
-
-
-def check_finite(value: Any, field: str) -> None:
-    """Reject NaN/Infinity anywhere in a request (Python's JSON parser accepts `1e999` and `NaN`)."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ApiError(422, "invalid_input", f"{field}: must be a finite number, got {value}", field=field)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_finite(item, f"{field}.{key}" if field else str(key))
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            check_finite(item, f"{field}[{i}]")
+def check_sequence_stages(count: int, num_stages: int, settings: Settings, field: str) -> None:
+    """The greedy fallback's work grows with sequences x pipeline degree; the service bounds the product."""
+    if count * num_stages > settings.max_sequence_stages:
+        raise ApiError(
+            422, "invalid_input", f"{count} sequences at pipeline degree {num_stages} exceed this service's limit "
+            f"of {settings.max_sequence_stages} sequences x stages (HELIX_MAX_SEQUENCE_STAGES); plan smaller "
+            "batches", field=field,
+        )  # fmt: skip
 
 
 def capped_time_limit(requested: float | None, settings: Settings) -> float:
@@ -90,15 +75,11 @@ def capped_time_limit(requested: float | None, settings: Settings) -> float:
     return cap if requested is None else min(requested, cap)
 
 
-def job_spec_of(req: JobCreate | PlanRequest, settings: Settings) -> JobSpec:
-    """Check what every solve request shares (finite numbers, presets, strategy) and resolve it into a spec."""
-    check_finite(req.model_dump(mode="python"), "")
-    cluster = resolve_cluster_arg(req.cluster, settings)
-    model = resolve_model_arg(req.model)
-    check_strategy(req.strategy)
+def job_spec_of(req: JobCreate | PlanCreate, settings: Settings) -> JobSpec:
+    """Resolve presets and apply the service's limits to what every solve request shares."""
     return JobSpec(
-        cluster=cluster,
-        model=model,
+        cluster=resolve_cluster_arg(req.cluster, settings),
+        model=resolve_model_arg(req.model),
         strategy=req.strategy,
         options=req.options,
         solver=req.solver,

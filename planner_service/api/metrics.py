@@ -43,7 +43,22 @@ class ServiceMetrics:
             "helix_plan_coalesced", "Per-step plan requests that waited on an identical in-flight solve.", registry=r
         )
         self.conflicts = Counter("helix_plan_conflicts", "Per-step plan requests with another batch (409).", registry=r)
-        self.solves_in_flight = Gauge("helix_solves_in_flight", "Solves running or queued.", registry=r)
+        self.solves_in_flight = Gauge("helix_solves_in_flight", "Solves running in the worker pool.", registry=r)
+        self.queue_length = Gauge(
+            "helix_solve_queue_length", "Solves waiting for a worker (admission queue).", registry=r
+        )
+        self.queue_wait = Histogram(
+            "helix_solve_queue_wait_seconds", "Time a solve waited in the admission queue for a worker.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "helix_solve_rejected", "Solves refused with 503 busy ('queue' full, or the 'job' has its share).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.abandoned = Counter(
+            "helix_solve_abandoned", "Solves whose worker was killed ('deadline') or died ('crash').",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.predicted_ratio = Histogram(
             "helix_measured_to_predicted_ratio",
             "Measured / predicted iteration time from step feedback.",

@@ -1,21 +1,63 @@
 """Request and response bodies of the planner service that are not in `proto` (job resources).
 
-Plain pydantic + `proto` (and the pydantic-only calibration summary), so the typed client (and the executor
-through it) can import them without FastAPI. Lengths are strict positive integers: `5.0` or `"5"` is a caller
-bug, reported as a 422 naming `lengths[i]`, not silently coerced.
+Plain pydantic + `proto` + the names this build serves (strategies, solver backends, presets) and the
+pydantic-only calibration summary, so the typed client (and the executor through it) can import them without
+FastAPI. Every number is exact (no string, float or boolean coercion) and bounded; names are enums. The schema
+states each rule the service enforces; the rules a JSON Schema cannot express are listed in `CROSS_FIELD_RULES`
+and in the descriptions.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner_service.calibration.summary import CalibrationSummary
-from proto import ClusterSpec, CostProfile, ModelSpec, PlanOptions
+from planner_service.presets import CLUSTERS, MODELS
+from planner_service.solvers.integer_program import BACKENDS
+from planner_service.strategies.registry import STRATEGIES
+from proto import Batch, ClusterSpec, CostProfile, ModelSpec, PlanOptions
+from proto.batch import Length, SeqId
+from proto.wire_types import AS_EXACT_INT, AS_FINITE_NUMBER, MAX_STEP
 
-PositiveLength = Annotated[int, Field(strict=True, ge=1, description="Tokens in one sequence (>= 1).")]
-SeqId = Annotated[int, Field(strict=True, ge=0)]
+if TYPE_CHECKING:
+    StrategyName = str
+    SolverName = str
+    ClusterPreset = str
+    ModelPreset = str
+else:  # the registries are fixed at import, so the schema lists exactly what this build serves
+    StrategyName = Literal[tuple(STRATEGIES)]
+    SolverName = Literal[tuple(BACKENDS)]
+    ClusterPreset = Literal[tuple(CLUSTERS)]
+    ModelPreset = Literal[tuple(MODELS)]
+
+MAX_REQUEST_SEQUENCES = 65536
+"""The schema's bound on a batch or sample; a service may set a lower one (HELIX_MAX_SEQUENCES)."""
+MAX_TIME_LIMIT_S = 600.0
+
+CROSS_FIELD_RULES: dict[str, str] = {
+    "seq_ids": "seq_ids has one entry per length and no id repeats",
+    "batch.seq_ids": "batch.seq_ids has one entry per length and no id repeats",
+    "lengths": "at most HELIX_MAX_SEQUENCES sequences, and sequences x the job's pipeline degree at most "
+    "HELIX_MAX_SEQUENCE_STAGES",
+    "batch.lengths": "at most HELIX_MAX_SEQUENCES sequences",
+    "sample_lengths": "at most HELIX_MAX_SEQUENCES sequences",
+    "cluster": "num_nodes x devices_per_node at most HELIX_MAX_DEVICES; with several nodes, inter_node_bandwidth "
+    "at most 100x intra_node_bandwidth",
+    "model": "hidden_size divisible by num_heads, num_heads by num_kv_heads",
+    "num_stages": "num_stages divides the cluster's device count and is at most the model's num_layers",
+    "peak_memory_bytes": "empty or one entry per rank of the job's cluster",
+}
+"""Rules on combinations of fields (or on service settings) that a JSON Schema cannot state. A request that
+breaks one is answered 422 `invalid_input` naming the field; the OpenAPI description lists them."""
+
+TimeLimit = Annotated[float, Field(gt=0, le=MAX_TIME_LIMIT_S, allow_inf_nan=False), AS_FINITE_NUMBER]
+
+
+def rules_text(*fields: str) -> str:
+    """The cross-field rules of `fields`, for a route or model description."""
+    return " ".join(f"`{f}`: {CROSS_FIELD_RULES[f]}." for f in fields)
 
 
 class JobCreate(BaseModel):
@@ -23,28 +65,45 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    cluster: ClusterSpec | Annotated[str, Field(min_length=1, max_length=128)] = Field(
-        description="Cluster preset name (e.g. 'a800-80g-4x8') or a full ClusterSpec."
+    cluster: ClusterSpec | ClusterPreset = Field(
+        description="Cluster preset name (e.g. 'a800-80g-4x8') or a full ClusterSpec. " + rules_text("cluster")
     )
-    model: ModelSpec | Annotated[str, Field(min_length=1, max_length=128)] = Field(
-        description="Model preset name (e.g. 'llama2-7b') or a full ModelSpec."
+    model: ModelSpec | ModelPreset = Field(
+        description="Model preset name (e.g. 'llama2-7b') or a full ModelSpec. " + rules_text("model")
     )
-    strategy: str = Field(min_length=1, max_length=64, description="A registered planning strategy.")
+    strategy: StrategyName = Field(description="A registered planning strategy.")
     options: PlanOptions = Field(default_factory=PlanOptions)
-    solver: str = Field(default="cpsat", min_length=1, max_length=32, description="Solver backend.")
-    time_limit_s: float | None = Field(
-        default=None, gt=0, le=600, description="Solver time limit per plan; capped by the service setting."
+    solver: SolverName = Field(default="cpsat", description="Solver backend.")
+    time_limit_s: TimeLimit | None = Field(
+        default=None, description="Solver time limit per plan; capped by the service setting."
     )
-    sample_lengths: list[PositiveLength] | None = Field(
+    sample_lengths: list[Length] | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_REQUEST_SEQUENCES,
         description="Sequence lengths typical of the job, used to choose the pipeline degree; "
-        "a synthetic sample is used when omitted.",
+        "a synthetic sample is used when omitted. " + rules_text("sample_lengths"),
     )
-    num_stages: int | None = Field(
-        default=None, ge=1, le=1024, description="Fix the pipeline degree instead of choosing it."
+    num_stages: Annotated[int, Field(ge=1, le=1024), AS_EXACT_INT] | None = Field(
+        default=None, description="Fix the pipeline degree instead of choosing it. " + rules_text("num_stages")
     )
     profile: CostProfile | None = Field(default=None, description="Initial cost profile (else the preset's).")
+
+
+class PlanCreate(BaseModel):
+    """Stateless planning: everything needed to plan one batch (the fields of `proto.PlanRequest`, with the
+    names this service serves as enums)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cluster: ClusterSpec | ClusterPreset = Field(description="Preset name or a full spec. " + rules_text("cluster"))
+    model: ModelSpec | ModelPreset = Field(description="Preset name or a full spec. " + rules_text("model"))
+    batch: Batch = Field(description=rules_text("batch.lengths", "batch.seq_ids"))
+    strategy: StrategyName = "helix"
+    options: PlanOptions = Field(default_factory=PlanOptions)
+    profile: CostProfile | None = Field(default=None, description="Overrides the preset profile.")
+    time_limit_s: TimeLimit = Field(default=2.0, description="Solver time limit; capped by the service setting.")
+    solver: SolverName = "cpsat"
 
 
 class JobSpec(BaseModel):
@@ -80,11 +139,17 @@ class JobDecisions(BaseModel):
         description="Where the batch that chose P came from ('fixed' when the caller gave num_stages)."
     )
     sample_size: int = Field(ge=0)
+    decided_by: str = Field(
+        default="",
+        description="Whose plans chose P: the job's strategy, 'greedy (timeout-fallback)' when the strategy's "
+        "trials did not finish within the time limit, or '' when P was fixed.",
+    )
     candidates: list[StageCandidate] = Field(default_factory=list)
 
 
 class JobCounts(BaseModel):
     plans: int = 0
+    pruned_plans: int = Field(default=0, description="Plans dropped by the retention policy (their steps answer 410).")
     feedback: int = 0
     profiles: int = 0
 
@@ -125,9 +190,17 @@ class StepPlanRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    step: int = Field(strict=True, ge=0, description="Training step (iteration) number.")
-    lengths: list[PositiveLength] = Field(min_length=1, description="Tokens per sequence of the global batch.")
-    seq_ids: list[SeqId] | None = Field(default=None, description="Unique sequence ids; default 0..n-1.")
+    step: Annotated[int, Field(ge=0, le=MAX_STEP), AS_EXACT_INT] = Field(
+        description="Training step (iteration) number."
+    )
+    lengths: list[Length] = Field(
+        min_length=1,
+        max_length=MAX_REQUEST_SEQUENCES,
+        description="Tokens per sequence of the global batch. " + rules_text("lengths"),
+    )
+    seq_ids: list[SeqId] | None = Field(
+        default=None, description="Unique sequence ids; default 0..n-1. " + rules_text("seq_ids")
+    )
 
     @model_validator(mode="after")
     def _check_ids(self) -> StepPlanRequest:

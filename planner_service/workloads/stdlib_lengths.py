@@ -21,13 +21,11 @@ BYTES_PER_TOKEN = 4
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
 
-def stdlib_lengths(root: str | os.PathLike[str] | None = None) -> list[int]:
-    """Token counts (``ceil(bytes / 4)``) of the ``.py`` files under ``root`` (default: this Python's stdlib).
-
-    Sorted by relative path; unreadable and empty files are skipped.
-    """
+def stdlib_source_files(root: str | os.PathLike[str] | None = None) -> list[tuple[str, int]]:
+    """(path, size in bytes) of the non-empty ``.py`` files under ``root`` (default: this Python's stdlib),
+    sorted by path relative to the root; unreadable files are skipped."""
     base = os.fspath(root) if root is not None else sysconfig.get_paths()["stdlib"]
-    found: list[tuple[str, int]] = []
+    found: list[tuple[str, str, int]] = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
         for filename in filenames:
@@ -40,6 +38,14 @@ def stdlib_lengths(root: str | os.PathLike[str] | None = None) -> list[int]:
             except OSError:
                 continue
             if size > 0:
-                found.append((os.path.relpath(path, base).replace(os.sep, "/"), size))
+                found.append((os.path.relpath(path, base).replace(os.sep, "/"), path, size))
     found.sort()
-    return [math.ceil(size / BYTES_PER_TOKEN) for _, size in found]
+    return [(path, size) for _, path, size in found]
+
+
+def stdlib_lengths(root: str | os.PathLike[str] | None = None) -> list[int]:
+    """Token counts (``ceil(bytes / 4)``) of the ``.py`` files under ``root`` (default: this Python's stdlib).
+
+    Sorted by relative path; unreadable and empty files are skipped.
+    """
+    return [math.ceil(size / BYTES_PER_TOKEN) for _, size in stdlib_source_files(root)]

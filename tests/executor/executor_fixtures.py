@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
+
+import typer
 
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
@@ -257,3 +260,15 @@ def perturb_plan(
             [[rng.randint(0, pipeline.layers_of(p)) for _ in lanes[-1][2]] for p in range(pipeline.num_stages)]
         )
     return make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=recompute)
+
+
+def plugin_app(register: Callable[[typer.Typer], None]) -> typer.Typer:
+    """A CLI app holding one `helix.commands` plugin, as `planner_service.cli` loads it."""
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Keep the plugin a subcommand (a one-command typer app would swallow its name)."""
+
+    register(app)
+    return app

@@ -21,6 +21,8 @@ LAYERS = {
     "executor.attention": 0,
     "executor.role": 0,  # plan checks and RankRole read only `proto`: the runtimes may take a role
     "executor.parallel": 1,
+    "executor.interop": 1,  # Hugging Face checkpoints <-> a stage module (model level, no process groups)
+    "executor.interop.export_command": 3,  # `helix export` reads helix train's checkpoints
     "executor.runner": 2,
     "executor.verify": 3,
     "executor.train": 3,  # the training loop: data + step driver, beside verification (neither imports the other)

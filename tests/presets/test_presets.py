@@ -106,7 +106,9 @@ def test_model_parameter_counts(name: str, expected: float, rel: float) -> None:
 
 
 def test_model_shapes() -> None:
-    assert list_models() == sorted(["gpt-7b", "gpt-13b", "gpt-30b", "llama2-7b", "llama2-13b", "llama3-8b", "tiny"])
+    assert list_models() == sorted(
+        ["gpt-7b", "gpt-13b", "gpt-30b", "llama2-7b", "llama2-13b", "llama3-8b", "tiny", "small"]
+    )
     l3 = MODELS["llama3-8b"]
     assert (l3.num_kv_heads, l3.ffn_hidden_size, l3.vocab_size, l3.rope_theta) == (8, 14336, 128256, 500000.0)
     assert l3.gated_mlp and not l3.tie_embeddings

@@ -15,9 +15,12 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from planner_service.api import Settings, create_app
-from planner_service.api.service import SolveFn
+from planner_service.api.server import uvicorn_config
+from planner_service.api.solve_tasks import SolveFn
 from planner_service.planner import make_plan
+from planner_service.store import PlanStore
 from tests.service.service_inputs import SMALL_JOB, SMALL_SETTINGS, LiveServerFactory, SettingsFactory
+from tests.service.store_backends import PostgresServer, StoreFactory, start_postgres
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +62,11 @@ def live_server() -> LiveServerFactory:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(settings, solve_fn=solve_fn), log_level="warning"))
+        app = create_app(settings, solve_fn=solve_fn)
+        server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 15  # a hang guard, not a performance check
+        deadline = time.monotonic() + 60  # a hang guard, not a performance check
         while not server.started:
             assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.02)
@@ -70,8 +74,50 @@ def live_server() -> LiveServerFactory:
             yield f"http://127.0.0.1:{port}"
         finally:
             server.should_exit = True
-            thread.join(timeout=15)
+            thread.join(timeout=60)
             sock.close()
             assert not thread.is_alive(), "uvicorn did not stop"
 
     return serve
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer | str]:
+    """A PostgreSQL server for the whole session (started on first use), or why there is none."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        if isinstance(server, PostgresServer):
+            server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer | str) -> str:
+    """A fresh, empty database on the session's server (the test skips, with the reason, without one)."""
+    if isinstance(postgres_server, str):
+        pytest.skip(f"PostgreSQL unavailable: {postgres_server}")
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store test's data lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def open_store(store_location: str) -> Iterator[StoreFactory]:
+    """`open_store(**kwargs)`: a PlanStore on this test's location (call again to reopen); all closed after."""
+    opened: list[PlanStore] = []
+
+    def open_(**kwargs: Any) -> PlanStore:
+        store = PlanStore(store_location, **kwargs)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()

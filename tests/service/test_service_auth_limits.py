@@ -75,7 +75,7 @@ def test_settings_from_env_and_weak_tokens(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("HELIX_DB", str(tmp_path / "env.db"))
     monkeypatch.setenv("HELIX_MAX_CONCURRENT_SOLVES", "3")
     settings = Settings()
-    assert settings.token == TOKEN and settings.db == tmp_path / "env.db" and settings.max_concurrent_solves == 3
+    assert settings.token == TOKEN and settings.db == str(tmp_path / "env.db") and settings.max_concurrent_solves == 3
     assert TOKEN not in repr(settings)  # a secret never lands in a log line
     monkeypatch.setenv("HELIX_API_TOKEN", "")
     assert Settings().token is None
@@ -83,3 +83,12 @@ def test_settings_from_env_and_weak_tokens(monkeypatch: pytest.MonkeyPatch, tmp_
         monkeypatch.setenv("HELIX_API_TOKEN", weak)
         with pytest.raises(ValidationError, match="HELIX_API_TOKEN must be at least"):
             Settings()
+
+
+@pytest.mark.parametrize("blank", [" " * 8, " " * 40, "\t" * 9, " s3cret-token-0123 ", "s3cret token 0123"])
+def test_a_token_of_spaces_or_with_spaces_is_refused(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    """Bug: an API token of eight spaces passed the length check, so the service "had auth" that any
+    client sending eight spaces (or a client trimming headers, none) would fail or pass unpredictably."""
+    monkeypatch.setenv("HELIX_API_TOKEN", blank)
+    with pytest.raises(ValidationError, match="HELIX_API_TOKEN must not contain spaces"):
+        Settings()

@@ -64,3 +64,44 @@ def test_gives_up_after_the_retries() -> None:
     ):
         client.get_plan("j", 1)
     assert err.value.code == "unreachable" and err.value.status is None and len(seen) == 3
+
+
+def test_busy_is_retried_after_its_retry_after_even_for_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """503 `busy` means the request was refused before any work: the client waits the service's `Retry-After`
+    (bounded by `max_retry_after_s`) and retries, a job registration included."""
+    slept: list[float] = []
+    monkeypatch.setattr("planner_service.client.time.sleep", slept.append)
+    busy = {"code": "busy", "message": "the solve queue is full", "field": None}
+    job = {"cluster": "cpu-2x2", "model": "tiny", "strategy": "greedy"}
+    transport, seen = scripted(
+        httpx.Response(503, json=busy, headers={"Retry-After": "3"}),
+        httpx.Response(503, json=busy, headers={"Retry-After": "3600"}),
+        httpx.Response(503, json={"code": "not_ready", "message": "x", "field": None}),
+    )
+    with (
+        PlannerClient("http://planner", transport=transport, retries=5, max_retry_after_s=20) as client,
+        pytest.raises(PlannerApiError) as err,
+    ):
+        client.create_job(**job)
+    assert err.value.code == "not_ready" and len(seen) == 3  # not_ready is not retried for a registration
+    assert slept == [3.0, 20.0]
+
+
+def test_busy_retries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("planner_service.client.time.sleep", slept.append)
+    busy = {"code": "busy", "message": "full", "field": None}
+    transport, seen = scripted(*(httpx.Response(503, json=busy, headers={"Retry-After": "1"}) for _ in range(3)))
+    with (
+        PlannerClient("http://planner", transport=transport, retries=2) as client,
+        pytest.raises(PlannerApiError) as err,
+    ):
+        client.plan_bytes_for_step("j", 0, [1, 2])
+    assert (err.value.status, err.value.code) == (503, "busy") and len(seen) == 3 and slept == [1.0, 1.0]
+
+
+def test_a_body_the_service_would_refuse_is_refused_without_a_request() -> None:
+    transport, seen = scripted()
+    with PlannerClient("http://planner", transport=transport) as client, pytest.raises(PlannerApiError) as err:
+        client.create_job(cluster="cpu-2x2", model="tiny", strategy="../../bin/sh")
+    assert (err.value.status, err.value.code, err.value.field) == (422, "invalid_input", "strategy") and not seen

@@ -10,7 +10,6 @@ requests in flight together on one event loop.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,33 +18,8 @@ from typing import Any
 import httpx
 
 from planner_service.api import create_app
-from planner_service.planner import make_plan
-from proto import Plan
 from tests.service.service_inputs import LENGTHS, SMALL_JOB, SettingsFactory
-
-HANG_GUARD_S = 120.0
-"""Only stops a broken build from hanging the suite; nothing here is timed."""
-
-
-class HeldSolves:
-    """A `solve_fn` that counts calls and holds every solve until `release` is set."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.running = 0
-        self.release = threading.Event()
-        self._lock = threading.Lock()
-
-    def __call__(self, **kwargs: Any) -> Plan:
-        with self._lock:
-            self.calls += 1
-            self.running += 1
-        try:
-            assert self.release.wait(HANG_GUARD_S), "the test never released the solve"
-            return make_plan(**kwargs)
-        finally:
-            with self._lock:
-                self.running -= 1
+from tests.service.solve_fns import HANG_GUARD_S, GatedSolve
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -56,7 +30,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.001)
 
 
-async def _run(app: Any, held: HeldSolves) -> None:
+async def _run(app: Any, held: GatedSolve) -> None:
     metrics = app.state.helix.metrics.registry
 
     def coalesced() -> float:
@@ -74,11 +48,11 @@ async def _run(app: Any, held: HeldSolves) -> None:
             await until(lambda: held.running == 1 and coalesced() == 49, "one held solve and 49 waiting requests")
             health = await http.get("/healthz")
             assert health.status_code == 200 and health.json()["status"] == "ok"
-            # /healthz answered while the solve was still held in the pool and no plan request had finished
-            assert held.running == 1 and not held.release.is_set()
+            # /healthz answered while the solve was still held in its worker and no plan request had finished
+            assert held.running == 1
             assert not any(r.done() for r in requests)
 
-            held.release.set()
+            held.release()
             responses = await asyncio.gather(*requests)
             assert [r.status_code for r in responses] == [200] * 50
             assert len({r.content for r in responses}) == 1, "all callers must get byte-identical plans"
@@ -91,14 +65,14 @@ async def _run(app: Any, held: HeldSolves) -> None:
             assert "helix_plan_coalesced_total 49.0" in text
 
             # another batch for a step whose solve is in flight is a conflict, not a second solve
-            held.release.clear()
+            held.hold()
             first = asyncio.ensure_future(http.post(url, json={"step": 6, "lengths": LENGTHS}))
             await until(lambda: held.running == 1, "the step-6 solve is held")
             other = await http.post(url, json={"step": 6, "lengths": [*LENGTHS, 5]})
             assert other.status_code == 409, other.text
             assert other.json()["code"] == "conflict" and other.json()["field"] == "lengths"
             assert not first.done()
-            held.release.set()
+            held.release()
             assert (await first).status_code == 200
             assert held.calls == 2
 
@@ -107,6 +81,8 @@ async def _run(app: Any, held: HeldSolves) -> None:
 
 
 def test_fifty_identical_requests_cost_one_solve(tmp_path: Path, make_settings: SettingsFactory) -> None:
-    held = HeldSolves()
+    folder = tmp_path / "gate"
+    folder.mkdir()
+    held = GatedSolve(str(folder))
     app = create_app(make_settings(tmp_path / "co.db", max_concurrent_solves=1), solve_fn=held)
     asyncio.run(_run(app, held))

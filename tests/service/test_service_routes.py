@@ -135,7 +135,8 @@ def test_register_job_chooses_pipeline_degree_from_sample(client: TestClient) ->
     best = min(feasible, key=lambda c: (c["iteration_s"], c["num_stages"]))
     assert decisions["num_stages"] == best["num_stages"]
     assert len(decisions["layer_ranges"]) == decisions["num_stages"]
-    assert job["counts"] == {"plans": 0, "feedback": 0, "profiles": 0} and job["latest_error"] is None
+    assert job["counts"] == {"plans": 0, "pruned_plans": 0, "feedback": 0, "profiles": 0}
+    assert job["latest_error"] is None and decisions["decided_by"] == "greedy"
 
 
 def test_register_job_defaults_to_synthetic_sample_and_per_step_plans_use_its_p(
@@ -160,7 +161,8 @@ def test_register_job_with_fixed_stages_and_full_specs(client: TestClient) -> No
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == 201, response.text
     assert response.json()["decisions"] == {
-        "num_stages": 2, "layer_ranges": [[0, 1], [1, 2]], "sample_source": "fixed", "sample_size": 0, "candidates": []
+        "num_stages": 2, "layer_ranges": [[0, 1], [1, 2]], "sample_source": "fixed", "sample_size": 0,
+        "decided_by": "", "candidates": [],
     }  # fmt: skip
 
 

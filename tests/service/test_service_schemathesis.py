@@ -1,6 +1,11 @@
 """Property-based API test: schemathesis generates requests from the app's own OpenAPI schema (valid and
-invalid) and every response must be a non-5xx that conforms to the documented status codes, content types and
-response schemas.
+invalid) and every response must be a non-5xx that conforms to the documented status codes, content types,
+headers and response schemas; every schema-invalid request must be refused (ST201), and a schema-valid
+request may only be refused for a rule the schema documents (ST202: `documented_rejections_only`).
+
+Bugs guarded (issue 14): `tokens_per_s: true` and `memory_reserve_bytes: false` were accepted (ST201), and
+schema-valid requests were refused for rules the schema did not state (preset name "0", a lengths/seq_ids
+count mismatch, the per-rank memory count).
 
 Bounded (25 examples per operation and mode) and marked slow. Schemathesis' pytest plugin does not support
 this pytest version, so operations are enumerated here and each runs its own hypothesis loop.
@@ -19,11 +24,16 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    missing_required_header,
+    negative_data_rejection,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
 from planner_service.api import create_app
+from planner_service.api.schemas import CROSS_FIELD_RULES
+from proto.wire_types import INTEGER_RULE
 from tests.service.service_inputs import SMALL_JOB, SettingsFactory
 
 OPERATIONS = (
@@ -39,7 +49,31 @@ OPERATIONS = (
     "PUT /v1/jobs/{job_id}/profile",
 )
 """Every operation of the API; `test_every_operation_is_fuzzed` fails when the schema gains or loses one."""
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def documented_rejections_only(ctx: object, response: object, case: schemathesis.Case) -> None:
+    """ST202, exactly: a schema-valid request is refused with 422 only for a workload no layout can run
+    (`infeasible`) or for a cross-field rule the API documents (`CROSS_FIELD_RULES`, named by the error's field)."""
+    if case.meta is None or not case.meta.generation.mode.is_positive or response.status_code != 422:  # type: ignore[attr-defined]
+        return
+    body = response.json()  # type: ignore[attr-defined]
+    if body["code"] == "infeasible" or INTEGER_RULE in body["message"]:
+        return  # no layout can run it; or 5.0 for an integer, which JSON Schema allows and the API documents it refuses
+    field = body.get("field") or ""
+    documented = any(field == rule or field.startswith((f"{rule}.", f"{rule}[")) for rule in CROSS_FIELD_RULES)
+    assert documented, f"a schema-valid request was refused for a rule the schema does not state: {body}"
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    negative_data_rejection,
+    missing_required_header,
+    documented_rejections_only,
+]
 
 # Operations without inputs have no invalid variant to generate.
 CASES = [(label, GenerationMode.POSITIVE) for label in OPERATIONS] + [

@@ -84,7 +84,7 @@ class ActivationMemoryProbe:
         if self._cuda:
             return tensor
         key = _storage_key(tensor)
-        if key in self._excluded or key == 0:
+        if key in self._excluded or key == 0 or _is_parameter(tensor):
             return tensor
         entry = self._live.get(key)
         if entry is None:
@@ -124,5 +124,15 @@ class ActivationMemoryProbe:
         return total
 
 
+def _is_parameter(tensor: torch.Tensor) -> bool:
+    """A parameter or a view of one: a model state, not an activation. FSDP2's gathered parameters (which it
+    hands to the layers as views) get new storage at every gather, so a fixed exclusion set cannot name them."""
+    return isinstance(tensor, torch.nn.Parameter) or isinstance(tensor._base, torch.nn.Parameter)
+
+
 def _storage_key(tensor: torch.Tensor) -> int:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tensor, DTensor):  # an FSDP2 parameter: its local shard is what this rank stores
+        tensor = tensor.to_local()
     return tensor.untyped_storage().data_ptr()

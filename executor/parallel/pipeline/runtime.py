@@ -9,24 +9,33 @@ accumulated dK/dV of the chunk's non-final slice, sends the input gradient to st
 chunk's activations and K/V leaves.
 
 Shapes come from the plan: a chunk of T tokens on a lane of SP degree s is (ceil(T/s), hidden) per rank.
+
+The rank's model states hear about every backward op (`BackwardHooks`): the gradient sync of ZeRO-0/1 runs
+during the last one, ZeRO-2's during each. Under ZeRO-3 the rank runs the block's common rounds
+(`executor.parallel.zero.block_rounds`): its own ops, and idle ops of no tokens where a busier lane of its
+block runs a chunk, so that FSDP2's per-chunk collectives line up over the block. Under mixed precision
+the stage's forward runs in bf16 autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from executor.model import DecoderStage
+from executor.model import AttendFn, DecoderStage
 from executor.parallel.pipeline.kv_cache import ChunkKVBinding, SliceKVCache
 from executor.parallel.pipeline.links import StageLinks
 from executor.parallel.pipeline.memory_probe import ActivationMemoryProbe
 from executor.parallel.pipeline.shards import IGNORE_INDEX, TokenSource, chunk_layout, materialize_shard
 from executor.parallel.ulysses import UlyssesAttention
+from executor.parallel.zero.block_rounds import IdleOp, Round
 from executor.role import RankRole
 from proto.plan import Lane
 
@@ -41,6 +50,23 @@ class StageRunSettings:
     device: str
     attention_backend: str
     recv_timeout_s: float
+    compute_dtype: torch.dtype | None = None
+    """bf16 autocast of the forward (mixed precision, ZeRO-0/1/2 on CUDA); None: the parameters' dtype."""
+
+
+class BackwardHooks(Protocol):
+    """The model states' view of the schedule: each backward op, and whether it is the rank's last."""
+
+    def before_backward(self, *, last: bool) -> None: ...
+    def after_backward(self) -> None: ...
+
+
+class _NoHooks:
+    def before_backward(self, *, last: bool) -> None:
+        return None
+
+    def after_backward(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -75,8 +101,12 @@ class StageRuntime:
     tokens: TokenSource
     loss_norm: int
     settings: StageRunSettings
+    hooks: BackwardHooks = field(default_factory=_NoHooks)
+    rounds: Sequence[Round] | None = None
+    """The rounds to run (ZeRO-3); None: the lane's schedule at this stage."""
     _cache: SliceKVCache = field(default_factory=SliceKVCache)
     _in_flight: dict[int, _InFlight] = field(default_factory=dict)
+    _idle: list[torch.Tensor] = field(default_factory=list)
 
     def run(self) -> StageRunResult:
         role, lane = self.role, self.lane
@@ -92,15 +122,22 @@ class StageRuntime:
             exclude=self.module.parameters(), held=self._cache.held_tensors, device=self.settings.device
         )
         local_loss, local_tokens = 0.0, 0
+        rounds = list(lane.schedule[role.stage]) if self.rounds is None else list(self.rounds)
+        backward_at = [i for i, op in enumerate(rounds) if not isinstance(op, IdleOp) and op.kind == "B"]
+        last_backward = max(backward_at, default=-1)
         probe.start()
-        for op in lane.schedule[role.stage]:
-            if op.kind == "F":
-                with probe.forward():
+        for i, op in enumerate(rounds):
+            if isinstance(op, IdleOp):
+                self._idle_round(op.kind)
+            elif op.kind == "F":
+                with probe.forward(), self._autocast():
                     loss, tokens = self._forward(op.chunk, links)
                 local_loss += loss
                 local_tokens += tokens
             else:
+                self.hooks.before_backward(last=i == last_backward)
                 self._backward(op.chunk, links)
+                self.hooks.after_backward()
                 probe.sample()
             if log.isEnabledFor(logging.DEBUG):
                 held, peak = probe.live_bytes, probe.peak_bytes
@@ -110,7 +147,30 @@ class StageRuntime:
             raise RuntimeError(f"rank {role.rank}: chunks {sorted(self._in_flight)} ran forward but never backward")
         if self._cache.keys():
             raise RuntimeError(f"rank {role.rank}: K/V of slices {self._cache.keys()} were never released")
+        assert not self._idle, f"rank {role.rank}: {len(self._idle)} idle forward rounds never ran backward"
         return StageRunResult(local_loss, local_tokens, probe.peak_bytes)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        dtype = self.settings.compute_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.settings.device).type, dtype=dtype)
+
+    def _idle_round(self, kind: str) -> None:
+        """Join a round of the block's busier lanes: a forward / backward of no tokens through the stage,
+        which issues the same per-layer collectives as a chunk and computes nothing."""
+        if kind == "B":
+            out = self._idle.pop(0)
+            torch.autograd.backward(out, torch.zeros_like(out))
+            return
+        spec, device = self.module.spec, self.settings.device
+        if self.role.is_first_stage:
+            inputs = torch.zeros(0, dtype=torch.long, device=device)
+        else:
+            inputs = torch.zeros(0, spec.hidden_size, dtype=self.settings.dtype, device=device, requires_grad=True)
+        positions = torch.zeros(0, dtype=torch.long, device=device)
+        with self._autocast():
+            self._idle.append(self.module(inputs, positions, _no_attention))
 
     def _forward(self, c: int, links: StageLinks) -> tuple[float, int]:
         role, settings = self.role, self.settings
@@ -143,7 +203,7 @@ class StageRuntime:
         else:
             shape = (layout.shard_tokens, self.module.spec.hidden_size)
             inputs = links.recv_activation(c, shape, settings.dtype, settings.device).requires_grad_(True)
-        out = self.module(inputs, shard.positions, attend, recompute)
+        out = self.module(inputs, shard.positions, _opaque(attend), recompute)
         loss_value = 0.0
         if role.is_last_stage:
             out = F.cross_entropy(out, shard.targets, ignore_index=IGNORE_INDEX, reduction="sum") / self.loss_norm
@@ -164,3 +224,19 @@ class StageRuntime:
             assert flight.inputs.grad is not None, f"rank {self.role.rank}: B{c} produced no input gradient"
             links.send_gradient(c, flight.inputs.grad)
         flight.kv.release()
+
+
+def _no_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of an idle round: no tokens, so nothing to attend to. The result still depends on q, k and v:
+    every parameter must get a (zero) gradient, or FSDP2 would reduce-scatter a smaller buffer than its peers."""
+    return q * 0 + (k.sum() + v.sum()) * 0
+
+
+def _opaque(attend: UlyssesAttention) -> AttendFn:
+    """`attend` behind a closure. FSDP2's root pre-forward rebuilds dataclass arguments field by field (to move
+    their tensors), which would hand the layers a copy of the K/V cache whose records are lost."""
+
+    def call(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attend(layer, q, k, v)
+
+    return call

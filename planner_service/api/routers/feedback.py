@@ -6,7 +6,6 @@ from fastapi import APIRouter
 
 from planner_service.api.deps import JobDep, MetricsDep, SolveServiceDep, StoreDep
 from planner_service.api.errors import ApiError
-from planner_service.api.inputs import check_finite, check_step
 from planner_service.api.routers._responses import errors
 from planner_service.api.schemas import FeedbackAccepted
 from proto import Feedback
@@ -20,15 +19,11 @@ async def post_feedback(
 ) -> FeedbackAccepted:
     """Record a step's measured time (a retry replaces the earlier report); it refines the job's profile (online
     calibration), which the job's later plans use."""
-    check_finite(body.model_dump(mode="python"), "")
-    check_step(body.step)
     if body.peak_memory_bytes and len(body.peak_memory_bytes) != job.spec.cluster.num_devices:
         raise ApiError(
             422, "invalid_input", f"peak_memory_bytes has {len(body.peak_memory_bytes)} entries for "
             f"{job.spec.cluster.num_devices} ranks", field="peak_memory_bytes",
         )  # fmt: skip
-    if any(m < 0 for m in body.peak_memory_bytes):
-        raise ApiError(422, "invalid_input", "peak_memory_bytes must be >= 0", field="peak_memory_bytes")
     stored = await service.io(store.get_plan, job.job_id, body.step)
     predicted = None
     if stored is not None:

@@ -15,7 +15,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=errors())
 async def create_job(body: JobCreate, service: SolveServiceDep, store: StoreDep) -> JobPublic:
-    """Register a training job and choose its pipeline degree once (by planning a sample batch for each P)."""
+    """Register a training job and choose its pipeline degree once (by planning a sample batch for each P),
+    within the job's time limit plus the service's margin."""
     job_id = await service.register_job(body)
     return await _job_public(await service.job(job_id), service, store)
 

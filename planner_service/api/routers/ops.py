@@ -22,10 +22,22 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}})
 async def readyz(state: StateDep) -> Health:
-    """Readiness: the store answers a query and at least one strategy is registered."""
-    if state.store is None or state.solve_service is None or not state.store.ping():
-        raise ApiError(503, "not_ready", "the plan store is not open or does not answer")
-    return Health(status="ready", details={"strategies": list(STRATEGIES), "db": state.store.path})
+    """Readiness: the store answers (and no query has found it damaged) and the solve workers run."""
+    store, service = state.store, state.solve_service
+    if store is None or service is None:
+        raise ApiError(503, "not_ready", "the service is starting or stopping")
+    failure = await service.io(store.failure)
+    if failure is not None:
+        raise ApiError(503, "not_ready", f"the plan store fails: {failure}")
+    return Health(
+        status="ready",
+        details={
+            "strategies": list(STRATEGIES),
+            "store": store.dialect.name,
+            "workers": service.pool.size,
+            "queued": service.admission.queued,
+        },
+    )
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

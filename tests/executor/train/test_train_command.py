@@ -102,3 +102,36 @@ def test_unreachable_planner_falls_back_for_every_step(corpus: Path, tmp_path: P
     records = records_of(metrics)
     assert [r["plan_source"] for r in records] == ["fallback"] * 3
     assert all("service failed" in r["fallback_reason"] for r in records)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_init_starts_from_a_hugging_face_checkpoint(corpus: Path, tmp_path: Path) -> None:
+    """`--init DIR` takes the model's shape from DIR/config.json and every stage's weights from its safetensors
+    (P = 2: each rank reads only its stage). With lr 0 one step changes nothing, so the checkpoint written after
+    it must hold exactly the Hugging Face weights (seed 7), not the run's own initialisation (seed 0)."""
+    import torch
+
+    from executor.interop.hf_llama import save_pretrained
+    from executor.model import build_stage
+    from planner_service.presets import MODELS
+    from tests.executor.train.train_cases import final_parameters
+
+    weights = build_stage(MODELS["tiny"], seed=7).state_dict()
+    hf_dir = save_pretrained(weights, MODELS["tiny"], tmp_path / "hf")
+    result = helix(
+        "train", "--cluster", "cpu-2x2", "--init", str(hf_dir), "--data", str(corpus), "--steps", "1",
+        "--lr", "0", "--stages", "2", "--strategy", "greedy", "--batch-size", "4", "--max-len", "128",
+        "--cache-dir", str(tmp_path / "cache"), "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-every", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    params = final_parameters(tmp_path / "ckpt" / "step-00000001", tmp_path)
+    assert set(params) == set(weights)
+    for name, value in weights.items():
+        assert torch.equal(params[name], value), name
+
+
+def test_init_must_be_a_checkpoint_folder(corpus: Path, tmp_path: Path) -> None:
+    result = helix("train", "-c", "cpu-2x2", "--init", str(tmp_path), "--data", str(corpus), timeout=60)
+    assert result.returncode == 2 and "no config.json" in result.stderr, result.stderr

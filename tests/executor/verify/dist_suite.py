@@ -13,7 +13,7 @@ can only have been released by its own receive timeout, never by a peer that gav
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,7 +25,8 @@ from executor.parallel.pipeline.links import ReceiveTimeout
 from executor.parallel.pipeline.shards import chunk_layout
 from executor.parallel.ulysses import UlyssesAttention
 from executor.runner import ExecutorConfig, PlanExecutor
-from executor.verify.equivalence import EquivalenceCase, RankOutcome, run_cases
+from executor.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from executor.verify.equivalence import EquivalenceCase, RankOutcome, StepInput, run_cases
 from executor.verify.synthetic_tokens import SyntheticTokens
 from proto.plan import Chunk, Segment
 
@@ -48,6 +49,18 @@ class SuiteResult:
     """Per check: max abs error of this rank's output rows and q/k/v gradient rows vs whole-chunk attention."""
     outcomes: list[RankOutcome]
     timeout: TimeoutOutcome | None = None
+    resumed: list[ResumeOutcome] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResumeOutcome:
+    """A run checkpointed after one step and resumed into a fresh executor, against the run that went on."""
+
+    case: str
+    loss_diff: float
+    """|loss of the next step, resumed - continued|."""
+    param_diff: float
+    """max |parameter after the next step, resumed - continued| over this rank's stage."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,11 @@ class TimeoutCheck:
 
 
 def run_suite(
-    checks: list[UlyssesCheck], cases: list[EquivalenceCase], out_dir: str, timeout_check: TimeoutCheck | None = None
+    checks: list[UlyssesCheck],
+    cases: list[EquivalenceCase],
+    out_dir: str,
+    timeout_check: TimeoutCheck | None = None,
+    resume_cases: list[EquivalenceCase] | None = None,
 ) -> SuiteResult:
     groups = create_process_groups(cases[0].cluster, {1} | {c.pipeline.num_stages for c in cases})
     rank = dist.get_rank()
@@ -80,10 +97,53 @@ def run_suite(
         lane = next(ranks for ranks in check.layout if rank in ranks)
         errors.append(_ulysses_error(check, lane, groups.get(lane) if len(lane) > 1 else None, rank, seed=i))
     outcomes = run_cases(cases, out_dir, groups)
+    resumed = [_resume(case, groups, Path(out_dir) / f"resume-{case.name}") for case in resume_cases or []]
     if timeout_check is None:
-        return SuiteResult(rank, errors, outcomes)
+        return SuiteResult(rank, errors, outcomes, None, resumed)
     timeout = _stalled_peer(timeout_check, groups, Path(out_dir) / "timeout-check")
-    return SuiteResult(rank, errors, outcomes, timeout)
+    return SuiteResult(rank, errors, outcomes, timeout, resumed)
+
+
+def _resume(case: EquivalenceCase, groups: ProcessGroups, root: Path) -> ResumeOutcome:
+    """Step 0, checkpoint (`helix train`'s DCP format: model, optimizer incl. ZeRO shards), restore into an
+    executor built with other weights, then step 1 on both: the same loss and parameters."""
+    first, second = case.steps[0], case.steps[-1]
+
+    def executor(seed: int) -> PlanExecutor:
+        config = ExecutorConfig(seed=seed, dtype=torch.float64, zero_stage=case.zero_stage)
+        return PlanExecutor(
+            model=case.model, cluster=case.cluster, pipeline=case.pipeline, groups=groups, config=config
+        )
+
+    def step(ex: PlanExecutor, inp: StepInput) -> float:
+        loss = ex.forward_backward(
+            inp.plan, inp.batch, tokens=SyntheticTokens(inp.token_seed, case.model.vocab_size)
+        ).loss
+        ex.optimizer_step()
+        return loss
+
+    going = executor(case.seed)
+    step(going, first)
+    state = TrainState(
+        next_step=1,
+        data_position={},
+        scheduler={},
+        job_id=None,
+        num_stages=case.pipeline.num_stages,
+        world_size=groups.world_size,
+    )
+    path = save_checkpoint(root, state, module=going.module, optimizer=going.optimizer, step=1)
+    resumed = executor(case.seed + 1)
+    load_checkpoint(
+        path,
+        module=resumed.module,
+        optimizer=resumed.optimizer,
+        world_size=groups.world_size,
+        num_stages=case.pipeline.num_stages,
+    )
+    loss_diff = abs(step(going, second) - step(resumed, second))
+    a, b = going.full_parameters(), resumed.full_parameters()
+    return ResumeOutcome(case.name, loss_diff, max(float((a[n] - b[n]).abs().max()) for n in a))
 
 
 STALL_GUARD_S = 120.0

@@ -11,18 +11,11 @@ from typer.testing import CliRunner
 
 from executor.verify.command import register
 from planner_service.presets import resolve_cluster, resolve_model
-from tests.executor.executor_fixtures import make_plan, random_batch
+from tests.executor.executor_fixtures import make_plan, plugin_app, random_batch
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """Keep `verify` a subcommand (a one-command typer app would swallow its name)."""
-
-    register(app)
-    return app
+    return plugin_app(register)
 
 
 STEP_KEYS = {
@@ -76,6 +69,32 @@ def test_verify_forced_pipeline_with_slices() -> None:
     assert all(m > 0 for m in step["peak_activation_bytes"])
     for measured, predicted in zip(step["peak_activation_bytes"], step["predicted_activation_bytes"], strict=True):
         assert 0.8 * predicted <= measured <= 1.3 * predicted
+
+
+TIED_MODEL = Path(__file__).with_name("tiny_tied_model.json")
+"""A 4-layer tiny model with tied embeddings, for `--stages 2` (the presets' tiny model is untied)."""
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_verify_zero3_with_tied_embeddings_across_two_stages() -> None:
+    """`--zero 3` (FSDP2) with a tied-embedding model pipelined over 2 stages, helix plans that slice: exact."""
+    workload = [*WORKLOAD, "--model", str(TIED_MODEL), "--max-len", "160"]
+    result = CliRunner().invoke(
+        _app(), ["verify", *workload, "--strategy", "helix", "--stages", "2", "--zero", "3", "--seed", "2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["steps"][0]["num_stages"] == 2
+    assert report["max_rel_param_err"] <= 1e-9
+
+
+@pytest.mark.timeout(60)
+def test_zero_stage_outside_the_executor_is_a_usage_error() -> None:
+    result = CliRunner().invoke(_app(), ["verify", *WORKLOAD, "--zero", "4"])
+    assert result.exit_code == 2
+    assert "ZeRO stage 4 does not exist" in result.output
 
 
 @pytest.mark.timeout(60)
