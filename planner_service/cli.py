@@ -20,6 +20,7 @@ import typer.exceptions
 from pydantic import ValidationError
 from rich.console import Console
 
+from planner_service.cost_model.profile_document import load_profile_for, read_profile_file
 from planner_service.errors import PlanningError
 from planner_service.planner import make_plan
 from planner_service.presets import PresetError, list_clusters, list_models, resolve_cluster, resolve_model
@@ -111,6 +112,10 @@ TimeLimitOpt = Annotated[
     ),
 ]
 SolverOpt = Annotated[str, typer.Option("--solver", help="Solver backend: cpsat, pulp-cbc, pulp-highs.")]
+ProfileOpt = Annotated[
+    Path | None,
+    typer.Option("--profile", help="Cost profile: a `helix profile` document or a CostProfile JSON (default: preset)."),
+]
 
 
 @app.command("plan")
@@ -128,6 +133,7 @@ def plan_command(
     stages: StagesOpt = None,
     time_limit: TimeLimitOpt = 2.0,
     solver: SolverOpt = "cpsat",
+    profile: ProfileOpt = None,
 ) -> None:
     """Plan one global batch and write the plan as JSON.
 
@@ -141,6 +147,7 @@ def plan_command(
         model=work.model,
         strategy=strategy,
         options=PlanOptions(zero_stage=ZeroStage(zero)),
+        profile=load_profile_for(profile, work.cluster, work.model) if profile else None,
         time_limit_s=time_limit,
         solver=solver,
         num_stages=stages,
@@ -169,6 +176,7 @@ def compare_command(
     zero: ZeroOpt = 0,
     time_limit: TimeLimitOpt = 2.0,
     solver: SolverOpt = "cpsat",
+    profile: ProfileOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")] = False,
 ) -> None:
     """Plan the same batch with several strategies and compare predicted iteration time and memory.
@@ -180,7 +188,8 @@ def compare_command(
     if unknown or not names:
         raise UserError(f"--strategies: unknown {unknown or 'empty list'}; choose from {', '.join(STRATEGIES)}")
     work = load_named_workload(cluster, model, lengths, dataset, batch_size, seed, max_len)
-    report, _ = compare_results(work, names, time_limit, solver, zero)
+    measured = load_profile_for(profile, work.cluster, work.model) if profile else None
+    report, _ = compare_results(work, names, time_limit, solver, zero, profile=measured)
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
@@ -278,6 +287,14 @@ def serve_command(
     db: Annotated[
         str | None, typer.Option("--db", help="SQLite file or postgresql:// URL (default: HELIX_DB).")
     ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            "--profile",
+            help="Cost profile for jobs that bring none (default: HELIX_PROFILE); a `helix profile` document "
+            "applies to its own cluster and model only.",
+        ),
+    ] = None,
 ) -> None:
     """Run the planner service (REST API, plan store, Prometheus /metrics) under uvicorn.
 
@@ -290,10 +307,13 @@ def serve_command(
         from planner_service.api.settings import Settings
     except ImportError as exc:  # the service extra is not installed
         raise UserError(f"helix serve needs the service extra: pip install 'helixtrain[service]' ({exc})") from None
+    overrides = {key: value for key, value in (("db", db), ("profile", profile)) if value is not None}
     try:
-        settings = Settings() if db is None else Settings(db=db)
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise UserError(f"settings: {_first_error(exc)}") from None
+    if settings.profile is not None:
+        read_profile_file(settings.profile)  # a bad file is a one-line error now, not a failed startup
     if settings.token is None and not _is_loopback(host):
         raise UserError(f"--host {host} is not a loopback address; set HELIX_API_TOKEN to serve it with auth")
     import uvicorn

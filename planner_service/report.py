@@ -23,7 +23,7 @@ from planner_service.job_layout import tune_fixed_layout
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.workloads import load_workload
-from proto import Batch, ClusterSpec, ModelSpec, Plan, PlanOptions, ZeroStage
+from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, ZeroStage
 
 JOB_SAMPLE_BATCHES = 3
 """Batches (other seeds of the same source) a `megatron` job is tuned on before the compared batch is planned."""
@@ -81,7 +81,13 @@ def load_named_workload(
 
 
 def job_options(
-    work: Workload, strategy: str, options: PlanOptions, time_limit: float, *, units_only: bool = False
+    work: Workload,
+    strategy: str,
+    options: PlanOptions,
+    time_limit: float,
+    *,
+    units_only: bool = False,
+    profile: CostProfile | None = None,
 ) -> PlanOptions:
     """The options a job running `strategy` plans this batch with: for `megatron`, its fixed layout tuned on
     the job's sample (other batches of the same source), as a user tunes once before training."""
@@ -92,6 +98,7 @@ def job_options(
         model=work.model,
         samples=work.job_sample(),
         options=options,
+        profile=profile,
         time_limit_s=time_limit,
         budget=PlanningBudget.units_only(time_limit) if units_only else None,
     )
@@ -99,19 +106,27 @@ def job_options(
 
 
 def compare_results(
-    work: Workload, strategies: list[str], time_limit: float, solver: str, zero: int, *, units_only: bool = False
+    work: Workload,
+    strategies: list[str],
+    time_limit: float,
+    solver: str,
+    zero: int,
+    profile: CostProfile | None = None,
+    *,
+    units_only: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Plan]]:
-    """The comparison report (the `--json` object) and the plans of the feasible strategies.
+    """The comparison report (the `--json` object) and the plans of the feasible strategies (priced with
+    `profile`, or the preset).
 
     `units_only`: every strategy gets the work units of `time_limit` and no wall-clock net, i.e. what it plans on
     the reference machine whatever this one's load (benchmarks of plan quality)."""
     options = PlanOptions(zero_stage=ZeroStage(zero))
-    ideal = CostModel.from_specs(work.cluster, work.model, options=options).ideal_s(work.batch)
+    ideal = CostModel.from_specs(work.cluster, work.model, profile=profile, options=options).ideal_s(work.batch)
     results = []
     plans: dict[str, Plan] = {}
     for name in strategies:
         try:
-            strategy_options = job_options(work, name, options, time_limit, units_only=units_only)
+            strategy_options = job_options(work, name, options, time_limit, units_only=units_only, profile=profile)
         except PlanningError as exc:
             results.append(result_row(name, None, f"infeasible: {exc}", 0.0, ideal))
             continue
@@ -123,6 +138,7 @@ def compare_results(
                 model=work.model,
                 strategy=name,
                 options=strategy_options,
+                profile=profile,
                 time_limit_s=time_limit,
                 solver=solver,
                 budget=PlanningBudget.units_only(time_limit) if units_only else None,

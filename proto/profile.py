@@ -94,6 +94,19 @@ class CostProfile(BaseModel):
     allreduce_bw_inter: Annotated[
         float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER
     ] = Field(description="Ring all-reduce bus bytes/s across nodes.")
+    allreduce_latency_intra_s: (
+        Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] | None
+    ) = Field(
+        default=None,
+        description="Per ring step of a data-parallel reduction phase inside a node (measured by `helix profile`); "
+        "None: the cluster's intra_node_latency_s.",
+    )
+    allreduce_latency_inter_s: (
+        Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False), AS_FINITE_NUMBER] | None
+    ) = Field(
+        default=None,
+        description="Per step of a reduction phase across nodes; None: the cluster's inter_node_latency_s.",
+    )
     grad_bucket_bytes: Annotated[float, Field(ge=1, le=MAX_BUCKET_BYTES, allow_inf_nan=False), AS_FINITE_NUMBER] = (
         Field(
             default=25 * 2**20,

@@ -10,15 +10,13 @@ checkpoint) exit with code 2 and one line; nothing is started.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from executor.cli_launch import EXIT_USER_ERROR, launch_local_torchrun, under_torchrun, user_error
 from executor.data.corpus import CorpusError, open_corpus
 from executor.data.tokenizer import TokenizerError
 from executor.train.checkpoint import CheckpointError, find_latest_checkpoint
@@ -28,10 +26,6 @@ from proto import ModelSpec, PlanOptions, ZeroStage
 
 log = logging.getLogger(__name__)
 
-EXIT_USER_ERROR = 2
-TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"
-"""Set by torchrun in every worker: its presence means this process is one rank of a launched job."""
-THREADS_PER_RANK_ENV = "HELIX_THREADS_PER_RANK"
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -65,6 +59,9 @@ def train_command(
     plan_deadline: Annotated[
         float | None, typer.Option("--plan-deadline", min=0.1, help="Wait this long for the service (s).")
     ] = None,
+    profile: Annotated[
+        Path | None, typer.Option("--profile", help="Cost profile (`helix profile` document or CostProfile JSON).")
+    ] = None,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate.")] = 3e-3,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Warm-up steps.")] = 10,
     grad_clip: Annotated[float, typer.Option("--grad-clip", min=0.0, help="Global norm clip (0: off).")] = 1.0,
@@ -92,11 +89,17 @@ def train_command(
     Example: helix train --cluster cpu-2x2 --model tiny --data corpus/ --planner http://127.0.0.1:8000
     --strategy helix --steps 6 --batch-size 8 --max-len 2048 --seed 1 --metrics run.jsonl
     """
+    from planner_service.cost_model.profile_document import ProfileFileError, load_profile_for
     from planner_service.presets import resolve_cluster
 
+    cluster_spec, model_spec = resolve_cluster(cluster), _model(model, init)
+    try:
+        measured = load_profile_for(profile, cluster_spec, model_spec) if profile is not None else None
+    except ProfileFileError as exc:
+        raise user_error(str(exc), param_hint="--profile") from None
     config = TrainConfig(
-        cluster=resolve_cluster(cluster),
-        model=_model(model, init),
+        cluster=cluster_spec,
+        model=model_spec,
         init=init,
         data=data,
         tokenizer=tokenizer,
@@ -113,6 +116,7 @@ def train_command(
         options=PlanOptions(zero_stage=ZeroStage(zero)),
         stages=stages,
         plan_deadline_s=plan_deadline,
+        profile=measured,
         lr=lr,
         warmup_steps=warmup,
         grad_clip=grad_clip,
@@ -134,16 +138,9 @@ def train_command(
         raise user_error(str(exc), param_hint="--data") from None
     if config.resume == "must" and find_latest_checkpoint(config.checkpoint_dir) is None:  # type: ignore[arg-type]
         raise user_error(f"no complete checkpoint in {config.checkpoint_dir}", param_hint="--resume")
-    if os.environ.get(TORCHRUN_ENV):
+    if under_torchrun():
         raise typer.Exit(_run_rank(config))
     raise typer.Exit(_launch_local(config, nproc_per_node or config.cluster.num_devices, max_restarts))
-
-
-def user_error(message: str, param_hint: str | None = None) -> typer.Exit:
-    """Print `error: HINT: MESSAGE` on stderr and return the exit (code 2) to raise: one line, no traceback."""
-    where = f"{param_hint}: " if param_hint else ""
-    Console(stderr=True, soft_wrap=True).print(f"error: {where}{message}", highlight=False, markup=False)
-    return typer.Exit(EXIT_USER_ERROR)
 
 
 def _run_rank(config: TrainConfig) -> int:
@@ -171,33 +168,11 @@ def _run_rank(config: TrainConfig) -> int:
 
 
 def _launch_local(config: TrainConfig, nproc: int, max_restarts: int) -> int:
-    """torchrun on this machine, one process per local rank, each re-running this command as a rank.
-
-    When a rank dies, torchrun stops the others (they would otherwise wait in a collective) and either restarts
-    them all (`--max-restarts`; with `--auto-resume` they continue from the latest checkpoint) or exits."""
-    args = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else sys.argv[1:]
-    threads = os.environ.get(THREADS_PER_RANK_ENV) or str(max(1, (os.cpu_count() or 1) // nproc))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc}",
-        "--standalone",
-        f"--max-restarts={max_restarts}",
-        "-m",
-        "executor.train",
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": threads}
-    log.info("launching %d local ranks: %s", nproc, " ".join(command))
-    code = subprocess.run(command, env=env, check=False).returncode
-    if code not in (0, EXIT_USER_ERROR):
-        Console(stderr=True, soft_wrap=True).print(
-            f"error: training stopped: a rank failed (torchrun exit code {code}); its error is reported above",
-            highlight=False,
-            markup=False,
-        )
-    return code
+    """torchrun on this machine, one process per local rank, each re-running this command as a rank (with
+    `--auto-resume`, `--max-restarts` restarts continue from the latest checkpoint)."""
+    return launch_local_torchrun(
+        module="executor.train", command="train", nproc=nproc, max_restarts=max_restarts, activity="training"
+    )
 
 
 def _model(name: str | None, init: Path | None) -> ModelSpec:

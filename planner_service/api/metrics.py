@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+ERROR_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 RATIO_BUCKETS = (0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0)
 
 
@@ -66,6 +67,26 @@ class ServiceMetrics:
         )
         self.last_ratio = Gauge(
             "helix_last_measured_to_predicted_ratio", "Latest measured / predicted ratio (any job).", registry=r
+        )
+        self.calibration_observations = Counter(
+            "helix_calibration_observations", "Feedback reports taken into online calibration.", registry=r
+        )
+        self.calibrated_profiles = Counter(
+            "helix_calibrated_profiles", "Refined profiles stored by online calibration.", registry=r
+        )
+        self.step_time_mape = Gauge(
+            "helix_step_time_mape",
+            "Mean |predicted - measured| / measured step time over the last steps of the job that reported last, "
+            "by profile: base (before calibration), calibrated (after, out of sample), planned (the plans' own).",
+            ["profile"],
+            registry=r,
+        )
+        self.prediction_error = Histogram(
+            "helix_step_time_relative_error",
+            "|predicted / measured - 1| of each observed step, by profile (base or calibrated).",
+            ["profile"],
+            buckets=ERROR_BUCKETS,
+            registry=r,
         )
 
     def solve_count(self, kind: str) -> float:

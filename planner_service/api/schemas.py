@@ -1,9 +1,10 @@
 """Request and response bodies of the planner service that are not in `proto` (job resources).
 
-Plain pydantic + `proto` + the names this build serves (strategies, solver backends, presets), so the typed
-client (and the executor through it) can import them without FastAPI. Every number is exact (no string,
-float or boolean coercion) and bounded; names are enums. The schema states each rule the service enforces;
-the rules a JSON Schema cannot express are listed in `CROSS_FIELD_RULES` and in the descriptions.
+Plain pydantic + `proto` + the names this build serves (strategies, solver backends, presets) and the
+pydantic-only calibration summary, so the typed client (and the executor through it) can import them without
+FastAPI. Every number is exact (no string, float or boolean coercion) and bounded; names are enums. The schema
+states each rule the service enforces; the rules a JSON Schema cannot express are listed in `CROSS_FIELD_RULES`
+and in the descriptions.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from planner_service.calibration.summary import CalibrationSummary
 from planner_service.presets import CLUSTERS, MODELS
 from planner_service.solvers.integer_program import BACKENDS
 from planner_service.strategies.registry import STRATEGIES
@@ -178,6 +180,9 @@ class JobPublic(BaseModel):
     counts: JobCounts = Field(default_factory=JobCounts)
     profile_version: int | None = Field(default=None, description="Latest PUT profile version, if any.")
     latest_error: PredictionError | None = None
+    calibration: CalibrationSummary | None = Field(
+        default=None, description="Online calibration from this job's feedback (None until a stored plan's feedback)."
+    )
 
 
 class StepPlanRequest(BaseModel):

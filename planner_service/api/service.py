@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from planner_service.api.admission import AdmissionQueue, Busy
+from planner_service.api.calibration import JobCalibrations
 from planner_service.api.errors import ApiError
 from planner_service.api.inputs import check_sequence_count, check_sequence_stages, job_spec_of
 from planner_service.api.metrics import ServiceMetrics
@@ -35,6 +36,13 @@ from planner_service.api.schemas import JobCreate, JobDecisions, JobSpec, PlanCr
 from planner_service.api.settings import Settings
 from planner_service.api.solve_pool import SolveCrashed, SolveDeadline, SolveOutcome, SolvePool, SolveTimeout
 from planner_service.api.solve_tasks import DecisionTask, PlanResult, PlanTask, SolveFn, SolveTask
+from planner_service.calibration.calibrator import CalibrationSettings
+from planner_service.cost_model.profile_document import (
+    ProfileDocument,
+    ProfileFileError,
+    check_matches,
+    read_profile_file,
+)
 from planner_service.errors import PlanningError
 from planner_service.pipeline_degree import SyntheticSample, check_fixed_degree
 from planner_service.store import JobRecord, PlanConflictError, PlanRecord, PlanStore
@@ -109,6 +117,20 @@ class SolveService:
         self._owner = f"{uuid.uuid4().hex[:16]}"
         self._in_flight: dict[tuple[str, int], tuple[str, asyncio.Task[tuple[ServedPlan, PlanSource]]]] = {}
         self._jobs: dict[str, RegisteredJob] = {}
+        self.calibrations = JobCalibrations(
+            store=store,
+            metrics=metrics,
+            settings=CalibrationSettings(window=settings.calibration_window),
+            enabled=settings.calibrate,
+        )
+        self._default_profile = read_profile_file(settings.profile) if settings.profile is not None else None
+
+    def default_profile(self, spec: JobSpec) -> CostProfile | None:
+        """`helix serve --profile`'s profile when it applies to this cluster and model, else None."""
+        if self._default_profile is None:
+            return None
+        profile, doc = self._default_profile
+        return profile if _document_matches(doc, spec) else None
 
     def close(self) -> None:
         self.pool.close()
@@ -164,7 +186,8 @@ class SolveService:
         spec = job_spec_of(req, self.settings)
         check_sequence_count(len(req.batch.lengths), self.settings, "batch.lengths")
         started = time.perf_counter()
-        task = PlanTask(kind="stateless", spec=spec, batch=req.batch, profile=req.profile, solve_fn=self.solve_fn)
+        profile = req.profile or self.default_profile(spec)
+        task = PlanTask(kind="stateless", spec=spec, batch=req.batch, profile=profile, solve_fn=self.solve_fn)
         try:
             result = await self.solve_plan(task, STATELESS_KEY)
         except PlanningError as exc:
@@ -179,14 +202,15 @@ class SolveService:
         spec = job_spec_of(req, self.settings)
         if req.sample_lengths is not None:
             check_sequence_count(len(req.sample_lengths), self.settings, "sample_lengths")
-        decisions = await self._decide(spec, req)
+        profile = req.profile or self.default_profile(spec)
+        decisions = await self._decide(spec, req, profile)
         job_id = f"job_{uuid.uuid4().hex[:20]}"
         await self.io(self.store.create_job, job_id, spec.model_dump(mode="json"), decisions.model_dump(mode="json"))
-        if req.profile is not None:
-            await self.io(self.store.put_profile, job_id, req.profile.model_dump(mode="json"))
+        if profile is not None:
+            await self.io(self.store.put_profile, job_id, profile.model_dump(mode="json"))
         return job_id
 
-    async def _decide(self, spec: JobSpec, req: JobCreate) -> JobDecisions:
+    async def _decide(self, spec: JobSpec, req: JobCreate, profile: CostProfile | None) -> JobDecisions:
         """P fixed by the caller (checked, no solve), else the library's decision in a worker, under the
         same deadline as a plan (its greedy decision answers when the strategy's trials overrun)."""
         if req.num_stages is not None:
@@ -201,7 +225,7 @@ class SolveService:
             synthetic=SyntheticSample(
                 dataset=self.settings.default_sample_dataset, size=self.settings.default_sample_size
             ),
-            profile=req.profile,
+            profile=profile,
             solve_fn=self.solve_fn,
             max_sequence_stages=self.settings.max_sequence_stages,
         )
@@ -321,6 +345,14 @@ class SolveService:
         if stored.plan_gz == result.plan_gz:
             return ServedPlan(result.plan_gz, result.plan_json)
         return ServedPlan.of_record(stored)  # another process stored the step first (its claim had expired)
+
+
+def _document_matches(doc: ProfileDocument | None, spec: JobSpec) -> bool:
+    try:
+        check_matches(doc, spec.cluster, spec.model, source="the service's profile")
+    except ProfileFileError:
+        return False
+    return True
 
 
 def _step_conflict(job_id: str, step: int) -> ApiError:

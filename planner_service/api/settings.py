@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     default_sample_dataset: str = Field(
         default="github", description="Synthetic corpus of that sample (see planner_service.workloads)."
     )
+    profile: Path | None = Field(
+        default=None,
+        description="A cost profile for jobs and stateless requests that bring none (`helix serve --profile`): a "
+        "`helix profile` document applies to the cluster and model it was measured for, a bare CostProfile to all.",
+    )
+    calibrate: bool = Field(default=True, description="Refine each job's profile online from its step feedback.")
+    calibration_window: int = Field(default=32, ge=1, le=4096, description="Most recent steps calibration fits.")
     keep_last_steps: int | None = Field(
         default=1024, ge=1, description="Plans kept per job (the most recent steps); older ones answer 410 gone."
     )

@@ -265,8 +265,8 @@ class CostModel:
             self.stage_group(stage, pipeline),
             self.collective_calls(stage, pipeline),
             profile=self.profile,
-            intra_latency_s=self.cluster.intra_node_latency_s,
-            inter_latency_s=self.cluster.inter_node_latency_s,
+            intra_latency_s=_or(self.profile.allreduce_latency_intra_s, self.cluster.intra_node_latency_s),
+            inter_latency_s=_or(self.profile.allreduce_latency_inter_s, self.cluster.inter_node_latency_s),
         )
 
     def grad_sync_s(self, stage: int, pipeline: PipelineSpec) -> float:
@@ -347,6 +347,11 @@ class CostModel:
     def dp_size(self, pipeline: PipelineSpec) -> int:
         """Devices holding one stage (the stage block, N / P): its data-parallel degree."""
         return self.topology(pipeline).stage_block_size
+
+
+def _or(measured: float | None, default: float) -> float:
+    """A profile's measured value, else the cluster's."""
+    return default if measured is None else measured
 
 
 def _shape_of(chunk: Chunk | ChunkShape | int) -> ChunkShape:

@@ -26,6 +26,8 @@ LAYERS = {
     "executor.runner": 2,
     "executor.verify": 3,
     "executor.train": 3,  # the training loop: data + step driver, beside verification (neither imports the other)
+    "executor.profile": 3,  # helix profile: layer, collectives and whole steps timed on the job's devices
+    "executor.cli_launch": 3,  # one-line user errors and the local torchrun of the helix commands
 }
 """Module prefix -> layer: kernels and data, parallel runtimes, step driver, verification and training."""
 

@@ -32,8 +32,10 @@ def test_client_against_live_server_and_restart_survival(
             job.job_id, Feedback(step=0, plan_id=plan.plan_id, measured_iteration_s=plan.predicted.iteration_s * 0.9)
         )
         assert accepted.ratio is not None and abs(accepted.ratio - 0.9) < 1e-9
+        calibrated = client.get_job(job.job_id)  # the feedback's 10% error was calibrated into profile version 1
+        assert calibrated.profile_version == 1 and calibrated.calibration is not None
         profile = CostModel.from_specs(CLUSTERS["cpu-2x2"], MODELS["tiny"]).profile
-        assert client.put_profile(job.job_id, profile).version == 1
+        assert client.put_profile(job.job_id, profile).version == 2
         with pytest.raises(PlannerApiError) as err:
             client.plan_for_step(job.job_id, 0, [*LENGTHS, 1])
         assert (err.value.status, err.value.code, err.value.field) == (409, "conflict", "lengths")
@@ -52,7 +54,7 @@ def test_client_against_live_server_and_restart_survival(
         assert client.get_plan_bytes(job.job_id, 0) == raw
         again = client.get_job(job.job_id)
         assert again.decisions == job.decisions
-        assert again.counts.plans == 1 and again.counts.feedback == 1 and again.profile_version == 1
+        assert again.counts.plans == 1 and again.counts.feedback == 1 and again.profile_version == 2
         assert again.latest_error is not None and again.latest_error.step == 0
         assert client.plan_bytes_for_step(job.job_id, 0, LENGTHS) == raw  # still idempotent after restart
 

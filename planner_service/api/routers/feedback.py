@@ -17,7 +17,8 @@ router = APIRouter(prefix="/jobs/{job_id}/feedback", tags=["feedback"])
 async def post_feedback(
     body: Feedback, job: JobDep, service: SolveServiceDep, store: StoreDep, metrics: MetricsDep
 ) -> FeedbackAccepted:
-    """Record a step's measured time (a retry replaces the earlier report) for prediction-error tracking."""
+    """Record a step's measured time (a retry replaces the earlier report); it refines the job's profile (online
+    calibration), which the job's later plans use."""
     if body.peak_memory_bytes and len(body.peak_memory_bytes) != job.spec.cluster.num_devices:
         raise ApiError(
             422, "invalid_input", f"peak_memory_bytes has {len(body.peak_memory_bytes)} entries for "
@@ -45,4 +46,14 @@ async def post_feedback(
     if ratio is not None:
         metrics.predicted_ratio.observe(ratio)
         metrics.last_ratio.set(ratio)
+    if stored is not None:
+        spec = job.spec
+        await service.calibrations.observe(
+            job_id=job.job_id,
+            cluster=spec.cluster,
+            model=spec.model,
+            options=spec.options,
+            plan_json=stored.plan_json,
+            feedback=body,
+        )
     return FeedbackAccepted(job_id=job.job_id, step=body.step, ratio=ratio)

@@ -23,7 +23,8 @@ async def create_job(body: JobCreate, service: SolveServiceDep, store: StoreDep)
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors(404))
 async def read_job(job: JobDep, service: SolveServiceDep, store: StoreDep) -> JobPublic:
-    """A job with its decisions, stored counts and the latest measured-vs-predicted error."""
+    """A job with its decisions, stored counts, the latest measured-vs-predicted error and its calibration (errors
+    over the last steps before and after calibration)."""
     return await _job_public(job, service, store)
 
 
@@ -57,4 +58,5 @@ async def _job_public(job: RegisteredJob, service: SolveService, store: PlanStor
         counts=JobCounts(**counts),
         profile_version=profile[0] if profile else None,
         latest_error=error,
+        calibration=service.calibrations.summary(job.job_id),
     )

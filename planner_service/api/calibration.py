@@ -1,0 +1,132 @@
+"""The service's online calibration: one `Calibrator` per job, fed by step feedback, storing refined profiles.
+
+Flow: `POST /v1/jobs/{id}/feedback` for a stored plan -> `observe` re-simulates the plan at the job's current
+calibration (off the event loop) and refits; when the refined profile moved by more than `min_change` from the
+last stored one it is stored as the job's next profile version, which every later plan of the job is made with
+(`SolveService._plan_step` reads the latest version). `PUT /v1/jobs/{id}/profile` restarts calibration from the
+new profile. The calibrators live in memory: after a restart calibration resumes from the latest stored profile
+(the last refinement), with an empty window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from dataclasses import dataclass
+
+from planner_service.api.metrics import ServiceMetrics
+from planner_service.calibration.calibrator import CalibrationSettings, Calibrator
+from planner_service.calibration.summary import CalibrationSummary
+from planner_service.store import PlanStore
+from proto import ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions
+
+MIN_PROFILE_CHANGE = 0.02
+"""A refined profile is stored when a group scale moved by more than this fraction since the last stored one:
+fewer profile versions than feedback reports, and every one that changes plans by more than noise."""
+
+
+@dataclass
+class _JobCalibration:
+    calibrator: Calibrator
+    generation: int
+    stored_scales: dict[str, float]
+    stored_version: int | None = None
+
+
+class JobCalibrations:
+    """Per-job calibrators of one service process (thread-safe: observations run in worker threads)."""
+
+    def __init__(
+        self,
+        *,
+        store: PlanStore,
+        metrics: ServiceMetrics,
+        settings: CalibrationSettings | None = None,
+        enabled: bool = True,
+        min_change: float = MIN_PROFILE_CHANGE,
+    ) -> None:
+        self.store, self.metrics, self.enabled, self.min_change = store, metrics, enabled, min_change
+        self.settings = settings or CalibrationSettings()
+        self._jobs: dict[str, _JobCalibration] = {}
+        self._generations: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    async def observe(
+        self, *, job_id: str, cluster: ClusterSpec, model: ModelSpec, options: PlanOptions, plan_json: bytes,
+        feedback: Feedback,
+    ) -> None:  # fmt: skip
+        """Refine the job's profile with one step's feedback (no-op when calibration is off)."""
+        if not self.enabled:
+            return
+        work = functools.partial(self._observe_sync, job_id, cluster, model, options, plan_json, feedback)
+        await asyncio.get_running_loop().run_in_executor(None, work)
+
+    def reset(self, job_id: str) -> None:
+        """A new profile was PUT: the next feedback starts calibrating from it."""
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            self._generations[job_id] = self._generations.get(job_id, 0) + 1
+
+    def summary(self, job_id: str) -> CalibrationSummary | None:
+        with self._lock:
+            entry = self._jobs.get(job_id)
+        if entry is None:
+            return None
+        return entry.calibrator.summary(profile_version=entry.stored_version)
+
+    # --- internals -----------------------------------------------------------------------------------------------
+
+    def _entry(self, job_id: str, cluster: ClusterSpec, model: ModelSpec, options: PlanOptions) -> _JobCalibration:
+        with self._lock:
+            entry = self._jobs.get(job_id)
+            generation = self._generations.get(job_id, 0)
+        if entry is not None:
+            return entry
+        latest = self.store.latest_profile(job_id)
+        base = CostProfile.model_validate(latest[1]) if latest else None
+        calibrator = Calibrator(cluster=cluster, model=model, base=base, options=options, settings=self.settings)
+        fresh = _JobCalibration(calibrator, generation, dict(calibrator.scales))
+        with self._lock:
+            if self._generations.get(job_id, 0) != generation:
+                return fresh  # a PUT raced this creation: use it once, keep nothing
+            return self._jobs.setdefault(job_id, fresh)
+
+    def _observe_sync(
+        self,
+        job_id: str,
+        cluster: ClusterSpec,
+        model: ModelSpec,
+        options: PlanOptions,
+        plan_json: bytes,
+        feedback: Feedback,
+    ) -> None:
+        entry = self._entry(job_id, cluster, model, options)
+        plan = Plan.model_validate_json(plan_json)
+        profile = entry.calibrator.observe(plan, feedback)
+        self.metrics.calibration_observations.inc()
+        self._export_errors(entry)
+        scales = entry.calibrator.scales
+        moved = max(abs(scales[g] / entry.stored_scales.get(g, 1.0) - 1.0) for g in scales)
+        if moved <= self.min_change:
+            return
+        with self._lock:
+            if self._generations.get(job_id, 0) != entry.generation:
+                return  # the user PUT another profile meanwhile: theirs wins
+            entry.stored_version = self.store.put_profile(job_id, profile.model_dump(mode="json"))
+            entry.stored_scales = scales
+        self.metrics.calibrated_profiles.inc()
+
+    def _export_errors(self, entry: _JobCalibration) -> None:
+        summary = entry.calibrator.summary()
+        for label, value in (
+            ("base", summary.step_time_mape_base),
+            ("calibrated", summary.step_time_mape_calibrated),
+            ("planned", summary.step_time_mape_planned),
+        ):
+            if value is not None:
+                self.metrics.step_time_mape.labels(profile=label).set(value)
+        if summary.recent:
+            last = summary.recent[-1]
+            for label, predicted in (("base", last.base_s), ("calibrated", last.calibrated_s)):
+                self.metrics.prediction_error.labels(profile=label).observe(abs(predicted / last.measured_s - 1.0))

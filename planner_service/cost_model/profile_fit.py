@@ -1,0 +1,545 @@
+"""Fit `CostProfile` coefficients to `helix profile` measurements by least squares, and say how well each fits.
+
+Each fit is the cost model's own formula (`compute_model`, `comm_model`) solved for its coefficients:
+
+1. layer forward  t_f = a2·P + a1·T + b                    (P = Σ((C+L)^2 − C^2), T tokens)   -> a2, a1, b
+2. layer backward t_b = k_attn·(a2·P) + k_lin·(a1·T + b)                                     -> k_attn, k_lin
+3. LM head + loss t_h = h·T                                                                  -> head_s_per_token
+4. Ulysses layer  t = bytes·(k−1)/(s−1)/bw_intra + 4·lat_intra          (group inside a node) -> alltoall intra
+                  t = bytes·(s−k)/(s−1)/bw_inter + 4·lat_inter          (group across nodes)  -> alltoall inter
+5. p2p            t = bytes/bw + lat                                                          -> p2p intra / inter
+6. DP reductions  hierarchical phases (`comm_model.hierarchical_phase_links`), 2 per all-reduce,
+                  1 per reduce-scatter, with a free per-step latency term                    -> allreduce intra / inter
+7. memory         bytes saved per token (slope over token counts), bytes per parameter of the training state
+
+Every fit minimises *relative* residuals (rows divided by the measured value: short and long calls count alike)
+under non-negativity, solved exactly (`nonnegative_least_squares`). Each fit's error is then recomputed with the
+cost model's own functions on the fitted profile, so the reported error is the error the planner will see on
+those calls. A coefficient without measurements keeps the base (preset) value, and the report says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner_service.cost_model import comm_model, compute_model
+from planner_service.cost_model.profile_measurements import CollectiveTiming, MemorySample, ProfileMeasurements
+from planner_service.cost_model.profile_presets import preset_profile, ulysses_extra_bytes_per_token_layer
+from proto import ClusterSpec, CostProfile, ModelSpec
+
+BACKWARD_FACTOR_BOUNDS = (0.5, 5.0)
+"""`CostProfile`'s bounds on the backward/forward factors: a fitted factor outside them is clipped and flagged."""
+
+MAX_COLUMNS = 4
+"""`nonnegative_least_squares` tries every support, which is exact and cheap up to a few columns."""
+
+
+class FitReport(BaseModel):
+    """One least-squares fit: what it set, on how many rows, and its relative error on those rows."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    coefficients: dict[str, float] = Field(default_factory=dict)
+    rows: int = Field(ge=0)
+    rms_relative_error: float | None = Field(default=None, ge=0, description="sqrt(mean(((pred − meas)/meas)^2)).")
+    max_relative_error: float | None = Field(default=None, ge=0)
+    note: str = ""
+
+
+class Efficiency(BaseModel):
+    """Achieved FLOP/s of the layer's GEMMs and attention (forward) over the device's peak."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    peak_flops: float = Field(gt=0, description="The peak compared against: ClusterSpec.peak_flops.")
+    peak_source: str
+    gemm_flops_per_s: float | None = None
+    gemm_efficiency: float | None = Field(default=None, description="gemm_flops_per_s / peak_flops (MFU of GEMMs).")
+    attention_flops_per_s: float | None = None
+    attention_efficiency: float | None = None
+    measured_gemm_peak_flops: float | None = Field(
+        default=None, description="A large square GEMM's rate on one device under the run's concurrency."
+    )
+    gemm_fraction_of_measured_peak: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileFit:
+    """The fitted profile, one report per fit, and the measured efficiency."""
+
+    profile: CostProfile
+    fits: tuple[FitReport, ...]
+    efficiency: Efficiency
+
+
+def nonnegative_least_squares(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """argmin ||a·x − y||² subject to x ≥ 0, exactly.
+
+    The optimum is the unconstrained least-squares solution on some support (the columns with x > 0) that is
+    itself non-negative; trying every support and keeping the best feasible one finds it. With at most
+    `MAX_COLUMNS` columns that is at most 15 small solves.
+    """
+    rows, cols = a.shape
+    assert cols <= MAX_COLUMNS, f"{cols} columns: enumerating supports is only meant for <= {MAX_COLUMNS}"
+    assert rows == y.shape[0], f"{rows} rows but {y.shape[0]} targets"
+    best = np.zeros(cols)
+    best_residual = float(y @ y)
+    for size in range(1, cols + 1):
+        for support in itertools.combinations(range(cols), size):
+            sub = a[:, support]
+            x, *_ = np.linalg.lstsq(sub, y, rcond=None)
+            if np.any(x < 0):
+                continue
+            residual = float(np.sum((sub @ x - y) ** 2))
+            if residual < best_residual - 1e-18 * max(best_residual, 1.0):
+                best_residual = residual
+                best = np.zeros(cols)
+                best[list(support)] = x
+    return best
+
+
+def relative_fit(columns: Sequence[Sequence[float]], measured: Sequence[float]) -> np.ndarray:
+    """Non-negative least squares on relative residuals: row i divided by measured[i]."""
+    y = np.asarray(measured, dtype=float)
+    a = np.asarray(columns, dtype=float).T
+    if a.ndim == 1:
+        a = a[:, None]
+    return nonnegative_least_squares(a / y[:, None], np.ones_like(y))
+
+
+def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> tuple[float | None, float | None]:
+    """(rms, max) of |predicted − measured| / measured; (None, None) without rows."""
+    if not measured:
+        return None, None
+    p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    rel = np.abs(p - m) / m
+    return float(np.sqrt(np.mean(rel**2))), float(np.max(rel))
+
+
+def _report(
+    name: str, coefficients: dict[str, float], predicted: Sequence[float], measured: Sequence[float], note: str = ""
+) -> FitReport:
+    rms, worst = relative_errors(predicted, measured)
+    return FitReport(
+        name=name,
+        coefficients=coefficients,
+        rows=len(measured),
+        rms_relative_error=rms,
+        max_relative_error=worst,
+        note=note,
+    )
+
+
+def _unmeasured(name: str, fields: Sequence[str], why: str) -> FitReport:
+    return FitReport(
+        name=name, rows=0, note=f"not measured ({why}): {', '.join(fields)} keep the base profile's values"
+    )
+
+
+# --- compute -----------------------------------------------------------------------------------------------------
+
+
+def _fit_compute(m: ProfileMeasurements, base: CostProfile) -> tuple[dict[str, Any], list[FitReport]]:
+    rows = m.layer
+    if not rows:
+        fields = ["attn_s_per_token2", "linear_s_per_token", "layer_overhead_s"]
+        return {}, [_unmeasured("layer forward", fields, "no layer timings")]
+    pairs = [r.attn_pairs for r in rows]
+    tokens = [float(r.num_tokens) for r in rows]
+    a2, a1, b = relative_fit([pairs, tokens, [1.0] * len(rows)], [r.forward_s for r in rows])
+    update: dict[str, Any] = {"attn_s_per_token2": a2, "linear_s_per_token": a1, "layer_overhead_s": b}
+    fitted = base.model_copy(update=update)
+
+    def forward(r: Any, p: CostProfile) -> float:
+        return compute_model.layer_forward_s(p, attn_pairs=r.attn_pairs, num_tokens=r.num_tokens, sp_degree=1)
+
+    def backward(r: Any, p: CostProfile) -> float:
+        return compute_model.layer_backward_s(p, attn_pairs=r.attn_pairs, num_tokens=r.num_tokens, sp_degree=1)
+
+    reports = [
+        _report(
+            "layer forward",
+            {"attn_s_per_token2": a2, "linear_s_per_token": a1, "layer_overhead_s": b},
+            [forward(r, fitted) for r in rows],
+            [r.forward_s for r in rows],
+        )
+    ]
+    attention = [a2 * p for p in pairs]
+    linear = [a1 * t + b for t in tokens]
+    k_attn, k_lin = relative_fit([attention, linear], [r.backward_s for r in rows])
+    lo, hi = BACKWARD_FACTOR_BOUNDS
+    note: list[str] = []
+    if a2 <= 0 or k_attn <= 0:
+        k_attn = base.attention_backward_to_forward
+        note.append("attention term not identified: k_attn kept")
+    if k_lin <= 0:
+        k_lin = base.linear_backward_to_forward
+        note.append("linear term not identified: k_lin kept")
+    clipped = {name: float(np.clip(v, lo, hi)) for name, v in (("k_attn", k_attn), ("k_lin", k_lin))}
+    note += [
+        f"{name} {v:.2f} clipped to [{lo}, {hi}]"
+        for name, v in (("k_attn", k_attn), ("k_lin", k_lin))
+        if not lo <= v <= hi
+    ]
+    update |= {"attention_backward_to_forward": clipped["k_attn"], "linear_backward_to_forward": clipped["k_lin"]}
+    fitted = base.model_copy(update=update)
+    reports.append(
+        _report(
+            "layer backward",
+            {"attention_backward_to_forward": clipped["k_attn"], "linear_backward_to_forward": clipped["k_lin"]},
+            [backward(r, fitted) for r in rows],
+            [r.backward_s for r in rows],
+            "; ".join(note),
+        )
+    )
+    recompute = [r for r in rows if r.recompute_backward_s is not None]
+    if recompute:
+        reports.append(
+            _report(
+                "recompute (backward + one forward)",
+                {},
+                [backward(r, fitted) + forward(r, fitted) for r in recompute],
+                [r.recompute_backward_s for r in recompute if r.recompute_backward_s is not None],
+                "a check of the cost model's recompute charge, no coefficient",
+            )
+        )
+    if m.head:
+        (head,) = relative_fit([[float(h.num_tokens) for h in m.head]], [h.forward_s for h in m.head])
+        update["head_s_per_token"] = head
+        reports.append(
+            _report(
+                "LM head + loss forward",
+                {"head_s_per_token": head},
+                [head * h.num_tokens for h in m.head],
+                [h.forward_s for h in m.head],
+            )
+        )
+        reports.append(
+            _report(
+                "LM head + loss backward (k_lin x forward)",
+                {},
+                [clipped["k_lin"] * head * h.num_tokens for h in m.head],
+                [h.backward_s for h in m.head],
+                "a check: the cost model prices the head's backward at k_lin x its forward",
+            )
+        )
+    else:
+        reports.append(_unmeasured("LM head + loss forward", ["head_s_per_token"], "no head timings"))
+    return update, reports
+
+
+# --- collectives -------------------------------------------------------------------------------------------------
+
+
+def _fit_ulysses(
+    rows: list[CollectiveTiming], model: ModelSpec, base: CostProfile
+) -> tuple[dict[str, Any], list[FitReport]]:
+    update: dict[str, Any] = {}
+    reports: list[FitReport] = []
+    intra = [r for r in rows if r.nodes == 1 and r.group_size > 1]
+    inter = [r for r in rows if r.nodes > 1]
+    calls = comm_model.ALLTOALLS_PER_LAYER
+    if intra:
+        x = [r.num_bytes * (r.per_node - 1) / (r.group_size - 1) for r in intra]
+        slope, latency = relative_fit([x, [float(calls)] * len(intra)], [r.seconds for r in intra])
+        update |= _bandwidth_and_latency(slope, latency, "alltoall_bw_intra", "alltoall_latency_intra_s")
+    else:
+        reports.append(_unmeasured("all-to-all inside a node", ["alltoall_bw_intra"], "no SP group inside a node"))
+    intra_bw = update.get("alltoall_bw_intra", base.alltoall_bw_intra)
+    if inter:
+        x = [r.num_bytes * (r.group_size - r.per_node) / (r.group_size - 1) for r in inter]
+        slope, latency = relative_fit([x, [float(calls)] * len(inter)], [r.seconds for r in inter])
+        update |= _bandwidth_and_latency(slope, latency, "alltoall_bw_inter", "alltoall_latency_inter_s")
+    else:
+        reports.append(
+            _unmeasured("all-to-all across nodes", ["alltoall_bw_inter"], "no aligned SP group spans nodes here")
+        )
+    fitted = base.model_copy(update=update | {"alltoall_bw_intra": intra_bw})
+
+    def predict(r: CollectiveTiming) -> float:
+        return comm_model.ulysses_layer_comm_s(
+            fitted, model, num_tokens=r.num_tokens, sp_degree=r.group_size, per_node=r.per_node
+        )
+
+    for label, group in (("all-to-all inside a node", intra), ("all-to-all across nodes", inter)):
+        if group:
+            keys = ("alltoall_bw_intra", "alltoall_latency_intra_s") if group is intra else (
+                "alltoall_bw_inter", "alltoall_latency_inter_s"
+            )  # fmt: skip
+            coefficients = {k: float(getattr(fitted, k)) for k in keys}
+            reports.append(
+                _report(
+                    label,
+                    coefficients,
+                    [predict(r) for r in group],
+                    [r.seconds for r in group],
+                    "one layer's Ulysses exchange as the executor runs it, fitted in the model's 4-call form",
+                )
+            )
+    return update, reports
+
+
+def _fit_p2p(rows: list[CollectiveTiming], base: CostProfile) -> tuple[dict[str, Any], list[FitReport]]:
+    update: dict[str, Any] = {}
+    intra = [r for r in rows if r.nodes == 1]
+    inter = [r for r in rows if r.nodes > 1]
+    if intra:
+        slope, latency = relative_fit([[r.num_bytes for r in intra], [1.0] * len(intra)], [r.seconds for r in intra])
+        update |= _bandwidth_and_latency(slope, latency, "p2p_bw_intra", "p2p_latency_s")
+    latency = update.get("p2p_latency_s", base.p2p_latency_s)
+    usable = [r for r in inter if r.seconds > latency]
+    if usable:
+        (slope,) = relative_fit([[r.num_bytes for r in usable]], [r.seconds - latency for r in usable])
+        if slope > 0:
+            update["p2p_bw_inter"] = 1.0 / slope
+    fitted = base.model_copy(update=update)
+    reports = []
+    for label, group, bw_key in (
+        ("p2p inside a node", intra, "p2p_bw_intra"),
+        ("p2p across nodes", inter, "p2p_bw_inter"),
+    ):
+        if not group:
+            reports.append(_unmeasured(label, [bw_key], "no such rank pair"))
+            continue
+        bw = getattr(fitted, bw_key)
+        reports.append(
+            _report(
+                label,
+                {bw_key: bw, "p2p_latency_s": fitted.p2p_latency_s},
+                [r.num_bytes / bw + fitted.p2p_latency_s for r in group],
+                [r.seconds for r in group],
+            )
+        )
+    return update, reports
+
+
+def _phases(row: CollectiveTiming) -> int:
+    return 2 if row.kind == "all_reduce" else 1
+
+
+def _fit_reductions(
+    rows: list[CollectiveTiming], cluster: ClusterSpec, base: CostProfile
+) -> tuple[dict[str, Any], list[FitReport]]:
+    """Bus bandwidths and per-step latencies of the data-parallel reductions, priced as `data_parallel` prices them
+    (one hierarchical phase per reduce-scatter, two per all-reduce): inside a node first, then the inter-node part
+    of the groups that span nodes, given the intra-node fit."""
+    update: dict[str, Any] = {}
+    intra = [r for r in rows if r.nodes == 1 and r.group_size > 1]
+    inter = [r for r in rows if r.nodes > 1]
+    if intra:
+        x = [_phases(r) * (r.per_node - 1) / r.per_node * r.num_bytes for r in intra]
+        steps = [float(_phases(r) * (r.per_node - 1)) for r in intra]
+        slope, latency = relative_fit([x, steps], [r.seconds for r in intra])
+        update |= _bandwidth_and_latency(slope, latency, "allreduce_bw_intra", "allreduce_latency_intra_s")
+    fitted = base.model_copy(update=update)
+
+    def predict(r: CollectiveTiming, p: CostProfile) -> float:
+        one = comm_model.hierarchical_phase_links(
+            r.num_bytes,
+            per_node=r.per_node,
+            nodes=r.nodes,
+            intra_bw=p.allreduce_bw_intra,
+            inter_bw=p.allreduce_bw_inter,
+            intra_latency_s=_latency(p.allreduce_latency_intra_s, cluster.intra_node_latency_s),
+            inter_latency_s=_latency(p.allreduce_latency_inter_s, cluster.inter_node_latency_s),
+        )
+        return _phases(r) * one.duration_s
+
+    if inter:
+        within = [_phases(r) * _phase_intra_s(r, fitted, cluster) for r in inter]
+        x = [_phases(r) * (r.nodes - 1) / r.nodes * r.num_bytes / r.per_node for r in inter]
+        steps = [float(_phases(r) * (r.nodes - 1)) for r in inter]
+        rest = [max(r.seconds - part, 1e-12) for r, part in zip(inter, within, strict=True)]
+        slope, latency = relative_fit([x, steps], rest)
+        update |= _bandwidth_and_latency(slope, latency, "allreduce_bw_inter", "allreduce_latency_inter_s")
+        fitted = base.model_copy(update=update)
+    reports = []
+    for label, group, keys in (
+        ("gradient reductions inside a node", intra, ("allreduce_bw_intra", "allreduce_latency_intra_s")),
+        ("gradient reductions across nodes", inter, ("allreduce_bw_inter", "allreduce_latency_inter_s")),
+    ):
+        if not group:
+            reports.append(_unmeasured(label, keys, "no stage block of that placement"))
+            continue
+        reports.append(
+            _report(
+                label,
+                {k: float(getattr(fitted, k)) for k in keys},
+                [predict(r, fitted) for r in group],
+                [r.seconds for r in group],
+            )
+        )
+    return update, reports
+
+
+def _phase_intra_s(r: CollectiveTiming, p: CostProfile, cluster: ClusterSpec) -> float:
+    """The intra-node part of one hierarchical phase of a reduction over `r`'s group."""
+    k = r.per_node
+    return (k - 1) / k * r.num_bytes / p.allreduce_bw_intra + (k - 1) * _latency(
+        p.allreduce_latency_intra_s, cluster.intra_node_latency_s
+    )
+
+
+def _latency(measured: float | None, default: float) -> float:
+    return default if measured is None else measured
+
+
+def _bandwidth_and_latency(slope: float, latency: float, bw_key: str, latency_key: str) -> dict[str, float]:
+    """A fit's (seconds per byte, seconds per call) as profile fields. A zero slope means the sizes measured never
+    waited on bandwidth: the latency is kept and the bandwidth stays the base's (the fit's report shows the error)."""
+    update = {latency_key: latency}
+    if slope > 0:
+        update[bw_key] = 1.0 / slope
+    return update
+
+
+# --- memory ------------------------------------------------------------------------------------------------------
+
+
+def _slope_per_token(samples: list[MemorySample]) -> tuple[float, float] | None:
+    """(bytes per token, constant) of saved bytes against tokens; a single sample gives bytes/token."""
+    if not samples:
+        return None
+    if len({s.num_tokens for s in samples}) == 1:
+        return samples[0].saved_bytes / samples[0].num_tokens, 0.0
+    t = np.array([s.num_tokens for s in samples], dtype=float)
+    y = np.array([s.saved_bytes for s in samples], dtype=float)
+    slope, const = nonnegative_least_squares(np.stack([t, np.ones_like(t)], axis=1), y)
+    return float(slope), float(const)
+
+
+def _fit_memory(m: ProfileMeasurements, model: ModelSpec) -> tuple[dict[str, Any], list[FitReport]]:
+    update: dict[str, Any] = {}
+    reports = []
+    for kind, key in (
+        ("layer", "activation_bytes_per_token_layer"),
+        ("checkpointed_layer", "checkpoint_bytes_per_token_layer"),
+        ("head", "head_activation_bytes_per_token"),
+    ):
+        samples = [s for s in m.memory if s.kind == kind]
+        fit = _slope_per_token(samples)
+        if fit is None or fit[0] <= 0:
+            reports.append(_unmeasured(f"saved bytes: {kind}", [key], "no probe samples"))
+            continue
+        update[key] = fit[0]
+        reports.append(
+            _report(
+                f"saved bytes: {kind}",
+                {key: fit[0], "constant_bytes": fit[1]},
+                [fit[0] * s.num_tokens + fit[1] for s in samples],
+                [s.saved_bytes for s in samples],
+            )
+        )
+    update["kv_bytes_per_token_layer"] = float(2 * model.kv_dim * _element_bytes(m.dtype, model))
+    update["attention_saves_prefix_kv"] = m.attention_saves_prefix_kv
+    extra = ulysses_extra_bytes_per_token_layer(
+        model.model_copy(update={"bytes_per_element": _element_bytes(m.dtype, model)})
+    )
+    update["ulysses_extra_bytes_per_token_layer"] = extra if m.attention_saves_output else 0.0
+    if m.states is not None:
+        s = m.states
+        update |= {
+            "param_bytes": s.param_bytes,
+            "grad_bytes": s.grad_bytes,
+            "bytes_per_param_state": s.param_bytes + s.grad_bytes + s.optimizer_bytes,
+        }
+        reports.append(
+            FitReport(
+                name="training state bytes per parameter",
+                coefficients={
+                    "param_bytes": s.param_bytes,
+                    "grad_bytes": s.grad_bytes,
+                    "optimizer_bytes": s.optimizer_bytes,
+                },
+                rows=1,
+                note="counted exactly after one optimizer step",
+            )
+        )
+    return update, reports
+
+
+DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _element_bytes(dtype: str, model: ModelSpec) -> int:
+    return DTYPE_BYTES.get(dtype, model.bytes_per_element)
+
+
+# --- the whole profile -------------------------------------------------------------------------------------------
+
+
+def _efficiency(profile: CostProfile, m: ProfileMeasurements, cluster: ClusterSpec, model: ModelSpec) -> Efficiency:
+    peak = cluster.peak_flops
+    h = model.hidden_size
+    gemm = (
+        2.0 * (model.params_per_layer - 2 * h) / profile.linear_s_per_token
+        if m.layer and profile.linear_s_per_token > 0
+        else None
+    )
+    attention = 2.0 * h / profile.attn_s_per_token2 if m.layer and profile.attn_s_per_token2 > 0 else None
+    measured = m.gemm_flops_per_s
+    return Efficiency(
+        peak_flops=peak,
+        peak_source=f"ClusterSpec.peak_flops of {cluster.name} ({cluster.source or 'no source given'})",
+        gemm_flops_per_s=gemm,
+        gemm_efficiency=gemm / peak if gemm else None,
+        attention_flops_per_s=attention,
+        attention_efficiency=attention / peak if attention else None,
+        measured_gemm_peak_flops=measured,
+        gemm_fraction_of_measured_peak=gemm / measured if gemm and measured else None,
+    )
+
+
+FitStep = Callable[[], tuple[dict[str, Any], list[FitReport]]]
+
+
+def fit_profile(
+    measurements: ProfileMeasurements,
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    *,
+    base: CostProfile | None = None,
+    name: str | None = None,
+) -> ProfileFit:
+    """The `CostProfile` the measurements imply: every measured coefficient fitted, the rest from `base` (default:
+    the preset for this cluster and model, at the measured dtype's element size)."""
+    m = measurements
+    if base is None:
+        sized = model.model_copy(update={"bytes_per_element": _element_bytes(m.dtype, model)})
+        base = preset_profile(cluster, sized)
+    update: dict[str, Any] = {}
+    reports: list[FitReport] = []
+    by_kind = {kind: [r for r in m.collectives if r.kind == kind] for kind in ("ulysses_layer", "p2p")}
+    steps: list[FitStep] = [
+        lambda: _fit_compute(m, base),
+        lambda: _fit_ulysses(by_kind["ulysses_layer"], model, base),
+        lambda: _fit_p2p(by_kind["p2p"], base),
+        lambda: _fit_reductions(
+            [r for r in m.collectives if r.kind in ("all_reduce", "reduce_scatter")], cluster, base
+        ),
+        lambda: _fit_memory(m, model),
+    ]
+    for step in steps:
+        part, part_reports = step()
+        update |= part
+        reports += part_reports
+    profile = base.model_copy(
+        update={
+            **update,
+            "name": name or f"measured:{cluster.name}/{model.name}",
+            "source": (
+                f"helix profile on {m.world_size} x {m.device} ({m.backend}, {m.attention_backend} attention, "
+                f"{m.dtype}, {m.threads_per_rank} thread(s) per rank{', ' + m.cores if m.cores else ''}); "
+                "unmeasured coefficients from the preset"
+            ),
+        }
+    )
+    profile = CostProfile.model_validate(profile.model_dump())  # the bounds of every field hold
+    return ProfileFit(profile=profile, fits=tuple(reports), efficiency=_efficiency(profile, m, cluster, model))
