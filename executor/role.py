@@ -56,8 +56,10 @@ def check_plan(
     world_size: int,
     rank: int,
     pipeline: PipelineSpec | None = None,
+    zero_stage: int | None = None,
 ) -> None:
-    """Raise `PlanRefused` unless the plan fits this world, batch, cluster, model (and pipeline, if fixed)."""
+    """Raise `PlanRefused` unless the plan fits this world, batch, cluster, model (and the job's pipeline and
+    ZeRO stage, when given: both are set up once per job)."""
     where = f"rank {rank} refuses plan {plan.plan_id or '<no id>'} (step {plan.step})"
     plan_ranks = sorted(r for lane in plan.lanes for stage_ranks in lane.ranks for r in stage_ranks)
     if cluster.num_devices != world_size:
@@ -74,6 +76,11 @@ def check_plan(
         raise PlanRefused(
             f"{where}: its pipeline {plan.pipeline.layer_ranges} differs from the job's {pipeline.layer_ranges} "
             "(the pipeline split is fixed per job)"
+        )
+    if zero_stage is not None and plan.options.zero_stage != zero_stage:
+        raise PlanRefused(
+            f"{where}: it is for options.zero_stage={int(plan.options.zero_stage)}, but this job's model states are "
+            f"sharded for ZeRO-{zero_stage} once per job (plan with max_zero_stage={zero_stage})"
         )
     try:
         validate_plan(plan, batch, cluster, model)

@@ -178,6 +178,7 @@ class PlanExecutor:
             world_size=self.world_size,
             rank=self.rank,
             pipeline=self.pipeline,
+            zero_stage=self.config.zero_stage,
         )
         problem = TORCH_EXECUTOR.plan_problem(plan, self.model_spec)
         if problem is not None:

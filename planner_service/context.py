@@ -80,12 +80,13 @@ the next ZeRO stage (see `options_that_fit`)."""
 def options_that_fit(ctx: PlanningContext, pipeline: PipelineSpec) -> PlanningContext:
     """The context with the smallest ZeRO stage >= the job's whose model states leave room for activations.
 
-    The job's ZeRO stage is a floor, not a ceiling: every strategy may shard model states further when a
-    layout would otherwise have almost no memory for activations (ZeRO-1/2 cost the same sync volume as an
-    all-reduce; the plan records the stage it needs so the executor applies it). This is a first guess from
-    model states alone: `zero_stage_contexts` raises it further when the built plan does not fit.
+    The job's ZeRO stage is a floor and `max_zero_stage` the ceiling: every strategy may shard model states
+    further when a layout would otherwise have almost no memory for activations (ZeRO-1/2 cost the same sync
+    volume as an all-reduce; the plan records the stage it needs). An executor that shards once per job sets
+    the ceiling to its own stage. This is a first guess from model states alone: `zero_stage_contexts` raises
+    it further when the built plan does not fit.
     """
-    for stage in range(ctx.options.zero_stage, 4):
+    for stage in range(ctx.options.zero_stage, ctx.options.max_zero_stage + 1):
         raised = with_zero_stage(ctx, ZeroStage(stage))
         dp = raised.cost.dp_size(pipeline)
         states = max(raised.cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
@@ -104,6 +105,6 @@ def with_zero_stage(ctx: PlanningContext, stage: ZeroStage) -> PlanningContext:
 
 def zero_stage_contexts(ctx: PlanningContext) -> Iterator[PlanningContext]:
     """`ctx`, then `ctx` at each higher ZeRO stage: a layout whose built plan does not fit memory is tried again
-    with model states sharded further before it is discarded."""
-    for stage in range(ctx.options.zero_stage, 4):
+    with model states sharded further (up to the job's `max_zero_stage`) before it is discarded."""
+    for stage in range(ctx.options.zero_stage, ctx.options.max_zero_stage + 1):
         yield with_zero_stage(ctx, ZeroStage(stage))

@@ -18,7 +18,7 @@ from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.search import NothingBuiltInTime
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.registry import get_strategy
-from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, SolverStatus, validate_plan
+from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, SolverStatus, ZeroStage, validate_plan
 from proto.capabilities import TORCH_EXECUTOR, ExecutorCapabilities
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,14 @@ def make_plan(
     try:
         plan = strategy_fn(ctx)
         validate_plan(plan, batch, cluster, model)
+    except InfeasibleWorkload as exc:
+        if options.max_zero_stage < ZeroStage.PARAMETERS:
+            raise InfeasibleWorkload(
+                f"{exc} (model states at most at ZeRO-{int(options.max_zero_stage)}, the job's max_zero_stage; "
+                "a higher ZeRO stage leaves more memory)",
+                field=exc.field,
+            ) from None
+        raise
     except PlanningError:
         raise
     except NothingBuiltInTime as exc:  # the limit is too short for this strategy at this scale

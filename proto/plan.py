@@ -266,6 +266,12 @@ class PlanOptions(BaseModel):
         default=ZeroStage.NONE,
         description="Shard optimizer (1), +grads (2), +params (3) across each stage's devices.",
     )
+    max_zero_stage: Annotated[ZeroStage, AS_EXACT_INT] = Field(
+        default=ZeroStage.PARAMETERS,
+        description="The highest ZeRO stage a plan may raise zero_stage to when a layout's model states leave too "
+        "little memory for activations (the plan records the stage it needs). An executor that shards its model "
+        "states once per job (`helix train`) sends its own stage here, so every plan runs at that stage.",
+    )
     grad_reduce_dtype: GradReduceDtype = Field(
         default=GradReduceDtype.FLOAT32,
         description="Dtype of the data-parallel gradient reductions: 'float32' (a 16-bit model's gradients are "
@@ -277,6 +283,15 @@ class PlanOptions(BaseModel):
         description="The job's one layout for every batch (`megatron`); chosen once per job from a sample "
         "(planner_service.job_layout). None: a strategy that needs one tunes it on the batch it is given.",
     )
+
+    @model_validator(mode="after")
+    def _max_zero_stage_at_least_zero_stage(self) -> PlanOptions:
+        if self.max_zero_stage < self.zero_stage:
+            raise ValueError(
+                f"max_zero_stage={int(self.max_zero_stage)} is below zero_stage={int(self.zero_stage)}: the plan's "
+                "stage can only be raised from the job's"
+            )
+        return self
 
 
 class Plan(BaseModel):

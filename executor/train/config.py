@@ -72,6 +72,13 @@ class TrainConfig:
     """PNG of loss and step time against steps, written at the end."""
     job_name: str = "helix-train"
 
+    def __post_init__(self) -> None:
+        # The executor shards model states once per job: every plan must be for the job's own ZeRO stage, so the
+        # planner may not raise it (`PlanOptions.max_zero_stage`).
+        if self.options.max_zero_stage != self.options.zero_stage:
+            pinned = self.options.model_copy(update={"max_zero_stage": self.options.zero_stage})
+            object.__setattr__(self, "options", pinned)
+
     @property
     def uses_service(self) -> bool:
         return self.planner != LOCAL_PLANNER

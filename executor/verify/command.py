@@ -233,7 +233,7 @@ def _step_inputs(
                 param_hint="--plan-file",
             ) from err
         return [StepInput(batch=batch, plan=plan, token_seed=token_seed_of(seed, k)) for k in range(steps)]
-    options = PlanOptions(zero_stage=ZeroStage(zero))
+    options = PlanOptions(zero_stage=ZeroStage(zero), max_zero_stage=ZeroStage(zero))
 
     def plan_at(batch: Batch, num_stages: int | None, step: int = 0) -> Plan:
         return make_plan(

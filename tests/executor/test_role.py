@@ -8,7 +8,7 @@ import random
 import pytest
 
 from executor.role import PlanRefused, check_plan, find_role
-from proto.plan import PipelineSpec
+from proto.plan import PipelineSpec, PlanOptions, ZeroStage
 from tests.executor.executor_fixtures import cpu_cluster, make_plan, random_batch, random_plan, tiny_model
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,4 +46,8 @@ def test_refusals_name_the_mismatch() -> None:
         check_plan(
             plan4, batch=batch, cluster=small, model=model, world_size=4, rank=0, pipeline=PipelineSpec.even(2, 2)
         )
+    raised = plan4.model_copy(update={"options": PlanOptions(zero_stage=ZeroStage.GRADIENTS)})
+    with pytest.raises(PlanRefused, match=r"options\.zero_stage=2, but this job.s model states are sharded for ZeRO-1"):
+        check_plan(raised, batch=batch, cluster=small, model=model, world_size=4, rank=0, zero_stage=1)
+    check_plan(raised, batch=batch, cluster=small, model=model, world_size=4, rank=0, zero_stage=2)
     check_plan(plan4, batch=batch, cluster=small, model=model, world_size=4, rank=2)  # fits: no error

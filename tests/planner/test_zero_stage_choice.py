@@ -2,15 +2,18 @@
 
 Guards against: raising the ZeRO stage dropping the job's other options (the gradient reduction dtype fell
 back to its default), and a layout discarded at the stage guessed from model states alone although it fits
-one stage higher.
+one stage higher; a plan raised above the job's `max_zero_stage` (the stage an executor shards for).
 """
 
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from planner_service.context import PlanningContext, options_that_fit
 from planner_service.cost_model import CostModel
+from planner_service.errors import InfeasibleWorkload
+from planner_service.planner import make_plan
 from planner_service.presets import CLUSTERS, MODELS
 from planner_service.strategies.greedy import plan_greedy
 from proto import Batch, GradReduceDtype, ModelSpec, PipelineSpec, PlanOptions, ZeroStage
@@ -78,3 +81,26 @@ def test_a_layout_that_fits_only_at_zero1_is_raised_not_discarded() -> None:
     assert plan.options.zero_stage == ZeroStage.OPTIMIZER
     assert not any(r for lane in plan.lanes for stage in lane.recompute for r in stage)
     assert max(plan.predicted.peak_memory_bytes) <= cluster.device_memory_bytes
+
+
+def test_max_zero_stage_caps_every_raise() -> None:
+    """An executor that shards its model states once per job (`helix train --zero 0`) sends max_zero_stage = 0.
+    llama2-7b's 108 GB of states at P = 1 stay at ZeRO-0 in `options_that_fit` (without the cap: raised). gpt-13b
+    at P = 4 on 40 GiB devices needs 52 GB per device at ZeRO-0: every strategy raises it to ZeRO-1 without the
+    cap and refuses with it, saying why; at P = 8 it fits at ZeRO-0 either way."""
+    pinned = PlanOptions(max_zero_stage=ZeroStage.NONE)
+    assert options_that_fit(context(pinned), PipelineSpec.even(32, 1)).options.zero_stage == ZeroStage.NONE
+    assert options_that_fit(context(PlanOptions()), PipelineSpec.even(32, 1)).options.zero_stage > ZeroStage.NONE
+    cluster, model = CLUSTERS["a100-40g-8x8"], MODELS["gpt-13b"]
+    batch = Batch.from_lengths([4096] * 8 + [30_000])
+    for strategy in ("greedy", "static", "helix"):
+        common = {"batch": batch, "cluster": cluster, "model": model, "strategy": strategy, "time_limit_s": 1.0}
+        assert make_plan(**common, num_stages=4).options.zero_stage > ZeroStage.NONE, strategy
+        with pytest.raises(InfeasibleWorkload, match="at most at ZeRO-0, the job's max_zero_stage"):
+            make_plan(**common, options=pinned, num_stages=4)
+        assert make_plan(**common, options=pinned, num_stages=8).options.zero_stage == ZeroStage.NONE, strategy
+
+
+def test_max_zero_stage_below_zero_stage_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValidationError, match="max_zero_stage=0 is below zero_stage=2"):
+        PlanOptions(zero_stage=ZeroStage.GRADIENTS, max_zero_stage=ZeroStage.NONE)

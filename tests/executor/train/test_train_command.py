@@ -135,3 +135,19 @@ def test_init_starts_from_a_hugging_face_checkpoint(corpus: Path, tmp_path: Path
 def test_init_must_be_a_checkpoint_folder(corpus: Path, tmp_path: Path) -> None:
     result = helix("train", "-c", "cpu-2x2", "--init", str(tmp_path), "--data", str(corpus), timeout=60)
     assert result.returncode == 2 and "no config.json" in result.stderr, result.stderr
+
+
+def test_a_job_pins_the_plans_zero_stage_to_its_own(tmp_path: Path) -> None:
+    """The executor shards model states once per job, so a job never asks for plans the planner may raise to
+    another ZeRO stage (a plan at another stage would be refused at its first step)."""
+    from executor.train.config import TrainConfig
+    from planner_service.presets import CLUSTERS, MODELS
+    from proto import PlanOptions, ZeroStage
+
+    config = TrainConfig(
+        cluster=CLUSTERS["cpu-2x2"],
+        model=MODELS["tiny"],
+        data=tmp_path,
+        options=PlanOptions(zero_stage=ZeroStage.OPTIMIZER),
+    )
+    assert config.options.zero_stage == config.options.max_zero_stage == ZeroStage.OPTIMIZER

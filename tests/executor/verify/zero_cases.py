@@ -173,7 +173,9 @@ def expected_counts(case: EquivalenceCase, stage: int, *, step: int = 0) -> dict
         "dp_size": case.cluster.num_devices // plan.pipeline.num_stages,
         "max_chunks": max(len(lane.chunks) for lane in plan.lanes),
         "units": shape.num_units,
-        "rounds": (kinds.count("F"), kinds.count("B")),
+        # ZeRO-3 gathers per block round; ZeRO-2 reduces once per chunk of the busiest lane, the others
+        # joining with idle reductions after their last backward (`finish_step`), whatever the rounds.
+        "rounds": (kinds.count("F"), kinds.count("B")) if case.zero_stage == 3 else None,
     }
     if case.zero_stage == 3 or shape.tied_params == 0:
         return contract_counts(zero_stage=case.zero_stage, num_params=shape.num_params, **common)
