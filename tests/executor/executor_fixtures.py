@@ -16,7 +16,7 @@ from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.fingerprint import fingerprint
 from proto.model import ModelSpec
-from proto.plan import Chunk, Lane, Op, PipelineSpec, Plan, Predicted, Segment
+from proto.plan import Chunk, Lane, Op, PipelineSpec, Plan, PlanOptions, Predicted, Segment, ZeroStage
 from proto.topology import sp_degree_problem
 from proto.validation import validate_plan
 
@@ -183,6 +183,14 @@ def make_pipeline_plan(
     ).with_id()
     validate_plan(plan, batch, cluster, model)
     return plan
+
+
+def at_zero_stage(plan: Plan, zero_stage: int) -> Plan:
+    """A hand-built plan declared for `zero_stage` (the executor runs only plans for its job's own stage); the
+    layout is unchanged, so exactness is tested on the same lanes under every stage."""
+    stage = ZeroStage(zero_stage)
+    options = plan.options.model_copy(update={"zero_stage": stage, "max_zero_stage": stage})
+    return plan.model_copy(update={"options": options}).with_id()
 
 
 def random_layer_split(rng: random.Random, num_layers: int, num_stages: int) -> PipelineSpec:

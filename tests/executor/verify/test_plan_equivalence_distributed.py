@@ -28,7 +28,14 @@ from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
 from proto.plan import Plan
-from tests.executor.executor_fixtures import cpu_cluster, make_plan, random_batch, random_plan, tiny_model
+from tests.executor.executor_fixtures import (
+    at_zero_stage,
+    cpu_cluster,
+    make_plan,
+    random_batch,
+    random_plan,
+    tiny_model,
+)
 from tests.executor.verify.dist_suite import SuiteResult, UlyssesCheck, run_suite, timeout_case
 from tests.executor.verify.pipeline_cases import SKEWED, RecomputePair, executor2_cases
 from tests.executor.verify.zero_cases import CLIP_NORM, expected_counts, zero_cases
@@ -49,7 +56,7 @@ def _cases(world: int, seed: int) -> list[EquivalenceCase]:
         steps = []
         for k in range(1 + (i % 3 == 0)):
             batch = random_batch(rng, num_seqs=rng.randint(2, 3 * world), max_len=48, first_id=100 * k)
-            plan = random_plan(rng, batch, cluster, model, random_recompute=i % 4 == 1)
+            plan = at_zero_stage(random_plan(rng, batch, cluster, model, random_recompute=i % 4 == 1), i % 4)
             steps.append(StepInput(batch=batch, plan=plan, token_seed=rng.randrange(1 << 30)))
         cases.append(
             EquivalenceCase(

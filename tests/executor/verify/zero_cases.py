@@ -20,8 +20,8 @@ from planner_service.planner import make_plan as make_planner_plan
 from planner_service.presets import resolve_cluster
 from proto.batch import Batch
 from proto.model import ModelSpec
-from proto.plan import PipelineSpec, ZeroStage
-from tests.executor.executor_fixtures import cpu_cluster, make_pipeline_plan, tiny_model
+from proto.plan import PipelineSpec, Plan, PlanOptions, ZeroStage
+from tests.executor.executor_fixtures import at_zero_stage, cpu_cluster, make_pipeline_plan, tiny_model
 from tests.executor.verify.pipeline_cases import SKEWED, tiny_preset
 
 SMALL_BUCKET_BYTES = 64 * 2**10
@@ -46,7 +46,7 @@ def uneven_cases(world: int) -> list[EquivalenceCase]:
             name=f"uneven-zero{zero}",
             cluster=cluster,
             model=model,
-            steps=(StepInput(batch=batch, plan=plan, token_seed=4),),
+            steps=(StepInput(batch=batch, plan=at_zero_stage(plan, zero), token_seed=4),),
             seed=6,
             zero_stage=zero,
             grad_bucket_bytes=SMALL_BUCKET_BYTES,
@@ -62,13 +62,19 @@ def tied_model() -> ModelSpec:
 
 def tied_cases(world: int) -> list[EquivalenceCase]:
     cluster, model = resolve_cluster(f"cpu-2x{world // 2}"), tied_model()
-    plan = make_planner_plan(batch=SKEWED[1], cluster=cluster, model=model, strategy="helix", num_stages=2, step=0)
+
+    def plan(zero: int) -> Plan:
+        options = PlanOptions(zero_stage=ZeroStage(zero), max_zero_stage=ZeroStage(zero))
+        return make_planner_plan(
+            batch=SKEWED[1], cluster=cluster, model=model, strategy="helix", options=options, num_stages=2, step=0
+        )
+
     return [
         EquivalenceCase(
             name=f"tied-zero{zero}",
             cluster=cluster,
             model=model,
-            steps=(StepInput(batch=SKEWED[1], plan=plan, token_seed=8),),
+            steps=(StepInput(batch=SKEWED[1], plan=plan(zero), token_seed=8),),
             seed=7,
             zero_stage=zero,
             max_grad_norm=CLIP_NORM,
@@ -78,12 +84,17 @@ def tied_cases(world: int) -> list[EquivalenceCase]:
     ]
 
 
+ZERO3 = PlanOptions(zero_stage=ZeroStage.PARAMETERS, max_zero_stage=ZeroStage.PARAMETERS)
+
+
 def helix_cases(world: int) -> list[EquivalenceCase]:
     cluster, model = resolve_cluster(f"cpu-2x{world // 2}"), tiny_preset(2)
     steps = tuple(
         StepInput(
             batch=batch,
-            plan=make_planner_plan(batch=batch, cluster=cluster, model=model, strategy="helix", num_stages=2, step=k),
+            plan=make_planner_plan(
+                batch=batch, cluster=cluster, model=model, strategy="helix", options=ZERO3, num_stages=2, step=k
+            ),
             token_seed=20 + k,
         )
         for k, batch in enumerate(SKEWED)
