@@ -16,7 +16,7 @@ from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.fingerprint import fingerprint
 from proto.model import ModelSpec
-from proto.plan import Chunk, Lane, Op, PipelineSpec, Plan, PlanOptions, Predicted, Segment, ZeroStage
+from proto.plan import Chunk, Lane, Op, PipelineSpec, Plan, Predicted, Segment, ZeroStage
 from proto.topology import sp_degree_problem
 from proto.validation import validate_plan
 
