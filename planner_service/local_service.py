@@ -60,7 +60,9 @@ class LocalService:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"the planner service exited with code {self._proc.returncode} at start-up")
+                raise RuntimeError(
+                    f"the planner service exited with code {self._proc.returncode} at start-up{self._last_log_line()}"
+                )
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
                     return self
@@ -70,6 +72,12 @@ class LocalService:
                 self.stop()
                 raise RuntimeError(f"the planner service did not answer on {self.url} within {START_TIMEOUT_S} s")
             time.sleep(0.1)
+
+    def _last_log_line(self) -> str:
+        if self.log_file is None or not self.log_file.is_file():
+            return ""
+        lines = self.log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        return f": {lines[-1]}" if lines else ""
 
     def stop(self) -> None:
         """SIGTERM (uvicorn shuts down cleanly), SIGKILL if it does not exit in time."""

@@ -32,6 +32,8 @@ TRAIN_ARGS = (
 """The demo run: 4 CPU ranks, the `small` model, 8 standard-library files per step, windows of 2,048 tokens."""
 DEFAULT_STEPS = 40
 WIDTH = 80
+PLANNING_WIDTH = 110
+"""The strategy comparison has eight columns: below this rich truncates strategy names and statuses."""
 
 
 def write_stdlib_corpus(path: Path) -> Path:
@@ -57,13 +59,23 @@ def run_training(out: Path, steps: int, console: Console) -> int:
     console.rule("training: helix train, 4 CPU ranks, plans from the planner service")
     metrics = out / "train.jsonl"
     metrics.unlink(missing_ok=True)
-    with LocalService(out / "planner.db", log_file=out / "planner.log") as service:
+    for stale in ("planner.db", "planner.db-wal", "planner.db-shm"):  # each demo run plans a new job
+        (out / stale).unlink(missing_ok=True)
+    service = LocalService(out / "planner.db", log_file=out / "planner.log")
+    try:
+        service.start()
+    except RuntimeError as exc:
+        console.print(str(exc), style="red", markup=False, highlight=False)
+        return 1
+    try:
         console.print(f"planner service on {service.url} (log {out / 'planner.log'})")
         command = [sys.executable, "-m", "planner_service.cli", "train", *TRAIN_ARGS, "--steps", str(steps)]
         command += ["--data", str(corpus), "--planner", service.url, "--cache-dir", str(out / "cache")]
         command += ["--metrics", str(metrics), "--plot", str(out / "train.png")]
         command += ["--checkpoint-dir", str(out / "checkpoints")]
         code = subprocess.run(command, check=False, stdout=subprocess.DEVNULL).returncode
+    finally:
+        service.stop()
     if code != 0:
         console.print(f"[red]helix train failed (exit code {code})[/]")
         return code
@@ -87,7 +99,7 @@ def main() -> int:
     if not args.skip_planning:
         from planner_service.demo import run_demo
 
-        run_demo(args.out / "planning", console)
+        run_demo(args.out / "planning", Console(width=PLANNING_WIDTH))
     return 0
 
 

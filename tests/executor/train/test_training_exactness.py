@@ -93,6 +93,10 @@ def test_strategy_mixing_run_equals_single_process_training(
     assert {r["num_stages"] for r in records} == {stages}
     ref_losses, ref_params, ref_norms = _reference(config)
     for record, ref_loss, ref_norm in zip(records, ref_losses, ref_norms, strict=True):
+        print(  # the table the closing notes quote (pytest -s)
+            f"P={stages} step {record['step']} {record['strategy']:>10}: loss {record['loss']:.15f} "
+            f"reference {ref_loss:.15f} rel. err {abs(record['loss'] - ref_loss) / abs(ref_loss):.1e}"
+        )
         assert abs(record["loss"] - ref_loss) <= TOLERANCE * abs(ref_loss), (record["step"], record["loss"], ref_loss)
         assert abs(record["grad_norm"] - ref_norm) <= TOLERANCE * ref_norm, (record["step"], record["grad_norm"])
     assert any(n > config.grad_clip for n in ref_norms), "the clip never acted: the test would not see a bad norm"
