@@ -62,6 +62,14 @@ def train_command(
     profile: Annotated[
         Path | None, typer.Option("--profile", help="Cost profile (`helix profile` document or CostProfile JSON).")
     ] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="With --planner local: refine the cost profile from each step's measurement (a service run is "
+            "calibrated by the service).",
+        ),
+    ] = True,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate.")] = 3e-3,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Warm-up steps.")] = 10,
     grad_clip: Annotated[float, typer.Option("--grad-clip", min=0.0, help="Global norm clip (0: off).")] = 1.0,
@@ -117,6 +125,7 @@ def train_command(
         stages=stages,
         plan_deadline_s=plan_deadline,
         profile=measured,
+        calibrate=calibrate,
         lr=lr,
         warmup_steps=warmup,
         grad_clip=grad_clip,

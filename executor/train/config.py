@@ -49,6 +49,9 @@ class TrainConfig:
     plan_deadline_s: float | None = None
     """How long a step waits for the service's plan before planning in-process (default: 2 x limit + 10 s)."""
     profile: CostProfile | None = None
+    calibrate: bool = True
+    """`--planner local`: refine the profile from each step's measured time and memory (the service calibrates
+    its jobs itself, `HELIX_CALIBRATE`)."""
     # --- optimisation -------------------------------------------------------------------------------------
     lr: float = 3e-3
     warmup_steps: int = 10

@@ -85,7 +85,7 @@ def start_job(
             else choose_stages_in_process(request, first_batch)
         )
         job = request.with_stages(stages)
-        return JobStart(LocalPlanSource(job), job, None, how)
+        return JobStart(LocalPlanSource(job, calibrate=config.calibrate), job, None, how)
 
     from planner_service.client import PlannerApiError, PlannerClient
 

@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions, validate_plan
@@ -23,25 +23,12 @@ from proto.validation import PlanValidationError
 
 if TYPE_CHECKING:  # the planner library is imported where it is used: the executor loads without it
     from planner_service.api.schemas import JobPublic
+    from planner_service.calibration.calibrator import Calibrator
     from planner_service.client import PlannerClient
 
 log = logging.getLogger(__name__)
 
 PlanOrigin = Literal["service", "fallback", "local"]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class JobPlanning:
-    """What every plan of the job is made with; `num_stages` is chosen once per job."""
-
-    cluster: ClusterSpec
-    model: ModelSpec
-    strategy: str
-    options: PlanOptions = field(default_factory=PlanOptions)
-    solver: str = "cpsat"
-    time_limit_s: float = 2.0
-    num_stages: int
-    profile: CostProfile | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,16 +45,15 @@ class JobRequest:
     profile: CostProfile | None = None
 
     def with_stages(self, num_stages: int) -> JobPlanning:
-        return JobPlanning(
-            cluster=self.cluster,
-            model=self.model,
-            strategy=self.strategy,
-            options=self.options,
-            solver=self.solver,
-            time_limit_s=self.time_limit_s,
-            num_stages=num_stages,
-            profile=self.profile,
-        )
+        settings = {f.name: getattr(self, f.name) for f in fields(JobRequest)}
+        return JobPlanning(**{**settings, "num_stages": num_stages})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobPlanning(JobRequest):
+    """What every plan of the job is made with: the request with its P chosen (once per job)."""
+
+    num_stages: int  # type: ignore[assignment]  # required here: P is known
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +100,18 @@ def plan_in_process(job: JobPlanning, step: int, batch: Batch, *, job_id: str | 
 
 
 class LocalPlanSource:
-    """`--planner local`: every plan made in-process."""
+    """`--planner local`: every plan made in-process. With `calibrate`, each step's measurement refines the
+    profile later plans are made with, as the service's online calibration does (`Calibrator`)."""
 
-    def __init__(self, job: JobPlanning) -> None:
+    def __init__(self, job: JobPlanning, *, calibrate: bool = True) -> None:
         self.job = job
         self.fallbacks = 0
+        self._planned: dict[int, Plan] = {}
+        self._calibrator: Calibrator | None = None
+        if calibrate:
+            from planner_service.calibration.calibrator import Calibrator
+
+            self._calibrator = Calibrator(cluster=job.cluster, model=job.model, base=job.profile, options=job.options)
 
     def prefetch(self, step: int, batch: Batch) -> None:
         """Nothing to prefetch: planning in-process happens when the step asks."""
@@ -126,10 +119,20 @@ class LocalPlanSource:
     def plan(self, step: int, batch: Batch) -> SourcedPlan:
         began = time.perf_counter()
         plan = plan_in_process(self.job, step, batch)
+        if self._calibrator is not None:
+            self._planned = {step: plan}  # feedback comes for the step just run
         return SourcedPlan(plan, "local", wait_s=time.perf_counter() - began)
 
     def send_feedback(self, feedback: Feedback) -> None:
-        """No service to tell."""
+        """Refine the profile of the next plans from this step's measurement (no-op without calibration)."""
+        plan = self._planned.pop(feedback.step, None)
+        if self._calibrator is None or plan is None or plan.plan_id != feedback.plan_id:
+            return
+        self.job = replace(self.job, profile=self._calibrator.observe(plan, feedback))
+
+    @property
+    def calibrator(self) -> Calibrator | None:
+        return self._calibrator
 
     def close(self) -> None:
         pass
@@ -212,9 +215,7 @@ class ServicePlanSource:
             log.info("step %d: feedback not recorded (%s)", feedback.step, exc)
 
 
-def register_job(
-    client: PlannerClient, job: JobPlanning | JobRequest, *, sample_lengths: list[int] | None = None
-) -> JobPublic:
+def register_job(client: PlannerClient, job: JobRequest, *, sample_lengths: list[int] | None = None) -> JobPublic:
     """Register the job: the service chooses P from `sample_lengths` when given, else uses the job's fixed P."""
     return client.create_job(
         cluster=job.cluster,

@@ -244,7 +244,7 @@ class _Loop:
             self.writer.write(record)
         assert self.progress is not None
         self.progress.step(record)
-        if origin == "service" and self.start is not None:
+        if origin in ("service", "local") and self.start is not None:  # a fallback plan is unknown to the service
             self.start.source.send_feedback(
                 Feedback(
                     step=step,

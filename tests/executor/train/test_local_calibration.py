@@ -1,0 +1,39 @@
+"""`--planner local` calibrates like the service: a step's measured time refines the profile of the next plans.
+
+Guards against: in-process training planning forever from the preset however far off it measures (feedback was
+only ever sent to a service), and calibration from a plan the step did not run.
+"""
+
+from __future__ import annotations
+
+from executor.train.plan_source import JobPlanning, LocalPlanSource
+from planner_service.presets import CLUSTERS, MODELS
+from proto import Batch, Feedback
+
+BATCH = Batch.from_lengths([900, 400, 300, 120, 64, 40])
+
+
+def source(*, calibrate: bool) -> LocalPlanSource:
+    job = JobPlanning(cluster=CLUSTERS["cpu-2x2"], model=MODELS["tiny"], strategy="greedy", num_stages=1)
+    return LocalPlanSource(job, calibrate=calibrate)
+
+
+def test_a_slower_machine_than_predicted_raises_the_next_predictions() -> None:
+    calibrated, fixed = source(calibrate=True), source(calibrate=False)
+    preset = fixed.plan(0, BATCH).plan.predicted.iteration_s
+    for step in range(4):  # every step measures 3x the preset's prediction
+        for src in (calibrated, fixed):
+            plan = src.plan(step, BATCH).plan
+            src.send_feedback(Feedback(step=step, plan_id=plan.plan_id, measured_iteration_s=3 * preset))
+    assert fixed.job.profile is None  # without calibration nothing changes
+    assert fixed.plan(4, BATCH).plan.predicted.iteration_s == preset
+    after = calibrated.plan(4, BATCH).plan.predicted.iteration_s
+    assert 2.0 * preset < after < 4.0 * preset, (after, preset)
+
+
+def test_feedback_for_another_plan_is_ignored() -> None:
+    src = source(calibrate=True)
+    plan = src.plan(0, BATCH).plan
+    src.send_feedback(Feedback(step=0, plan_id="not-" + plan.plan_id, measured_iteration_s=100.0))
+    src.send_feedback(Feedback(step=7, plan_id=plan.plan_id, measured_iteration_s=100.0))
+    assert src.job.profile is None
