@@ -128,7 +128,14 @@ class LocalPlanSource:
         plan = self._planned.pop(feedback.step, None)
         if self._calibrator is None or plan is None or plan.plan_id != feedback.plan_id:
             return
-        self.job = replace(self.job, profile=self._calibrator.observe(plan, feedback))
+        try:
+            profile = self._calibrator.observe(plan, feedback)
+        except Exception as exc:  # calibration must never stop training: keep planning with the last profile
+            log.warning("step %d: calibration stopped (%s: %s); the profile stays as it is", feedback.step,
+                        type(exc).__name__, exc)  # fmt: skip
+            self._calibrator = None
+            return
+        self.job = replace(self.job, profile=profile)
 
     @property
     def calibrator(self) -> Calibrator | None:

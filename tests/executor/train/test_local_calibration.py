@@ -37,3 +37,13 @@ def test_feedback_for_another_plan_is_ignored() -> None:
     src.send_feedback(Feedback(step=0, plan_id="not-" + plan.plan_id, measured_iteration_s=100.0))
     src.send_feedback(Feedback(step=7, plan_id=plan.plan_id, measured_iteration_s=100.0))
     assert src.job.profile is None
+
+
+def test_a_calibration_failure_never_stops_training() -> None:
+    """A report the calibrator cannot use (one memory entry for four ranks) turns calibration off for the run
+    with a warning; planning goes on with the profile it had."""
+    src = source(calibrate=True)
+    plan = src.plan(0, BATCH).plan
+    src.send_feedback(Feedback(step=0, plan_id=plan.plan_id, measured_iteration_s=1.0, peak_memory_bytes=[1.0]))
+    assert src.calibrator is None and src.job.profile is None
+    assert src.plan(1, BATCH).plan.predicted.iteration_s == plan.predicted.iteration_s
