@@ -182,6 +182,13 @@ class ServicePlanSource:
                 raise PlanValidationError(
                     [f"the service planned P={plan.pipeline.num_stages}, the job runs P={self.job.num_stages}"]
                 )
+            if plan.options.zero_stage != self.job.options.zero_stage:
+                raise PlanValidationError(
+                    [
+                        f"the service planned ZeRO-{int(plan.options.zero_stage)}, the job runs "
+                        f"ZeRO-{int(self.job.options.zero_stage)}"
+                    ]
+                )
             return SourcedPlan(plan, "service", wait_s=time.perf_counter() - began)
         except FutureTimeout:
             reason = f"the service did not answer within {self.deadline_s:.1f} s"

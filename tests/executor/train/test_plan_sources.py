@@ -1,4 +1,5 @@
-"""`--planner local` calibrates like the service: a step's measured time refines the profile of the next plans.
+"""Rank 0's plan sources: `--planner local` calibrates like the service (a step's measured time refines the
+profile of the next plans), and a service plan for another ZeRO stage never reaches the ranks.
 
 Guards against: in-process training planning forever from the preset however far off it measures (feedback was
 only ever sent to a service), and calibration from a plan the step did not run.
@@ -47,3 +48,30 @@ def test_a_calibration_failure_never_stops_training() -> None:
     src.send_feedback(Feedback(step=0, plan_id=plan.plan_id, measured_iteration_s=1.0, peak_memory_bytes=[1.0]))
     assert src.calibrator is None and src.job.profile is None
     assert src.plan(1, BATCH).plan.predicted.iteration_s == plan.predicted.iteration_s
+
+
+class _RaisingService:
+    """A stand-in client whose plans are valid for the batch but made for ZeRO-2."""
+
+    def plan_for_step(self, job_id: str, step: int, lengths: list[int], seq_ids: list[int]) -> object:
+        from planner_service.planner import make_plan
+        from proto import PlanOptions, ZeroStage
+
+        batch = Batch(seq_ids=list(seq_ids), lengths=list(lengths))
+        options = PlanOptions(zero_stage=ZeroStage.GRADIENTS)
+        return make_plan(batch=batch, cluster=CLUSTERS["cpu-2x2"], model=MODELS["tiny"], options=options, step=step)
+
+
+def test_a_service_plan_for_another_zero_stage_is_replaced_before_it_runs() -> None:
+    """A service that ignores `max_zero_stage` (an older build) must not reach the ranks, which would refuse it
+    mid-step: rank 0 plans that step in-process instead and says why."""
+    from executor.train.plan_source import ServicePlanSource
+
+    job = source(calibrate=False).job
+    service = ServicePlanSource(_RaisingService(), "job_x", job, deadline_s=30.0)  # type: ignore[arg-type]
+    try:
+        sourced = service.plan(0, BATCH)
+    finally:
+        service.close()
+    assert sourced.origin == "fallback" and "ZeRO-2, the job runs ZeRO-0" in sourced.reason, sourced.reason
+    assert sourced.plan.options.zero_stage == job.options.zero_stage
