@@ -44,8 +44,10 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False), AS_FINITE_NUMBER]
 ExactBool = Annotated[bool, Field(strict=True)]
 """true or false, not 1, 0 or a string."""
 
-MAX_STEP = 2**62
-"""Steps fit a signed 64-bit database integer with room to spare."""
+MAX_STEP = 2**53
+"""The largest integer every JSON parser holds exactly (a float-based client rounds beyond it: 2**62 sent as
+4.611686018427388e18 is 4611686018427388000, above 2**62); far beyond any training run, and a signed 64-bit
+database integer."""
 MAX_SEQ_ID = 2**63 - 1
 """Sequence ids are signed 64-bit integers (what data loaders and torch use)."""
 MAX_SEQUENCE_LENGTH = 2**40

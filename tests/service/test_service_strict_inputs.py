@@ -11,6 +11,8 @@ malformed JSON reported `field: "[23]"`; `/readyz` showed the database path.
 
 from __future__ import annotations
 
+import math
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -168,3 +170,23 @@ def test_readyz_does_not_show_where_the_store_is(client: TestClient, settings: A
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["details"]["store"] == "sqlite"
     assert str(settings.db) not in ready.text and "plans.db" not in ready.text
+
+
+def _integer_maximums(node: Any) -> list[int]:
+    if isinstance(node, dict):
+        found = [v for k, v in node.items() if k == "maximum" and isinstance(v, int) and not isinstance(v, bool)]
+        return found + [b for v in node.values() for b in _integer_maximums(v)]
+    if isinstance(node, list):
+        return [b for v in node for b in _integer_maximums(v)]
+    return []
+
+
+def test_every_integer_bound_survives_a_float_based_client(client: TestClient) -> None:
+    """A client that holds JSON numbers as doubles sends the largest double within a bound as its shortest
+    decimal: for 2**62 that is 4611686018427388000, above the bound, so a request at the documented maximum was
+    refused (schemathesis found it for `step`). Every integer maximum of the schema must survive that."""
+    maximums = _integer_maximums(client.get("/openapi.json").json())
+    assert maximums
+    for bound in maximums:
+        near = float(bound) if float(bound) <= bound else math.nextafter(float(bound), -math.inf)
+        assert Decimal(repr(near)) <= bound, (bound, repr(near))
