@@ -48,6 +48,7 @@ CROSS_FIELD_RULES: dict[str, str] = {
     "model": "hidden_size divisible by num_heads, num_heads by num_kv_heads",
     "num_stages": "num_stages divides the cluster's device count and is at most the model's num_layers",
     "peak_memory_bytes": "empty or one entry per rank of the job's cluster",
+    "options": "options.max_zero_stage is at least options.zero_stage",
 }
 """Rules on combinations of fields (or on service settings) that a JSON Schema cannot state. A request that
 breaks one is answered 422 `invalid_input` naming the field; the OpenAPI description lists them."""
@@ -72,7 +73,7 @@ class JobCreate(BaseModel):
         description="Model preset name (e.g. 'llama2-7b') or a full ModelSpec. " + rules_text("model")
     )
     strategy: StrategyName = Field(description="A registered planning strategy.")
-    options: PlanOptions = Field(default_factory=PlanOptions)
+    options: PlanOptions = Field(default_factory=PlanOptions, description=rules_text("options"))
     solver: SolverName = Field(default="cpsat", description="Solver backend.")
     time_limit_s: TimeLimit | None = Field(
         default=None, description="Solver time limit per plan; capped by the service setting."
@@ -100,7 +101,7 @@ class PlanCreate(BaseModel):
     model: ModelSpec | ModelPreset = Field(description="Preset name or a full spec. " + rules_text("model"))
     batch: Batch = Field(description=rules_text("batch.lengths", "batch.seq_ids"))
     strategy: StrategyName = "helix"
-    options: PlanOptions = Field(default_factory=PlanOptions)
+    options: PlanOptions = Field(default_factory=PlanOptions, description=rules_text("options"))
     profile: CostProfile | None = Field(default=None, description="Overrides the preset profile.")
     time_limit_s: TimeLimit = Field(default=2.0, description="Solver time limit; capped by the service setting.")
     solver: SolverName = "cpsat"

@@ -46,7 +46,10 @@ def equal_cost_cuts(profile: CostProfile, length: int, num_slices: int) -> list[
     cuts = [0]
     for k in range(1, num_slices):
         target = total * k / num_slices
-        x = (-a1 + math.sqrt(a1 * a1 + 4 * a2 * target)) / (2 * a2) if a2 > 0 else target / a1
+        if a2 > 0:
+            x = (-a1 + math.sqrt(a1 * a1 + 4 * a2 * target)) / (2 * a2)
+        else:  # no attention term: linear in x; a profile with no compute cost at all cuts equal token counts
+            x = target / a1 if a1 > 0 else length * k / num_slices
         cut = min(max(round(x), cuts[-1] + 1), length - (num_slices - k))
         cuts.append(cut)
     cuts.append(length)

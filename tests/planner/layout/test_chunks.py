@@ -133,3 +133,12 @@ def test_capped_chunks_slice_only_over_the_cap_and_pack_the_rest_under_it(
             assert len(chunk.segments) == 1  # a slice is a chunk of its own
         else:
             assert chunk.num_tokens <= max(cap, longest_kept)
+
+
+def test_a_profile_without_compute_cost_slices_into_equal_token_counts() -> None:
+    """A user profile may set both compute coefficients to 0 (the schema allows it): the slicer divided by zero,
+    and as the greedy fallback itself slices, a job registration crashed its worker (found by schemathesis)."""
+    free = preset_profile(CLUSTERS["cpu-1x2"], MODELS["tiny"]).model_copy(
+        update={"linear_s_per_token": 0.0, "attn_s_per_token2": 0.0}
+    )
+    assert equal_cost_cuts(free, 100, 4) == [0, 25, 50, 75, 100]
