@@ -8,8 +8,10 @@ hour on 2 cores (`--full` runs every source on every configuration, four times l
 
 Every strategy plans with the same limit (2 s by default); `megatron` first tunes its one layout for the job on
 three other batches of the same source (not counted in its planning time). Reported per configuration:
-each strategy's time, helix's speedup over each peer and over the best of all others, its ratio to ideal,
-and the planning wall time; then medians, worst cases and the count of configurations where helix is slower.
+each strategy's time, helix's speedup over each peer and over the best of all others, its ratio to ideal, the
+lower bound on the simulated time over ideal (what no plan of the space can beat: the part of helix's distance to
+ideal a better search cannot remove), and the planning wall time; then medians, worst cases and the count of
+configurations where helix is slower.
 
     .venv/bin/python bench/plan_quality.py                 # the sampled grid
     .venv/bin/python bench/plan_quality.py --quick         # 8 configurations (smoke test)
@@ -36,6 +38,7 @@ from bench_common import WIKIPEDIA, machine, write_table
 
 from planner_service.report import compare_results, load_named_workload
 from planner_service.strategies.registry import STRATEGIES
+from proto import Plan
 
 CLUSTERS = ("a100-40g-8x8", "a800-80g-4x8", "h100-80g-8x8")
 MODELS = ("llama2-7b", "gpt-13b", "llama3-8b")
@@ -71,6 +74,13 @@ def speedup(row: dict[str, Any], peer: str, helix: float | None) -> float | None
     return other / helix if other and helix else None
 
 
+def bound_x_ideal(helix: Plan | None, ideal_s: float) -> float | None:
+    """helix's lower bound on the simulated iteration time (`SolverInfo.lower_bound_s`) over `ideal_s`."""
+    if helix is None or helix.solver.lower_bound_s is None or ideal_s <= 0:
+        return None
+    return helix.solver.lower_bound_s / ideal_s
+
+
 def run(args: argparse.Namespace) -> None:
     rows: list[list[Any]] = []
     summary: list[dict[str, Any]] = []
@@ -78,7 +88,7 @@ def run(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
     for i, (cluster, model, batch, max_len, seed, (label, path, dataset)) in enumerate(configs, 1):
         work = load_named_workload(cluster, model, path, dataset, batch, seed, max_len)
-        report, _ = compare_results(work, list(STRATEGIES), args.time_limit, "cpsat", 0, units_only=args.units_only)
+        report, plans = compare_results(work, list(STRATEGIES), args.time_limit, "cpsat", 0, units_only=args.units_only)
         times = {r["strategy"]: r["iteration_s"] for r in report["results"]}
         plan_s = {r["strategy"]: r["plan_s"] for r in report["results"]}
         helix = times["helix"]
@@ -88,13 +98,15 @@ def run(args: argparse.Namespace) -> None:
             "helix_vs_best": best_other / helix if best_other and helix else None,
             "ratio_to_ideal": helix / report["ideal_s"] if helix else None,
             "helix_plan_s": plan_s["helix"],
+            "bound_x_ideal": bound_x_ideal(plans.get("helix"), report["ideal_s"]),
             **{f"vs_{peer}": speedup(times, peer, helix) for peer in PEERS},
         }
         summary.append(entry)
         rows.append([
             cluster, model, label, batch, max_len, seed, report["ideal_s"],
             *(times[name] for name in STRATEGIES),
-            entry["helix_vs_best"], entry["ratio_to_ideal"], plan_s["helix"], max(plan_s.values()),
+            entry["helix_vs_best"], entry["ratio_to_ideal"], entry["bound_x_ideal"], plan_s["helix"],
+            max(plan_s.values()),
         ])  # fmt: skip
         print(
             f"[{i}/{len(configs)}] {entry['config']}: helix {helix or float('nan'):.3f}s, "
@@ -110,7 +122,7 @@ def run(args: argparse.Namespace) -> None:
         name,
         "Plan quality: simulated iteration seconds per strategy (helix speedup = other / helix)",
         ["cluster", "model", "data", "batch", "max_len", "seed", "ideal_s", *STRATEGIES,
-         "helix_vs_best_other", "helix_x_ideal", "helix_plan_s", "slowest_plan_s"],
+         "helix_vs_best_other", "helix_x_ideal", "bound_x_ideal", "helix_plan_s", "slowest_plan_s"],
         rows,
         meta,
     )  # fmt: skip
@@ -128,6 +140,7 @@ def summarise(summary: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
         return f"median {median(values):.3f}x, worst {min(values):.3f}x, helix slower in {slower} of {len(values)}"
 
     ideal = [s["ratio_to_ideal"] for s in summary if s["ratio_to_ideal"] is not None]
+    bound = [s["bound_x_ideal"] for s in summary if s["bound_x_ideal"] is not None]
     plan = sorted(s["helix_plan_s"] for s in summary)
     return {
         "configurations": f"{len(summary)} ({'every source on every configuration' if args.full else 'sampled'})",
@@ -138,6 +151,9 @@ def summarise(summary: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
         "helix vs best of all others": stats("helix_vs_best"),
         **{f"helix vs {peer}": stats(f"vs_{peer}") for peer in PEERS},
         "helix ratio to ideal": f"median {median(ideal):.3f}, worst {max(ideal):.3f}" if ideal else "-",
+        "lower bound on the simulated time / ideal (no plan of the space can beat it)": (
+            f"median {median(bound):.3f}, min {min(bound):.3f}, max {max(bound):.3f}" if bound else "-"
+        ),
         "helix planning wall s": f"p50 {plan[len(plan) // 2]:.2f}, p95 {plan[int(0.95 * (len(plan) - 1))]:.2f}, "
         f"max {plan[-1]:.2f}",
         "command": "python bench/plan_quality.py"
