@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check proto planner_service executor tests bench
+	$(PY) -m mypy proto planner_service executor
 	$(PY) -m mypy
 
 schema: $(STAMP)

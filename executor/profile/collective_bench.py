@@ -12,7 +12,9 @@ Each rank returns rows for the groups it belongs to; `measure.merge_collectives`
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -122,8 +124,10 @@ class CollectiveBench:
 
                 def ping_pong(buf: torch.Tensor = buf, partner: int = partner) -> None:
                     first, second = (dist.isend, dist.irecv) if self.rank < partner else (dist.irecv, dist.isend)
-                    first(buf, partner).wait()
-                    second(buf, partner).wait()
+                    for op in (first, second):
+                        work = op(buf, partner)
+                        assert work is not None, "point-to-point ops outside a coalescing block return a handle"
+                        work.wait()
 
                 where = placement((self.rank, partner), self.cluster)
                 rows.append(
@@ -154,14 +158,11 @@ class CollectiveBench:
                     numel = max(size, nbytes // 4 // size * size)
                     buf = torch.ones(numel, dtype=REDUCE_DTYPE, device=self.device)
                     out = torch.empty(numel // size, dtype=REDUCE_DTYPE, device=self.device)
-                    kinds = [("all_reduce", lambda buf=buf, group=group: dist.all_reduce(buf, group=group))]
+                    kinds: list[tuple[str, Callable[[], object]]] = [
+                        ("all_reduce", functools.partial(dist.all_reduce, buf, group=group))
+                    ]
                     if scatter_ok:
-                        kinds.append(
-                            (
-                                "reduce_scatter",
-                                lambda buf=buf, out=out, group=group: _reduce_scatter(out, buf, group=group),
-                            )
-                        )
+                        kinds.append(("reduce_scatter", functools.partial(_reduce_scatter, out, buf, group=group)))
                     for kind, call in kinds:
                         try:
                             seconds = self._time(call)

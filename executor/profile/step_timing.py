@@ -81,7 +81,7 @@ def time_plans(
     )
     executors: dict[tuple[tuple[int, int], ...], PlanExecutor] = {}
     for case in cases:
-        key = tuple(tuple(r) for r in case.plan.pipeline.layer_ranges)
+        key = tuple((a, b) for a, b in case.plan.pipeline.layer_ranges)
         if key not in executors:
             executors[key] = PlanExecutor(
                 model=model, cluster=cluster, pipeline=case.plan.pipeline, groups=groups, config=config
@@ -91,7 +91,7 @@ def time_plans(
     losses = [0.0] * len(cases)
     for index in range(settings.warmup + settings.repeats):
         for i, case in enumerate(cases):
-            executor = executors[tuple(tuple(r) for r in case.plan.pipeline.layer_ranges)]
+            executor = executors[tuple((a, b) for a, b in case.plan.pipeline.layer_ranges)]
             elapsed, memory, loss = _one_step(executor, case, settings)
             if index >= settings.warmup:
                 seconds[i].append(elapsed)

@@ -258,8 +258,9 @@ class FlatRegion:
             work = _reduce_scatter(received, src, group=self.group, async_op=True)
             self._pending.append(_Pending(work, (src, received), (received, self.shard_views[bucket]), replace=True))
         else:
-            src = self._staging.pop(bucket, None)
-            if src is None:
+            if bucket in self._staging:
+                src = self._staging.pop(bucket)
+            else:  # nothing staged for this bucket this round: this rank contributes zeros
                 src = torch.zeros(hi - lo, dtype=self.flat.dtype, device=self.flat.device)
             received = torch.empty(part, dtype=self.flat.dtype, device=self.flat.device)
             work = _reduce_scatter(received, src, group=self.group, async_op=True)

@@ -23,11 +23,12 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from executor.model import DecoderStage
 from executor.parallel.data import AdamWConfig, GradTerm, build_optimizer
@@ -79,7 +80,7 @@ def tied_parameter(module: DecoderStage, tie_group: dist.ProcessGroup | None) ->
     if tie_group is None:
         return None
     assert module.embed is not None, "a tied holder stage has the embedding"
-    return module.embed.weight
+    return cast(nn.Parameter, module.embed.weight)
 
 
 class BucketedStates:
@@ -209,10 +210,11 @@ class ShardedStates:
         )
         self.module, self.tie_group = module, tie_group
         layers = list(module.layers.values())
+        device_mesh = cast(DeviceMesh, mesh)
         for block in layers:
-            fully_shard(block, mesh=mesh, reshard_after_forward=True, mp_policy=policy)
+            fully_shard(block, mesh=device_mesh, reshard_after_forward=True, mp_policy=policy)
         # explicit True: FSDP2 would otherwise keep the root unit gathered from forward to backward
-        fully_shard(module, mesh=mesh, reshard_after_forward=True, mp_policy=policy)
+        fully_shard(module, mesh=device_mesh, reshard_after_forward=True, mp_policy=policy)
         for unit in [module, *layers]:
             unit.set_gradient_divide_factor(1.0)  # type: ignore[operator]  # sums, as the loss normalisation needs
             # plain SUM collectives: a factor on float32 otherwise becomes NCCL's PREMUL_SUM, which gloo lacks
@@ -237,7 +239,7 @@ class ShardedStates:
 
     def grad_terms(self) -> list[GradTerm]:
         held = [p for p in self.module.parameters() if p.grad is not None]
-        return [GradTerm(_local(p.grad), 2 if p is self._tied else 1) for p in held]
+        return [GradTerm(_local(cast(torch.Tensor, p.grad)), 2 if p is self._tied else 1) for p in held]
 
     def step(self) -> None:
         self.optimizer.step()
