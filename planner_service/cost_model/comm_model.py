@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from proto import CostProfile, ModelSpec
 
-ALLTOALLS_PER_LAYER = 4
-"""Ulysses runs 4 all-to-alls per layer forward (q, k, v to head-sharded; attention output back to
-sequence-sharded) and the same 4 with gradients in backward (dO in; dq, dk, dv out)."""
+ALLTOALLS_PER_LAYER = 2
+"""All-to-all calls (each paying one latency) per layer forward: the executor packs q, k and v into one exchange
+to head-sharded and sends the attention output back in a second (`executor.parallel.ulysses`); backward runs the
+same 2 with gradients (dO in; dq, dk, dv packed out). The bytes are those of all four tensors either way."""
 
 
 def tokens_per_device(num_tokens: int, sp_degree: int) -> int:
@@ -91,7 +92,7 @@ def group_devices_per_node(sp_degree: int, devices_per_node: int, *, spans_nodes
 def ulysses_layer_links(
     profile: CostProfile, model: ModelSpec, *, num_tokens: int, sp_degree: int, per_node: int
 ) -> LinkTimes:
-    """Link times of the 4 all-to-alls of one layer (forward, or the same again in backward).
+    """Link times of the all-to-alls of one layer (forward, or the same again in backward).
 
     Of a device's s − 1 peers, k − 1 share its node (k = `per_node`, devices of the group per node) and s − k do
     not; it sends each peer the same 1/s of its shard. NCCL issues all the sends at once, so the NVLink part
@@ -114,7 +115,7 @@ def ulysses_layer_links(
 def ulysses_layer_comm_s(
     profile: CostProfile, model: ModelSpec, *, num_tokens: int, sp_degree: int, per_node: int
 ) -> float:
-    """Seconds of the 4 all-to-alls of one layer (forward, or the same again in backward)."""
+    """Seconds of the all-to-alls of one layer (forward, or the same again in backward)."""
     return ulysses_layer_links(profile, model, num_tokens=num_tokens, sp_degree=sp_degree, per_node=per_node).duration_s
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from planner_service.cost_model.comm_model import ALLTOALLS_PER_LAYER
 from planner_service.cost_model.profile_fit import Efficiency, FitReport, ProfileFit
 from planner_service.cost_model.profile_measurements import ProfileMeasurements
 from planner_service.errors import PlanningError
@@ -29,6 +30,9 @@ from proto import ClusterSpec, CostProfile, ModelSpec
 from proto.fingerprint import fingerprint
 
 CACHE_DIR_ENV = "HELIX_PROFILE_CACHE"
+FIT_VERSION = 2
+"""Raised whenever the fit's formulas change what a measurement becomes (2: all-to-all latency per call, two calls
+per layer as the executor issues them, instead of four)."""
 """Overrides the default cache folder (`~/.cache/helix/profiles`)."""
 
 
@@ -85,13 +89,15 @@ class ProfileDocument(BaseModel):
 def profile_cache_key(
     cluster: ClusterSpec, model: ModelSpec, software: Mapping[str, str], settings: Mapping[str, Any]
 ) -> str:
-    """Fingerprint of what a profile depends on: devices, model shape, software and measurement settings."""
+    """Fingerprint of what a profile depends on: devices, model shape, software, measurement settings and the
+    fit's own formulas (a cached document fitted under other formulas is measured again)."""
     return fingerprint(
         {
             "cluster": cluster.model_dump(mode="json"),
             "model": model.model_dump(mode="json"),
             "software": dict(software),
             "settings": dict(settings),
+            "fit": {"version": FIT_VERSION, "alltoalls_per_layer": ALLTOALLS_PER_LAYER},
         }
     )
 

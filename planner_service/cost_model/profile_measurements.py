@@ -57,7 +57,7 @@ class CollectiveTiming(BaseModel):
     num_tokens: int = Field(default=0, ge=0, description="Tokens of the chunk (ulysses_layer, p2p).")
     num_bytes: float = Field(
         ge=0,
-        description="ulysses_layer: bytes one device sends in the 4 all-to-alls the cost model counts; p2p: bytes "
+        description="ulysses_layer: bytes one device sends in the all-to-alls of one layer; p2p: bytes "
         "sent; all_reduce / reduce_scatter: the (unsharded) buffer.",
     )
     seconds: float = Field(gt=0)
