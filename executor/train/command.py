@@ -121,7 +121,7 @@ def train_command(
         strategy=_strategy(strategy),
         solver=solver,
         time_limit_s=time_limit,
-        options=PlanOptions(zero_stage=ZeroStage(zero), max_zero_stage=ZeroStage(zero)),
+        options=PlanOptions(zero_stage=ZeroStage(zero)),
         stages=stages,
         plan_deadline_s=plan_deadline,
         profile=measured,

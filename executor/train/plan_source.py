@@ -106,7 +106,7 @@ class LocalPlanSource:
     def __init__(self, job: JobPlanning, *, calibrate: bool = True) -> None:
         self.job = job
         self.fallbacks = 0
-        self._planned: dict[int, Plan] = {}
+        self._last_plan: Plan | None = None
         self._calibrator: Calibrator | None = None
         if calibrate:
             from planner_service.calibration.calibrator import Calibrator
@@ -119,13 +119,12 @@ class LocalPlanSource:
     def plan(self, step: int, batch: Batch) -> SourcedPlan:
         began = time.perf_counter()
         plan = plan_in_process(self.job, step, batch)
-        if self._calibrator is not None:
-            self._planned = {step: plan}  # feedback comes for the step just run
+        self._last_plan = plan  # feedback comes for the step just run
         return SourcedPlan(plan, "local", wait_s=time.perf_counter() - began)
 
     def send_feedback(self, feedback: Feedback) -> None:
         """Refine the profile of the next plans from this step's measurement (no-op without calibration)."""
-        plan = self._planned.pop(feedback.step, None)
+        plan, self._last_plan = self._last_plan, None
         if self._calibrator is None or plan is None or plan.plan_id != feedback.plan_id:
             return
         try:
