@@ -159,6 +159,21 @@ def order(summary: dict[str, dict[str, float]], key: str) -> list[str]:
     return sorted(summary, key=lambda s: summary[s][key])
 
 
+def order_disagreements(summary: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Pairs the prediction orders one way and the measurement the other, with both gaps: how much faster the
+    prediction says the first is, and how much slower it measured."""
+    ranked = order(summary, "predicted_s")
+    pairs = []
+    for i, a in enumerate(ranked):
+        for b in ranked[i + 1 :]:
+            pa, pb = summary[a]["predicted_s"], summary[b]["predicted_s"]
+            ma, mb = summary[a]["measured_s"], summary[b]["measured_s"]
+            if ma > mb:
+                pairs.append({"predicted_faster": a, "measured_faster": b,
+                              "predicted_gap": pb / pa - 1.0, "measured_gap": ma / mb - 1.0})  # fmt: skip
+    return pairs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cluster", default="cpu-2x2")
@@ -180,7 +195,13 @@ def main() -> None:
         "from elsewhere only adds time) or median",
     )
     parser.add_argument("--quick", action="store_true", help="2 + 2 batches, 2 repeats")
+    parser.add_argument(
+        "--render", action="store_true", help="rewrite the .md from the last run's .json (no measurement)"
+    )
     args = parser.parse_args()
+    if args.render:
+        write_report(json.loads((RESULTS / "executor_accuracy.json").read_text()))
+        return
     if args.quick:
         args.batches, args.calibration_batches, args.repeats, args.profile_repeats = 2, 2, 2, 3
     cluster, model = resolve_cluster(args.cluster), resolve_model(args.model)
@@ -338,6 +359,17 @@ def write_report(report: dict[str, Any]) -> None:
         f"Order of strategies (fastest first), after calibration: predicted {a['order_after']['predicted']}, "
         f"measured {a['order_after']['measured']} ({'match' if a['order_matches_after'] else 'differ'}); "
         f"before: predicted {a['order_before']['predicted']}, measured {a['order_before']['measured']}.",
+        "Pairs ordered differently after calibration (predicted gap / measured gap, against the median step spread "
+        f"{_pct(a['median_step_spread'])}): "
+        + (
+            "; ".join(
+                f"{d['predicted_faster']} predicted {_pct(d['predicted_gap'])} faster than {d['measured_faster']}, "
+                f"measured {_pct(d['measured_gap'])} slower"
+                for d in order_disagreements(report["strategies_after"])
+            )
+            or "none"
+        )
+        + ".",
         "",
         "## Speedup over static (total time over the evaluation batches)",
         "",

@@ -24,7 +24,7 @@ from proto.plan import (
     SolverStatus,
     ZeroStage,
 )
-from proto.profile import CostProfile
+from proto.profile import CostProfile, SpDegreeCost
 from proto.requests import PlanRequest
 from proto.topology import Topology
 from proto.validation import PlanValidationError, validate_plan
@@ -51,6 +51,7 @@ __all__ = [
     "Segment",
     "SolverInfo",
     "SolverStatus",
+    "SpDegreeCost",
     "Topology",
     "ZeroStage",
     "validate_plan",

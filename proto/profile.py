@@ -7,9 +7,10 @@ Every number the cost model uses is a field here or in `ClusterSpec`/`ModelSpec`
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from proto.cluster import MAX_BANDWIDTH, MAX_LATENCY_S, MAX_NAME_CHARS, MAX_SOURCE_CHARS, MIN_BANDWIDTH
 from proto.wire_types import AS_FINITE_NUMBER
@@ -25,6 +26,32 @@ MAX_BYTES_PER_TOKEN_LAYER = 1e9
 MAX_BYTES_PER_TOKEN = 1e10
 MAX_MEMORY_RESERVE = 2**50
 MAX_BUCKET_BYTES = 2**40
+MIN_SP_COMPUTE_SCALE = 0.1
+MAX_SP_COMPUTE_SCALE = 10.0
+MAX_SP_DEGREE = 2**20
+
+
+class SpDegreeCost(BaseModel):
+    """How a layer's compute on a lane of one SP degree departs from the formula's even split over s devices.
+
+    The formula assumes Ulysses divides a layer's work exactly by s. Measured lanes differ by degree: smaller
+    per-device GEMMs run at a lower rate, fewer heads per device change the attention kernel's efficiency, and
+    ranks that meet at every all-to-all wait for the slowest (CPU ranks sharing cores most of all). `helix profile`
+    times the executor's Ulysses layer at each degree and fits, per degree:
+        forward  = compute_scale x formula_forward(s)  + call_overhead_s
+        backward = compute_scale x formula_backward(s) + linear_backward_to_forward x call_overhead_s
+    (the all-to-alls are priced apart, by the collective coefficients).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sp_degree: int = Field(ge=1, le=MAX_SP_DEGREE, description="The lane's SP degree s.")
+    compute_scale: Annotated[
+        float, Field(ge=MIN_SP_COMPUTE_SCALE, le=MAX_SP_COMPUTE_SCALE, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(default=1.0, description="Measured / formula compute time of a layer on a lane of this degree.")
+    call_overhead_s: Annotated[float, Field(ge=0, le=MAX_LAYER_OVERHEAD_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(default=0.0, description="Extra seconds per layer forward call at this degree.")
+    )
 
 
 class CostProfile(BaseModel):
@@ -66,6 +93,22 @@ class CostProfile(BaseModel):
     head_s_per_token: Annotated[float, Field(ge=0, le=MAX_S_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
         default=0.0, description="LM head + loss forward seconds per token."
     )
+    sp_degree_costs: tuple[SpDegreeCost, ...] = Field(
+        default=(),
+        max_length=64,
+        description="Measured departures from the even split per SP degree (`helix profile`), in increasing "
+        "degree; empty: the formula as it is. A degree between two measured ones is interpolated in log2(s), one "
+        "outside them takes the nearest measured one.",
+    )
+
+    @field_validator("sp_degree_costs")
+    @classmethod
+    def _increasing_degrees(cls, costs: tuple[SpDegreeCost, ...]) -> tuple[SpDegreeCost, ...]:
+        degrees = [c.sp_degree for c in costs]
+        if any(b <= a for a, b in itertools.pairwise(degrees)):
+            raise ValueError(f"sp_degree values must be strictly increasing, got {degrees}")
+        return costs
+
     # collectives (effective per-device bytes/s and per-call latency)
     alltoall_bw_intra: Annotated[
         float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False), AS_FINITE_NUMBER

@@ -36,6 +36,9 @@ class ProfileGrid:
     """Tokens of the saved-bytes measurements (two sizes give the per-token slope)."""
     exchange_tokens: tuple[int, ...]
     """Chunk tokens of the all-to-all and send/recv measurements."""
+    lane_tokens: tuple[int, ...]
+    """Sequence lengths of the layer timed on lanes of each SP degree (`lane_bench`): whole sequences a plan gives
+    one lane, split over its devices."""
     reduce_bytes: tuple[int, ...]
     """Buffer sizes of the data-parallel reductions."""
     gemm_size: int
@@ -57,6 +60,7 @@ GRIDS: dict[str, ProfileGrid] = {
         head_tokens=(64, 128),
         memory_tokens=(64, 128),
         exchange_tokens=(64, 256),
+        lane_tokens=(64, 128),
         reduce_bytes=(2**14, 2**16),
         gemm_size=128,
         max_keys=256,
@@ -68,6 +72,7 @@ GRIDS: dict[str, ProfileGrid] = {
         head_tokens=(256, 1024, 4096),
         memory_tokens=(256, 1024),
         exchange_tokens=(256, 1024, 4096),
+        lane_tokens=(1024, 2048, 4096),
         reduce_bytes=(2**16, 2**19, 2**22),
         gemm_size=512,
         max_keys=4096,
@@ -79,6 +84,7 @@ GRIDS: dict[str, ProfileGrid] = {
         head_tokens=(4096, 16384),
         memory_tokens=(4096, 8192),
         exchange_tokens=(4096, 16384, 65536),
+        lane_tokens=(16384, 65536),
         reduce_bytes=(2**22, 2**25, 2**28),
         gemm_size=8192,
         max_keys=131072,

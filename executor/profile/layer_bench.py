@@ -90,14 +90,14 @@ class LayerBench:
         """Fused kernels save their output for backward; the input-saving path recomputes it."""
         return self.backend not in SCORE_KEEPING_BACKENDS
 
-    def _randn(self, *shape: int, grad: bool = False) -> torch.Tensor:
+    def randn(self, *shape: int, grad: bool = False) -> torch.Tensor:
         x = torch.randn(*shape, generator=self._generator, device=self.device, dtype=self.dtype)
         return x.requires_grad_(grad)
 
     def layer_inputs(self, shape: GridChunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, object]:
         """x (T, H), RoPE cos/sin for positions C..C+L-1 of each segment, and the layer's attend function."""
         m = self.model
-        x = self._randn(shape.num_tokens, m.hidden_size, grad=True)
+        x = self.randn(shape.num_tokens, m.hidden_size, grad=True)
         positions = torch.arange(shape.context, shape.context + shape.seq_len, device=self.device).repeat(
             shape.segments
         )
@@ -106,8 +106,8 @@ class LayerBench:
         prefixes = None
         if shape.context:
             prefixes = [
-                [(self._randn(shape.context, m.num_kv_heads, m.head_dim, grad=True),
-                  self._randn(shape.context, m.num_kv_heads, m.head_dim, grad=True))]
+                [(self.randn(shape.context, m.num_kv_heads, m.head_dim, grad=True),
+                  self.randn(shape.context, m.num_kv_heads, m.head_dim, grad=True))]
                 for _ in range(shape.segments)
             ]  # fmt: skip
 
@@ -131,11 +131,11 @@ class LayerBench:
             self.block.zero_grad(set_to_none=True)
             x.grad = None
 
-        return self._forward_backward_seconds(forward, backward)
+        return self.forward_backward_seconds(forward, backward)
 
     def time_head(self, num_tokens: int) -> tuple[float, float]:
         """Forward and backward seconds of final norm + LM head + summed cross-entropy."""
-        x = self._randn(num_tokens, self.model.hidden_size, grad=True)
+        x = self.randn(num_tokens, self.model.hidden_size, grad=True)
         targets = torch.randint(0, self.model.vocab_size, (num_tokens,), device=self.device, generator=self._generator)
 
         def forward() -> torch.Tensor:
@@ -145,9 +145,9 @@ class LayerBench:
             loss.backward()
             x.grad = None
 
-        return self._forward_backward_seconds(forward, backward)
+        return self.forward_backward_seconds(forward, backward)
 
-    def _forward_backward_seconds(
+    def forward_backward_seconds(
         self, forward: Callable[[], torch.Tensor], backward: Callable[[torch.Tensor], None]
     ) -> tuple[float, float]:
         """Forward and backward seconds (the settings' statistic over repeats), each timed on its own with all
@@ -192,7 +192,7 @@ class LayerBench:
         """A square GEMM's rate on this rank while every rank runs one: the practical peak the layer's GEMMs are
         compared with besides the nominal one."""
         n = self.settings.grid.gemm_size
-        a, b = self._randn(n, n), self._randn(n, n)
+        a, b = self.randn(n, n), self.randn(n, n)
         with autocast(self.settings):
             seconds = repeated_seconds(lambda: a @ b, device=self.settings.device, warmup=1, repeats=3, statistic="min")
         return 2.0 * n**3 / seconds

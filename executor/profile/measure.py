@@ -19,6 +19,7 @@ from executor.attention.backends import resolve_backend
 from executor.parallel.groups import create_process_groups
 from executor.profile.collective_bench import CollectiveBench
 from executor.profile.grid import ProfileSettings
+from executor.profile.lane_bench import lane_rows, merge_lanes
 from executor.profile.layer_bench import LayerBench, chunk_shapes
 from executor.profile.timing import cores_description, pin_to_core
 from proto.cluster import ClusterSpec
@@ -48,15 +49,18 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
     gemm = bench.gemm_flops_per_s()
     collectives: list[dict[str, Any]] = []
     notes: list[str] = []
-    if settings.collectives and world > 1:
-        groups = create_process_groups(cluster, (1,))
+    groups = create_process_groups(cluster, (1,)) if world > 1 else None
+    lanes = lane_rows(bench, cluster, groups)
+    if settings.collectives and groups is not None:
         activation = torch.bfloat16 if settings.dtype == "bfloat16" else bench.dtype
         cbench = CollectiveBench(cluster, model, settings, groups, activation)
         collectives = cbench.ulysses() + cbench.p2p()
         reductions, notes = cbench.reductions()
         collectives += reductions
     gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, {"layer": layer, "head": head, "collectives": collectives, "gemm": gemm})
+    dist.all_gather_object(
+        gathered, {"layer": layer, "head": head, "lanes": lanes, "collectives": collectives, "gemm": gemm}
+    )
     if rank != 0:
         return None
     device = _device_name(settings.device)
@@ -74,6 +78,7 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
         repeats=settings.repeats,
         layer=merge_median([g["layer"] for g in gathered], ("forward_s", "backward_s", "recompute_backward_s")),
         head=merge_median([g["head"] for g in gathered], ("forward_s", "backward_s")),
+        lanes=merge_lanes([g["lanes"] for g in gathered]),
         collectives=merge_slowest([g["collectives"] for g in gathered]),
         memory=memory,
         states={"param_bytes": param, "grad_bytes": grad, "optimizer_bytes": optimizer},

@@ -30,10 +30,11 @@ from proto import ClusterSpec, CostProfile, ModelSpec
 from proto.fingerprint import fingerprint
 
 CACHE_DIR_ENV = "HELIX_PROFILE_CACHE"
-FIT_VERSION = 2
-"""Raised whenever the fit's formulas change what a measurement becomes (2: all-to-all latency per call, two calls
-per layer as the executor issues them, instead of four)."""
 """Overrides the default cache folder (`~/.cache/helix/profiles`)."""
+FIT_VERSION = 3
+"""Raised whenever the fit's formulas or what is measured change what a profile becomes (2: all-to-all latency per
+call, two calls per layer as the executor issues them, instead of four; 3: the layer timed on lanes of each SP
+degree, fitting `sp_degree_costs`)."""
 
 
 class ProfileFileError(PlanningError):

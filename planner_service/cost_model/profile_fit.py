@@ -11,6 +11,8 @@ Each fit is the cost model's own formula (`compute_model`, `comm_model`) solved 
 6. DP reductions  hierarchical phases (`comm_model.hierarchical_phase_links`), 2 per all-reduce,
                   1 per reduce-scatter, with a free per-step latency term                    -> allreduce intra / inter
 7. memory         bytes saved per token (slope over token counts), bytes per parameter of the training state
+8. SP lanes       per degree s, t_f = x·F_s + o + A_s, t_b = x·B_s + k_lin·o + A_s on the layer timed as a
+                  lane of s devices runs it (F_s, B_s, A_s: fits 1-4 at degree s)            -> sp_degree_costs
 
 Every fit minimises *relative* residuals (rows divided by the measured value: short and long calls count alike)
 under non-negativity, solved exactly (`nonnegative_least_squares`). Each fit's error is then recomputed with the
@@ -29,9 +31,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner_service.cost_model import comm_model, compute_model
-from planner_service.cost_model.profile_measurements import CollectiveTiming, MemorySample, ProfileMeasurements
+from planner_service.cost_model.profile_measurements import (
+    CollectiveTiming,
+    LaneLayerTiming,
+    MemorySample,
+    ProfileMeasurements,
+)
 from planner_service.cost_model.profile_presets import preset_profile, ulysses_extra_bytes_per_token_layer
-from proto import ClusterSpec, CostProfile, ModelSpec
+from proto import ClusterSpec, CostProfile, ModelSpec, SpDegreeCost
+from proto.profile import MAX_LAYER_OVERHEAD_S, MAX_SP_COMPUTE_SCALE, MIN_SP_COMPUTE_SCALE
 
 BACKWARD_FACTOR_BOUNDS = (0.5, 5.0)
 """`CostProfile`'s bounds on the backward/forward factors: a fitted factor outside them is clipped and flagged."""
@@ -233,6 +241,71 @@ def _fit_compute(m: ProfileMeasurements, base: CostProfile) -> tuple[dict[str, A
     else:
         reports.append(_unmeasured("LM head + loss forward", ["head_s_per_token"], "no head timings"))
     return update, reports
+
+
+# --- lanes of each SP degree -------------------------------------------------------------------------------------
+
+
+def _fit_sp_degrees(
+    rows: Sequence[LaneLayerTiming], model: ModelSpec, fitted: CostProfile
+) -> tuple[tuple[SpDegreeCost, ...], list[FitReport]]:
+    """Per SP degree, (compute_scale x, call_overhead_s o) with the rest of the profile already fitted:
+        forward  = x·F_s + o + A_s        backward = x·B_s + k_lin·o + A_s
+    where F_s, B_s are the formula's layer times at degree s and A_s the layer's all-to-alls, both from `fitted`.
+    Relative residuals, non-negative; x is then clipped to `CostProfile`'s bounds."""
+    if not rows:
+        return (), [_unmeasured("layer on lanes per SP degree", ["sp_degree_costs"], "no lane timings")]
+    plain = fitted.model_copy(update={"sp_degree_costs": ()})
+    k_lin = plain.linear_backward_to_forward
+    costs: list[SpDegreeCost] = []
+    reports: list[FitReport] = []
+    for s in sorted({r.sp_degree for r in rows}):
+        mine = [r for r in rows if r.sp_degree == s]
+        columns, targets, measured = [], [], []
+        for r in mine:
+            formula_f, formula_b, comm = _lane_layer_parts(plain, model, r)
+            for time_s, formula, overhead in ((r.forward_s, formula_f, 1.0), (r.backward_s, formula_b, k_lin)):
+                columns.append([formula / time_s, overhead / time_s])
+                targets.append(1.0 - comm / time_s)
+                measured.append(time_s)
+        scale, overhead = nonnegative_least_squares(np.asarray(columns), np.asarray(targets))
+        note = ""
+        if scale <= 0:
+            scale, overhead = 1.0, 0.0
+            note = "compute term not identified: the formula kept"
+        clipped = float(np.clip(scale, MIN_SP_COMPUTE_SCALE, MAX_SP_COMPUTE_SCALE))
+        if clipped != scale:
+            note = f"compute scale {scale:.3g} clipped to [{MIN_SP_COMPUTE_SCALE}, {MAX_SP_COMPUTE_SCALE}]"
+        overhead = float(min(overhead, MAX_LAYER_OVERHEAD_S))
+        cost = SpDegreeCost(sp_degree=s, compute_scale=clipped, call_overhead_s=overhead)
+        costs.append(cost)
+        with_cost = plain.model_copy(update={"sp_degree_costs": (cost,)})
+        predicted = []
+        for r in mine:
+            formula_f, formula_b, comm = _lane_layer_parts(with_cost, model, r)
+            predicted += [formula_f + comm, formula_b + comm]
+        reports.append(
+            _report(
+                f"layer on SP-{s} lanes",
+                {"compute_scale": clipped, "call_overhead_s": overhead},
+                predicted,
+                measured,
+                note,
+            )
+        )
+    return tuple(costs), reports
+
+
+def _lane_layer_parts(profile: CostProfile, model: ModelSpec, r: LaneLayerTiming) -> tuple[float, float, float]:
+    """(forward compute, backward compute, one direction's all-to-alls) of one layer of a lane row under
+    `profile`."""
+    pairs = compute_model.attention_pairs([(0, r.num_tokens)])
+    forward = compute_model.layer_forward_s(profile, attn_pairs=pairs, num_tokens=r.num_tokens, sp_degree=r.sp_degree)
+    backward = compute_model.layer_backward_s(profile, attn_pairs=pairs, num_tokens=r.num_tokens, sp_degree=r.sp_degree)
+    comm = comm_model.ulysses_layer_comm_s(
+        profile, model, num_tokens=r.num_tokens, sp_degree=r.sp_degree, per_node=r.per_node
+    )
+    return forward, backward, comm
 
 
 # --- collectives -------------------------------------------------------------------------------------------------
@@ -541,5 +614,8 @@ def fit_profile(
             ),
         }
     )
+    degree_costs, degree_reports = _fit_sp_degrees(m.lanes, model, profile)
+    reports += degree_reports
+    profile = profile.model_copy(update={"sp_degree_costs": degree_costs})
     profile = CostProfile.model_validate(profile.model_dump())  # the bounds of every field hold
     return ProfileFit(profile=profile, fits=tuple(reports), efficiency=_efficiency(profile, m, cluster, model))

@@ -34,6 +34,21 @@ class LayerTiming(BaseModel):
     )
 
 
+class LaneLayerTiming(BaseModel):
+    """One transformer layer run the way a lane of SP degree s runs it: the executor's Ulysses attention over the
+    lane's group (s = 1: alone), one whole sequence of `num_tokens` split over the s devices, every lane of that
+    degree running at once. The time includes the layer's all-to-alls."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sp_degree: int = Field(ge=1)
+    per_node: int = Field(ge=1, description="Devices of the lane in each node it occupies (k).")
+    nodes: int = Field(ge=1)
+    num_tokens: int = Field(ge=1, description="Tokens of the sequence (the whole lane's, not one device's).")
+    forward_s: float = Field(gt=0)
+    backward_s: float = Field(gt=0)
+
+
 class HeadTiming(BaseModel):
     """Final norm + LM head + loss on one device."""
 
@@ -107,6 +122,9 @@ class ProfileMeasurements(BaseModel):
     repeats: int = Field(ge=1)
     layer: list[LayerTiming] = Field(default_factory=list)
     head: list[HeadTiming] = Field(default_factory=list)
+    lanes: list[LaneLayerTiming] = Field(
+        default_factory=list, description="The layer on lanes of each SP degree (fits `CostProfile.sp_degree_costs`)."
+    )
     collectives: list[CollectiveTiming] = Field(default_factory=list)
     memory: list[MemorySample] = Field(default_factory=list)
     states: StateBytes | None = None

@@ -13,13 +13,14 @@ from planner_service.cost_model.profile_fit import fit_profile
 from planner_service.cost_model.profile_measurements import (
     CollectiveTiming,
     HeadTiming,
+    LaneLayerTiming,
     LayerTiming,
     MemorySample,
     ProfileMeasurements,
     StateBytes,
 )
 from planner_service.presets import resolve_cluster, resolve_model
-from proto import ClusterSpec, CostProfile, ModelSpec
+from proto import ClusterSpec, CostProfile, ModelSpec, SpDegreeCost
 
 CLUSTER = resolve_cluster("cpu-2x4")
 MODEL = resolve_model("tiny")
@@ -42,8 +43,16 @@ TRUE = preset_profile(CLUSTER, MODEL).model_copy(
         "allreduce_bw_inter": 0.4e9,
         "allreduce_latency_intra_s": 3e-4,
         "allreduce_latency_inter_s": 7e-4,
+        "sp_degree_costs": (
+            SpDegreeCost(sp_degree=1, compute_scale=0.9, call_overhead_s=0.0),
+            SpDegreeCost(sp_degree=2, compute_scale=1.1, call_overhead_s=2e-4),
+            SpDegreeCost(sp_degree=4, compute_scale=1.3, call_overhead_s=5e-4),
+            SpDegreeCost(sp_degree=8, compute_scale=1.6, call_overhead_s=1e-3),
+        ),
     }
 )
+LANES = ((1, 1, 1), (2, 2, 1), (4, 4, 1), (8, 4, 2))
+"""(SP degree, devices per node, nodes) of the lanes the synthetic profile times."""
 FITTED_FIELDS = (
     "attn_s_per_token2",
     "linear_s_per_token",
@@ -62,6 +71,7 @@ FITTED_FIELDS = (
     "allreduce_bw_inter",
     "allreduce_latency_intra_s",
     "allreduce_latency_inter_s",
+    "sp_degree_costs",
 )
 
 
@@ -72,14 +82,15 @@ def synthetic_measurements(true: CostProfile, noise: float = 0.0, seed: int = 0)
     def jitter(x: float) -> float:
         return float(x * (1.0 + rng.uniform(-noise, noise)))
 
+    formula = true.model_copy(update={"sp_degree_costs": ()})  # the grid's rows: one device, the plain formula
     layer = []
     for tokens in (256, 512, 1024, 2048):
         for seq_len in (tokens, tokens // 4, 64):
             for context in (0, tokens):
                 segs = [(context, seq_len)] * (tokens // seq_len)
                 pairs = compute_model.attention_pairs(segs)
-                f = compute_model.layer_forward_s(true, attn_pairs=pairs, num_tokens=tokens, sp_degree=1)
-                b = compute_model.layer_backward_s(true, attn_pairs=pairs, num_tokens=tokens, sp_degree=1)
+                f = compute_model.layer_forward_s(formula, attn_pairs=pairs, num_tokens=tokens, sp_degree=1)
+                b = compute_model.layer_backward_s(formula, attn_pairs=pairs, num_tokens=tokens, sp_degree=1)
                 layer.append(
                     LayerTiming(
                         num_tokens=tokens,
@@ -141,6 +152,18 @@ def synthetic_measurements(true: CostProfile, noise: float = 0.0, seed: int = 0)
                         seconds=jitter(phases * one.duration_s),
                     )
                 )  # fmt: skip
+    lanes = []
+    for s, k, nodes in LANES:
+        for tokens in (1024, 2048, 4096):
+            pairs = compute_model.attention_pairs([(0, tokens)])
+            comm = comm_model.ulysses_layer_comm_s(true, MODEL, num_tokens=tokens, sp_degree=s, per_node=k)
+            f = compute_model.layer_forward_s(true, attn_pairs=pairs, num_tokens=tokens, sp_degree=s) + comm
+            b = compute_model.layer_backward_s(true, attn_pairs=pairs, num_tokens=tokens, sp_degree=s) + comm
+            lanes.append(
+                LaneLayerTiming(
+                    sp_degree=s, per_node=k, nodes=nodes, num_tokens=tokens, forward_s=jitter(f), backward_s=jitter(b)
+                )
+            )
     memory = [MemorySample(kind="layer", num_tokens=t, saved_bytes=1234.0 * t + 512) for t in (256, 1024)] + [
         MemorySample(kind="checkpointed_layer", num_tokens=t, saved_bytes=256.0 * t) for t in (256, 1024)
     ]
@@ -157,6 +180,7 @@ def synthetic_measurements(true: CostProfile, noise: float = 0.0, seed: int = 0)
         repeats=1,
         layer=layer,
         head=head,
+        lanes=lanes,
         collectives=collectives,
         memory=memory,
         states=StateBytes(param_bytes=4, grad_bytes=4, optimizer_bytes=8),

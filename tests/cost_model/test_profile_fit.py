@@ -31,7 +31,14 @@ def test_fit_recovers_every_coefficient_from_exact_timings() -> None:
     """No noise: every time and bandwidth coefficient comes back to 1e-6, and every fit reports ~0 error."""
     fit = fit_profile(synthetic_measurements(TRUE), CLUSTER, MODEL)
     for name in FITTED_FIELDS:
+        if name == "sp_degree_costs":
+            continue
         assert getattr(fit.profile, name) == pytest.approx(getattr(TRUE, name), rel=1e-6), name
+    got = [(c.sp_degree, c.compute_scale, c.call_overhead_s) for c in fit.profile.sp_degree_costs]
+    want = [(c.sp_degree, c.compute_scale, c.call_overhead_s) for c in TRUE.sp_degree_costs]
+    assert [g[0] for g in got] == [w[0] for w in want]
+    for g, w in zip(got, want, strict=True):
+        assert g[1] == pytest.approx(w[1], rel=1e-6) and g[2] == pytest.approx(w[2], rel=1e-6, abs=1e-12), (g, w)
     measured = [f for f in fit.fits if f.rows > 0 and f.rms_relative_error is not None]
     assert len(measured) >= 10
     assert all(f.max_relative_error is not None and f.max_relative_error < 1e-6 for f in measured), [
@@ -69,6 +76,38 @@ def test_fit_is_close_under_noise() -> None:
         assert getattr(fit.profile, name) == pytest.approx(getattr(TRUE, name), rel=0.1), name
     forward = next(f for f in fit.fits if f.name == "layer forward")
     assert forward.rms_relative_error is not None and 0.005 < forward.rms_relative_error < 0.04
+    for got, want in zip(fit.profile.sp_degree_costs, TRUE.sp_degree_costs, strict=True):
+        assert got.compute_scale == pytest.approx(want.compute_scale, rel=0.1), (got, want)
+
+
+def test_sp_degree_costs_price_lanes_and_interpolate_between_degrees() -> None:
+    """A lane of a measured degree pays that degree's scale and overhead; an unmeasured degree between two measured
+    ones gets the log2-interpolation of theirs, one outside them the nearest; no measurements change nothing."""
+    from planner_service.cost_model import compute_model
+
+    plain = TRUE.model_copy(update={"sp_degree_costs": ()})
+    pairs, tokens = compute_model.attention_pairs([(0, 4096)]), 4096.0
+
+    def forward(profile: object, s: int) -> float:
+        return compute_model.layer_forward_s(profile, attn_pairs=pairs, num_tokens=tokens, sp_degree=s)  # type: ignore[arg-type]
+
+    assert forward(TRUE, 4) == pytest.approx(1.3 * forward(plain, 4) + 5e-4)
+    assert compute_model.sp_degree_cost(TRUE, 1) == (0.9, 0.0)
+    sparse = TRUE.model_copy(update={"sp_degree_costs": (TRUE.sp_degree_costs[1], TRUE.sp_degree_costs[3])})
+    scale, extra = compute_model.sp_degree_cost(sparse, 4)  # halfway between 2 and 8 in log2
+    assert scale == pytest.approx((1.1 + 1.6) / 2) and extra == pytest.approx((2e-4 + 1e-3) / 2)
+    assert compute_model.sp_degree_cost(sparse, 1) == (1.1, 2e-4)
+    assert compute_model.sp_degree_cost(sparse, 64) == (1.6, 1e-3)
+    assert compute_model.sp_degree_cost(plain, 8) == (1.0, 0.0)
+
+
+def test_sp_degree_costs_must_name_increasing_degrees() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="sp_degree values must be strictly increasing"):
+        TRUE.model_copy(update={"sp_degree_costs": ()}).model_validate(
+            {**TRUE.model_dump(), "sp_degree_costs": [{"sp_degree": 4}, {"sp_degree": 2}]}
+        )
 
 
 def test_unmeasured_coefficients_keep_the_base_and_say_so() -> None:

@@ -73,6 +73,12 @@ def test_profile_measures_fits_writes_and_caches(tmp_path: Path) -> None:
     for name in ("all-to-all inside a node", "p2p inside a node", "gradient reductions inside a node"):
         assert fits[name].rows > 0 and fits[name].rms_relative_error is not None, name
     m = doc.measurements
+    # the layer on lanes of SP degree 1 and 2 (both ranks), every grid length, and one cost per degree
+    assert sorted((r.sp_degree, r.num_tokens) for r in m.lanes) == [
+        (s, t) for s in (1, 2) for t in sorted(GRIDS["tiny"].lane_tokens)
+    ]
+    assert [c.sp_degree for c in profile.sp_degree_costs] == [1, 2]
+    assert fits["layer on SP-2 lanes"].rows == 2 * len(GRIDS["tiny"].lane_tokens)
     assert (m.world_size, m.backend, m.attention_backend, m.threads_per_rank) == (2, "gloo", "sdpa", 1)
     assert not m.attention_saves_prefix_kv and profile.attention_saves_prefix_kv is False
     # float32 AdamW: param, grad, exp_avg, exp_avg_sq (+ one 4-byte step counter per tensor)
