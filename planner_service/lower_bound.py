@@ -2,89 +2,235 @@
 
 The lane ILP's bound is a bound for its own model, which leaves out what the simulator charges on top, so it
 says little about the plan (a plan "0.5% from optimal" in the model was 60% slower in the simulator). This
-bound holds for the simulator's prices instead, for any plan with pipeline degree P among `degrees`:
+bound holds for the simulator's prices instead, for any plan with pipeline degree P among `degrees`. It is
+computed for each P and each ZeRO stage z a plan at that P may run at, and the bound is the smallest over them:
 
-- every device of a stage block does its share of the batch's compute (device-time conservation over the
-  cluster: `CostModel.ideal_s`, no per-call overhead, no communication);
-- a sequence runs on one lane, whose s devices each pay its Ulysses all-to-alls: s x (the all-to-alls of its
-  tokens) device-seconds per layer, forward and backward, at the smallest SP degree on which it fits memory
-  at that P (the all-to-all device-time grows with s, so the smallest feasible s is the cheapest; s = 1
-  pays none). Memory fit is `memory_fit.sequence_fits`, the planner's own test (sliced when P > 1), so the
-  bound holds for the plans the planner builds;
-- the bound for a set of pipeline degrees is the smallest over them.
+    bound = min over P, z of  max over stages p of  fill(p) + busy(p, z) + drain(p, z)
 
-Gradient sync, bubbles and recompute only add time, so they are left out: the bound is valid whatever the
-simulator's model of them, and `gap` = (simulated - bound) / simulated is a true, if loose, optimality gap.
+Why each piece holds, for every lane l of a plan (even split of the layers, as every strategy builds; valid
+schedules: on each stage F(c) precedes B(c), so a stage's first op is a forward and its last a backward):
+
+- fill(p): lane l's first op on stage p is F(c) for some chunk c, which waits for F(c) on stages 0..p-1 and
+  each send: at least the sum over q < p of the smallest F op (`layer_forward_s` of one token is at least the
+  per-call overhead b per layer, priced with stage q's per-chunk collectives by `overlapped_op_s`, which grows
+  with the op's work) and the smallest send (`p2p_s` of one token on the faster link).
+- busy(p, z): lane l's ops on stage p run one at a time between its first op's start and its last op's end.
+  The busiest lane of the stage block is busy at least (device-time of stage p's work) / (N/P): device-time
+  conservation over the block's N/P devices. Stage p's work is each sequence's forward and backward compute on
+  the stage's layers (`training_s`: a lane of s devices splits it over s, so s x the per-device time is the
+  s = 1 work; slicing does not change the attention pairs, which telescope to n^2), the LM head on the last
+  stage only (which is why a per-stage bound beats the cluster-wide `ideal_s` at P > 1), and each sequence's
+  Ulysses all-to-alls: s x (the all-to-alls of its tokens) device-seconds per layer, forward and backward, at
+  the cheapest SP degree on which it fits memory (s = 1 pays none). Also at least: the lane holding the longest
+  sequence does its whole compute and all-to-alls on its s devices (cheapest fitting s), and under ZeRO-2/3
+  every lane joins as many per-chunk collective rounds as the busiest lane, each at least `idle_round_s` (one
+  op's collectives never take less than their own duration).
+- drain(p, z): lane l's last op on stage p is B(c'); B(c') on stages p-1..0 follows it (the smallest B op and
+  send each), and each stage q's step ends at least `after_step_s` (the ZeRO-1/2 parameter all-gather) plus
+  one bucket's share of its ZeRO-0/1 reduction (`step_sync_end_s`) after the lane's last backward on q.
+
+Memory fit is `memory_fit.sequence_fits`, the planner's own test (unsliced at P = 1, where no strategy slices;
+sliced or unsliced at P > 1), with model states sharded at the highest ZeRO stage the job allows (the most
+memory any plan can have), so it never rules out a lane a plan may use. The ZeRO stages z of a P are those from
+the job's stage to `max_zero_stage` whose model states fit the device next to the reserve at all (a plan whose
+states alone overflow fails `fits_memory`, so no strategy returns it).
+
+Recompute, imbalance between lanes, all but the first fill and the last drain, and per-call overheads beyond
+one chunk only add time, so they are left out: `gap` = (simulated - bound) / simulated is a true optimality gap.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from planner_service.context import PlanningContext, options_that_fit
+from planner_service.context import PlanningContext
+from planner_service.cost_model import ChunkShape, CostModel, compute_model
+from planner_service.cost_model.comm_model import NO_TRAFFIC
+from planner_service.cost_model.data_parallel import overlapped_op_s
 from planner_service.layout.memory_fit import sequence_fits
-from proto import PipelineSpec
+from proto import PipelineSpec, ZeroStage
 from proto.topology import valid_sp_degrees
 
 ALLTOALL_PROBE_TOKENS_PER_DEVICE = 8192
 """Tokens per device at which the all-to-all's per-token slope is measured (a whole multiple of every s)."""
 
 
-def longest_fitting(ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int, *, sliced: bool, upto: int) -> int:
+def longest_fitting(cost: CostModel, pipeline: PipelineSpec, sp_degree: int, *, sliced: bool, upto: int) -> int:
     """The longest sequence (at most `upto` tokens) that fits a lane of `sp_degree` (0: none); fit is monotone
     in the length, so a bisection finds it."""
-    if not sequence_fits(ctx.cost, pipeline, 1, sp_degree, sliced=sliced):
+    if not sequence_fits(cost, pipeline, 1, sp_degree, sliced=sliced):
         return 0
-    if sequence_fits(ctx.cost, pipeline, upto, sp_degree, sliced=sliced):
+    if sequence_fits(cost, pipeline, upto, sp_degree, sliced=sliced):
         return upto
     lo, hi = 1, upto  # fits(lo), not fits(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if sequence_fits(ctx.cost, pipeline, mid, sp_degree, sliced=sliced):
+        if sequence_fits(cost, pipeline, mid, sp_degree, sliced=sliced):
             lo = mid
         else:
             hi = mid
     return lo
 
 
-def alltoall_device_s_per_token(ctx: PlanningContext, sp_degree: int) -> float:
+def span_choices(cost: CostModel, sp_degree: int) -> tuple[bool, ...]:
+    """Whether a lane of `sp_degree` may span nodes: it must when larger than a node, and may (priced as the
+    all-inter-node exchange) otherwise; a bound takes the cheaper."""
+    return (True,) if sp_degree > cost.cluster.devices_per_node else (False, True)
+
+
+def alltoall_device_s_per_token(cost: CostModel, sp_degree: int) -> float:
     """Device-seconds of one layer's forward all-to-alls per token of a sequence on a lane of size s (all its s
     devices together), without per-call latency: a lower bound for any number of tokens."""
     s = sp_degree
     if s <= 1:
         return 0.0
-    spans = s > ctx.cluster.devices_per_node
     x = ALLTOALL_PROBE_TOKENS_PER_DEVICE * s
-    slope = (ctx.cost.alltoall_layer_s(2 * x, s, spans) - ctx.cost.alltoall_layer_s(x, s, spans)) / x
+    slope = min(
+        (cost.alltoall_layer_s(2 * x, s, spans) - cost.alltoall_layer_s(x, s, spans)) / x
+        for spans in span_choices(cost, s)
+    )
     return s * max(slope, 0.0)
 
 
+def feasible_zero_stages(ctx: PlanningContext, pipeline: PipelineSpec) -> list[CostModel]:
+    """Cost models at each ZeRO stage a plan at `pipeline` may run at: the job's stage up to `max_zero_stage`,
+    leaving out those whose model states alone exceed the device (no such plan passes `fits_memory`)."""
+    out = []
+    for stage in range(ctx.options.zero_stage, ctx.options.max_zero_stage + 1):
+        options = ctx.options.model_copy(update={"zero_stage": ZeroStage(stage)})
+        cost = replace(ctx.cost, options=options)
+        dp = cost.dp_size(pipeline)
+        states = max(cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
+        if states <= cost.usable_memory_bytes:
+            out.append(cost)
+    return out
+
+
+def sp_degree_fits(cost: CostModel, pipeline: PipelineSpec, degrees: list[int], longest: int) -> dict[int, int]:
+    """Per SP degree, the longest sequence (up to `longest`) that fits a lane of it in some way a plan at this
+    P may run it: unsliced, or at P > 1 also sliced."""
+    modes = (False,) if pipeline.num_stages == 1 else (False, True)
+    return {
+        s: max(longest_fitting(cost, pipeline, s, sliced=sliced, upto=longest) for sliced in modes) for s in degrees
+    }
+
+
 def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> float:
-    """The bound for plans of pipeline degree `num_stages` (inf when some sequence fits no lane)."""
+    """The bound for plans of pipeline degree `num_stages` (inf when some sequence fits no lane, or no ZeRO stage
+    leaves room for the model states)."""
     pipeline = PipelineSpec.even(ctx.model.num_layers, num_stages)
-    p_ctx = options_that_fit(ctx, pipeline)
-    sliced = num_stages > 1
+    costs = feasible_zero_stages(ctx, pipeline)
+    if not costs:
+        return math.inf
+    roomiest = costs[-1]  # states sharded furthest: the most memory any plan at this P has
+    block = roomiest.dp_size(pipeline)
+    degrees = valid_sp_degrees(ctx.model, block)
     longest = int(lengths.max())
-    comm = np.full(len(lengths), math.inf)
-    for s in reversed(valid_sp_degrees(ctx.model, p_ctx.cost.dp_size(pipeline))):  # smallest s last: it wins
-        fits_upto = longest_fitting(p_ctx, pipeline, s, sliced=sliced, upto=longest)
-        per_token = alltoall_device_s_per_token(p_ctx, s)
-        comm = np.where(lengths <= fits_upto, per_token * lengths, comm)
+    fits = sp_degree_fits(roomiest, pipeline, degrees, longest)
+    per_token = {s: alltoall_device_s_per_token(roomiest, s) for s in degrees}
+    comm = np.full(len(lengths), math.inf)  # each sequence's cheapest all-to-all device-seconds per layer
+    for s in degrees:
+        comm = np.where(lengths <= fits[s], np.minimum(comm, per_token[s] * lengths), comm)
     if not np.all(np.isfinite(comm)):
         return math.inf
-    layers = ctx.model.num_layers
-    return float(2 * layers * comm.sum()) / ctx.cluster.num_devices
+
+    profile = ctx.cost.profile
+    pairs, tokens = float((lengths * lengths).sum()), float(lengths.sum())
+    head_work = compute_model.training_s(profile, attn_pairs=pairs, num_tokens=tokens, num_layers=0)
+    layer_work = compute_model.training_s(profile, attn_pairs=pairs, num_tokens=tokens, num_layers=1) - head_work
+    layer_work += 2 * float(comm.sum())  # forward and backward all-to-alls
+    lane_busy = longest_sequence_lane(roomiest, pipeline, degrees, fits, longest)
+    one_token = ChunkShape(num_tokens=1, attn_pairs=1.0)
+    smallest = ctx.cost.layer_terms(one_token, sp_degree=degrees[-1], spans_nodes=False)  # its compute split most
+    send = min(ctx.cost.p2p_s(1, 1, crosses) for crosses in (False, True))
+
+    # per-call overhead b of one layer's forward and backward on each device (`layer_forward_s`, `layer_backward_s`)
+    overhead_s = (1.0 + profile.linear_backward_to_forward) * profile.layer_overhead_s
+    best = math.inf
+    for cost in costs:
+        # device-chunks (sum over lanes of s x chunks): a chunk fits a lane only up to `chunk_cap` tokens
+        chunks = device_chunks(cost, pipeline, degrees, int(tokens))
+        if not math.isfinite(chunks):
+            continue
+        times = [cost.collective_times(p, pipeline) for p in range(num_stages)]
+        f_min = [
+            overlapped_op_s(pipeline.layers_of(q) * smallest.forward_s, NO_TRAFFIC, times[q].forward)
+            for q in range(num_stages)
+        ]
+        b_min = [
+            overlapped_op_s(pipeline.layers_of(q) * smallest.backward_s, NO_TRAFFIC, times[q].backward)
+            for q in range(num_stages)
+        ]
+        tail = [t.step_bucket_share * t.step_sync.duration_s + t.after_step_s for t in times]
+        worst = 0.0
+        fill = 0.0
+        for p in range(num_stages):
+            last = p == num_stages - 1
+            layers = pipeline.layers_of(p)
+            work = layers * (layer_work + chunks * overhead_s) + (head_work if last else 0.0)
+            rounds = times[p].idle_round_s
+            share = min(times[p].forward.unhidden_compute_share, times[p].backward.unhidden_compute_share)
+            busy = max(
+                work / block,
+                lane_busy[p],
+                rounds * math.ceil(chunks / block - 1e-9),
+                (rounds * chunks + share * work) / block,
+            )
+            drain, behind = tail[p], 0.0  # behind: B(c') on stages p-1..q and the sends, after stage p's end
+            for q in range(p - 1, -1, -1):
+                behind += send + b_min[q]
+                drain = max(drain, behind + tail[q])
+            worst = max(worst, fill + busy + drain)
+            fill += f_min[p] + send
+        best = min(best, worst)
+    return best
+
+
+def device_chunks(cost: CostModel, pipeline: PipelineSpec, degrees: list[int], num_tokens: int) -> float:
+    """A lower bound on the sum over lanes of (SP degree x chunks) for `num_tokens` tokens (inf: no chunk fits).
+
+    A chunk of t tokens on a lane of s devices holds at least its full-recompute activations next to the model
+    states while its backward runs, plus that op's working memory: the unsliced `sequence_fits` test for t
+    tokens, so no chunk exceeds the longest "sequence" that fits; a lane of s with T tokens needs T / cap(s)
+    chunks, s x that device-chunks, at least T x the smallest s / cap(s)."""
+    per_token = math.inf
+    for s in degrees:
+        cap = longest_fitting(cost, pipeline, s, sliced=False, upto=num_tokens)
+        if cap > 0:
+            per_token = min(per_token, s / cap)
+    return num_tokens * per_token
+
+
+def longest_sequence_lane(
+    cost: CostModel, pipeline: PipelineSpec, degrees: list[int], fits: dict[int, int], longest: int
+) -> list[float]:
+    """Per stage, the least time the lane holding the longest sequence spends on it: the sequence's compute and
+    all-to-alls on the stage's layers (+ the LM head on the last stage) on the cheapest SP degree it fits."""
+    shape = ChunkShape(num_tokens=longest, attn_pairs=float(longest) * longest)
+    out = [math.inf] * pipeline.num_stages
+    for s in degrees:
+        if longest > fits[s]:
+            continue
+        for spans in span_choices(cost, s):
+            t = cost.layer_terms(shape, sp_degree=s, spans_nodes=spans)
+            per_layer = t.forward_s + t.backward_s + 2 * t.alltoall_s
+            for p in range(pipeline.num_stages):
+                last = p == pipeline.num_stages - 1
+                busy = pipeline.layers_of(p) * per_layer + (t.head_s + t.head_backward_s if last else 0.0)
+                out[p] = min(out[p], busy)
+    return out
 
 
 def simulated_time_lower_bound(ctx: PlanningContext, degrees: Sequence[int]) -> float:
     """A lower bound on the simulated iteration time of any plan the planner builds at a P among `degrees`."""
     ideal = ctx.cost.ideal_s(ctx.batch)
     lengths = np.array(ctx.batch.lengths, dtype=np.float64)
-    extra = min((degree_bound(ctx, p, lengths) for p in degrees), default=0.0)
-    return ideal + (extra if math.isfinite(extra) else 0.0)
+    bound = min((degree_bound(ctx, p, lengths) for p in degrees), default=math.inf)
+    return max(ideal, bound) if math.isfinite(bound) else ideal
 
 
 def gap_to(iteration_s: float, lower_bound_s: float | None) -> float | None:
