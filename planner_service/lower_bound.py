@@ -142,7 +142,10 @@ def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> 
     pairs, tokens = float((lengths * lengths).sum()), float(lengths.sum())
     head_work = compute_model.training_s(profile, attn_pairs=pairs, num_tokens=tokens, num_layers=0)
     layer_work = compute_model.training_s(profile, attn_pairs=pairs, num_tokens=tokens, num_layers=1) - head_work
-    layer_work += 2 * float(comm.sum())  # forward and backward all-to-alls
+    if num_stages == 1:  # unsliced: all-to-alls and forced recompute traded per sequence, on the whole model
+        layer_work += unsliced_sequences_s(roomiest, pipeline, degrees, lengths) / ctx.model.num_layers
+    else:
+        layer_work += 2 * float(comm.sum())  # forward and backward all-to-alls
     lane_busy = longest_sequence_lane(roomiest, pipeline, degrees, fits, longest)
     one_token = ChunkShape(num_tokens=1, attn_pairs=1.0)
     smallest = ctx.cost.layer_terms(one_token, sp_degree=degrees[-1], spans_nodes=False)  # its compute split most
@@ -205,19 +208,86 @@ def device_chunks(cost: CostModel, pipeline: PipelineSpec, degrees: list[int], n
     return num_tokens * per_token
 
 
+def forced_recompute_layers(cost: CostModel, pipeline: PipelineSpec, length: int, sp_degree: int) -> int | None:
+    """Without a pipeline: the fewest layers a chunk holding an unsliced sequence of `length` tokens recomputes on
+    a lane of `sp_degree` (None: it does not fit even recomputing every layer).
+
+    While the chunk's backward runs the device holds the model states, the chunk's activations (less per
+    recomputed layer: `chunk_activation_bytes` is linear in it) and the op's working memory, the unsliced
+    `sequence_fits` test with r layers recomputed; a chunk with more tokens holds more."""
+    layers = pipeline.layers_of(0)
+    budget = cost.usable_memory_bytes - cost.model_state_bytes(0, pipeline, cost.dp_size(pipeline))
+    working = cost.transient_bytes(length, sp_degree=sp_degree, is_last_stage=True)
+
+    def held(r: int) -> float:
+        return cost.chunk_activation_bytes(
+            length, sp_degree=sp_degree, num_layers=layers, recompute_layers=r, is_last_stage=True
+        )
+
+    need = held(0) + working
+    if need <= budget:
+        return 0
+    if held(layers) + working > budget:
+        return None
+    saved = held(0) - held(1)
+    return min(layers, max(1, math.ceil((need - budget) / saved - 1e-9)))
+
+
+def unsliced_sequences_s(cost: CostModel, pipeline: PipelineSpec, degrees: list[int], lengths: np.ndarray) -> float:
+    """Without a pipeline, device-seconds every sequence pays beyond its compute: per sequence, the cheapest over
+    the SP degrees s it fits of s x (its all-to-alls on every layer, forward and backward, plus the forward and
+    all-to-alls of the layers memory forces it to recompute). A larger s pays more all-to-all device-time and
+    less recompute, so the two are traded per sequence rather than each minimised alone."""
+    layers = pipeline.layers_of(0)
+    total = 0.0
+    per_token = {s: alltoall_device_s_per_token(cost, s) for s in degrees}
+    free = longest_without_recompute(cost, pipeline, int(lengths.max()))
+    for n in (int(x) for x in lengths):
+        if n <= free:
+            continue  # fits one device with no recompute: pays nothing beyond its compute
+        best = math.inf
+        for s in degrees:
+            r = forced_recompute_layers(cost, pipeline, n, s)
+            if r is None:
+                continue
+            extra = 2 * layers * per_token[s] * n
+            if r:
+                shape = ChunkShape(num_tokens=n, attn_pairs=float(n) * n)
+                terms = [cost.layer_terms(shape, sp_degree=s, spans_nodes=spans) for spans in span_choices(cost, s)]
+                extra += s * r * min(t.forward_s + t.alltoall_s for t in terms)
+            best = min(best, extra)
+        total += best
+    return total
+
+
+def longest_without_recompute(cost: CostModel, pipeline: PipelineSpec, upto: int) -> int:
+    """Without a pipeline, the longest sequence (at most `upto`) that fits one device with no recompute."""
+    lo, hi = 0, upto
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if forced_recompute_layers(cost, pipeline, mid, 1) == 0:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def longest_sequence_lane(
     cost: CostModel, pipeline: PipelineSpec, degrees: list[int], fits: dict[int, int], longest: int
 ) -> list[float]:
     """Per stage, the least time the lane holding the longest sequence spends on it: the sequence's compute and
-    all-to-alls on the stage's layers (+ the LM head on the last stage) on the cheapest SP degree it fits."""
+    all-to-alls on the stage's layers (+ the LM head on the last stage; without a pipeline, + the recompute memory
+    forces on it) on the cheapest SP degree it fits."""
     shape = ChunkShape(num_tokens=longest, attn_pairs=float(longest) * longest)
     out = [math.inf] * pipeline.num_stages
     for s in degrees:
         if longest > fits[s]:
             continue
+        recompute = forced_recompute_layers(cost, pipeline, longest, s) if pipeline.num_stages == 1 else 0
         for spans in span_choices(cost, s):
             t = cost.layer_terms(shape, sp_degree=s, spans_nodes=spans)
             per_layer = t.forward_s + t.backward_s + 2 * t.alltoall_s
+            per_layer += (recompute or 0) * (t.forward_s + t.alltoall_s) / pipeline.layers_of(0)
             for p in range(pipeline.num_stages):
                 last = p == pipeline.num_stages - 1
                 busy = pipeline.layers_of(p) * per_layer + (t.head_s + t.head_backward_s if last else 0.0)

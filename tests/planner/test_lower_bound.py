@@ -19,12 +19,12 @@ from planner_service.budget import PlanningBudget
 from planner_service.context import PlanningContext
 from planner_service.cost_model import CostModel
 from planner_service.errors import PlanningError
-from planner_service.lower_bound import degree_bound, gap_to, simulated_time_lower_bound
+from planner_service.lower_bound import degree_bound, forced_recompute_layers, gap_to, simulated_time_lower_bound
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.proposals import dynamic_pipeline_degrees
 from planner_service.strategies.registry import STRATEGIES, get_strategy
 from planner_service.strategies.static import MAX_STATIC_PIPELINE_DEGREE
-from proto import Batch, PlanOptions, ZeroStage
+from proto import Batch, PipelineSpec, PlanOptions, ZeroStage
 
 CASES = [  # (cluster, model): small and large clusters, MHA and GQA, 40 GB devices that force ZeRO and slicing
     ("a800-80g-4x8", "llama2-7b"),
@@ -122,6 +122,18 @@ def test_pipeline_bound_counts_the_head_on_the_last_stage_and_the_exposed_all_ga
     assert ideal < head_only < pinned  # the head alone raises it; the all-gather raises it further
     assert simulated_time_lower_bound(ctx, [4]) == pytest.approx(pinned)
     assert simulated_time_lower_bound(ctx, [1, 4]) <= pinned
+
+
+def test_memory_forces_recompute_on_long_unsliced_sequences() -> None:
+    """Without a pipeline a long sequence on a small lane must recompute layers (the bound charges their forward);
+    a larger lane needs fewer, and a short sequence none."""
+    ctx = context(Batch.from_lengths([65536]), zero_stage=ZeroStage.PARAMETERS)  # model states fit one device
+    cost, pipeline = ctx.cost, PipelineSpec.even(ctx.model.num_layers, 1)
+    assert forced_recompute_layers(cost, pipeline, 1024, 1) == 0
+    on_one = forced_recompute_layers(cost, pipeline, 65536, 1)
+    on_four = forced_recompute_layers(cost, pipeline, 65536, 4)
+    assert on_one is None or on_one > 0
+    assert on_four is not None and (on_one is None or on_four <= on_one)
 
 
 def test_gap_is_relative_to_the_simulated_time() -> None:
