@@ -16,15 +16,25 @@ schedules: on each stage F(c) precedes B(c), so a stage's first op is a forward 
   with the op's work) and the smallest send (`p2p_s` of one token on the faster link).
 - busy(p, z): lane l's ops on stage p run one at a time between its first op's start and its last op's end.
   The busiest lane of the stage block is busy at least (device-time of stage p's work) / (N/P): device-time
-  conservation over the block's N/P devices. Stage p's work is each sequence's forward and backward compute on
-  the stage's layers (`training_s`: a lane of s devices splits it over s, so s x the per-device time is the
-  s = 1 work; slicing does not change the attention pairs, which telescope to n^2), the LM head on the last
-  stage only (which is why a per-stage bound beats the cluster-wide `ideal_s` at P > 1), and each sequence's
-  Ulysses all-to-alls: s x (the all-to-alls of its tokens) device-seconds per layer, forward and backward, at
-  the cheapest SP degree on which it fits memory (s = 1 pays none). Also at least: the lane holding the longest
-  sequence does its whole compute and all-to-alls on its s devices (cheapest fitting s), and under ZeRO-2/3
-  every lane joins as many per-chunk collective rounds as the busiest lane, each at least `idle_round_s` (one
-  op's collectives never take less than their own duration).
+  conservation over the block's N/P devices (lanes use distinct ranks). Stage p's work, each term charged to
+  every plan:
+  * each sequence's forward and backward compute on the stage's layers (`training_s`: a lane of s devices
+    splits it over s, so s x the per-device time is the s = 1 work; slicing does not change the attention
+    pairs, which telescope to n^2);
+  * the LM head on the last stage only (why a per-stage bound beats the cluster-wide `ideal_s` at P > 1);
+  * each sequence's Ulysses all-to-alls: s x (the all-to-alls of its tokens) device-seconds per layer, forward
+    and backward, at the cheapest SP degree on which it fits memory (s = 1 pays none). Without a pipeline the
+    sequence is one unsliced chunk, so memory also forces the fewest recomputed layers that let it fit its lane
+    (`forced_recompute_layers`), whose forward and all-to-alls its backward op repeats: each sequence pays the
+    cheapest over s of s x (all-to-alls + forced recompute);
+  * the per-call overhead b of each layer's forward and backward, once per device-chunk: a chunk of t tokens
+    fits a lane of s only if the unsliced `sequence_fits` test passes for t (its full-recompute activations
+    and working memory beside the states while its backward runs), so a lane's T tokens need at least
+    T / cap(s) chunks, and the block at least (tokens x the smallest s / cap(s)) device-chunks (`device_chunks`).
+  Also at least: the lane holding the longest sequence does its whole compute, all-to-alls (and, at P = 1,
+  forced recompute) on its s devices at the cheapest fitting s. Under ZeRO-2/3 an op lasts at least its
+  per-chunk collectives plus the share of its work they cannot overlap (`overlapped_op_s`), and every lane
+  joins as many rounds as the busiest (`idle_round_s` each): the block's device-chunks bound how many.
 - drain(p, z): lane l's last op on stage p is B(c'); B(c') on stages p-1..0 follows it (the smallest B op and
   send each), and each stage q's step ends at least `after_step_s` (the ZeRO-1/2 parameter all-gather) plus
   one bucket's share of its ZeRO-0/1 reduction (`step_sync_end_s`) after the lane's last backward on q.
@@ -35,8 +45,9 @@ memory any plan can have), so it never rules out a lane a plan may use. The ZeRO
 the job's stage to `max_zero_stage` whose model states fit the device next to the reserve at all (a plan whose
 states alone overflow fails `fits_memory`, so no strategy returns it).
 
-Recompute, imbalance between lanes, all but the first fill and the last drain, and per-call overheads beyond
-one chunk only add time, so they are left out: `gap` = (simulated - bound) / simulated is a true optimality gap.
+Recompute beyond what memory forces on an unsliced sequence, imbalance between lanes, all but the first fill
+and the last drain, and collectives an op could hide only add time, so they are left out: `gap` =
+(simulated - bound) / simulated is a true optimality gap.
 """
 
 from __future__ import annotations
