@@ -5,7 +5,7 @@ says little about the plan (a plan "0.5% from optimal" in the model was 60% slow
 bound holds for the simulator's prices instead, for any plan with pipeline degree P among `degrees`. It is
 computed for each P and each ZeRO stage z a plan at that P may run at, and the bound is the smallest over them:
 
-    bound = min over P, z of  max over stages p of  fill(p) + busy(p, z) + drain(p, z)
+    bound = min over P, z of  max over stages p of  fill(p) + max(busy(p, z) + drain(p, z), sync(p, z))
 
 Why each piece holds, for every lane l of a plan (even split of the layers, as every strategy builds; valid
 schedules: on each stage F(c) precedes B(c), so a stage's first op is a forward and its last a backward):
@@ -38,6 +38,10 @@ schedules: on each stage F(c) precedes B(c), so a stage's first op is a forward 
 - drain(p, z): lane l's last op on stage p is B(c'); B(c') on stages p-1..0 follows it (the smallest B op and
   send each), and each stage q's step ends at least `after_step_s` (the ZeRO-1/2 parameter all-gather) plus
   one bucket's share of its ZeRO-0/1 reduction (`step_sync_end_s`) after the lane's last backward on q.
+- sync(p, z): stage p's ZeRO-0/1 reduction ends no earlier than its first bucket, final once the last backward
+  op has started, plus the whole reduction (`step_sync_end_s`); every forward op of the lane precedes that last
+  backward. So the stage also ends at least fill(p) + (the block's forward device-time) / (N/P) + the reduction
+  + `after_step_s`: the sync a short step cannot hide behind its backward.
 
 Memory fit is `memory_fit.sequence_fits`, the planner's own test (unsliced at P = 1, where no strategy slices;
 sliced or unsliced at P > 1), with model states sharded at the highest ZeRO stage the job allows (the most
@@ -157,6 +161,10 @@ def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> 
         layer_work += unsliced_sequences_s(roomiest, pipeline, degrees, lengths) / ctx.model.num_layers
     else:
         layer_work += 2 * float(comm.sum())  # forward and backward all-to-alls
+    # forward ops alone (each lane's forwards all precede its last backward, which a ZeRO-0/1 reduction follows)
+    head_forward = compute_model.head_forward_s(profile, num_tokens=tokens, sp_degree=1)
+    layer_forward = compute_model.layer_forward_s(profile, attn_pairs=pairs, num_tokens=tokens, sp_degree=1)
+    layer_forward += float(comm.sum()) - profile.layer_overhead_s  # its all-to-alls; b counted per chunk below
     lane_busy = longest_sequence_lane(roomiest, pipeline, degrees, fits, longest)
     one_token = ChunkShape(num_tokens=1, attn_pairs=1.0)
     smallest = ctx.cost.layer_terms(one_token, sp_degree=degrees[-1], spans_nodes=False)  # its compute split most
@@ -198,7 +206,11 @@ def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> 
             for q in range(p - 1, -1, -1):
                 behind += send + b_min[q]
                 drain = max(drain, behind + tail[q])
-            worst = max(worst, fill + busy + drain)
+            forwards = (
+                layers * (layer_forward + chunks * profile.layer_overhead_s) + (head_forward if last else 0)
+            ) / block
+            synced = forwards + times[p].step_sync.duration_s + times[p].after_step_s
+            worst = max(worst, fill + busy + drain, fill + synced)
             fill += f_min[p] + send
         best = min(best, worst)
     return best
