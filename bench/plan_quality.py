@@ -10,7 +10,8 @@ Every strategy plans with the same limit (2 s by default); `megatron` first tune
 three other batches of the same source (not counted in its planning time). Reported per configuration:
 each strategy's time, helix's speedup over each peer and over the best of all others, its ratio to ideal, the
 lower bound on the simulated time over ideal (what no plan of the space can beat: the part of helix's distance to
-ideal a better search cannot remove), and the planning wall time; then medians, worst cases and the count of
+ideal a better search cannot remove), helix over that bound (how far helix can be from the best plan of the
+space, at most), and the planning wall time; then medians, worst cases and the count of
 configurations where helix is slower.
 
     .venv/bin/python bench/plan_quality.py                 # the sampled grid
@@ -81,6 +82,13 @@ def bound_x_ideal(helix: Plan | None, ideal_s: float) -> float | None:
     return helix.solver.lower_bound_s / ideal_s
 
 
+def helix_x_bound(helix: Plan | None) -> float | None:
+    """helix's simulated iteration time over its lower bound: at most this far from the best plan of the space."""
+    if helix is None or not helix.solver.lower_bound_s:
+        return None
+    return helix.predicted.iteration_s / helix.solver.lower_bound_s
+
+
 def run(args: argparse.Namespace) -> None:
     rows: list[list[Any]] = []
     summary: list[dict[str, Any]] = []
@@ -99,13 +107,15 @@ def run(args: argparse.Namespace) -> None:
             "ratio_to_ideal": helix / report["ideal_s"] if helix else None,
             "helix_plan_s": plan_s["helix"],
             "bound_x_ideal": bound_x_ideal(plans.get("helix"), report["ideal_s"]),
+            "helix_x_bound": helix_x_bound(plans.get("helix")),
             **{f"vs_{peer}": speedup(times, peer, helix) for peer in PEERS},
         }
         summary.append(entry)
         rows.append([
             cluster, model, label, batch, max_len, seed, report["ideal_s"],
             *(times[name] for name in STRATEGIES),
-            entry["helix_vs_best"], entry["ratio_to_ideal"], entry["bound_x_ideal"], plan_s["helix"],
+            entry["helix_vs_best"], entry["ratio_to_ideal"], entry["bound_x_ideal"], entry["helix_x_bound"],
+            plan_s["helix"],
             max(plan_s.values()),
         ])  # fmt: skip
         print(
@@ -122,7 +132,7 @@ def run(args: argparse.Namespace) -> None:
         name,
         "Plan quality: simulated iteration seconds per strategy (helix speedup = other / helix)",
         ["cluster", "model", "data", "batch", "max_len", "seed", "ideal_s", *STRATEGIES,
-         "helix_vs_best_other", "helix_x_ideal", "bound_x_ideal", "helix_plan_s", "slowest_plan_s"],
+         "helix_vs_best_other", "helix_x_ideal", "bound_x_ideal", "helix_x_bound", "helix_plan_s", "slowest_plan_s"],
         rows,
         meta,
     )  # fmt: skip
@@ -141,6 +151,7 @@ def summarise(summary: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
 
     ideal = [s["ratio_to_ideal"] for s in summary if s["ratio_to_ideal"] is not None]
     bound = [s["bound_x_ideal"] for s in summary if s["bound_x_ideal"] is not None]
+    gap = [s["helix_x_bound"] for s in summary if s["helix_x_bound"] is not None]
     plan = sorted(s["helix_plan_s"] for s in summary)
     return {
         "configurations": f"{len(summary)} ({'every source on every configuration' if args.full else 'sampled'})",
@@ -153,6 +164,9 @@ def summarise(summary: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
         "helix ratio to ideal": f"median {median(ideal):.3f}, worst {max(ideal):.3f}" if ideal else "-",
         "lower bound on the simulated time / ideal (no plan of the space can beat it)": (
             f"median {median(bound):.3f}, min {min(bound):.3f}, max {max(bound):.3f}" if bound else "-"
+        ),
+        "helix simulated / lower bound (the optimality gap the user pays, at most)": (
+            f"median {median(gap):.3f}, worst {max(gap):.3f}" if gap else "-"
         ),
         "helix planning wall s": f"p50 {plan[len(plan) // 2]:.2f}, p95 {plan[int(0.95 * (len(plan) - 1))]:.2f}, "
         f"max {plan[-1]:.2f}",
