@@ -49,6 +49,11 @@ memory any plan can have), so it never rules out a lane a plan may use. The ZeRO
 the job's stage to `max_zero_stage` whose model states fit the device next to the reserve at all (a plan whose
 states alone overflow fails `fits_memory`, so no strategy returns it).
 
+A measured profile prices the layer on lanes of each SP degree with its own compute scale and call overhead
+(`CostProfile.sp_degree_costs`): the work terms that do not fix a degree (compute, per-call overhead, forwards)
+take the smallest scale of any degree and no extra overhead, the smallest op the smallest over degrees; terms
+evaluated at a given degree (the longest sequence's lane, forced recompute) use that degree's prices.
+
 Recompute beyond what memory forces on an unsliced sequence, imbalance between lanes, all but the first fill
 and the last drain, and collectives an op could hide only add time, so they are left out: `gap` =
 (simulated - bound) / simulated is a true optimality gap.
@@ -154,6 +159,10 @@ def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> 
         return math.inf
 
     profile = ctx.cost.profile
+    # compute at the smallest per-degree scale a measured profile gives any lane (`SpDegreeCost`; 1 for presets),
+    # without the per-degree call overheads (>= 0): no lane of any degree computes for less
+    scale = compute_model.smallest_compute_scale(profile)
+    plain = profile.model_copy(update={"sp_degree_costs": ()})
     pairs, tokens = float((lengths * lengths).sum()), float(lengths.sum())
     head_work = compute_model.training_s(profile, attn_pairs=pairs, num_tokens=tokens, num_layers=0)
     layer_work = compute_model.training_s(profile, attn_pairs=pairs, num_tokens=tokens, num_layers=1) - head_work
@@ -163,15 +172,18 @@ def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> 
         layer_work += 2 * float(comm.sum())  # forward and backward all-to-alls
     # forward ops alone (each lane's forwards all precede its last backward, which a ZeRO-0/1 reduction follows)
     head_forward = compute_model.head_forward_s(profile, num_tokens=tokens, sp_degree=1)
-    layer_forward = compute_model.layer_forward_s(profile, attn_pairs=pairs, num_tokens=tokens, sp_degree=1)
-    layer_forward += float(comm.sum()) - profile.layer_overhead_s  # its all-to-alls; b counted per chunk below
+    layer_forward = scale * compute_model.layer_forward_s(plain, attn_pairs=pairs, num_tokens=tokens, sp_degree=1)
+    layer_forward += float(comm.sum()) - scale * profile.layer_overhead_s  # its all-to-alls; b counted per chunk
     lane_busy = longest_sequence_lane(roomiest, pipeline, degrees, fits, longest)
     one_token = ChunkShape(num_tokens=1, attn_pairs=1.0)
-    smallest = ctx.cost.layer_terms(one_token, sp_degree=degrees[-1], spans_nodes=False)  # its compute split most
+    one_token_terms = [ctx.cost.layer_terms(one_token, sp_degree=s, spans_nodes=False) for s in degrees]
+    smallest_forward = min(t.forward_s for t in one_token_terms)
+    smallest_backward = min(t.backward_s for t in one_token_terms)
     send = min(ctx.cost.p2p_s(1, 1, crosses) for crosses in (False, True))
 
     # per-call overhead b of one layer's forward and backward on each device (`layer_forward_s`, `layer_backward_s`)
-    overhead_s = (1.0 + profile.linear_backward_to_forward) * profile.layer_overhead_s
+    per_call = scale * profile.layer_overhead_s
+    overhead_s = (1.0 + profile.linear_backward_to_forward) * per_call
     best = math.inf
     for cost in costs:
         # device-chunks (sum over lanes of s x chunks): a chunk fits a lane only up to `chunk_cap` tokens
@@ -180,11 +192,11 @@ def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> 
             continue
         times = [cost.collective_times(p, pipeline) for p in range(num_stages)]
         f_min = [
-            overlapped_op_s(pipeline.layers_of(q) * smallest.forward_s, NO_TRAFFIC, times[q].forward)
+            overlapped_op_s(pipeline.layers_of(q) * smallest_forward, NO_TRAFFIC, times[q].forward)
             for q in range(num_stages)
         ]
         b_min = [
-            overlapped_op_s(pipeline.layers_of(q) * smallest.backward_s, NO_TRAFFIC, times[q].backward)
+            overlapped_op_s(pipeline.layers_of(q) * smallest_backward, NO_TRAFFIC, times[q].backward)
             for q in range(num_stages)
         ]
         tail = [t.step_bucket_share * t.step_sync.duration_s + t.after_step_s for t in times]
@@ -207,7 +219,7 @@ def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> 
                 behind += send + b_min[q]
                 drain = max(drain, behind + tail[q])
             forwards = (
-                layers * (layer_forward + chunks * profile.layer_overhead_s) + (head_forward if last else 0)
+                layers * (layer_forward + chunks * per_call) + (head_forward if last else 0)
             ) / block
             synced = forwards + times[p].step_sync.duration_s + times[p].after_step_s
             worst = max(worst, fill + busy + drain, fill + synced)

@@ -24,7 +24,7 @@ from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.proposals import dynamic_pipeline_degrees
 from planner_service.strategies.registry import STRATEGIES, get_strategy
 from planner_service.strategies.static import MAX_STATIC_PIPELINE_DEGREE
-from proto import Batch, PipelineSpec, PlanOptions, ZeroStage
+from proto import Batch, PipelineSpec, PlanOptions, SpDegreeCost, ZeroStage
 
 CASES = [  # (cluster, model): small and large clusters, MHA and GQA, 40 GB devices that force ZeRO and slicing
     ("a800-80g-4x8", "llama2-7b"),
@@ -85,6 +85,34 @@ def test_bound_is_below_every_plan_of_every_strategy(seed: int) -> None:
         assert simulated_time_lower_bound(ctx, strategy_degrees(name, ctx)) <= own_degree
         if plan.solver.lower_bound_s is not None:
             assert plan.solver.lower_bound_s <= simulated * (1 + 1e-9), name
+        checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bound_holds_under_measured_per_degree_costs(seed: int) -> None:
+    """A measured profile prices lanes of each SP degree differently (`SpDegreeCost`): one degree computing for
+    less than the formula (scale < 1), others for more plus a per-call overhead. The bound must use the cheapest."""
+    rng = random.Random(100 + seed)
+    cluster, model = CASES[seed % len(CASES)]
+    longest = 16384 if cluster.startswith("cpu") else 131072
+    batch = Batch.from_lengths(random_lengths(rng, longest))
+    base = context(batch, cluster, model)
+    costs = (
+        SpDegreeCost(sp_degree=1, compute_scale=1.3, call_overhead_s=2e-4),
+        SpDegreeCost(sp_degree=2, compute_scale=0.6, call_overhead_s=0.0),
+        SpDegreeCost(sp_degree=8, compute_scale=1.1, call_overhead_s=1e-3),
+    )
+    profile = base.cost.profile.model_copy(update={"sp_degree_costs": costs})
+    checked = 0
+    for name in STRATEGIES:
+        ctx = replace(base, cost=replace(base.cost, profile=profile))
+        try:
+            plan = get_strategy(name)(ctx)
+        except (PlanningError, ValueError):
+            continue
+        bound = simulated_time_lower_bound(ctx, [plan.pipeline.num_stages])
+        assert bound <= plan.predicted.iteration_s * (1 + 1e-9), (name, plan.pipeline.num_stages, bound)
         checked += 1
     assert checked >= 3
 
