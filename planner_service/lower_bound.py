@@ -218,9 +218,7 @@ def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> 
             for q in range(p - 1, -1, -1):
                 behind += send + b_min[q]
                 drain = max(drain, behind + tail[q])
-            forwards = (
-                layers * (layer_forward + chunks * per_call) + (head_forward if last else 0)
-            ) / block
+            forwards = (layers * (layer_forward + chunks * per_call) + (head_forward if last else 0)) / block
             synced = forwards + times[p].step_sync.duration_s + times[p].after_step_s
             worst = max(worst, fill + busy + drain, fill + synced)
             fill += f_min[p] + send
