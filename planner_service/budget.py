@@ -50,6 +50,12 @@ UNITS_PER_SOLVER_CALL = 1.0
 """One solver call's fixed cost (model objects, CP-SAT start-up), whatever its search takes."""
 UNITS_PER_PROGRAM_ENTRY = 0.02
 """One variable or coefficient of a program: building it in Python and presolving it (measured ~20 us)."""
+UNITS_PER_BOUND_DEGREE = 5.0
+"""The lower bound's fixed work per pipeline degree: memory-fit bisections per ZeRO stage and SP degree
+(measured 9-36 ms for 5-6 degrees at 16-64 devices, `lower_bound.simulated_time_lower_bound`)."""
+UNITS_PER_BOUND_SEQUENCE = 0.0015
+"""The lower bound's work per sequence and pipeline degree (forced recompute and all-to-all trades; measured
+5.5-8.4 us per sequence per degree at 16384 sequences, llama2-7b and gpt-30b on 2048 devices)."""
 
 
 def solver_units(deterministic_s: float, calls: int, entries: int) -> float:

@@ -63,10 +63,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from planner_service.budget import UNITS_PER_BOUND_DEGREE, UNITS_PER_BOUND_SEQUENCE, PlanningBudget
 from planner_service.context import PlanningContext
 from planner_service.cost_model import ChunkShape, CostModel, compute_model
 from planner_service.cost_model.comm_model import NO_TRAFFIC
@@ -184,12 +185,13 @@ def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> 
     # per-call overhead b of one layer's forward and backward on each device (`layer_forward_s`, `layer_backward_s`)
     per_call = scale * profile.layer_overhead_s
     overhead_s = (1.0 + profile.linear_backward_to_forward) * per_call
+    # device-chunks (sum over lanes of s x chunks): a chunk fits a lane only up to `chunk_cap` tokens; with the
+    # states sharded furthest (the most room, the fewest chunks) it bounds every ZeRO stage at once
+    chunks = device_chunks(roomiest, pipeline, degrees, int(tokens))
+    if not math.isfinite(chunks):
+        return math.inf
     best = math.inf
     for cost in costs:
-        # device-chunks (sum over lanes of s x chunks): a chunk fits a lane only up to `chunk_cap` tokens
-        chunks = device_chunks(cost, pipeline, degrees, int(tokens))
-        if not math.isfinite(chunks):
-            continue
         times = [cost.collective_times(p, pipeline) for p in range(num_stages)]
         f_min = [
             overlapped_op_s(pipeline.layers_of(q) * smallest_forward, NO_TRAFFIC, times[q].forward)
@@ -326,6 +328,37 @@ def longest_sequence_lane(
                 busy = pipeline.layers_of(p) * per_layer + (t.head_s + t.head_backward_s if last else 0.0)
                 out[p] = min(out[p], busy)
     return out
+
+
+BOUND_SHARE = 0.2
+"""Most of a call's units left that computing the full bound may take; beyond it the cheap bound (`ideal_s`)
+stands in, so a tight limit on a huge batch goes to the search, not to the certificate."""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetedBound:
+    value_s: float
+    full: bool
+    """False: the full bound did not fit the budget and `value_s` is `ideal_s` (still a bound, a loose one)."""
+
+    @property
+    def note(self) -> str:
+        return "" if self.full else "; gap against ideal_s only (the full lower bound did not fit the time limit)"
+
+
+def bound_units(ctx: PlanningContext, degrees: Sequence[int]) -> float:
+    """Deterministic work units the full bound takes (the budget's reference-machine prices)."""
+    return len(degrees) * (UNITS_PER_BOUND_DEGREE + UNITS_PER_BOUND_SEQUENCE * len(ctx.batch.lengths))
+
+
+def budgeted_lower_bound(ctx: PlanningContext, degrees: Sequence[int], budget: PlanningBudget) -> BudgetedBound:
+    """The full bound, charged to `budget`, when it takes at most `BOUND_SHARE` of the units left; else `ideal_s`.
+    Strategies call it first, so its time counts inside the caller's limit and its units are deterministic."""
+    units = bound_units(ctx, degrees)
+    if units > BOUND_SHARE * budget.units_left():
+        return BudgetedBound(ctx.cost.ideal_s(ctx.batch), full=False)
+    budget.charge(units)
+    return BudgetedBound(simulated_time_lower_bound(ctx, degrees), full=True)
 
 
 def simulated_time_lower_bound(ctx: PlanningContext, degrees: Sequence[int]) -> float:

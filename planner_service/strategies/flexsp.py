@@ -11,18 +11,19 @@ from __future__ import annotations
 
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload
-from planner_service.lower_bound import simulated_time_lower_bound
+from planner_service.lower_bound import budgeted_lower_bound
 from planner_service.proposals import single_stage_flexible_proposal
 from planner_service.search import POLISH_SHARE, SearchSession, finalize
 from proto import Plan
 
 
 def plan_flexsp(ctx: PlanningContext) -> Plan:
+    bound = budgeted_lower_bound(ctx, [1], ctx.budget)  # first: its time is inside the limit
     session = SearchSession(ctx, ctx.budget.child(1 - POLISH_SHARE))
     proposal = single_stage_flexible_proposal(session, strategy="flexsp", recompute="lane-uniform")
     candidates = session.build_proposals([proposal] if proposal else [], [])
     session.budget = ctx.budget
-    plan = finalize(session, candidates, lower_bound_s=simulated_time_lower_bound(ctx, [1]), polish_all=False)
+    plan = finalize(session, candidates, lower_bound_s=bound.value_s, polish_all=False, note=bound.note)
     if plan is None:
         raise InfeasibleWorkload(
             f"flexsp: the longest sequence ({max(ctx.batch.lengths)} tokens) fits no SP lane without a pipeline",

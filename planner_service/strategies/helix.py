@@ -29,7 +29,7 @@ import logging
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.improvement import improve
-from planner_service.lower_bound import simulated_time_lower_bound
+from planner_service.lower_bound import budgeted_lower_bound
 from planner_service.proposals import (
     dynamic_pipeline_degrees,
     flexible_proposals,
@@ -62,6 +62,7 @@ sooner leaves the rest to the next start)."""
 
 def plan_helix(ctx: PlanningContext) -> Plan:
     root = ctx.budget
+    bound = budgeted_lower_bound(ctx, ctx.pipeline_degrees(), root)  # first: its time is inside the limit
     session = SearchSession(ctx, root)
     static = StaticSearch(ctx, strategy="helix", header=session.header)
     first = static.run(root.child(STATIC_SHARE))  # the static grid, best-estimated first, while its share lasts
@@ -100,9 +101,8 @@ def plan_helix(ctx: PlanningContext) -> Plan:
             candidates.append(improved)
 
     session.budget = root
-    bound = simulated_time_lower_bound(ctx, ctx.pipeline_degrees())
-    note = f"; improvement phase: {steps} simulated improvements" if steps else ""
-    plan = finalize(session, candidates, lower_bound_s=bound, polish_all=True, note=note)
+    note = (f"; improvement phase: {steps} simulated improvements" if steps else "") + bound.note
+    plan = finalize(session, candidates, lower_bound_s=bound.value_s, polish_all=True, note=note)
     if plan is None:
         raise InfeasibleWorkload(
             f"helix: no layout fits the longest sequence ({max(ctx.batch.lengths)} tokens) in memory", field="lengths"

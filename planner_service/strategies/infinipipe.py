@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload
-from planner_service.lower_bound import simulated_time_lower_bound
+from planner_service.lower_bound import budgeted_lower_bound
 from planner_service.proposals import dynamic_pipeline_degrees, infinipipe_proposals
 from planner_service.search import CANDIDATES_BUILT, POLISH_SHARE, SearchSession, finalize
 from proto import Plan
 
 
 def plan_infinipipe(ctx: PlanningContext) -> Plan:
+    degrees = dynamic_pipeline_degrees(ctx, include_one=False)
+    bound = budgeted_lower_bound(ctx, degrees, ctx.budget)  # first: its time is inside the limit
     session = SearchSession(ctx, ctx.budget.child(1 - POLISH_SHARE))
     candidates = session.build_proposals(infinipipe_proposals(ctx, strategy="infinipipe"), [], refine=CANDIDATES_BUILT)
     session.budget = ctx.budget
-    degrees = dynamic_pipeline_degrees(ctx, include_one=False)
-    plan = finalize(session, candidates, lower_bound_s=simulated_time_lower_bound(ctx, degrees), polish_all=True)
+    plan = finalize(session, candidates, lower_bound_s=bound.value_s, polish_all=True, note=bound.note)
     if plan is None:
         raise InfeasibleWorkload(
             f"infinipipe: the longest sequence ({max(ctx.batch.lengths)} tokens) fits no uniform SP x PP layout",

@@ -168,3 +168,27 @@ def test_gap_is_relative_to_the_simulated_time() -> None:
     assert gap_to(4.0, 3.0) == 0.25
     assert gap_to(4.0, None) is None
     assert gap_to(3.0, 3.5) == 0.0  # never negative
+
+
+def test_the_full_bound_is_charged_to_the_budget_or_replaced_by_ideal_when_it_does_not_fit() -> None:
+    """The bound's units come out of the call's budget (deterministic, inside the limit); when they exceed the
+    share it may take, the cheap bound (ideal_s) stands in and the plan's message says so."""
+    from planner_service.lower_bound import BOUND_SHARE, bound_units, budgeted_lower_bound
+
+    batch = Batch.from_lengths(random_lengths(random.Random(3), 65536))
+    ctx = context(batch)
+    degrees = ctx.pipeline_degrees()
+    units = bound_units(ctx, degrees)
+    roomy = PlanningBudget(units=units / BOUND_SHARE * 2, wall_end=1e18)
+    full = budgeted_lower_bound(ctx, degrees, roomy)
+    assert full.full and full.value_s == simulated_time_lower_bound(ctx, degrees) and full.note == ""
+    assert roomy.spent == pytest.approx(units)
+    tight = PlanningBudget(units=units / BOUND_SHARE * 0.5, wall_end=1e18)
+    cheap = budgeted_lower_bound(ctx, degrees, tight)
+    assert not cheap.full and cheap.value_s == ctx.cost.ideal_s(batch) and tight.spent == 0.0
+    assert cheap.value_s < full.value_s and "ideal_s only" in cheap.note
+
+    starved = replace(ctx, budget=PlanningBudget(units=units / BOUND_SHARE * 0.5, wall_end=1e18))
+    plan = get_strategy("helix")(starved)
+    assert "gap against ideal_s only" in plan.solver.message
+    assert plan.solver.lower_bound_s == ctx.cost.ideal_s(batch)
