@@ -39,9 +39,7 @@ def lane_rows(bench: LayerBench, cluster: ClusterSpec, groups: ProcessGroups | N
     for s in lane_degrees(bench, world):
         start = rank - rank % s
         ranks = tuple(range(start, start + s))
-        group = groups.get(ranks) if s > 1 and groups is not None else None
-        if s > 1 and group is None:
-            continue
+        group = groups.get(ranks) if s > 1 and groups is not None else None  # world > 1 whenever s > 1
         where = placement(ranks, cluster)
         for tokens in grid.lane_tokens:
             if tokens % s or tokens > grid.max_keys:
@@ -94,5 +92,5 @@ def merge_lanes(per_rank: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             for members in lanes.values()
         ]  # fmt: skip
         slowest.sort(key=lambda r: r["forward_s"] + r["backward_s"])
-        merged.append(slowest[(len(slowest) - 1) // 2] if slowest else {})
-    return [row for row in merged if row]
+        merged.append(slowest[(len(slowest) - 1) // 2])
+    return merged

@@ -34,8 +34,8 @@ def attention_pairs(segments: Iterable[tuple[int, int]]) -> float:
 def _interpolated(costs: tuple[SpDegreeCost, ...], sp_degree: int) -> tuple[float, float]:
     below = [c for c in costs if c.sp_degree <= sp_degree]
     above = [c for c in costs if c.sp_degree >= sp_degree]
-    if not below or not above:
-        nearest = (above or below)[0] if not below else below[-1]
+    if not below or not above:  # outside the measured degrees: the nearest one
+        nearest = below[-1] if below else above[0]
         return nearest.compute_scale, nearest.call_overhead_s
     lo, hi = below[-1], above[0]
     if lo.sp_degree == hi.sp_degree:
