@@ -24,7 +24,7 @@ from planner_service.budget import PlanningBudget
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload
 from planner_service.strategies.static import build_static, static_layouts, static_search
-from proto import Batch, ClusterSpec, CostProfile, FixedLayout, ModelSpec, PlanOptions
+from proto import Batch, ClusterSpec, CostProfile, FixedLayout, ModelSpec, Plan, PlanOptions
 
 FINALISTS = 6
 """Layouts of the first sample's ranking simulated on every other sample."""
@@ -32,6 +32,14 @@ FINALISTS = 6
 
 def tune_layout(ctx: PlanningContext, samples: Sequence[Batch], budget: PlanningBudget) -> FixedLayout:
     """The static layout with the least total simulated time over `samples` (planned in `ctx`'s job)."""
+    return tuned_layout_and_plan(ctx, samples, budget)[0]
+
+
+def tuned_layout_and_plan(
+    ctx: PlanningContext, samples: Sequence[Batch], budget: PlanningBudget
+) -> tuple[FixedLayout, Plan]:
+    """`tune_layout`, and the winner's plan of the first sample as the tuning built it (a caller planning that
+    very batch need not build it again)."""
     longest = max(max(batch.lengths) for batch in samples)
     first = replace(ctx, batch=samples[0])
     layouts = static_layouts(first, longest=longest)
@@ -42,7 +50,8 @@ def tune_layout(ctx: PlanningContext, samples: Sequence[Batch], budget: Planning
             f"megatron: no static layout of {ctx.cluster.name} fits the sample (longest sequence {longest} tokens)",
             field="lengths",
         )
-    totals = {layout: plan.predicted.iteration_s for plan, layout in result.plans[:FINALISTS]}
+    first_plans = {layout: plan for plan, layout in result.plans[:FINALISTS]}
+    totals = {layout: plan.predicted.iteration_s for layout, plan in first_plans.items()}
     for batch in samples[1:]:
         other = replace(ctx, batch=batch)
         for layout in list(totals):
@@ -55,7 +64,8 @@ def tune_layout(ctx: PlanningContext, samples: Sequence[Batch], budget: Planning
         raise InfeasibleWorkload(
             f"megatron: no static layout of {ctx.cluster.name} fits every sample batch", field="lengths"
         )
-    return min(totals, key=lambda layout: (totals[layout], finalists.index(layout)))
+    best = min(totals, key=lambda layout: (totals[layout], finalists.index(layout)))
+    return best, first_plans[best]
 
 
 def tune_fixed_layout(

@@ -20,7 +20,7 @@ from dataclasses import replace
 from planner_service.assembly import finish_plan, fits_memory, heuristic_record
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload, PlanningError
-from planner_service.job_layout import tune_layout
+from planner_service.job_layout import tuned_layout_and_plan
 from planner_service.strategies.static import build_static, describe_layout, next_power_of_two
 from proto import FixedLayout, Plan
 
@@ -33,11 +33,18 @@ def plan_megatron(ctx: PlanningContext) -> Plan:
             f"options.fixed_layout has P={given.num_stages} but the job fixes num_stages={ctx.num_stages}",
             field="options.fixed_layout",
         )
-    layout = given or tune_layout(ctx, [ctx.batch], ctx.budget)
+    tuned: Plan | None = None
+    if given is None:
+        layout, tuned = tuned_layout_and_plan(ctx, [ctx.batch], ctx.budget)
+    else:
+        layout = given
     source = "the job's fixed layout" if given else "a layout tuned on this batch (no job layout given)"
     job_ctx = replace(ctx, options=ctx.options.model_copy(update={"fixed_layout": layout}))
     for attempt in batch_layouts(layout, max(ctx.batch.lengths)):
-        plan = build_static(job_ctx, attempt, strategy="megatron", budget=ctx.budget)
+        if tuned is not None and attempt == layout:  # the tuning built this batch with this layout already
+            plan = relabelled(tuned, layout)
+        else:
+            plan = build_static(job_ctx, attempt, strategy="megatron", budget=ctx.budget)
         if fits_memory(plan, ctx.cluster):
             note = "" if attempt == layout else f" (this batch: {describe_layout(attempt)})"
             message = f"{source}: {describe_layout(layout)}{note}"
@@ -46,6 +53,14 @@ def plan_megatron(ctx: PlanningContext) -> Plan:
         f"megatron: this batch (longest sequence {max(ctx.batch.lengths)} tokens) does not fit the job's layout "
         f"{describe_layout(layout)}, even with full recompute",
         field="lengths",
+    )
+
+
+def relabelled(plan: Plan, layout: FixedLayout) -> Plan:
+    """A plan the static search built, as `megatron` with the job's `layout` builds it: the same lanes and
+    prices under the strategy's name and the options that carry the layout."""
+    return plan.model_copy(
+        update={"strategy": "megatron", "options": plan.options.model_copy(update={"fixed_layout": layout})}
     )
 
 

@@ -69,6 +69,21 @@ def test_megatron_without_a_job_layout_tunes_on_the_batch_and_says_so() -> None:
     assert plan.predicted.iteration_s == pytest.approx(static.predicted.iteration_s)  # tuned on it: the oracle
 
 
+def test_megatron_reuses_the_tunings_plan_as_a_fresh_build_would_make_it() -> None:
+    """Without a job layout the tuning already built this batch with the winner: the plan it returns must be the
+    one the job's layout gives when passed explicitly (lanes, prices, options: all but the solver record, whose
+    message says where the layout came from), built once."""
+    batch = sample(5)
+    tuned = make_plan(batch=batch, cluster=CLUSTER, model=MODEL, strategy="megatron")
+    layout = tuned.options.fixed_layout
+    assert layout is not None
+    given = make_plan(
+        batch=batch, cluster=CLUSTER, model=MODEL, strategy="megatron", options=PlanOptions(fixed_layout=layout)
+    )
+    assert tuned.model_dump(exclude={"plan_id", "solver"}) == given.model_dump(exclude={"plan_id", "solver"})
+    assert tuned.strategy == "megatron" and "tuned on this batch" in tuned.solver.message
+
+
 def test_megatron_refuses_a_layout_for_another_pipeline_degree() -> None:
     layout = FixedLayout(num_stages=2, sp_degree=4, micro_batch_tokens=32768)
     with pytest.raises(ValueError, match="fixed_layout has P=2"):
