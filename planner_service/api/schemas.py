@@ -49,6 +49,8 @@ CROSS_FIELD_RULES: dict[str, str] = {
     "num_stages": "num_stages divides the cluster's device count and is at most the model's num_layers",
     "peak_memory_bytes": "empty or one entry per rank of the job's cluster",
     "options": "options.max_zero_stage is at least options.zero_stage",
+    "sp_degree_costs": "a profile's sp_degree_costs list strictly increasing sp_degree values",
+    "profile": "the profile's sp_degree_costs list strictly increasing sp_degree values",
 }
 """Rules on combinations of fields (or on service settings) that a JSON Schema cannot state. A request that
 breaks one is answered 422 `invalid_input` naming the field; the OpenAPI description lists them."""
@@ -88,7 +90,9 @@ class JobCreate(BaseModel):
     num_stages: Annotated[int, Field(ge=1, le=1024), AS_EXACT_INT] | None = Field(
         default=None, description="Fix the pipeline degree instead of choosing it. " + rules_text("num_stages")
     )
-    profile: CostProfile | None = Field(default=None, description="Initial cost profile (else the preset's).")
+    profile: CostProfile | None = Field(
+        default=None, description="Initial cost profile (else the preset's). " + rules_text("profile")
+    )
 
 
 class PlanCreate(BaseModel):
@@ -102,7 +106,9 @@ class PlanCreate(BaseModel):
     batch: Batch = Field(description=rules_text("batch.lengths", "batch.seq_ids"))
     strategy: StrategyName = "helix"
     options: PlanOptions = Field(default_factory=PlanOptions, description=rules_text("options"))
-    profile: CostProfile | None = Field(default=None, description="Overrides the preset profile.")
+    profile: CostProfile | None = Field(
+        default=None, description="Overrides the preset profile. " + rules_text("profile")
+    )
     time_limit_s: TimeLimit = Field(default=2.0, description="Solver time limit; capped by the service setting.")
     solver: SolverName = "cpsat"
 
