@@ -30,7 +30,7 @@ from planner_service.context import PlanningContext, zero_stage_contexts
 from planner_service.layout.lane_builder import Chunking, ChunkKnobs, LaneBuilder, LaneScore
 from planner_service.layout.lanes import LaneSpec, buddy_offsets
 from planner_service.layout.recompute import RecomputeMode
-from planner_service.lower_bound import gap_to
+from planner_service.lower_bound import BudgetedBound, gap_to
 from proto import PipelineSpec, Plan, SolverInfo, SolverStatus
 
 PIPELINE_CHUNKINGS = (Chunking(4), Chunking(2), Chunking(8), Chunking(4, costliest_last=True))
@@ -300,12 +300,13 @@ class SearchSession:
         solver = exact.solver.model_copy(update={"message": message})
         return Candidate(exact.model_copy(update={"solver": solver}), recipe)
 
-    def finish(self, candidate: Candidate, *, lower_bound_s: float | None, note: str = "") -> Plan:
+    def finish(self, candidate: Candidate, *, bound: BudgetedBound | None, note: str = "") -> Plan:
         """The kept candidate with its id and solver record: wall time, gap to the bound on simulated time."""
         plan = candidate.plan
         solver = plan.solver
         iteration = plan.predicted.iteration_s
-        message = solver.message + note
+        lower_bound_s = bound.value_s if bound is not None else None
+        message = solver.message + note + (bound.note if bound is not None else "")
         if self.budget.tripped():
             message += "; stopped by the wall-clock safety net (the plan may depend on the machine's load)"
         return finish_plan(
@@ -338,7 +339,7 @@ def finalize(
     session: SearchSession,
     candidates: Sequence[Candidate | None],
     *,
-    lower_bound_s: float | None,
+    bound: BudgetedBound | None,
     polish_all: bool,
     note: str = "",
 ) -> Plan | None:
@@ -356,4 +357,4 @@ def finalize(
         polished = session.polish(candidate)
         if polished.iteration_s < best.iteration_s:
             best = polished
-    return session.finish(best, lower_bound_s=lower_bound_s, note=note)
+    return session.finish(best, bound=bound, note=note)

@@ -23,7 +23,7 @@ def plan_flexsp(ctx: PlanningContext) -> Plan:
     proposal = single_stage_flexible_proposal(session, strategy="flexsp", recompute="lane-uniform")
     candidates = session.build_proposals([proposal] if proposal else [], [])
     session.budget = ctx.budget
-    plan = finalize(session, candidates, lower_bound_s=bound.value_s, polish_all=False, note=bound.note)
+    plan = finalize(session, candidates, bound=bound, polish_all=False)
     if plan is None:
         raise InfeasibleWorkload(
             f"flexsp: the longest sequence ({max(ctx.batch.lengths)} tokens) fits no SP lane without a pipeline",

@@ -101,8 +101,8 @@ def plan_helix(ctx: PlanningContext) -> Plan:
             candidates.append(improved)
 
     session.budget = root
-    note = (f"; improvement phase: {steps} simulated improvements" if steps else "") + bound.note
-    plan = finalize(session, candidates, lower_bound_s=bound.value_s, polish_all=True, note=note)
+    note = f"; improvement phase: {steps} simulated improvements" if steps else ""
+    plan = finalize(session, candidates, bound=bound, polish_all=True, note=note)
     if plan is None:
         raise InfeasibleWorkload(
             f"helix: no layout fits the longest sequence ({max(ctx.batch.lengths)} tokens) in memory", field="lengths"

@@ -22,7 +22,7 @@ def plan_infinipipe(ctx: PlanningContext) -> Plan:
     session = SearchSession(ctx, ctx.budget.child(1 - POLISH_SHARE))
     candidates = session.build_proposals(infinipipe_proposals(ctx, strategy="infinipipe"), [], refine=CANDIDATES_BUILT)
     session.budget = ctx.budget
-    plan = finalize(session, candidates, lower_bound_s=bound.value_s, polish_all=True, note=bound.note)
+    plan = finalize(session, candidates, bound=bound, polish_all=True)
     if plan is None:
         raise InfeasibleWorkload(
             f"infinipipe: the longest sequence ({max(ctx.batch.lengths)} tokens) fits no uniform SP x PP layout",
