@@ -81,7 +81,7 @@ def time_plans(
     )
     executors: dict[tuple[tuple[int, int], ...], PlanExecutor] = {}
     for case in cases:
-        key = tuple((a, b) for a, b in case.plan.pipeline.layer_ranges)
+        key = _split_of(case.plan)
         if key not in executors:
             executors[key] = PlanExecutor(
                 model=model, cluster=cluster, pipeline=case.plan.pipeline, groups=groups, config=config
@@ -91,7 +91,7 @@ def time_plans(
     losses = [0.0] * len(cases)
     for index in range(settings.warmup + settings.repeats):
         for i, case in enumerate(cases):
-            executor = executors[tuple((a, b) for a, b in case.plan.pipeline.layer_ranges)]
+            executor = executors[_split_of(case.plan)]
             elapsed, memory, loss = _one_step(executor, case, settings)
             if index >= settings.warmup:
                 seconds[i].append(elapsed)
@@ -145,3 +145,8 @@ def _peak_bytes(executor: PlanExecutor, activation_peak: int, device: str) -> fl
     if device == "cuda":
         return float(torch.cuda.max_memory_allocated())
     return model_state_bytes(executor) + activation_peak
+
+
+def _split_of(plan: Plan) -> tuple[tuple[int, int], ...]:
+    """The plan's pipeline split: cases with the same one share an executor."""
+    return tuple((a, b) for a, b in plan.pipeline.layer_ranges)
