@@ -138,3 +138,47 @@ def test_dcp_plans_power_of_two_lanes_at_a_fixed_pipeline_degree() -> None:
         assert all(len(chunk.segments) == 1 for lane in plan.lanes for chunk in lane.chunks)
         if stages:
             assert plan.pipeline.num_stages == stages
+
+
+@pytest.mark.parametrize("stages", [1, 2, 4])
+def test_dcp_checkpointing_test_agrees_with_the_memory_timeline(stages: int) -> None:
+    """dcp decides each group's checkpointing with a quick sufficient test before walking the memory timeline;
+    its answer must be the timeline's (`lanes_fit`) for every group: random groups of whole sequences, short
+    and long, on lanes of 1 to 8 devices, so that some fit, some need recompute and some pass only the walk."""
+    import numpy as np
+
+    from planner_service.assembly import LaneDraft, lane_of_draft
+    from planner_service.context import PlanningContext, options_that_fit
+    from planner_service.cost_model import CostModel
+    from planner_service.layout.recompute import no_recompute_bound, uniform_recompute
+    from planner_service.strategies.dcp import fits_without_recompute
+    from planner_service.strategies.greedy import lanes_fit
+    from proto import Chunk, PipelineSpec, Segment
+    from proto.topology import Topology
+
+    rng = np.random.default_rng(stages)
+    lengths = [int(n) for n in rng.integers(256, 96 * 1024, size=400)]
+    batch = Batch(seq_ids=list(range(len(lengths))), lengths=lengths)
+    ctx = PlanningContext(batch=batch, cluster=CLUSTER, model=MODEL, cost=CostModel.from_specs(CLUSTER, MODEL))
+    pipeline = PipelineSpec.even(MODEL.num_layers, stages)
+    p_ctx = options_that_fit(ctx, pipeline)
+    topology = Topology.of(CLUSTER, stages)
+    length_of = batch.length_of()
+    outcomes: set[tuple[bool, bool]] = set()
+    for _ in range(60):
+        size = int(rng.choice([1, 2, 4, 8]))
+        members = rng.choice(len(lengths), size=int(rng.integers(1, 9)), replace=False)
+        chunks = tuple(Chunk(segments=[Segment(seq_id=int(i), start=0, end=lengths[i])]) for i in members)
+        draft = LaneDraft(
+            sp_degree=size, offset=0, chunks=chunks, recompute=uniform_recompute(pipeline, len(chunks), False)
+        )
+        lane = lane_of_draft(topology, draft)
+        fits = lanes_fit(p_ctx, pipeline, [lane], length_of)
+        assert fits_without_recompute(p_ctx, pipeline, lane, length_of) == fits, (size, [lengths[i] for i in members])
+        all_held = max(
+            no_recompute_bound(p_ctx.cost, pipeline, p, size, chunks)
+            + p_ctx.cost.model_state_bytes(p, pipeline, p_ctx.cost.dp_size(pipeline))
+            for p in range(stages)
+        )
+        outcomes.add((fits, all_held <= p_ctx.cost.usable_memory_bytes))
+    assert (False, False) in outcomes and (True, False) in outcomes  # groups needing recompute; fits, not trivially
