@@ -15,6 +15,7 @@ import logging
 from planner_service.budget import PlanningBudget
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload, PlanningError
+from planner_service.gc_pause import collector_paused
 from planner_service.search import NothingBuiltInTime
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.registry import get_strategy
@@ -51,7 +52,42 @@ def make_plan(
     """Plan one batch with `strategy`; the result passed `validate_plan` and fits `executor`'s capabilities.
 
     `time_limit_s` bounds the call (its work units and the wall-clock safety net); a caller may bring its own
-    `budget` instead (e.g. `PlanningBudget.units_only` to measure plan quality independent of the load)."""
+    `budget` instead (e.g. `PlanningBudget.units_only` to measure plan quality independent of the load). The
+    cyclic garbage collector is paused for the call (`gc_pause`)."""
+    with collector_paused():
+        return _make_plan(
+            batch=batch,
+            cluster=cluster,
+            model=model,
+            strategy=strategy,
+            options=options,
+            profile=profile,
+            time_limit_s=time_limit_s,
+            solver=solver,
+            num_stages=num_stages,
+            step=step,
+            job_id=job_id,
+            executor=executor,
+            budget=budget,
+        )
+
+
+def _make_plan(
+    *,
+    batch: Batch,
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    strategy: str,
+    options: PlanOptions | None,
+    profile: CostProfile | None,
+    time_limit_s: float,
+    solver: str,
+    num_stages: int | None,
+    step: int | None,
+    job_id: str | None,
+    executor: ExecutorCapabilities,
+    budget: PlanningBudget | None,
+) -> Plan:
     check_workload(batch, cluster, model)
     options = options or PlanOptions()
     ctx = PlanningContext.of(
