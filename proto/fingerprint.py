@@ -15,6 +15,10 @@ def canonical_json(obj: BaseModel | dict[str, Any] | list[Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def fingerprint(obj: BaseModel | dict[str, Any] | list[Any], length: int = 16) -> str:
+FINGERPRINT_HEX_DIGITS = 16
+"""Hex digits kept of a sha256 (64 bits): fingerprints and plan ids."""
+
+
+def fingerprint(obj: BaseModel | dict[str, Any] | list[Any], length: int = FINGERPRINT_HEX_DIGITS) -> str:
     """sha256 of the canonical JSON, truncated to `length` hex digits."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]

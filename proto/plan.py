@@ -11,12 +11,13 @@ Conventions (see DESIGN.md §3):
 
 from __future__ import annotations
 
+import hashlib
 from enum import Enum, IntEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from proto.fingerprint import fingerprint
+from proto.fingerprint import FINGERPRINT_HEX_DIGITS
 from proto.wire_types import AS_EXACT_INT
 
 SCHEMA_VERSION = "1.0"
@@ -318,8 +319,13 @@ class Plan(BaseModel):
     solver: SolverInfo = Field(default_factory=SolverInfo)
 
     def content_hash(self) -> str:
-        """Hash of the plan's content; the solver's wall time is left out so equal decisions give equal ids."""
-        return fingerprint(self.model_dump(mode="json", exclude={"plan_id": True, "solver": {"solve_s"}}))
+        """Hash of the plan's content; the solver's wall time is left out so equal decisions give equal ids.
+
+        The bytes hashed are pydantic's JSON of the plan, fields in declaration order: no field of a plan is a
+        mapping, so equal content gives equal bytes, without the sorted re-encoding `fingerprint` does (at
+        16384 sequences that re-encoding took 80 ms of a 0.5 s planning call)."""
+        content = self.model_dump_json(exclude={"plan_id": True, "solver": {"solve_s"}})
+        return hashlib.sha256(content.encode()).hexdigest()[:FINGERPRINT_HEX_DIGITS]
 
     def with_id(self) -> Plan:
         """A copy whose plan_id is the hash of its content."""
