@@ -61,13 +61,22 @@ class StageMemory:
 
 
 def stage_memory(
-    lane: Lane, pipeline: PipelineSpec, stage: int, cost: CostModel, lengths: Mapping[int, int], tokens: Sequence[int]
+    lane: Lane,
+    pipeline: PipelineSpec,
+    stage: int,
+    cost: CostModel,
+    lengths: Mapping[int, int],
+    tokens: Sequence[int],
+    prefix_kv_rows: Sequence[int] | None = None,
 ) -> StageMemory:
-    """Build the linear memory model of `lane` on `stage` (tokens[c]: tokens of chunk c)."""
+    """Build the linear memory model of `lane` on `stage` (tokens[c]: tokens of chunk c; prefix_kv_rows[c]: its
+    `ChunkShape.prefix_kv_rows`, derived from the segments when not given)."""
     s = lane.sp_degree
+    if prefix_kv_rows is None:
+        prefix_kv_rows = [ChunkShape.of(chunk).prefix_kv_rows for chunk in lane.chunks]
     shapes = [
-        ChunkShape(num_tokens=n, attn_pairs=0.0, prefix_kv_rows=ChunkShape.of(chunk).prefix_kv_rows)
-        for n, chunk in zip(tokens, lane.chunks, strict=True)
+        ChunkShape(num_tokens=n, attn_pairs=0.0, prefix_kv_rows=rows)
+        for n, rows in zip(tokens, prefix_kv_rows, strict=True)
     ]
     layers = pipeline.layers_of(stage)
     last = stage == pipeline.num_stages - 1

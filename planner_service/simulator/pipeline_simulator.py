@@ -341,7 +341,7 @@ def _simulate_lane(
     for p in range(num_stages):
         totals[p].finish_s = free[p]
 
-    _lane_memory(lane, plan, cost, tokens, lengths, totals)
+    _lane_memory(lane, plan, cost, shapes, lengths, totals)
     return totals
 
 
@@ -377,9 +377,16 @@ def _op_events(
 
 
 def _lane_memory(
-    lane: Lane, plan: Plan, cost: CostModel, tokens: list[int], lengths: dict[int, int], totals: list[_StageTotals]
+    lane: Lane,
+    plan: Plan,
+    cost: CostModel,
+    shapes: list[ChunkShape],
+    lengths: dict[int, int],
+    totals: list[_StageTotals],
 ) -> None:
     """Peak activation-side bytes per stage of a lane, from each stage's op order."""
+    tokens = [sh.num_tokens for sh in shapes]
+    prefix_rows = [sh.prefix_kv_rows for sh in shapes]
     for p in range(plan.pipeline.num_stages):
-        memory = stage_memory(lane, plan.pipeline, p, cost, lengths, tokens)
+        memory = stage_memory(lane, plan.pipeline, p, cost, lengths, tokens, prefix_rows)
         totals[p].peak_activation_bytes = memory.peak(lane.recompute[p])
