@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from planner_service.cost_model import ChunkShape, CostModel
+from planner_service.cost_model.comm_model import tokens_per_device
 from proto import Lane, PipelineSpec
 
 
@@ -103,10 +104,13 @@ def stage_memory(
         )
         return act + (cost.kv_bytes(slice_tokens[c], s, r) if slice_tokens[c] and r else 0.0)
 
-    base = tuple(held_bytes(c, 0) for c in range(num_chunks))
-    per_layer = tuple(held_bytes(c, 1) - base[c] if layers else 0.0 for c in range(num_chunks))
     kv_grad = [cost.kv_bytes(slice_tokens[c], s, layers) if slice_tokens[c] else 0.0 for c in range(num_chunks)]
-    transient = [cost.transient_bytes(shapes[c], sp_degree=s, is_last_stage=last) for c in range(num_chunks)]
+    if not chains and not any(prefix_kv_rows):
+        base, per_layer, transient = _whole_sequence_bytes(cost, s, layers, last, tokens)
+    else:
+        base = tuple(held_bytes(c, 0) for c in range(num_chunks))
+        per_layer = tuple(held_bytes(c, 1) - base[c] if layers else 0.0 for c in range(num_chunks))
+        transient = [cost.transient_bytes(shapes[c], sp_degree=s, is_last_stage=last) for c in range(num_chunks)]
     ops = lane.schedule[stage]
     constants = []
     grads = 0.0
@@ -125,3 +129,24 @@ def stage_memory(
         op_is_forward=tuple(op.kind == "F" for op in ops),
         op_constant=tuple(constants),
     )
+
+
+def _whole_sequence_bytes(
+    cost: CostModel, sp_degree: int, layers: int, last: bool, tokens: Sequence[int]
+) -> tuple[tuple[float, ...], tuple[float, ...], list[float]]:
+    """(base, per_layer, transient) of chunks of whole sequences (no slice, no K/V prefix).
+
+    Each of these is a chunk's tokens per device times one per-token figure of the stage, so the figures are
+    taken once, at one token per device, and multiplied: the same products, to the bit, as one cost-model call
+    per chunk, at a fraction of the time (the memory timeline of thousands of lanes is built every plan)."""
+    held = cost.chunk_activation_bytes(
+        sp_degree, sp_degree=sp_degree, num_layers=layers, recompute_layers=0, is_last_stage=last
+    )
+    held_one_recomputed = cost.chunk_activation_bytes(
+        sp_degree, sp_degree=sp_degree, num_layers=layers, recompute_layers=1, is_last_stage=last
+    )
+    working = cost.transient_bytes(sp_degree, sp_degree=sp_degree, is_last_stage=last)
+    per_device = [tokens_per_device(n, sp_degree) for n in tokens]
+    base = tuple(t * held for t in per_device)
+    per_layer = tuple(t * held_one_recomputed - b if layers else 0.0 for t, b in zip(per_device, base, strict=True))
+    return base, per_layer, [t * working for t in per_device]

@@ -1,0 +1,46 @@
+"""The memory timeline's shortcut for lanes of whole sequences gives, to the bit, what one cost-model call per
+chunk gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from planner_service.assembly import LaneDraft, lane_of_draft
+from planner_service.cost_model import CostModel
+from planner_service.layout.recompute import uniform_recompute
+from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.simulator.memory_timeline import stage_memory
+from proto import Chunk, PipelineSpec, Segment
+from proto.topology import Topology
+
+
+@pytest.mark.parametrize(
+    ("model_name", "sp_degree", "stages"), [("llama2-7b", 1, 1), ("llama3-8b", 4, 2), ("gpt-13b", 8, 4)]
+)
+def test_whole_sequence_lanes_match_per_chunk_cost_calls(model_name: str, sp_degree: int, stages: int) -> None:
+    cluster, model = resolve_cluster("a800-80g-4x8"), resolve_model(model_name)
+    cost = CostModel.from_specs(cluster, model)
+    pipeline = PipelineSpec.even(model.num_layers, stages)
+    rng = np.random.default_rng(sp_degree)
+    lengths = [int(n) for n in rng.integers(1, 40000, size=12)]
+    chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=n)]) for i, n in enumerate(lengths[:8])]
+    chunks.append(Chunk(segments=[Segment(seq_id=8 + i, start=0, end=n) for i, n in enumerate(lengths[8:])]))
+    draft = LaneDraft(
+        sp_degree=sp_degree, offset=0, chunks=tuple(chunks), recompute=uniform_recompute(pipeline, len(chunks), False)
+    )
+    lane = lane_of_draft(Topology.of(cluster, stages), draft)
+    tokens = [c.num_tokens for c in chunks]
+    for p in range(stages):
+        layers, last = pipeline.layers_of(p), p == stages - 1
+        memory = stage_memory(lane, pipeline, p, cost, dict(enumerate(lengths)), tokens)
+
+        def held(c: int, r: int, layers: int = layers, last: bool = last) -> float:
+            return cost.chunk_activation_bytes(
+                chunks[c], sp_degree=sp_degree, num_layers=layers, recompute_layers=r, is_last_stage=last
+            )
+
+        assert memory.base == tuple(held(c, 0) for c in range(len(chunks)))
+        assert memory.per_layer == tuple(held(c, 1) - held(c, 0) for c in range(len(chunks)))
+        working = [cost.transient_bytes(chunk, sp_degree=sp_degree, is_last_stage=last) for chunk in chunks]
+        assert memory.op_constant == tuple(working[op.chunk] for op in lane.schedule[p])
