@@ -309,23 +309,40 @@ class SearchSession:
         message = solver.message + note + (bound.note if bound is not None else "")
         if self.budget.tripped():
             message += "; stopped by the wall-clock safety net (the plan may depend on the machine's load)"
+        gap = gap_to(iteration, lower_bound_s)
+        status = status_of(solver.status, self.budget, gap)
+        if status != solver.status and not self.budget.tripped():
+            message += (
+                f"; feasible, not optimal: its last solver proved the optimum of its own model, but the plan is "
+                f"{gap:.1%} above the bound on the simulated time"
+            )
         return finish_plan(
             plan,
             solver.model_copy(
                 update={
-                    "gap": gap_to(iteration, lower_bound_s),
+                    "gap": gap,
                     "lower_bound_s": lower_bound_s,
                     "solve_s": time.perf_counter() - self.started,
                     "message": message,
-                    "status": status_of(solver.status, self.budget),
+                    "status": status,
                 }
             ),
         )
 
 
-def status_of(status: SolverStatus, budget: PlanningBudget) -> SolverStatus:
-    """A search stopped by the safety net has no proof of anything it would have found with its units."""
-    if budget.tripped() and status == SolverStatus.OPTIMAL:
+OPTIMAL_GAP = 1e-4
+"""Largest gap to the lower bound on the simulated time at which a search's plan is still called optimal (the
+same relative tolerance as a MIP solver's default optimality gap)."""
+
+
+def status_of(status: SolverStatus, budget: PlanningBudget, gap: float | None = None) -> SolverStatus:
+    """The plan's status as a claim about the simulated time the user pays. A solver's `optimal` is about its
+    own model; it stands only when the plan is within `OPTIMAL_GAP` of the bound on the simulated time (or
+    when there is no bound to compare with). A search stopped by the safety net has no proof of anything it
+    would have found with its units."""
+    if status != SolverStatus.OPTIMAL:
+        return status
+    if budget.tripped() or (gap is not None and gap > OPTIMAL_GAP):
         return SolverStatus.FEASIBLE
     return status
 

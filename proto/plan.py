@@ -27,7 +27,8 @@ class SolverStatus(str, Enum):
     """How a plan's layout was found; travels as its string value."""
 
     OPTIMAL = "optimal"
-    """The solver proved its model's optimum."""
+    """The solver proved its model's optimum; a plan that carries a lower bound on its simulated time
+    (`SolverInfo.lower_bound_s`) is also within 0.01% of that bound, else it is `feasible`."""
     FEASIBLE = "feasible"
     """A solution without an optimality proof (time limit, or a search that does not prove one)."""
     HEURISTIC = "heuristic"
