@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -166,17 +167,27 @@ def _solve_pulp(program: IntegerProgram, backend: str, time_limit_s: float) -> S
 
     started = time.perf_counter()
     prob = pulp.LpProblem("helix", pulp.LpMinimize)
-    xs = [
-        pulp.LpVariable(f"x{i}", lowBound=v.lower, upBound=v.upper, cat=pulp.LpInteger)
-        for i, v in enumerate(program.variables)
-    ]
+    if hasattr(prob, "add_variable"):  # PuLP >= 3.3: variables belong to their model (the 4.0 API)
+        xs = [
+            prob.add_variable(f"x{i}", lowBound=v.lower, upBound=v.upper, cat=pulp.LpInteger)
+            for i, v in enumerate(program.variables)
+        ]
+    else:
+        xs = [
+            pulp.LpVariable(f"x{i}", lowBound=v.lower, upBound=v.upper, cat=pulp.LpInteger)
+            for i, v in enumerate(program.variables)
+        ]
     prob += pulp.lpSum(c * xs[v] for v, c in program.objective.items()) if program.objective else pulp.lpSum([])
     for i, row in enumerate(program.rows):
         expr = pulp.lpSum(c * xs[v] for v, c in row.coefs)
         prob += (expr == row.rhs) if row.equality else (expr <= row.rhs), f"r{i}"
     limit = max(time_limit_s, 0.05)
     if backend == "pulp-cbc":
-        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, options=[f"randomSeed {DETERMINISTIC_SEED + 1}"])
+        with warnings.catch_warnings():
+            # PuLP 3.x deprecates its bundled CBC for 4.0 (COIN_CMD with a separately installed CBC); the bundled
+            # binary is what a plain `pip install pulp` has, so it stays until the pin moves to 4 (pyproject: <4).
+            warnings.filterwarnings("ignore", message="PULP_CBC_CMD is deprecated", category=DeprecationWarning)
+            solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, options=[f"randomSeed {DETERMINISTIC_SEED + 1}"])
     else:
         solver = pulp.HiGHS(msg=False, timeLimit=limit, random_seed=DETERMINISTIC_SEED)
     with _stdout_silenced():  # HiGHS prints a banner on stdout even with msg=False
