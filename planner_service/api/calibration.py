@@ -4,7 +4,9 @@ Flow: `POST /v1/jobs/{id}/feedback` for a stored plan -> `observe` re-simulates 
 calibration (off the event loop) and refits; when the refined profile moved by more than `min_change` from the
 last stored one it is stored as the job's next profile version, which every later plan of the job is made with
 (`SolveService._plan_step` reads the latest version). `PUT /v1/jobs/{id}/profile` restarts calibration from the
-new profile. The calibrators live in memory: after a restart calibration resumes from the latest stored profile
+new profile. Observations run on the calibration's own threads (`CALIBRATION_THREADS`), never in the loop's
+default executor: a burst of feedback from many jobs would otherwise queue the store calls that every served
+plan waits for. The calibrators live in memory: after a restart calibration resumes from the latest stored profile
 (the last refinement), with an empty window.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from planner_service.api.metrics import ServiceMetrics
@@ -21,6 +24,9 @@ from planner_service.calibration.summary import CalibrationSummary
 from planner_service.store import PlanStore
 from proto import ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions
 
+CALIBRATION_THREADS = 1
+"""Threads that run observations (re-simulations and fits, CPU-bound Python that shares the GIL with the event
+loop): one, so feedback bursts queue here rather than taking the process's CPU from serving plans."""
 MIN_PROFILE_CHANGE = 0.02
 """A refined profile is stored when a group scale moved by more than this fraction since the last stored one:
 fewer profile versions than feedback reports, and every one that changes plans by more than noise."""
@@ -51,6 +57,11 @@ class JobCalibrations:
         self._jobs: dict[str, _JobCalibration] = {}
         self._generations: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._threads = ThreadPoolExecutor(max_workers=CALIBRATION_THREADS, thread_name_prefix="helix-calibration")
+
+    def close(self) -> None:
+        """Stop taking observations; those queued are dropped (feedback is stored, a restart resumes)."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def observe(
         self, *, job_id: str, cluster: ClusterSpec, model: ModelSpec, options: PlanOptions, plan_json: bytes,
@@ -60,7 +71,7 @@ class JobCalibrations:
         if not self.enabled:
             return
         work = functools.partial(self._observe_sync, job_id, cluster, model, options, plan_json, feedback)
-        await asyncio.get_running_loop().run_in_executor(None, work)
+        await asyncio.get_running_loop().run_in_executor(self._threads, work)
 
     def reset(self, job_id: str) -> None:
         """A new profile was PUT: the next feedback starts calibrating from it."""

@@ -135,6 +135,7 @@ class SolveService:
     def close(self) -> None:
         self.pool.close()
         self._waiters.shutdown(wait=False, cancel_futures=True)
+        self.calibrations.close()
 
     # running work -----------------------------------------------------------------------------------
     @staticmethod

@@ -9,8 +9,10 @@ stored but never used, calibrated profiles that plans ignore, and errors reporte
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from planner_service.api import create_app
@@ -135,3 +137,22 @@ def test_serve_profile_applies_to_its_own_cluster_and_model(make_settings: Setti
         assert stateless.status_code == 200
         predicted = Plan.model_validate_json(stateless.content).predicted.iteration_s
         assert predicted == simulate(Plan.model_validate_json(stateless.content), _batch(0), cost).predicted.iteration_s
+
+
+def test_feedback_is_calibrated_on_its_own_thread(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Observations run on the calibration's thread, not in the event loop's default executor, where the store
+    calls every served plan waits for run."""
+    from planner_service.api.calibration import JobCalibrations
+
+    threads: list[str] = []
+    real = JobCalibrations._observe_sync
+
+    def spy(self: JobCalibrations, *args: object) -> None:
+        threads.append(threading.current_thread().name)
+        real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(JobCalibrations, "_observe_sync", spy)
+    job_id = client.post("/v1/jobs", json=JOB).json()["job_id"]
+    for step in range(2):
+        _send_true_feedback(client, job_id, step, _plan(client, job_id, step))
+    assert len(threads) == 2 and all(name.startswith("helix-calibration") for name in threads), threads
