@@ -172,13 +172,13 @@ def plan_dcp(ctx: PlanningContext) -> Plan:
         )
         for size, offset, chunks in drafts
     ]
-    lengths = ctx.batch.length_of()
+    length_of = ctx.batch.length_of()
     for zero_ctx in zero_stage_contexts(p_ctx):  # model states sharded further when a group does not fit
         plan = simulate_lanes(
             zero_ctx,
             strategy="dcp",
             pipeline=pipeline,
-            lanes=[with_checkpointing(zero_ctx, pipeline, lane, lengths) for lane in lanes],
+            lanes=[with_checkpointing(zero_ctx, pipeline, lane, length_of) for lane in lanes],
             solver=SolverInfo(backend="greedy", status=SolverStatus.HEURISTIC),
             budget=ctx.budget,
         )
