@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from planner_service.budget import UNITS_PER_LANE_OP, UNITS_PER_SIMULATED_OP, PlanningBudget
+from planner_service.budget import UNITS_PER_LANE_OP, PlanningBudget, simulation_units
 from planner_service.context import PlanningContext
 from planner_service.schedules import build_schedule
 from planner_service.simulator import simulate
@@ -133,9 +133,11 @@ def simulate_lanes(
         predicted=Predicted(iteration_s=0.0, ideal_s=0.0),
         solver=solver,
     )
-    result = simulate(plan, batch or ctx.batch, ctx.cost, record_events=False)
+    priced = batch or ctx.batch
+    result = simulate(plan, priced, ctx.cost, record_events=False)
     if budget is not None:
-        budget.charge(UNITS_PER_SIMULATED_OP * sum(len(ops) for lane in numbered for ops in lane.schedule))
+        ops = sum(len(ops) for lane in numbered for ops in lane.schedule)
+        budget.charge(simulation_units(len(numbered), ops, len(priced.lengths)))
     return plan.model_copy(update={"predicted": result.predicted})
 
 

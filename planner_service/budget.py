@@ -36,10 +36,23 @@ FINISH_RESERVE_S_PER_SEQUENCE = 20e-6
 sequence for `validate_plan` + `with_id` at 16384 sequences on 2048 devices)."""
 
 # ---- unit prices (reference-machine milliseconds, measured with bench/planner_latency.py's profile) ------
-UNITS_PER_SIMULATED_OP = 0.006
+UNITS_PER_SIMULATION = 0.09
+"""One simulation call's fixed cost: the plan object, its header, the ideal time (prices in this block were
+re-measured with the collector paused, `gc_pause`, by least squares over every simulation and lane build of
+helix's calls on every fourth `plan_quality` configuration: 87 us per call, 8.8 us per lane, 1.0 us per
+sequence and 4.8 us per op; lane builds 5.7 us per op and 6.9 us per sequence, with no fixed cost. The old single
+prices, 6 us per simulated op and 20 us per built op, left a whole-plan check underpriced and made the builds
+helix must make, e.g. the chunkings of infinipipe's candidates, use up the improvement phase's units)."""
+UNITS_PER_SIMULATED_LANE = 0.009
+"""One lane of a simulation call, on top of its ops."""
+UNITS_PER_SIMULATED_SEQUENCE = 0.001
+"""One sequence of the batch a simulation call prices."""
+UNITS_PER_SIMULATED_OP = 0.005
 """One F or B op of one (lane, stage) replayed by the simulator, with its memory timeline."""
-UNITS_PER_BUILT_OP = 0.02
+UNITS_PER_BUILT_OP = 0.006
 """One op of a lane built from scratch: chunking, schedule, recompute choice and the pydantic objects."""
+UNITS_PER_BUILT_SEQUENCE = 0.007
+"""One sequence of a lane built from scratch (its chunking and the chunks' pydantic objects)."""
 UNITS_PER_SEQUENCE_PASS = 0.004
 """One sequence touched by a linear pass (packing, bucketing, an estimate)."""
 UNITS_PER_LANE_OP = 0.002
@@ -213,3 +226,13 @@ class SolverLimits:
     def wall_only(cls, seconds: float) -> SolverLimits:
         """A wall-clock limit with no deterministic cap (tools and tests that time one solve)."""
         return cls(deterministic_s=math.inf, wall_s=seconds)
+
+
+def simulation_units(num_lanes: int, num_ops: int, num_sequences: int) -> float:
+    """What one simulation call costs in units."""
+    return (
+        UNITS_PER_SIMULATION
+        + num_lanes * UNITS_PER_SIMULATED_LANE
+        + num_ops * UNITS_PER_SIMULATED_OP
+        + num_sequences * UNITS_PER_SIMULATED_SEQUENCE
+    )

@@ -20,12 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from planner_service.assembly import PlanHeader, finish_plan, fits_memory, simulate_lanes
-from planner_service.budget import (
-    UNITS_PER_BUILT_OP,
-    UNITS_PER_SEQUENCE_PASS,
-    UNITS_PER_SIMULATED_OP,
-    PlanningBudget,
-)
+from planner_service.budget import UNITS_PER_BUILT_OP, UNITS_PER_BUILT_SEQUENCE, PlanningBudget, simulation_units
 from planner_service.context import PlanningContext, zero_stage_contexts
 from planner_service.layout.lane_builder import Chunking, ChunkKnobs, LaneBuilder, LaneScore
 from planner_service.layout.lanes import LaneSpec, buddy_offsets
@@ -202,9 +197,9 @@ class SearchSession:
                     recipe.chunking_of(i).chunks_per_stage * p, -(-tokens // builder.token_cap(lane.sp_degree))
                 )
                 ops += 2 * p * min(chunks, len(lane.items) + chunks // 2)
-        return ops * (UNITS_PER_BUILT_OP + UNITS_PER_SIMULATED_OP) + UNITS_PER_SEQUENCE_PASS * len(
-            self.ctx.batch.lengths
-        )
+        sequences = len(self.ctx.batch.lengths)
+        built = ops * UNITS_PER_BUILT_OP + sequences * UNITS_PER_BUILT_SEQUENCE
+        return built + simulation_units(len(recipe.lanes), ops, sequences)
 
     def search_knobs(
         self, recipe: Recipe, knobs: Sequence[Chunking], *, forced: bool = False, every: bool = False

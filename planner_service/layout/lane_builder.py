@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from planner_service.assembly import LaneDraft, PlanHeader, lane_of_draft, simulate_lanes
-from planner_service.budget import UNITS_PER_BUILT_OP, UNITS_PER_SEQUENCE_PASS, PlanningBudget
+from planner_service.budget import UNITS_PER_BUILT_OP, UNITS_PER_BUILT_SEQUENCE, PlanningBudget
 from planner_service.context import PlanningContext
 from planner_service.layout.chunks import cost_balanced_chunks, costliest_last
 from planner_service.layout.lanes import LaneSpec
@@ -165,7 +165,7 @@ class LaneBuilder:
         if counts is not None:
             draft = LaneDraft(sp_degree=s, offset=offset, chunks=tuple(chunks), recompute=counts)
             built = BuiltLane(draft=draft, lane=lane_of_draft(self.topology, draft))
-        self.budget.charge(UNITS_PER_SEQUENCE_PASS * len(spec.items) + UNITS_PER_BUILT_OP * 2 * len(chunks) * p_count)
+        self.budget.charge(UNITS_PER_BUILT_SEQUENCE * len(spec.items) + UNITS_PER_BUILT_OP * 2 * len(chunks) * p_count)
         self._lanes[key] = built
         return built
 
