@@ -10,10 +10,19 @@ all-forwards-then-all-backwards, which never deadlocks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Literal
 
 from proto import Chunk, Op
 from proto.validation import schedule_stuck_points
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def op_of(kind: Literal["F", "B"], chunk: int) -> Op:
+    """The op (kind, chunk), one shared instance per pair: ops are frozen, and a plan of thousands of lanes would
+    otherwise hold one object per op of every stage of every lane (allocated, then scanned by the collector)."""
+    return Op(kind=kind, chunk=chunk)
 
 
 def backward_order(chunks: Sequence[Chunk]) -> list[int]:
@@ -42,9 +51,9 @@ def _one_f_one_b(num_chunks: int, b_order: list[int], stage: int, num_stages: in
         furthest = max(furthest, chunk)
         needed = min(num_chunks, furthest + 1 + warmup)
         while next_f < needed:
-            ops.append(Op(kind="F", chunk=next_f))
+            ops.append(op_of("F", next_f))
             next_f += 1
-        ops.append(Op(kind="B", chunk=chunk))
+        ops.append(op_of("B", chunk))
     return ops
 
 
@@ -54,6 +63,6 @@ def build_schedule(chunks: Sequence[Chunk], num_stages: int) -> list[list[Op]]:
     b_order = backward_order(chunks)
     schedule = [_one_f_one_b(n, b_order, p, num_stages) for p in range(num_stages)]
     if schedule_stuck_points(schedule):
-        flat = [Op(kind="F", chunk=c) for c in range(n)] + [Op(kind="B", chunk=c) for c in b_order]
+        flat = [op_of("F", c) for c in range(n)] + [op_of("B", c) for c in b_order]
         schedule = [list(flat) for _ in range(num_stages)]
     return schedule

@@ -159,3 +159,17 @@ def test_backward_order_reverses_slice_chains_only() -> None:
         Chunk(segments=[Segment(seq_id=0, start=20, end=30), Segment(seq_id=1, start=0, end=5)]),
     ]
     assert backward_order(chunks) == [0, 3, 2, 1]
+
+
+def test_ops_are_shared_frozen_instances() -> None:
+    """Schedules share one frozen op per (kind, chunk): equal to a freshly made op, and immutable."""
+    import pydantic
+
+    from planner_service.schedules.pipeline_schedule import op_of
+
+    chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=10 + i)]) for i in range(5)]
+    first, second = build_schedule(chunks, 3), build_schedule(chunks, 2)
+    assert first[0][0] is second[0][0] is op_of("F", 0)
+    assert first[0][0] == Op(kind="F", chunk=0)
+    with pytest.raises(pydantic.ValidationError):
+        first[0][0].chunk = 3  # type: ignore[misc]
