@@ -33,6 +33,7 @@ def check_workload(batch: Batch, cluster: ClusterSpec, model: ModelSpec) -> None
         raise InfeasibleWorkload("the batch is empty", field="lengths")
 
 
+@collector_paused()
 def make_plan(
     *,
     batch: Batch,
@@ -54,40 +55,6 @@ def make_plan(
     `time_limit_s` bounds the call (its work units and the wall-clock safety net); a caller may bring its own
     `budget` instead (e.g. `PlanningBudget.units_only` to measure plan quality independent of the load). The
     cyclic garbage collector is paused for the call (`gc_pause`)."""
-    with collector_paused():
-        return _make_plan(
-            batch=batch,
-            cluster=cluster,
-            model=model,
-            strategy=strategy,
-            options=options,
-            profile=profile,
-            time_limit_s=time_limit_s,
-            solver=solver,
-            num_stages=num_stages,
-            step=step,
-            job_id=job_id,
-            executor=executor,
-            budget=budget,
-        )
-
-
-def _make_plan(
-    *,
-    batch: Batch,
-    cluster: ClusterSpec,
-    model: ModelSpec,
-    strategy: str,
-    options: PlanOptions | None,
-    profile: CostProfile | None,
-    time_limit_s: float,
-    solver: str,
-    num_stages: int | None,
-    step: int | None,
-    job_id: str | None,
-    executor: ExecutorCapabilities,
-    budget: PlanningBudget | None,
-) -> Plan:
     check_workload(batch, cluster, model)
     options = options or PlanOptions()
     ctx = PlanningContext.of(
