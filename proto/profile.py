@@ -93,6 +93,15 @@ class CostProfile(BaseModel):
     head_s_per_token: Annotated[float, Field(ge=0, le=MAX_S_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
         default=0.0, description="LM head + loss forward seconds per token."
     )
+    op_overhead_s: Annotated[float, Field(ge=0, le=MAX_LAYER_OVERHEAD_S, allow_inf_nan=False), AS_FINITE_NUMBER] = (
+        Field(
+            default=0.0,
+            description="Fixed seconds of one pipeline op (a chunk's forward or backward on a stage) beyond its "
+            "layers and LM head: the stage runtime's own work per micro-batch (embedding, posting sends and "
+            "receives, entering autograd). Learned by online calibration from steps whose plans differ in chunk "
+            "counts; 0 in presets and in `helix profile` output.",
+        )
+    )
     sp_degree_costs: tuple[SpDegreeCost, ...] = Field(
         default=(),
         max_length=64,

@@ -27,6 +27,8 @@ from proto import ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptio
 CALIBRATION_THREADS = 1
 """Threads that run observations (re-simulations and fits, CPU-bound Python that shares the GIL with the event
 loop): one, so feedback bursts queue here rather than taking the process's CPU from serving plans."""
+OP_OVERHEAD_CHANGE_UNIT_S = 1e-3
+"""The op overhead (an additive coefficient, no ratio) counts as moved by `min_change` per this many seconds."""
 MIN_PROFILE_CHANGE = 0.02
 """A refined profile is stored when a group scale moved by more than this fraction since the last stored one:
 fewer profile versions than feedback reports, and every one that changes plans by more than noise."""
@@ -97,7 +99,9 @@ class JobCalibrations:
         latest = self.store.latest_profile(job_id)
         base = CostProfile.model_validate(latest[1]) if latest else None
         calibrator = Calibrator(cluster=cluster, model=model, base=base, options=options, settings=self.settings)
-        fresh = _JobCalibration(calibrator, generation, dict(calibrator.scales))
+        fresh = _JobCalibration(
+            calibrator, generation, {**calibrator.scales, "op_overhead_s": calibrator.op_overhead_s}
+        )
         with self._lock:
             if self._generations.get(job_id, 0) != generation:
                 return fresh  # a PUT raced this creation: use it once, keep nothing
@@ -117,8 +121,13 @@ class JobCalibrations:
         profile = entry.calibrator.observe(plan, feedback)
         self.metrics.calibration_observations.inc()
         self._export_errors(entry)
-        scales = entry.calibrator.scales
-        moved = max(abs(scales[g] / entry.stored_scales.get(g, 1.0) - 1.0) for g in scales)
+        scales = {**entry.calibrator.scales, "op_overhead_s": entry.calibrator.op_overhead_s}
+        moved = max(
+            abs(value - entry.stored_scales.get(key, 0.0)) / OP_OVERHEAD_CHANGE_UNIT_S
+            if key == "op_overhead_s"
+            else abs(value / entry.stored_scales.get(key, 1.0) - 1.0)
+            for key, value in scales.items()
+        )
         if moved <= self.min_change:
             return
         with self._lock:

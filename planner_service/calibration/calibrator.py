@@ -3,7 +3,8 @@
 Per observed step (a plan and its `Feedback`): the plan is re-simulated at the current calibration to split its
 predicted time over the coefficient groups (`coefficient_groups.time_components`), the step's prediction errors
 are recorded (base profile, and calibrated profile out of sample), and the group scales are refitted over the
-last `window` steps (`robust_fit.fit_group_scales`); activation memory gets the median measured/predicted ratio.
+last `window` steps (`robust_fit.fit_group_scales`), with the ops' fixed overhead (`CostProfile.op_overhead_s`) fitted
+beside them as a change from the base profile's; activation memory gets the median measured/predicted ratio.
 `profile` is then the base profile scaled accordingly, which later plans should be made with.
 
 Used by the service (one per job, fed by `POST /v1/jobs/{id}/feedback`) and usable in-process, e.g. by a
@@ -31,6 +32,7 @@ from planner_service.cost_model import CostModel
 from planner_service.report import batch_of_plan
 from planner_service.simulator.pipeline_simulator import simulate
 from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions, Predicted
+from proto.profile import MAX_LAYER_OVERHEAD_S
 from proto.topology import Topology
 
 T = TypeVar("T")
@@ -55,6 +57,10 @@ class _Observation:
     step: int | None
     rates: tuple[float, ...]
     fixed_s: float
+    op_rate: float
+    """∂t/∂op_overhead_s of the step's plan."""
+    op_delta_s: float
+    """The fitted change of the op overhead the step was simulated with (part of `fixed_s`)."""
     measured_s: float
     base_activation: tuple[float, ...]
     """Per rank, predicted activation bytes at φ = 1 (peak less reserve and model states)."""
@@ -80,6 +86,7 @@ class Calibrator:
         self._errors: deque[StepError] = deque(maxlen=self.settings.error_steps)
         self._scales = dict.fromkeys(GROUPS, 1.0)
         self._memory_scale = 1.0
+        self._op_delta_s = 0.0
         self._fit: RobustFit | None = None
         self._lock = threading.Lock()
         self.steps_observed = 0
@@ -93,6 +100,12 @@ class Calibrator:
         """Per group θ, and 'activation_memory' φ."""
         with self._lock:
             return {**self._scales, "activation_memory": self._memory_scale}
+
+    @property
+    def op_overhead_s(self) -> float:
+        """The calibrated fixed seconds of one pipeline op (the base profile's plus the fitted change)."""
+        with self._lock:
+            return self.base.op_overhead_s + self._op_delta_s
 
     @property
     def profile(self) -> CostProfile:
@@ -109,9 +122,9 @@ class Calibrator:
             raise ValueError(f"feedback is for plan {feedback.plan_id}, not {plan.plan_id}")
         batch = batch if batch is not None else batch_of_plan(plan)
         with self._lock:
-            scales, phi = dict(self._scales), self._memory_scale
-        comps = time_components(plan, batch, self._cost_at(phi), scales)
-        uncalibrated = all(v == 1.0 for v in scales.values()) and phi == 1.0
+            scales, phi, delta = dict(self._scales), self._memory_scale, self._op_delta_s
+        comps = time_components(plan, batch, self._cost_at(phi, delta), scales)
+        uncalibrated = all(v == 1.0 for v in scales.values()) and phi == 1.0 and delta == 0.0
         base = comps.predicted if uncalibrated else simulate(plan, batch, self._cost, record_events=False).predicted
         states = self._state_bytes(plan)
         reserve = self._cost.memory_reserve_bytes
@@ -122,6 +135,8 @@ class Calibrator:
             step=feedback.step,
             rates=comps.rates,
             fixed_s=comps.fixed_s,
+            op_rate=comps.op_rate,
+            op_delta_s=delta,
             measured_s=feedback.measured_iteration_s,
             base_activation=base_act,
             measured_activation=measured_act,
@@ -150,6 +165,7 @@ class Calibrator:
             errors = list(self._errors)
             fit = self._fit
             scales = {**self._scales, "activation_memory": self._memory_scale}
+            op_overhead = self.base.op_overhead_s + self._op_delta_s
         memory = [e for e in errors if e.measured_peak_bytes]
         return CalibrationSummary(
             steps_observed=self.steps_observed,
@@ -157,6 +173,7 @@ class Calibrator:
             base_profile=self.base.name,
             profile_version=profile_version,
             scales=scales,
+            op_overhead_s=max(op_overhead, 0.0),
             uniform_scale=fit.uniform_scale if fit else 1.0,
             residual_scale=fit.residual_scale if fit else 0.0,
             error_steps=len(errors),
@@ -174,30 +191,41 @@ class Calibrator:
 
     # --- internals -----------------------------------------------------------------------------------------------
 
-    def _cost_at(self, memory_scale: float) -> CostModel:
-        if memory_scale == 1.0:
+    def _cost_at(self, memory_scale: float, op_delta_s: float) -> CostModel:
+        if memory_scale == 1.0 and op_delta_s == 0.0:
             return self._cost
-        return replace(self._cost, profile=scale_profile(self._cost.profile, {}, memory_scale))
+        profile = scale_profile(self._cost.profile, {}, memory_scale)
+        profile = profile.model_copy(update={"op_overhead_s": profile.op_overhead_s + op_delta_s})
+        return replace(self._cost, profile=profile)
 
     def _profile(self) -> CostProfile:
         if self.steps_observed == 0:
             return self.base
         described = ", ".join(f"{g} x{v:.3g}" for g, v in self._scales.items())
-        return scale_profile(
+        op_overhead = self.base.op_overhead_s + self._op_delta_s
+        profile = scale_profile(
             self.base,
             self._scales,
             self._memory_scale,
             name=f"calibrated:{self.base.name}",
             source=f"{self.base.source}; calibrated on {self.steps_observed} step(s): {described}, "
-            f"activation memory x{self._memory_scale:.3g}",
+            f"activation memory x{self._memory_scale:.3g}, op overhead {op_overhead * 1e3:.3g} ms",
         )
+        return profile.model_copy(update={"op_overhead_s": op_overhead})
 
     def _refit(self) -> None:
         window = list(self._window)
+        base = self.base.op_overhead_s
         self._fit = fit_group_scales(
-            [o.rates for o in window], [o.fixed_s for o in window], [o.measured_s for o in window], self.settings.fit
+            [o.rates for o in window],
+            [max(o.fixed_s - o.op_delta_s * o.op_rate, 0.0) for o in window],
+            [o.measured_s for o in window],
+            self.settings.fit,
+            additive=[o.op_rate for o in window],
+            additive_bounds=(-base, MAX_LAYER_OVERHEAD_S - base),
         )
         self._scales = dict(zip(GROUPS, self._fit.scales, strict=True))
+        self._op_delta_s = self._fit.additive
         if self.settings.memory:
             pairs = [p for o in window for p in zip(o.measured_activation, o.base_activation, strict=False)]
             if pairs:

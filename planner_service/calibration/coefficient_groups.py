@@ -89,19 +89,29 @@ class TimeComponents:
     rates: tuple[float, ...]
     """∂t/∂θ_g per group of `GROUPS` (seconds per unit of scale)."""
     fixed_s: float
-    """t − Σ_g θ_g·∂t/∂θ_g: what no group scales (the cluster's collective latencies)."""
+    """t − Σ_g θ_g·∂t/∂θ_g: what no group scales (the cluster's collective latencies, the ops' fixed overheads)."""
+    op_rate: float
+    """∂t/∂op_overhead_s: how many pipeline ops' fixed overheads lie on the critical path (seconds per second)."""
+
+
+OP_OVERHEAD_STEP_S = 1e-4
+"""Nudge of `CostProfile.op_overhead_s` when taking ∂t/∂op_overhead_s (the time is piecewise linear in it too)."""
 
 
 def time_components(plan: Plan, batch: Batch, cost: CostModel, scales: Mapping[str, float]) -> TimeComponents:
     """Simulate `plan` under `cost.profile` scaled by `scales`, and once more per group nudged by
-    `FINITE_DIFFERENCE_STEP`, to get the partial derivatives of the iteration time."""
+    `FINITE_DIFFERENCE_STEP` (and once with the op overhead nudged), to get the partial derivatives of the
+    iteration time."""
     at = {g: scales.get(g, 1.0) for g in GROUPS}
-    here = replace(cost, profile=scale_profile(cost.profile, at))
-    predicted = simulate(plan, batch, here, record_events=False).predicted
+    profile = scale_profile(cost.profile, at)
+    predicted = simulate(plan, batch, replace(cost, profile=profile), record_events=False).predicted
     rates = []
     for group in GROUPS:
         nudged = {**at, group: at[group] * (1.0 + FINITE_DIFFERENCE_STEP)}
         t = simulate(plan, batch, replace(cost, profile=scale_profile(cost.profile, nudged)), record_events=False)
         rates.append(max(t.predicted.iteration_s - predicted.iteration_s, 0.0) / (FINITE_DIFFERENCE_STEP * at[group]))
+    longer = profile.model_copy(update={"op_overhead_s": profile.op_overhead_s + OP_OVERHEAD_STEP_S})
+    t = simulate(plan, batch, replace(cost, profile=longer), record_events=False)
+    op_rate = max(t.predicted.iteration_s - predicted.iteration_s, 0.0) / OP_OVERHEAD_STEP_S
     fixed = predicted.iteration_s - sum(at[g] * r for g, r in zip(GROUPS, rates, strict=True))
-    return TimeComponents(predicted=predicted, rates=tuple(rates), fixed_s=max(fixed, 0.0))
+    return TimeComponents(predicted=predicted, rates=tuple(rates), fixed_s=max(fixed, 0.0), op_rate=op_rate)

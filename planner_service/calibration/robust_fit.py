@@ -10,6 +10,12 @@ Model, for the steps i of the window: m_i ≈ Σ_g θ_g·r_ig + f_i, with r_ig =
    term keeps groups the window cannot tell apart at α (one step says nothing about the split) and lets the
    data move a group only as far as its share of the steps supports;
 3. each u_g is kept within `bounds`.
+
+One additive coefficient x may be fitted beside the scales (`additive`: per step, the seconds one unit of x adds;
+for the ops' fixed overhead, the number of ops on the critical path): m_i ≈ α·Σ_g u_g·r_ig + x·n_i + f_i, with the
+ridge pulling x towards 0 (x is a change from what `f` already holds). x is fitted in units of the value that
+would account for a median step's whole modelled time, so the ridge weighs it as it weighs a scale: a change of x
+that explains a tenth of every step costs what a scale moved by a tenth costs.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class RobustFit:
     """Final Huber weight of each step (1: inlier)."""
     residual_scale: float
     """σ of the relative residuals."""
+    additive: float = 0.0
+    """x, the additive coefficient (0 without one)."""
 
 
 def fit_group_scales(
@@ -54,8 +62,12 @@ def fit_group_scales(
     fixed: Sequence[float],
     measured: Sequence[float],
     settings: RobustFitSettings = RobustFitSettings(),
+    *,
+    additive: Sequence[float] | None = None,
+    additive_bounds: tuple[float, float] = (-np.inf, np.inf),
 ) -> RobustFit:
-    """θ from rows of per-group rates, fixed parts and measured times (see the module docstring)."""
+    """θ (and x, with `additive`) from rows of per-group rates, fixed parts and measured times (see the module
+    docstring); x stays within `additive_bounds`."""
     r = np.asarray(rates, dtype=float)
     f = np.asarray(fixed, dtype=float)
     m = np.asarray(measured, dtype=float)
@@ -67,11 +79,24 @@ def fit_group_scales(
         return RobustFit((1.0,) * r.shape[1], 1.0, (1.0,) * len(m), 0.0)
     alpha = float(np.median((m[usable] - f[usable]) / modelled[usable]))
     alpha = max(alpha, 1e-6)
+    groups = r.shape[1]
     a = alpha * r / m[:, None]  # relative residual = a @ u + f/m - 1
+    target = np.ones(groups)
+    lo = np.full(groups, settings.bounds[0])
+    hi = np.full(groups, settings.bounds[1])
+    unit = 1.0
+    if additive is not None:
+        n = np.asarray(additive, dtype=float)
+        assert n.shape == m.shape, (n.shape, m.shape)
+        share = n / m
+        if np.any(share > 0):  # x in units of the value explaining a median step's modelled time
+            unit = float(np.median(a.sum(axis=1)) / np.median(share[share > 0]))
+        a = np.column_stack([a, share * unit])
+        target = np.append(target, 0.0)
+        lo, hi = np.append(lo, additive_bounds[0] / unit), np.append(hi, additive_bounds[1] / unit)
     b = 1.0 - f / m
     lam = settings.ridge
-    lo, hi = settings.bounds
-    u = np.ones(r.shape[1])
+    u = target.copy()
     w = np.ones(len(m))
     sigma = MIN_RESIDUAL_SCALE
     for _ in range(settings.iterations):
@@ -80,13 +105,15 @@ def fit_group_scales(
         cut = settings.huber_k * sigma
         w = np.minimum(1.0, cut / np.maximum(np.abs(rho), 1e-300))
         lhs = (a * w[:, None]).T @ a + lam * np.eye(a.shape[1])
-        rhs = (a * w[:, None]).T @ b + lam * np.ones(a.shape[1])
+        rhs = (a * w[:, None]).T @ b + lam * target
         new_u = np.clip(np.linalg.solve(lhs, rhs), lo, hi)
         if np.allclose(new_u, u, rtol=1e-9, atol=1e-12):
             u = new_u
             break
         u = new_u
-    return RobustFit(tuple(float(x) for x in alpha * u), alpha, tuple(float(x) for x in w), sigma)
+    scales = tuple(float(x) for x in alpha * u[:groups])
+    extra = float(u[groups]) * unit if additive is not None else 0.0
+    return RobustFit(scales, alpha, tuple(float(x) for x in w), sigma, extra)
 
 
 def robust_ratio(numerators: Sequence[float], denominators: Sequence[float], bounds: tuple[float, float]) -> float:

@@ -42,6 +42,9 @@ class CalibrationSummary(BaseModel):
         description="Per coefficient group, calibrated / base (time: >1 slower than believed); "
         "'activation_memory': measured / predicted activation bytes.",
     )
+    op_overhead_s: float = Field(
+        default=0.0, ge=0, description="Calibrated fixed seconds of one pipeline op (`CostProfile.op_overhead_s`)."
+    )
     uniform_scale: float = Field(description="The median measured/predicted ratio of the window (one factor).")
     residual_scale: float = Field(description="Robust σ of the fit's relative residuals.")
     error_steps: int = Field(ge=0, description="Steps the errors below cover (the most recent).")

@@ -141,7 +141,8 @@ class CostModel:
         """F(chunk) on a stage of `num_layers` layers: layers (+ LM head on the last stage) and their all-to-alls."""
         t = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
         return OpCost(
-            compute_s=num_layers * t.forward_s + (t.head_s if is_last_stage else 0.0), comm_s=num_layers * t.alltoall_s
+            compute_s=num_layers * t.forward_s + (t.head_s if is_last_stage else 0.0) + self.profile.op_overhead_s,
+            comm_s=num_layers * t.alltoall_s,
         )
 
     def stage_backward_s(
@@ -159,7 +160,9 @@ class CostModel:
         t = self.layer_terms(chunk, sp_degree=sp_degree, spans_nodes=spans_nodes)
         r = min(max(recompute_layers, 0), num_layers)
         return OpCost(
-            compute_s=num_layers * t.backward_s + (t.head_backward_s if is_last_stage else 0.0),
+            compute_s=num_layers * t.backward_s
+            + (t.head_backward_s if is_last_stage else 0.0)
+            + self.profile.op_overhead_s,
             comm_s=num_layers * t.alltoall_s,
             recompute_s=r * (t.forward_s + t.alltoall_s),
         )

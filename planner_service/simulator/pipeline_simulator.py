@@ -7,7 +7,8 @@ Model of execution (the executor's, see DESIGN §9):
   activations have arrived (p2p time); B(c) on p once B(c) on p+1 has ended and its gradient has arrived.
   Sends are asynchronous: they delay the receiver, not the sender.
 - Each op is compute and all-to-alls in series (Ulysses all-to-alls sit on the critical path of every layer);
-  a B op first recomputes the forward of its recomputed layers.
+  a B op first recomputes the forward of its recomputed layers. Every op also pays the profile's fixed
+  `op_overhead_s` (the stage runtime's own work per micro-batch; 0 unless calibration learned it).
 - Data-parallel collectives follow the executor contract of `cost_model.data_parallel`. ZeRO-0/1: the
   bucketed gradient reduction of stage p runs beside each lane's last B op on p, completes bucket by bucket
   once every lane has produced the bucket, and shares the links with that op's all-to-alls
@@ -251,6 +252,7 @@ def _simulate_lane(
     terms_by_span: dict[bool, list[LayerTerms]] = {}
     for sp in set(spans):
         terms_by_span[sp] = [cost.layer_terms(sh, sp_degree=s, spans_nodes=sp) for sh in shapes]
+    op_overhead = cost.profile.op_overhead_s
     f_cost: list[list[_OpTimes]] = []  # [p][c]
     b_cost: list[list[_OpTimes]] = []
     for p in range(num_stages):
@@ -263,8 +265,8 @@ def _simulate_lane(
             term = terms[c]
             r = min(max(rec[c], 0), layers)
             comm = layers * term.alltoall_s
-            forward = layers * term.forward_s + (term.head_s if last else 0.0)
-            backward = layers * term.backward_s + (term.head_backward_s if last else 0.0)
+            forward = layers * term.forward_s + (term.head_s if last else 0.0) + op_overhead
+            backward = layers * term.backward_s + (term.head_backward_s if last else 0.0) + op_overhead
             fp.append(_op_times(0.0, forward, comm, term.alltoall.scaled(layers), collectives[p].forward))
             recompute = r * (term.forward_s + term.alltoall_s)
             bp.append(_op_times(recompute, backward, comm, term.alltoall.scaled(layers + r), collectives[p].backward))

@@ -149,3 +149,58 @@ def test_feedback_for_another_plan_is_refused() -> None:
     with pytest.raises(ValueError, match="feedback is for plan other"):
         calibrator.observe(plan, Feedback(step=0, plan_id="other", measured_iteration_s=1.0))
     assert calibrator.profile == BASE and calibrator.steps_observed == 0
+
+
+def test_op_rate_predicts_a_longer_op_overhead() -> None:
+    """t + Δ·∂t/∂op_overhead_s is the re-simulated time with the ops' fixed overhead longer by Δ, and the rate is
+    at least the number of ops of the busiest stage of a single-stage plan."""
+    plan = plan_step(1, BASE)
+    cost = CostModel.from_specs(CLUSTER, MODEL, BASE)
+    comps = time_components(plan, batch_of(1), cost, {})
+    longer = BASE.model_copy(update={"op_overhead_s": 2e-3})
+    resimulated = simulate(plan, batch_of(1), replace(cost, profile=longer)).predicted.iteration_s
+    assert comps.predicted.iteration_s + 2e-3 * comps.op_rate == pytest.approx(resimulated, rel=1e-6)
+    if plan.pipeline.num_stages == 1:
+        assert comps.op_rate >= min(2 * len(lane.chunks) for lane in plan.lanes) - 1e-6
+
+
+def test_robust_fit_recovers_an_additive_coefficient() -> None:
+    rng = np.random.default_rng(5)
+    rates = rng.uniform(0.05, 1.0, size=(24, 4))
+    ops = rng.integers(2, 60, size=24).astype(float)
+    truth, overhead_ms = np.array([2.0, 1.2, 0.6, 1.5]), 3.0
+    fixed = np.full(24, 0.01)
+    measured = rates @ truth + fixed + ops * overhead_ms * 1e-3
+    fit = fit_group_scales(rates, fixed, measured, RobustFitSettings(ridge=1e-4), additive=ops * 1e-3)
+    assert fit.scales == pytest.approx(truth, rel=1e-3)
+    assert fit.additive == pytest.approx(overhead_ms, rel=1e-2)
+    floor = fit_group_scales(rates, fixed, measured, RobustFitSettings(ridge=1e-4), additive=ops * 1e-3,
+                             additive_bounds=(0.0, 1.0))  # fmt: skip
+    assert floor.additive == pytest.approx(1.0)
+
+
+def test_calibration_learns_the_ops_fixed_overhead() -> None:
+    """True costs with a 3 ms fixed overhead per pipeline op, which the preset does not have: plans with few and
+    many chunks (static, greedy, flexsp, infinipipe) tell it apart from the per-token coefficients, and the
+    calibrated profile carries it."""
+    truth = TRUE.model_copy(update={"op_overhead_s": 3e-3})
+    truth_cost = CostModel.from_specs(CLUSTER, MODEL, truth)
+    strategies = ("static", "greedy", "flexsp", "infinipipe")
+    calibrator = Calibrator(cluster=CLUSTER, model=MODEL, base=BASE, settings=CalibrationSettings(window=16))
+    chunk_counts = set()
+    for step in range(16):
+        plan = make_plan(
+            batch=batch_of(step), cluster=CLUSTER, model=MODEL, strategy=strategies[step % 4],
+            profile=calibrator.profile, time_limit_s=0.5, step=step,
+        )  # fmt: skip
+        chunk_counts.add(max(len(lane.chunks) for lane in plan.lanes))
+        measured = simulate(plan, batch_of(step), truth_cost, record_events=False).predicted.iteration_s
+        calibrator.observe(plan, Feedback(step=step, plan_id=plan.plan_id, measured_iteration_s=measured))
+    assert max(chunk_counts) >= 4 * min(chunk_counts)  # the plans differ in their op counts
+    # the per-layer call overhead (group 'linear') explains part of it: on two-layer stages they are near-collinear
+    assert calibrator.op_overhead_s == pytest.approx(3e-3, rel=0.5)
+    assert calibrator.profile.op_overhead_s == calibrator.op_overhead_s
+    summary = calibrator.summary()
+    late = [e for e in summary.recent if e.step is not None and e.step >= 12]
+    late_error = mape([e.calibrated_s for e in late], [e.measured_s for e in late])
+    assert late_error is not None and late_error < 0.05, late_error

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import defaultdict
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -324,6 +325,33 @@ def test_two_stage_1f1b_timeline_by_hand() -> None:
     assert pred.comm_s == pytest.approx(2 * 0.5)  # the busiest rank sends 2 messages; no all-to-all at s=1
     p2p = [e for e in result.events if e.kind == "P2P"]
     assert len(p2p) == 4
+
+
+def test_op_overhead_lengthens_every_op_of_the_timeline_by_hand() -> None:
+    """The same two chunks with a 1 s fixed overhead per op (`CostProfile.op_overhead_s`): F = 3 s, B = 5 s.
+
+    stage 0: F0 [0,3] F1 [3,6]                                  B0 [12,17]         B1 [20,25]
+    stage 1:          F0 [3.5,6.5] B0 [6.5,11.5] F1 [11.5,14.5] B1 [14.5,19.5]
+    """
+    batch = Batch.from_lengths([1000, 1000])
+    chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=1000)]) for i in range(2)]
+    plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1"), chunks, batch)
+    cost = replace(cost, profile=FLAT.model_copy(update={"op_overhead_s": 1.0}))
+    result = simulate(plan, batch, cost)
+    timeline = {(e.stage, e.kind, e.chunk): (e.start_s, e.end_s) for e in result.events if e.kind in {"F", "B"}}
+    expected = {
+        (0, "F", 0): (0, 3),
+        (0, "F", 1): (3, 6),
+        (1, "F", 0): (3.5, 6.5),
+        (1, "B", 0): (6.5, 11.5),
+        (1, "F", 1): (11.5, 14.5),
+        (1, "B", 1): (14.5, 19.5),
+        (0, "B", 0): (12, 17),
+        (0, "B", 1): (20, 25),
+    }
+    for key, (lo, hi) in expected.items():
+        assert timeline[key] == (pytest.approx(lo), pytest.approx(hi)), key
+    assert result.predicted.iteration_s == pytest.approx(25)
 
 
 def test_memory_counts_in_flight_chunks_and_recompute() -> None:
