@@ -398,7 +398,8 @@ def write_report(report: dict[str, Any]) -> None:
     c = report["calibration"]
     lines += ["", "## Calibration", "", "Scales (calibrated / measured profile): "
               + ", ".join(f"{k} {v:.3f}" for k, v in c["scales"].items())
-              + f"; uniform {c['uniform_scale']:.3f}, residual σ {_pct(c['residual_scale'])}.", ""]  # fmt: skip
+              + f"; fixed overhead per pipeline op {1e3 * c.get('op_overhead_s', 0.0):.2f} ms (the measured profile "
+              f"has none); uniform {c['uniform_scale']:.3f}, residual σ {_pct(c['residual_scale'])}.", ""]  # fmt: skip
     lines += ["## Profile fits", "", "| fit | rows | rms error | max error |", "|---|---|---|---|"]
     for f in report["fits"]:
         lines.append(
