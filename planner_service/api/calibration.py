@@ -99,9 +99,7 @@ class JobCalibrations:
         latest = self.store.latest_profile(job_id)
         base = CostProfile.model_validate(latest[1]) if latest else None
         calibrator = Calibrator(cluster=cluster, model=model, base=base, options=options, settings=self.settings)
-        fresh = _JobCalibration(
-            calibrator, generation, {**calibrator.scales, "op_overhead_s": calibrator.op_overhead_s}
-        )
+        fresh = _JobCalibration(calibrator, generation, _moving_values(calibrator))
         with self._lock:
             if self._generations.get(job_id, 0) != generation:
                 return fresh  # a PUT raced this creation: use it once, keep nothing
@@ -121,7 +119,7 @@ class JobCalibrations:
         profile = entry.calibrator.observe(plan, feedback)
         self.metrics.calibration_observations.inc()
         self._export_errors(entry)
-        scales = {**entry.calibrator.scales, "op_overhead_s": entry.calibrator.op_overhead_s}
+        scales = _moving_values(entry.calibrator)
         moved = max(
             abs(value - entry.stored_scales.get(key, 0.0)) / OP_OVERHEAD_CHANGE_UNIT_S
             if key == "op_overhead_s"
@@ -150,3 +148,9 @@ class JobCalibrations:
             last = summary.recent[-1]
             for label, predicted in (("base", last.base_s), ("calibrated", last.calibrated_s)):
                 self.metrics.prediction_error.labels(profile=label).observe(abs(predicted / last.measured_s - 1.0))
+
+
+def _moving_values(calibrator: Calibrator) -> dict[str, float]:
+    """What a stored profile is compared on: the group scales, each width's compute scale, the op overhead."""
+    widths = {f"SP-{s} compute": v for s, v in calibrator.lane_width_scales.items()}
+    return {**calibrator.scales, **widths, "op_overhead_s": calibrator.op_overhead_s}

@@ -3,8 +3,10 @@
 Per observed step (a plan and its `Feedback`): the plan is re-simulated at the current calibration to split its
 predicted time over the coefficient groups (`coefficient_groups.time_components`), the step's prediction errors
 are recorded (base profile, and calibrated profile out of sample), and the group scales are refitted over the
-last `window` steps (`robust_fit.fit_group_scales`), with the ops' fixed overhead (`CostProfile.op_overhead_s`) fitted
-beside them as a change from the base profile's; activation memory gets the median measured/predicted ratio.
+last `window` steps (`robust_fit.fit_group_scales`), with additive changes from the base profile fitted beside them:
+the ops' fixed overhead (`CostProfile.op_overhead_s`) and, per SP degree the profile measured, that degree's compute
+scale (`sp_degree_costs`: lanes of different widths run at different efficiencies, which one group scale per kind
+of work cannot express); activation memory gets the median measured/predicted ratio.
 `profile` is then the base profile scaled accordingly, which later plans should be made with.
 
 Used by the service (one per job, fed by `POST /v1/jobs/{id}/feedback`) and usable in-process, e.g. by a
@@ -32,7 +34,7 @@ from planner_service.cost_model import CostModel
 from planner_service.report import batch_of_plan
 from planner_service.simulator.pipeline_simulator import simulate
 from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions, Predicted
-from proto.profile import MAX_LAYER_OVERHEAD_S
+from proto.profile import MAX_LAYER_OVERHEAD_S, MAX_SP_COMPUTE_SCALE, MIN_SP_COMPUTE_SCALE
 from proto.topology import Topology
 
 T = TypeVar("T")
@@ -50,6 +52,10 @@ class CalibrationSettings:
     memory_bounds: tuple[float, float] = (0.5, 4.0)
     """The activation scale stays within these (memory feedback from a partial probe must not shrink the
     planner's memory estimates without limit)."""
+    lane_widths: bool = True
+    """Also refine the compute scale of each SP degree of the base profile's `sp_degree_costs`."""
+    lane_width_bounds: tuple[float, float] = (0.5, 2.0)
+    """Each degree's refined compute scale stays within these multiples of the base profile's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +63,10 @@ class _Observation:
     step: int | None
     rates: tuple[float, ...]
     fixed_s: float
-    op_rate: float
-    """∂t/∂op_overhead_s of the step's plan."""
-    op_delta_s: float
-    """The fitted change of the op overhead the step was simulated with (part of `fixed_s`)."""
+    additive_rates: tuple[float, ...]
+    """∂t/∂x_k of the step's plan for the additive changes (op overhead, then one per measured SP degree)."""
+    additive_at: tuple[float, ...]
+    """The changes x_k the step was simulated with (their part of the time is in `fixed_s` and `rates`)."""
     measured_s: float
     base_activation: tuple[float, ...]
     """Per rank, predicted activation bytes at φ = 1 (peak less reserve and model states)."""
@@ -86,7 +92,11 @@ class Calibrator:
         self._errors: deque[StepError] = deque(maxlen=self.settings.error_steps)
         self._scales = dict.fromkeys(GROUPS, 1.0)
         self._memory_scale = 1.0
-        self._op_delta_s = 0.0
+        self._widths = (
+            tuple(c.sp_degree for c in self._cost.profile.sp_degree_costs) if self.settings.lane_widths else ()
+        )
+        self._additive = (0.0,) * (1 + len(self._widths))
+        """Fitted changes from the base profile: the op overhead (seconds), then each width's relative compute scale."""
         self._fit: RobustFit | None = None
         self._lock = threading.Lock()
         self.steps_observed = 0
@@ -105,7 +115,13 @@ class Calibrator:
     def op_overhead_s(self) -> float:
         """The calibrated fixed seconds of one pipeline op (the base profile's plus the fitted change)."""
         with self._lock:
-            return self.base.op_overhead_s + self._op_delta_s
+            return self.base.op_overhead_s + self._additive[0]
+
+    @property
+    def lane_width_scales(self) -> dict[int, float]:
+        """Per measured SP degree, the calibrated compute scale over the base profile's."""
+        with self._lock:
+            return {s: 1.0 + d for s, d in zip(self._widths, self._additive[1:], strict=True)}
 
     @property
     def profile(self) -> CostProfile:
@@ -122,9 +138,12 @@ class Calibrator:
             raise ValueError(f"feedback is for plan {feedback.plan_id}, not {plan.plan_id}")
         batch = batch if batch is not None else batch_of_plan(plan)
         with self._lock:
-            scales, phi, delta = dict(self._scales), self._memory_scale, self._op_delta_s
-        comps = time_components(plan, batch, self._cost_at(phi, delta), scales)
-        uncalibrated = all(v == 1.0 for v in scales.values()) and phi == 1.0 and delta == 0.0
+            scales, phi, additive = dict(self._scales), self._memory_scale, self._additive
+        comps = time_components(plan, batch, self._cost_at(phi, additive), scales)
+        uncalibrated = all(v == 1.0 for v in scales.values()) and phi == 1.0 and not any(additive)
+        width_rate = dict(comps.width_rates)
+        widths = (width_rate.get(s, 0.0) / (1.0 + d) for s, d in zip(self._widths, additive[1:], strict=True))
+        additive_rates = (comps.op_rate, *widths)  # the widths' per unit of relative change from the base scale
         base = comps.predicted if uncalibrated else simulate(plan, batch, self._cost, record_events=False).predicted
         states = self._state_bytes(plan)
         reserve = self._cost.memory_reserve_bytes
@@ -135,8 +154,8 @@ class Calibrator:
             step=feedback.step,
             rates=comps.rates,
             fixed_s=comps.fixed_s,
-            op_rate=comps.op_rate,
-            op_delta_s=delta,
+            additive_rates=additive_rates,
+            additive_at=additive,
             measured_s=feedback.measured_iteration_s,
             base_activation=base_act,
             measured_activation=measured_act,
@@ -165,7 +184,8 @@ class Calibrator:
             errors = list(self._errors)
             fit = self._fit
             scales = {**self._scales, "activation_memory": self._memory_scale}
-            op_overhead = self.base.op_overhead_s + self._op_delta_s
+            op_overhead = self.base.op_overhead_s + self._additive[0]
+            widths = {str(s): 1.0 + d for s, d in zip(self._widths, self._additive[1:], strict=True)}
         memory = [e for e in errors if e.measured_peak_bytes]
         return CalibrationSummary(
             steps_observed=self.steps_observed,
@@ -174,6 +194,7 @@ class Calibrator:
             profile_version=profile_version,
             scales=scales,
             op_overhead_s=max(op_overhead, 0.0),
+            lane_width_scales=widths,
             uniform_scale=fit.uniform_scale if fit else 1.0,
             residual_scale=fit.residual_scale if fit else 0.0,
             error_steps=len(errors),
@@ -191,18 +212,38 @@ class Calibrator:
 
     # --- internals -----------------------------------------------------------------------------------------------
 
-    def _cost_at(self, memory_scale: float, op_delta_s: float) -> CostModel:
-        if memory_scale == 1.0 and op_delta_s == 0.0:
+    def _cost_at(self, memory_scale: float, additive: tuple[float, ...]) -> CostModel:
+        if memory_scale == 1.0 and not any(additive):
             return self._cost
-        profile = scale_profile(self._cost.profile, {}, memory_scale)
-        profile = profile.model_copy(update={"op_overhead_s": profile.op_overhead_s + op_delta_s})
+        profile = self._with_additive(scale_profile(self._cost.profile, {}, memory_scale), additive)
         return replace(self._cost, profile=profile)
+
+    def _with_additive(self, profile: CostProfile, additive: tuple[float, ...]) -> CostProfile:
+        """`profile` (the base's degrees and op overhead) with the additive changes applied."""
+        op_delta, widths = additive[0], dict(zip(self._widths, additive[1:], strict=True))
+        costs = tuple(
+            c.model_copy(
+                update={
+                    "compute_scale": min(
+                        max(c.compute_scale * (1.0 + widths.get(c.sp_degree, 0.0)), MIN_SP_COMPUTE_SCALE),
+                        MAX_SP_COMPUTE_SCALE,
+                    )
+                }
+            )
+            for c in profile.sp_degree_costs
+        )
+        return profile.model_copy(
+            update={"op_overhead_s": max(profile.op_overhead_s + op_delta, 0.0), "sp_degree_costs": costs}
+        )
 
     def _profile(self) -> CostProfile:
         if self.steps_observed == 0:
             return self.base
         described = ", ".join(f"{g} x{v:.3g}" for g, v in self._scales.items())
-        op_overhead = self.base.op_overhead_s + self._op_delta_s
+        described += "".join(
+            f", SP-{s} compute x{1.0 + d:.3g}" for s, d in zip(self._widths, self._additive[1:], strict=True)
+        )
+        op_overhead = self.base.op_overhead_s + self._additive[0]
         profile = scale_profile(
             self.base,
             self._scales,
@@ -211,21 +252,22 @@ class Calibrator:
             source=f"{self.base.source}; calibrated on {self.steps_observed} step(s): {described}, "
             f"activation memory x{self._memory_scale:.3g}, op overhead {op_overhead * 1e3:.3g} ms",
         )
-        return profile.model_copy(update={"op_overhead_s": op_overhead})
+        return self._with_additive(profile, self._additive)
 
     def _refit(self) -> None:
         window = list(self._window)
         base = self.base.op_overhead_s
+        lo, hi = self.settings.lane_width_bounds
         self._fit = fit_group_scales(
             [o.rates for o in window],
-            [max(o.fixed_s - o.op_delta_s * o.op_rate, 0.0) for o in window],
+            [o.fixed_s - sum(x * r for x, r in zip(o.additive_at, o.additive_rates, strict=True)) for o in window],
             [o.measured_s for o in window],
             self.settings.fit,
-            additive=[o.op_rate for o in window],
-            additive_bounds=(-base, MAX_LAYER_OVERHEAD_S - base),
+            additive=[o.additive_rates for o in window],
+            additive_bounds=[(-base, MAX_LAYER_OVERHEAD_S - base)] + [(lo - 1.0, hi - 1.0)] * len(self._widths),
         )
         self._scales = dict(zip(GROUPS, self._fit.scales, strict=True))
-        self._op_delta_s = self._fit.additive
+        self._additive = self._fit.additive
         if self.settings.memory:
             pairs = [p for o in window for p in zip(o.measured_activation, o.base_activation, strict=False)]
             if pairs:

@@ -92,6 +92,9 @@ class TimeComponents:
     """t − Σ_g θ_g·∂t/∂θ_g: what no group scales (the cluster's collective latencies, the ops' fixed overheads)."""
     op_rate: float
     """∂t/∂op_overhead_s: how many pipeline ops' fixed overheads lie on the critical path (seconds per second)."""
+    width_rates: tuple[tuple[int, float], ...] = ()
+    """Per SP degree of the profile's `sp_degree_costs`, ∂t/∂ln(compute_scale): the seconds of the step's
+    critical path that scale with that degree's compute (lanes of degrees between two measured ones share)."""
 
 
 OP_OVERHEAD_STEP_S = 1e-4
@@ -113,5 +116,20 @@ def time_components(plan: Plan, batch: Batch, cost: CostModel, scales: Mapping[s
     longer = profile.model_copy(update={"op_overhead_s": profile.op_overhead_s + OP_OVERHEAD_STEP_S})
     t = simulate(plan, batch, replace(cost, profile=longer), record_events=False)
     op_rate = max(t.predicted.iteration_s - predicted.iteration_s, 0.0) / OP_OVERHEAD_STEP_S
+    width_rates = []
+    for i, entry in enumerate(profile.sp_degree_costs):
+        costs = list(profile.sp_degree_costs)
+        costs[i] = entry.model_copy(update={"compute_scale": entry.compute_scale * (1.0 + FINITE_DIFFERENCE_STEP)})
+        wider = profile.model_copy(update={"sp_degree_costs": tuple(costs)})
+        t = simulate(plan, batch, replace(cost, profile=wider), record_events=False)
+        width_rates.append(
+            (entry.sp_degree, max(t.predicted.iteration_s - predicted.iteration_s, 0.0) / FINITE_DIFFERENCE_STEP)
+        )
     fixed = predicted.iteration_s - sum(at[g] * r for g, r in zip(GROUPS, rates, strict=True))
-    return TimeComponents(predicted=predicted, rates=tuple(rates), fixed_s=max(fixed, 0.0), op_rate=op_rate)
+    return TimeComponents(
+        predicted=predicted,
+        rates=tuple(rates),
+        fixed_s=max(fixed, 0.0),
+        op_rate=op_rate,
+        width_rates=tuple(width_rates),
+    )

@@ -11,11 +11,12 @@ Model, for the steps i of the window: m_i ≈ Σ_g θ_g·r_ig + f_i, with r_ig =
    data move a group only as far as its share of the steps supports;
 3. each u_g is kept within `bounds`.
 
-One additive coefficient x may be fitted beside the scales (`additive`: per step, the seconds one unit of x adds;
-for the ops' fixed overhead, the number of ops on the critical path): m_i ≈ α·Σ_g u_g·r_ig + x·n_i + f_i, with the
-ridge pulling x towards 0 (x is a change from what `f` already holds). x is fitted in units of the value that
-would account for a median step's whole modelled time, so the ridge weighs it as it weighs a scale: a change of x
-that explains a tenth of every step costs what a scale moved by a tenth costs.
+Additive coefficients x_k may be fitted beside the scales (`additive`: per step and coefficient, the seconds one
+unit of x_k adds; for the ops' fixed overhead, the number of ops on the critical path): m_i ≈ α·Σ_g u_g·r_ig +
+Σ_k x_k·n_ik + f_i, with the ridge pulling each x_k towards 0 (x_k is a change from what `f` already holds). Each
+x_k is fitted in units of the value that would account for a median step's whole modelled time, so the ridge
+weighs it as it weighs a scale: a change that explains a tenth of every step costs what a scale moved by a tenth
+costs.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class RobustFit:
     """Final Huber weight of each step (1: inlier)."""
     residual_scale: float
     """σ of the relative residuals."""
-    additive: float = 0.0
-    """x, the additive coefficient (0 without one)."""
+    additive: tuple[float, ...] = ()
+    """x_k, the additive coefficients (none without `additive`)."""
 
 
 def fit_group_scales(
@@ -63,11 +64,11 @@ def fit_group_scales(
     measured: Sequence[float],
     settings: RobustFitSettings = RobustFitSettings(),
     *,
-    additive: Sequence[float] | None = None,
-    additive_bounds: tuple[float, float] = (-np.inf, np.inf),
+    additive: Sequence[Sequence[float]] | None = None,
+    additive_bounds: Sequence[tuple[float, float]] = (),
 ) -> RobustFit:
-    """θ (and x, with `additive`) from rows of per-group rates, fixed parts and measured times (see the module
-    docstring); x stays within `additive_bounds`."""
+    """θ (and x, with `additive`: one row per step, one column per coefficient) from rows of per-group rates, fixed
+    parts and measured times (see the module docstring); x_k stays within `additive_bounds[k]`."""
     r = np.asarray(rates, dtype=float)
     f = np.asarray(fixed, dtype=float)
     m = np.asarray(measured, dtype=float)
@@ -84,16 +85,20 @@ def fit_group_scales(
     target = np.ones(groups)
     lo = np.full(groups, settings.bounds[0])
     hi = np.full(groups, settings.bounds[1])
-    unit = 1.0
+    units = np.ones(0)
     if additive is not None:
-        n = np.asarray(additive, dtype=float)
-        assert n.shape == m.shape, (n.shape, m.shape)
-        share = n / m
-        if np.any(share > 0):  # x in units of the value explaining a median step's modelled time
-            unit = float(np.median(a.sum(axis=1)) / np.median(share[share > 0]))
-        a = np.column_stack([a, share * unit])
-        target = np.append(target, 0.0)
-        lo, hi = np.append(lo, additive_bounds[0] / unit), np.append(hi, additive_bounds[1] / unit)
+        n = np.asarray(additive, dtype=float).reshape(len(m), -1)
+        assert len(additive_bounds) == n.shape[1], (len(additive_bounds), n.shape)
+        share = n / m[:, None]
+        units = np.ones(n.shape[1])
+        for k in range(n.shape[1]):  # x_k in units of the value explaining a median step's modelled time
+            column = share[:, k]
+            if np.any(column > 0):
+                units[k] = float(np.median(a.sum(axis=1)) / np.median(column[column > 0]))
+        bounds = np.asarray(additive_bounds, dtype=float).reshape(-1, 2)
+        a = np.column_stack([a, share * units])
+        target = np.append(target, np.zeros(n.shape[1]))
+        lo, hi = np.append(lo, bounds[:, 0] / units), np.append(hi, bounds[:, 1] / units)
     b = 1.0 - f / m
     lam = settings.ridge
     u = target.copy()
@@ -112,7 +117,7 @@ def fit_group_scales(
             break
         u = new_u
     scales = tuple(float(x) for x in alpha * u[:groups])
-    extra = float(u[groups]) * unit if additive is not None else 0.0
+    extra = tuple(float(x) for x in u[groups:] * units)
     return RobustFit(scales, alpha, tuple(float(x) for x in w), sigma, extra)
 
 

@@ -45,6 +45,11 @@ class CalibrationSummary(BaseModel):
     op_overhead_s: float = Field(
         default=0.0, ge=0, description="Calibrated fixed seconds of one pipeline op (`CostProfile.op_overhead_s`)."
     )
+    lane_width_scales: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per SP degree the base profile measured (`sp_degree_costs`), the calibrated compute scale over "
+        "the base one.",
+    )
     uniform_scale: float = Field(description="The median measured/predicted ratio of the window (one factor).")
     residual_scale: float = Field(description="Robust σ of the fit's relative residuals.")
     error_steps: int = Field(ge=0, description="Steps the errors below cover (the most recent).")

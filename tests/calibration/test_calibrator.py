@@ -171,12 +171,17 @@ def test_robust_fit_recovers_an_additive_coefficient() -> None:
     truth, overhead_ms = np.array([2.0, 1.2, 0.6, 1.5]), 3.0
     fixed = np.full(24, 0.01)
     measured = rates @ truth + fixed + ops * overhead_ms * 1e-3
-    fit = fit_group_scales(rates, fixed, measured, RobustFitSettings(ridge=1e-4), additive=ops * 1e-3)
+    columns = [[n * 1e-3] for n in ops]
+    unbounded = [(-np.inf, np.inf)]
+    fit = fit_group_scales(
+        rates, fixed, measured, RobustFitSettings(ridge=1e-4), additive=columns, additive_bounds=unbounded
+    )
     assert fit.scales == pytest.approx(truth, rel=1e-3)
-    assert fit.additive == pytest.approx(overhead_ms, rel=1e-2)
-    floor = fit_group_scales(rates, fixed, measured, RobustFitSettings(ridge=1e-4), additive=ops * 1e-3,
-                             additive_bounds=(0.0, 1.0))  # fmt: skip
-    assert floor.additive == pytest.approx(1.0)
+    assert fit.additive[0] == pytest.approx(overhead_ms, rel=1e-2)
+    floor = fit_group_scales(
+        rates, fixed, measured, RobustFitSettings(ridge=1e-4), additive=columns, additive_bounds=[(0.0, 1.0)]
+    )
+    assert floor.additive == (pytest.approx(1.0),)
 
 
 def test_calibration_learns_the_ops_fixed_overhead() -> None:
@@ -204,3 +209,48 @@ def test_calibration_learns_the_ops_fixed_overhead() -> None:
     late = [e for e in summary.recent if e.step is not None and e.step >= 12]
     late_error = mape([e.calibrated_s for e in late], [e.measured_s for e in late])
     assert late_error is not None and late_error < 0.05, late_error
+
+
+def test_calibration_learns_each_lane_widths_compute_scale() -> None:
+    """A profile that measured SP degrees 1-8, and a job whose wide lanes really compute up to 50% slower and SP-1
+    lanes 15% faster than it says: one scale per kind of work cannot express that. The per-width scales learn
+    the order of the widths, and the job's later plans are predicted better than without them."""
+    from proto import SpDegreeCost
+
+    degrees = (1, 2, 4, 8)
+    base = BASE.model_copy(update={"sp_degree_costs": tuple(SpDegreeCost(sp_degree=s) for s in degrees)})
+    true_widths = (0.85, 1.0, 1.4, 1.5)
+    truth = scale_profile(base, TRUE_SCALES).model_copy(
+        update={
+            "sp_degree_costs": tuple(
+                SpDegreeCost(sp_degree=s, compute_scale=c) for s, c in zip(degrees, true_widths, strict=True)
+            )
+        }
+    )
+    truth_cost = CostModel.from_specs(CLUSTER, MODEL, truth)
+
+    def late_error(lane_widths: bool) -> tuple[float, Calibrator, set[int]]:
+        settings = CalibrationSettings(window=16, lane_widths=lane_widths)
+        calibrator = Calibrator(cluster=CLUSTER, model=MODEL, base=base, settings=settings)
+        widths_seen: set[int] = set()
+        errors = []
+        for step in range(16):
+            plan = make_plan(
+                batch=batch_of(step), cluster=CLUSTER, model=MODEL, strategy=STRATEGIES[step % 3],
+                profile=calibrator.profile, time_limit_s=0.5, step=step,
+            )  # fmt: skip
+            widths_seen |= {lane.sp_degree for lane in plan.lanes}
+            measured = simulate(plan, batch_of(step), truth_cost, record_events=False).predicted.iteration_s
+            errors.append(abs(plan.predicted.iteration_s / measured - 1.0))
+            calibrator.observe(plan, Feedback(step=step, plan_id=plan.plan_id, measured_iteration_s=measured))
+        return float(np.mean(errors[8:])), calibrator, widths_seen
+
+    with_widths, calibrator, widths_seen = late_error(True)
+    without, _, _ = late_error(False)
+    assert len(widths_seen) >= 2, widths_seen
+    scales = calibrator.lane_width_scales
+    assert set(scales) == set(degrees)
+    seen = sorted(s for s in scales if s in widths_seen)
+    assert scales[seen[-1]] > scales[seen[0]]  # the wider lanes were learned to be the slower ones
+    assert with_widths < 0.8 * without, (with_widths, without)
+    assert calibrator.summary().lane_width_scales == {str(s): v for s, v in scales.items()}
