@@ -120,7 +120,11 @@ class SolveService:
         self.calibrations = JobCalibrations(
             store=store,
             metrics=metrics,
-            settings=CalibrationSettings(window=settings.calibration_window),
+            settings=CalibrationSettings(
+                window=settings.calibration_window,
+                op_overhead=settings.calibrate_op_overhead,
+                lane_widths=settings.calibrate_lane_widths,
+            ),
             enabled=settings.calibrate,
         )
         self._default_profile = read_profile_file(settings.profile) if settings.profile is not None else None

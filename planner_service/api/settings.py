@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     )
     calibrate: bool = Field(default=True, description="Refine each job's profile online from its step feedback.")
     calibration_window: int = Field(default=32, ge=1, le=4096, description="Most recent steps calibration fits.")
+    calibrate_op_overhead: bool = Field(
+        default=True,
+        description="Calibration also fits the fixed overhead per pipeline op (CostProfile.op_overhead_s).",
+    )
+    calibrate_lane_widths: bool = Field(
+        default=True, description="Calibration also refines the compute scale of each SP degree the profile measured."
+    )
     keep_last_steps: int | None = Field(
         default=1024, ge=1, description="Plans kept per job (the most recent steps); older ones answer 410 gone."
     )

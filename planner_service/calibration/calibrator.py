@@ -52,6 +52,9 @@ class CalibrationSettings:
     memory_bounds: tuple[float, float] = (0.5, 4.0)
     """The activation scale stays within these (memory feedback from a partial probe must not shrink the
     planner's memory estimates without limit)."""
+    op_overhead: bool = True
+    """Also fit the change of the ops' fixed overhead (`CostProfile.op_overhead_s`). Off: the base profile's value
+    stays (a model mismatch the other coefficients cannot express can otherwise land in it)."""
     lane_widths: bool = True
     """Also refine the compute scale of each SP degree of the base profile's `sp_degree_costs`."""
     lane_width_bounds: tuple[float, float] = (0.5, 2.0)
@@ -257,6 +260,7 @@ class Calibrator:
     def _refit(self) -> None:
         window = list(self._window)
         base = self.base.op_overhead_s
+        op_bounds = (-base, MAX_LAYER_OVERHEAD_S - base) if self.settings.op_overhead else (0.0, 0.0)
         lo, hi = self.settings.lane_width_bounds
         self._fit = fit_group_scales(
             [o.rates for o in window],
@@ -264,7 +268,7 @@ class Calibrator:
             [o.measured_s for o in window],
             self.settings.fit,
             additive=[o.additive_rates for o in window],
-            additive_bounds=[(-base, MAX_LAYER_OVERHEAD_S - base)] + [(lo - 1.0, hi - 1.0)] * len(self._widths),
+            additive_bounds=[op_bounds] + [(lo - 1.0, hi - 1.0)] * len(self._widths),
         )
         self._scales = dict(zip(GROUPS, self._fit.scales, strict=True))
         self._additive = self._fit.additive

@@ -254,3 +254,19 @@ def test_calibration_learns_each_lane_widths_compute_scale() -> None:
     assert scales[seen[-1]] > scales[seen[0]]  # the wider lanes were learned to be the slower ones
     assert with_widths < 0.8 * without, (with_widths, without)
     assert calibrator.summary().lane_width_scales == {str(s): v for s, v in scales.items()}
+
+
+def test_op_overhead_fit_can_be_switched_off() -> None:
+    """With `op_overhead=False` the base profile's op overhead stays, whatever the steps say."""
+    truth_cost = CostModel.from_specs(CLUSTER, MODEL, TRUE.model_copy(update={"op_overhead_s": 3e-3}))
+    settings = CalibrationSettings(window=8, op_overhead=False)
+    calibrator = Calibrator(cluster=CLUSTER, model=MODEL, base=BASE, settings=settings)
+    for step, strategy in enumerate(("static", "infinipipe", "flexsp", "infinipipe")):
+        plan = make_plan(
+            batch=batch_of(step), cluster=CLUSTER, model=MODEL, strategy=strategy, profile=calibrator.profile,
+            time_limit_s=0.5, step=step,
+        )  # fmt: skip
+        measured = simulate(plan, batch_of(step), truth_cost, record_events=False).predicted.iteration_s
+        calibrator.observe(plan, Feedback(step=step, plan_id=plan.plan_id, measured_iteration_s=measured))
+    assert calibrator.op_overhead_s == BASE.op_overhead_s == 0.0
+    assert calibrator.profile.op_overhead_s == 0.0

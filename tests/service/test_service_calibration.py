@@ -32,6 +32,7 @@ PRESET = preset_profile(CLUSTER, MODEL)
 TRUE = CostModel.from_specs(
     CLUSTER, MODEL, scale_profile(PRESET, {"attention": 3.0, "linear": 1.8, "communication": 0.5, "collectives": 1.0})
 )
+TRUE_WITH_OP_OVERHEAD = CostModel.from_specs(CLUSTER, MODEL, TRUE.profile.model_copy(update={"op_overhead_s": 5e-3}))
 JOB = {"cluster": "cpu-2x2", "model": "tiny", "strategy": "greedy", "num_stages": 1}
 
 
@@ -46,8 +47,10 @@ def _plan(client: TestClient, job_id: str, step: int) -> Plan:
     return Plan.model_validate_json(response.content)
 
 
-def _send_true_feedback(client: TestClient, job_id: str, step: int, plan: Plan) -> float:
-    measured = simulate(plan, _batch(step), TRUE, record_events=False).predicted.iteration_s
+def _send_true_feedback(
+    client: TestClient, job_id: str, step: int, plan: Plan, truth: CostModel | None = None
+) -> float:
+    measured = simulate(plan, _batch(step), truth or TRUE, record_events=False).predicted.iteration_s
     body = Feedback(step=step, plan_id=plan.plan_id, measured_iteration_s=measured)
     assert client.post(f"/v1/jobs/{job_id}/feedback", json=body.model_dump(mode="json")).status_code == 200
     return measured
@@ -114,6 +117,19 @@ def test_calibration_can_be_switched_off(make_settings: SettingsFactory, tmp_pat
         _send_true_feedback(client, job_id, 0, _plan(client, job_id, 0))
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["calibration"] is None and job["profile_version"] is None
+
+
+def test_op_overhead_calibration_can_be_switched_off(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    """HELIX_CALIBRATE_OP_OVERHEAD=false: the job's calibration keeps the profile's op overhead (0 here) while the
+    true costs have one; with the default the job learns one."""
+    learned = {}
+    for switch in (False, True):
+        with TestClient(create_app(make_settings(tmp_path / f"{switch}.db", calibrate_op_overhead=switch))) as client:
+            job_id = client.post("/v1/jobs", json={**JOB, "strategy": "infinipipe", "num_stages": 2}).json()["job_id"]
+            for step in range(6):
+                _send_true_feedback(client, job_id, step, _plan(client, job_id, step), truth=TRUE_WITH_OP_OVERHEAD)
+            learned[switch] = client.get(f"/v1/jobs/{job_id}").json()["calibration"]["op_overhead_s"]
+    assert learned[False] == 0.0 and learned[True] > 0.0, learned
 
 
 def test_serve_profile_applies_to_its_own_cluster_and_model(make_settings: SettingsFactory, tmp_path: Path) -> None:
