@@ -77,7 +77,7 @@ def fit_group_scales(
     modelled = r.sum(axis=1)
     usable = modelled > 0
     if not np.any(usable):
-        return RobustFit((1.0,) * r.shape[1], 1.0, (1.0,) * len(m), 0.0)
+        return RobustFit((1.0,) * r.shape[1], 1.0, (1.0,) * len(m), 0.0, (0.0,) * len(additive_bounds))
     alpha = float(np.median((m[usable] - f[usable]) / modelled[usable]))
     alpha = max(alpha, 1e-6)
     groups = r.shape[1]

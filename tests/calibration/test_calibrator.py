@@ -270,3 +270,12 @@ def test_op_overhead_fit_can_be_switched_off() -> None:
         calibrator.observe(plan, Feedback(step=step, plan_id=plan.plan_id, measured_iteration_s=measured))
     assert calibrator.op_overhead_s == BASE.op_overhead_s == 0.0
     assert calibrator.profile.op_overhead_s == 0.0
+
+
+def test_robust_fit_without_modelled_time_keeps_every_additive_coefficient_at_zero() -> None:
+    """Steps whose group rates are all 0 leave nothing to fit: the scales stay 1 and each additive change 0 (one
+    per column, so a caller indexing them does not fail)."""
+    fit = fit_group_scales(
+        [[0.0] * 4] * 3, [0.1] * 3, [0.2] * 3, additive=[[1.0, 2.0]] * 3, additive_bounds=[(-1, 1), (-1, 1)]
+    )
+    assert fit.scales == (1.0,) * 4 and fit.additive == (0.0, 0.0)
