@@ -108,22 +108,31 @@ def time_components(plan: Plan, batch: Batch, cost: CostModel, scales: Mapping[s
     at = {g: scales.get(g, 1.0) for g in GROUPS}
     profile = scale_profile(cost.profile, at)
     predicted = simulate(plan, batch, replace(cost, profile=profile), record_events=False).predicted
-    rates = []
-    for group in GROUPS:
-        nudged = {**at, group: at[group] * (1.0 + FINITE_DIFFERENCE_STEP)}
-        t = simulate(plan, batch, replace(cost, profile=scale_profile(cost.profile, nudged)), record_events=False)
-        rates.append(max(t.predicted.iteration_s - predicted.iteration_s, 0.0) / (FINITE_DIFFERENCE_STEP * at[group]))
-    longer = profile.model_copy(update={"op_overhead_s": profile.op_overhead_s + OP_OVERHEAD_STEP_S})
-    t = simulate(plan, batch, replace(cost, profile=longer), record_events=False)
-    op_rate = max(t.predicted.iteration_s - predicted.iteration_s, 0.0) / OP_OVERHEAD_STEP_S
+
+    def slope(nudged: CostProfile, step: float) -> float:
+        """(t under `nudged` − t) / `step`: the derivative along the nudge."""
+        t = simulate(plan, batch, replace(cost, profile=nudged), record_events=False).predicted.iteration_s
+        return max(t - predicted.iteration_s, 0.0) / step
+
+    rates = [
+        slope(
+            scale_profile(cost.profile, {**at, group: at[group] * (1.0 + FINITE_DIFFERENCE_STEP)}),
+            FINITE_DIFFERENCE_STEP * at[group],
+        )
+        for group in GROUPS
+    ]
+    op_rate = slope(
+        profile.model_copy(update={"op_overhead_s": profile.op_overhead_s + OP_OVERHEAD_STEP_S}), OP_OVERHEAD_STEP_S
+    )
     width_rates = []
     for i, entry in enumerate(profile.sp_degree_costs):
         costs = list(profile.sp_degree_costs)
         costs[i] = entry.model_copy(update={"compute_scale": entry.compute_scale * (1.0 + FINITE_DIFFERENCE_STEP)})
-        wider = profile.model_copy(update={"sp_degree_costs": tuple(costs)})
-        t = simulate(plan, batch, replace(cost, profile=wider), record_events=False)
         width_rates.append(
-            (entry.sp_degree, max(t.predicted.iteration_s - predicted.iteration_s, 0.0) / FINITE_DIFFERENCE_STEP)
+            (
+                entry.sp_degree,
+                slope(profile.model_copy(update={"sp_degree_costs": tuple(costs)}), FINITE_DIFFERENCE_STEP),
+            )
         )
     fixed = predicted.iteration_s - sum(at[g] * r for g, r in zip(GROUPS, rates, strict=True))
     return TimeComponents(
