@@ -75,10 +75,6 @@ def stage_memory(
     s = lane.sp_degree
     if prefix_kv_rows is None:
         prefix_kv_rows = [ChunkShape.of(chunk).prefix_kv_rows for chunk in lane.chunks]
-    shapes = [
-        ChunkShape(num_tokens=n, attn_pairs=0.0, prefix_kv_rows=rows)
-        for n, rows in zip(tokens, prefix_kv_rows, strict=True)
-    ]
     layers = pipeline.layers_of(stage)
     last = stage == pipeline.num_stages - 1
     num_chunks = len(lane.chunks)
@@ -98,16 +94,21 @@ def stage_memory(
         if len(ordered) > 1:
             earlier_of_last.setdefault(ordered[-1], []).extend(ordered[:-1])
 
-    def held_bytes(c: int, r: int) -> float:
-        act = cost.chunk_activation_bytes(
-            shapes[c], sp_degree=s, num_layers=layers, recompute_layers=r, is_last_stage=last
-        )
-        return act + (cost.kv_bytes(slice_tokens[c], s, r) if slice_tokens[c] and r else 0.0)
-
     kv_grad = [cost.kv_bytes(slice_tokens[c], s, layers) if slice_tokens[c] else 0.0 for c in range(num_chunks)]
     if not chains and not any(prefix_kv_rows):
         base, per_layer, transient = _whole_sequence_bytes(cost, s, layers, last, tokens)
     else:
+        shapes = [
+            ChunkShape(num_tokens=n, attn_pairs=0.0, prefix_kv_rows=rows)
+            for n, rows in zip(tokens, prefix_kv_rows, strict=True)
+        ]
+
+        def held_bytes(c: int, r: int) -> float:
+            act = cost.chunk_activation_bytes(
+                shapes[c], sp_degree=s, num_layers=layers, recompute_layers=r, is_last_stage=last
+            )
+            return act + (cost.kv_bytes(slice_tokens[c], s, r) if slice_tokens[c] and r else 0.0)
+
         base = tuple(held_bytes(c, 0) for c in range(num_chunks))
         per_layer = tuple(held_bytes(c, 1) - base[c] if layers else 0.0 for c in range(num_chunks))
         transient = [cost.transient_bytes(shapes[c], sp_degree=s, is_last_stage=last) for c in range(num_chunks)]
