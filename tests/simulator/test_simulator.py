@@ -288,6 +288,16 @@ def two_stage(schedule0: list[Op], schedule1: list[Op], chunks: list[Chunk], bat
     return plan, CostModel.from_specs(cluster, model, FLAT)
 
 
+def assert_compute_timeline(
+    events: tuple[TimelineEvent, ...], expected: dict[tuple[int, str, int], tuple[float, float]]
+) -> None:
+    """The F and B bars are exactly `expected`: (stage, kind, chunk) -> (start, end)."""
+    timeline = {(e.stage, e.kind, e.chunk): (e.start_s, e.end_s) for e in events if e.kind in {"F", "B"}}
+    assert timeline.keys() == expected.keys()
+    for key, (lo, hi) in expected.items():
+        assert timeline[key] == (pytest.approx(lo), pytest.approx(hi)), key
+
+
 def test_two_stage_1f1b_timeline_by_hand() -> None:
     """Two chunks of 1000 tokens, 2 layers per stage, 1 ms/token/layer: F = 2 s, B = 4 s, p2p = 0.5 s (latency).
 
@@ -300,7 +310,6 @@ def test_two_stage_1f1b_timeline_by_hand() -> None:
     chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=1000)]) for i in range(2)]
     plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1"), chunks, batch)
     result = simulate(plan, batch, cost)
-    timeline = {(e.stage, e.kind, e.chunk): (e.start_s, e.end_s) for e in result.events if e.kind in {"F", "B"}}
     expected = {
         (0, "F", 0): (0, 2),
         (0, "F", 1): (2, 4),
@@ -311,9 +320,7 @@ def test_two_stage_1f1b_timeline_by_hand() -> None:
         (0, "B", 0): (9, 13),
         (0, "B", 1): (15, 19),
     }
-    assert timeline.keys() == expected.keys()
-    for key, (lo, hi) in expected.items():
-        assert timeline[key] == (pytest.approx(lo), pytest.approx(hi)), key
+    assert_compute_timeline(result.events, expected)
     pred = result.predicted
     sync0 = cost.grad_sync_s(0, plan.pipeline)
     assert sync0 == 0.0  # one device per stage: nothing to sync
@@ -338,7 +345,6 @@ def test_op_overhead_lengthens_every_op_of_the_timeline_by_hand() -> None:
     plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1"), chunks, batch)
     cost = replace(cost, profile=FLAT.model_copy(update={"op_overhead_s": 1.0}))
     result = simulate(plan, batch, cost)
-    timeline = {(e.stage, e.kind, e.chunk): (e.start_s, e.end_s) for e in result.events if e.kind in {"F", "B"}}
     expected = {
         (0, "F", 0): (0, 3),
         (0, "F", 1): (3, 6),
@@ -349,8 +355,7 @@ def test_op_overhead_lengthens_every_op_of_the_timeline_by_hand() -> None:
         (0, "B", 0): (12, 17),
         (0, "B", 1): (20, 25),
     }
-    for key, (lo, hi) in expected.items():
-        assert timeline[key] == (pytest.approx(lo), pytest.approx(hi)), key
+    assert_compute_timeline(result.events, expected)
     assert result.predicted.iteration_s == pytest.approx(25)
 
 
