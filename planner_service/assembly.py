@@ -43,16 +43,18 @@ class LaneDraft:
     chunks: tuple[Chunk, ...]
     recompute: tuple[tuple[int, ...], ...]
     """recompute[stage][chunk]: layers of that stage recomputed for that chunk."""
+    warmup_groups: int = 0
+    """Slice groups each stage keeps in flight beyond 1F1B's chunks (`schedules.build_schedule`)."""
 
 
 def lane_of_draft(topology: Topology, draft: LaneDraft, lane_id: int = 0) -> Lane:
-    """The proto lane of a draft: ranks from the topology, the 1F1B schedule of its chunks."""
+    """The proto lane of a draft: ranks from the topology, the 1F1B schedule of its chunks (at its warm-up)."""
     return Lane(
         lane_id=lane_id,
         sp_degree=draft.sp_degree,
         ranks=topology.lane_ranks(offset=draft.offset, sp_degree=draft.sp_degree),
         chunks=list(draft.chunks),
-        schedule=build_schedule(draft.chunks, topology.num_stages),
+        schedule=build_schedule(draft.chunks, topology.num_stages, draft.warmup_groups),
         recompute=[list(r) for r in draft.recompute],
     )
 

@@ -5,11 +5,12 @@ best candidates, this phase evaluates neighbours of the current layout *by simul
 neighbour when it is faster (or as fast with a better-balanced set of lanes, so that several equally slow
 lanes can be drained one after the other). Neighbourhoods, all around the slowest lane:
 
-1. move one of its costliest sequences to one of the least-loaded lanes;
-2. swap one of them with a cheaper sequence of a least-loaded lane, the one that balances the two best;
-3. re-chunk it (another chunking), or every lane at once;
-4. split it into two lanes of half the size, or merge it with the least-loaded lane of its size;
-5. repair: free it and the least-loaded lanes (sizes summing to a block of devices) and re-solve the lane
+1. re-schedule it: another schedule warm-up depth (`search.WARMUP_DEPTHS`, P > 1 only);
+2. move one of its costliest sequences to one of the least-loaded lanes;
+3. swap one of them with a cheaper sequence of a least-loaded lane, the one that balances the two best;
+4. re-chunk it (another chunking at its warm-up depth), or every lane at once;
+5. split it into two lanes of half the size, or merge it with the least-loaded lane of its size;
+6. repair: free it and the least-loaded lanes (sizes summing to a block of devices) and re-solve the lane
    ILP (simulator-fidelity model) for their sequences on their devices (large-neighbourhood search).
 
 A neighbour is priced by simulating only the lanes it changed, each alone (`SearchSession.lane_scores`):
@@ -25,7 +26,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from planner_service.layout.lane_builder import Chunking, LaneScore
 from planner_service.layout.lanes import LaneSpec
 from planner_service.layout.memory_fit import sequence_fits
 from planner_service.layout.work_model import WorkModel, work_model
-from planner_service.search import Candidate, Recipe, SearchSession, chunkings_for
+from planner_service.search import WARMUP_DEPTHS, Candidate, Recipe, SearchSession, chunkings_for
 from proto.topology import valid_sp_degrees
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class Neighbourhoods:
 
     # ---- neighbourhoods ---------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Recipe]:
+        yield from self.reschedules()
         yield from self.moves()
         yield from self.swaps()
         yield from self.rechunks()
@@ -165,11 +167,24 @@ class Neighbourhoods:
                     target = LaneSpec(s_t, tuple(item if x == best else x for x in lanes[t].items))
                     yield self.replaced({c: source, t: target})
 
+    def reschedules(self) -> Iterator[Recipe]:
+        """The slowest lane's chunking at another schedule warm-up depth."""
+        self.last = "reschedules"
+        c = self.slowest
+        if self.pipeline.num_stages == 1:
+            return
+        for depth in WARMUP_DEPTHS:
+            if depth != self.chunks[c].warmup_groups:
+                chunks = list(self.chunks)
+                chunks[c] = replace(self.chunks[c], warmup_groups=depth)
+                yield self.recipe.with_lanes(self.recipe.lanes, chunks)
+
     def rechunks(self) -> Iterator[Recipe]:
-        """Another chunking for the slowest lane, then for every lane at once."""
+        """Another chunking for the slowest lane (at its warm-up depth), then for every lane at once."""
         self.last = "rechunks"
         c = self.slowest
-        knobs = chunkings_for(self.pipeline.num_stages)
+        depth = self.chunks[c].warmup_groups
+        knobs = [replace(knob, warmup_groups=depth) for knob in chunkings_for(self.pipeline.num_stages)]
         for knob in knobs:
             if knob != self.chunks[c]:
                 chunks = list(self.chunks)

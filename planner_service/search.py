@@ -42,6 +42,10 @@ PRUNE_MARGIN = 0.1
 not built."""
 POLISH_SHARE = 0.15
 """Share of a dynamic strategy's units kept for the recompute ILP on the winner."""
+WARMUP_DEPTHS = (0, 1, 2)
+"""Schedule warm-up depths (`Chunking.warmup_groups`: slice groups kept in flight per stage beyond 1F1B's chunks)
+`helix` tries per lane when P > 1. Deeper fills the bubbles around slice chains and holds more activations; two
+was the deepest that still paid on the plan_quality configs tried (gpt-13b, llama3-8b at 128K)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -277,6 +281,42 @@ class SearchSession:
         refine_all(refine, wanted=lambda c, p: id(p) in must or c.iteration_s <= fastest_s * (1 + PRUNE_MARGIN))
         return [candidate for candidate, _ in built]
 
+    def reschedule(self, candidate: Candidate) -> Candidate:
+        """The candidate with its slowest lanes at the schedule warm-up depth (`WARMUP_DEPTHS`) that makes each
+        finish first alone, when the whole plan is then faster. Lanes are tried slowest first, and only while
+        one could still lower the slowest end and units last."""
+        recipe = candidate.recipe
+        if recipe is None or recipe.pipeline.num_stages == 1 or self.budget.exhausted():
+            return candidate
+        scores = self.lane_scores(recipe)
+        if scores is None:
+            return candidate
+        builder = self.builder(recipe)
+        offsets = buddy_offsets([lane.sp_degree for lane in recipe.lanes])
+        chunkings = [recipe.chunking_of(i) for i in range(len(recipe.lanes))]
+        ends = [score.end_s for score in scores]
+        reached = 0.0  # the slowest end of the lanes already tried, at their best depth
+        for i in sorted(range(len(ends)), key=lambda i: (-ends[i], i)):
+            if ends[i] <= reached or self.budget.exhausted():
+                break  # this lane and the faster ones cannot lower the slowest end
+            best = ends[i]
+            for depth in WARMUP_DEPTHS:
+                trial = replace(chunkings[i], warmup_groups=depth)
+                if trial == chunkings[i]:
+                    continue
+                knobs = ChunkKnobs(chunking=trial, sliced=recipe.sliced, recompute=recipe.recompute)
+                score = builder.score(recipe.lanes[i], offsets[i], knobs)
+                if score is not None and score.fits and score.end_s < best:
+                    best, chunkings[i] = score.end_s, trial
+            reached = max(reached, best)
+        if chunkings == [recipe.chunking_of(i) for i in range(len(recipe.lanes))]:
+            return candidate
+        trial_recipe = recipe.with_lanes(recipe.lanes, chunkings)
+        plan = self.build(trial_recipe)
+        if plan is None or plan.predicted.iteration_s >= candidate.iteration_s:
+            return candidate
+        return Candidate(plan, trial_recipe)
+
     def polish(self, candidate: Candidate) -> Candidate:
         """The candidate with its recompute re-solved by the recompute ILP, when that is at least as fast (skipped
         when it could not end before the safety net)."""
@@ -353,20 +393,26 @@ def finalize(
     *,
     bound: BudgetedBound | None,
     polish_all: bool,
+    reschedule: bool = False,
     note: str = "",
 ) -> Plan | None:
     """The fastest candidate after polishing (the fastest always; with `polish_all` the next ones while units
-    last, so a long limit polishes them all and the choice does not hinge on the order)."""
+    last, so a long limit polishes them all and the choice does not hinge on the order); with `reschedule` each
+    is first given its lanes' best schedule warm-up depth (`SearchSession.reschedule`)."""
     found = fastest(candidates)
     if not found:
         if session.budget.tripped():
             raise NothingBuiltInTime("no candidate could be built within the time limit")
         return None
-    best = session.polish(found[0])
+
+    def polished(candidate: Candidate) -> Candidate:
+        return session.polish(session.reschedule(candidate) if reschedule else candidate)
+
+    best = polished(found[0])
     for candidate in found[1:] if polish_all else ():
         if session.budget.exhausted():
             break
-        polished = session.polish(candidate)
-        if polished.iteration_s < best.iteration_s:
-            best = polished
+        polished_one = polished(candidate)
+        if polished_one.iteration_s < best.iteration_s:
+            best = polished_one
     return session.finish(best, bound=bound, note=note)

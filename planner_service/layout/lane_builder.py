@@ -63,10 +63,12 @@ class BuiltLane:
 class Chunking:
     """About `chunks_per_stage` x P chunks of equal cost per lane; with `costliest_last` the costliest chunk of
     whole sequences runs last (its backward hides the gradient sync), else chunks run costliest first (the
-    1F1B cool-down runs on the cheapest)."""
+    1F1B cool-down runs on the cheapest); `warmup_groups`: slice groups each stage keeps in flight beyond
+    1F1B's chunks (`schedules.build_schedule`; 0: plain 1F1B warm-up)."""
 
     chunks_per_stage: int
     costliest_last: bool = False
+    warmup_groups: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,20 +162,28 @@ class LaneBuilder:
         )
         if knobs.chunking.costliest_last:
             chunks = costliest_last(profile, chunks, self.lengths)
-        counts = self.recompute_for(chunks, s, offset, knobs.recompute, exact=exact)
+        warmup = knobs.chunking.warmup_groups
+        counts = self.recompute_for(chunks, s, offset, knobs.recompute, exact=exact, warmup_groups=warmup)
         built = None
         if counts is not None:
-            draft = LaneDraft(sp_degree=s, offset=offset, chunks=tuple(chunks), recompute=counts)
+            draft = LaneDraft(sp_degree=s, offset=offset, chunks=tuple(chunks), recompute=counts, warmup_groups=warmup)
             built = BuiltLane(draft=draft, lane=lane_of_draft(self.topology, draft))
         self.budget.charge(UNITS_PER_BUILT_SEQUENCE * len(spec.items) + UNITS_PER_BUILT_OP * 2 * len(chunks) * p_count)
         self._lanes[key] = built
         return built
 
     def recompute_for(
-        self, chunks: list[Chunk], sp_degree: int, offset: int, mode: RecomputeMode, *, exact: bool
+        self,
+        chunks: list[Chunk],
+        sp_degree: int,
+        offset: int,
+        mode: RecomputeMode,
+        *,
+        exact: bool,
+        warmup_groups: int = 0,
     ) -> tuple[tuple[int, ...], ...] | None:
-        """Recompute counts per stage, shared by every lane with the same SP degree and chunk shapes."""
-        key = (sp_degree, mode, exact, chunk_signature(chunks, self.lengths))
+        """Recompute counts per stage, shared by every lane with the same SP degree, chunk shapes and schedule."""
+        key = (sp_degree, mode, exact, warmup_groups, chunk_signature(chunks, self.lengths))
         if key not in self._recompute:
             self.recompute_solves += 1
             limits = self.budget.solver_limits(share=0.05) if exact else None
@@ -190,5 +200,6 @@ class LaneBuilder:
                 time_limit_s=limits.wall_s if limits else 0.0,
                 deterministic_s=limits.deterministic_s if limits else math.inf,
                 charge=self.budget.charge,
+                warmup_groups=warmup_groups,
             )
         return self._recompute[key]

@@ -61,12 +61,13 @@ def lane_recompute(
     time_limit_s: float,
     deterministic_s: float = math.inf,
     charge: Callable[[float], None] | None = None,
+    warmup_groups: int = 0,
 ) -> tuple[tuple[int, ...], ...] | None:
     """Recompute counts per stage of one lane, or None when even full recompute does not fit.
 
     `budgets[p]`: bytes left for activations on stage p; `exact`: the recompute ILP rather than its greedy,
     each (lane, stage) program within `deterministic_s` CP-SAT time and `time_limit_s` wall seconds, its
-    deterministic time passed to `charge` in work units.
+    deterministic time passed to `charge` in work units; `warmup_groups`: the schedule's warm-up depth.
     """
     cost = ctx.cost
     p_count = pipeline.num_stages
@@ -81,7 +82,7 @@ def lane_recompute(
         sp_degree=sp_degree,
         ranks=[[offset + i for i in range(sp_degree)] for _ in range(p_count)],
         chunks=chunks,
-        schedule=build_schedule(chunks, p_count),
+        schedule=build_schedule(chunks, p_count, warmup_groups),
         recompute=[[0] * len(chunks) for _ in range(p_count)],
     )
     spans = sp_degree > ctx.cluster.devices_per_node

@@ -102,7 +102,7 @@ def plan_helix(ctx: PlanningContext) -> Plan:
 
     session.budget = root
     note = f"; improvement phase: {steps} simulated improvements" if steps else ""
-    plan = finalize(session, candidates, bound=bound, polish_all=True, note=note)
+    plan = finalize(session, candidates, bound=bound, polish_all=True, reschedule=True, note=note)
     if plan is None:
         raise InfeasibleWorkload(
             f"helix: no layout fits the longest sequence ({max(ctx.batch.lengths)} tokens) in memory", field="lengths"

@@ -149,10 +149,12 @@ def make_pipeline_plan(
     *,
     recompute: list[list[list[int]]] | None = None,
     schedule: list[list[list[Op]]] | None = None,
+    warmup_groups: int = 0,
 ) -> Plan:
     """A validated plan: per lane (offset inside the stage block, SP degree, chunks as segment lists).
 
-    Schedules come from the planner's `build_schedule` (1F1B honouring the slice order) unless given;
+    Schedules come from the planner's `build_schedule` (1F1B honouring the slice order, at `warmup_groups`) unless
+    given;
     recompute[lane][stage][chunk] defaults to zeros.
     """
     from planner_service.schedules import build_schedule
@@ -168,7 +170,9 @@ def make_pipeline_plan(
                 sp_degree=sp,
                 ranks=ranks,
                 chunks=chunks,
-                schedule=schedule[i] if schedule is not None else build_schedule(chunks, pipeline.num_stages),
+                schedule=schedule[i]
+                if schedule is not None
+                else build_schedule(chunks, pipeline.num_stages, warmup_groups),
                 recompute=recompute[i] if recompute is not None else [[0] * len(chunks)] * pipeline.num_stages,
             )
         )
@@ -244,7 +248,8 @@ def perturb_plan(
 ) -> Plan:
     """A random valid variant of `plan`: random lane layout (per stage block), sequences kept in the plan's
     order but dealt to random lanes, random slice points (hybrid chunks included), random recompute counts,
-    `build_schedule` schedules, and `pipeline` (default: the plan's) for the layer split."""
+    `build_schedule` schedules at a random warm-up depth (0-2), and `pipeline` (default: the plan's) for the
+    layer split."""
     pipeline = pipeline or plan.pipeline
     lengths = batch.length_of()
     order: list[int] = []
@@ -267,7 +272,8 @@ def perturb_plan(
         recompute.append(
             [[rng.randint(0, pipeline.layers_of(p)) for _ in lanes[-1][2]] for p in range(pipeline.num_stages)]
         )
-    return make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=recompute)
+    depth = rng.randint(0, 2)  # drawn last: the layouts drawn before it are those of earlier seeds
+    return make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=recompute, warmup_groups=depth)
 
 
 def plugin_app(register: Callable[[typer.Typer], None]) -> typer.Typer:

@@ -74,7 +74,8 @@ def planner_cases(world: int) -> list[EquivalenceCase]:
 def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
     """A sequence in 3 uneven slices across chunks, a hybrid chunk (tail slice + short sequences), a
     head slice packed with a short sequence, under Ulysses over the whole stage block (kv heads 2 < s on
-    8 ranks), on an uneven 4-layer split; once without and once with recompute of every layer."""
+    8 ranks), on an uneven 4-layer split; once without and once with recompute of every layer, and once with
+    the deep schedule warm-up (stage 0 forwards the second slice group before the first one's backwards)."""
     cluster, model = cpu_cluster(2, world // 2), tiny_model(num_layers=4)
     pipeline = PipelineSpec(num_stages=2, layer_ranges=[(0, 1), (1, 4)])
     batch = Batch(seq_ids=[7, 3, 11, 5, 2], lengths=[57, 6, 3, 31, 9])
@@ -88,8 +89,9 @@ def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
     lanes = [(0, world // 2, chunks)]
     every = [[[pipeline.layers_of(p)] * len(chunks) for p in range(2)]]
     cases = []
-    for name, recompute in (("slices", None), ("slices-recompute", every)):
-        plan = make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=recompute)
+    variants = (("slices", None, 0), ("slices-recompute", every, 0), ("slices-deep-warmup", None, 2))
+    for name, recompute, depth in variants:
+        plan = make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=recompute, warmup_groups=depth)
         cases.append(
             EquivalenceCase(
                 name=name,

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from planner_service.schedules import backward_order, build_schedule
+from planner_service.schedules.pipeline_schedule import slice_group_ends
 from proto import Chunk, Op, Segment
 
 
@@ -136,12 +137,74 @@ def lane_chunks(draw: st.DrawFn) -> list[Chunk]:
     return chunks
 
 
-@given(chunks=lane_chunks(), num_stages=st.integers(1, 4))
-def test_schedule_respects_order_and_never_deadlocks(chunks: list[Chunk], num_stages: int) -> None:
-    """Whatever the mix of slices and packed sequences, the built schedule replays cleanly on every stage."""
-    schedule = build_schedule(chunks, num_stages)
+@given(chunks=lane_chunks(), num_stages=st.integers(1, 4), warmup_groups=st.integers(0, 3))
+def test_schedule_respects_order_and_never_deadlocks(chunks: list[Chunk], num_stages: int, warmup_groups: int) -> None:
+    """Whatever the mix of slices and packed sequences and the warm-up depth, the built schedule replays cleanly
+    on every stage."""
+    schedule = build_schedule(chunks, num_stages, warmup_groups)
     assert len(schedule) == num_stages
     assert schedule_violations(chunks, schedule) == []
+
+
+def forwards_before_each_backward(ops: list[Op]) -> list[int]:
+    counts, forwards = [], 0
+    for op in ops:
+        if op.kind == "F":
+            forwards += 1
+        else:
+            counts.append(forwards)
+    return counts
+
+
+@given(chunks=lane_chunks(), num_stages=st.integers(2, 4), warmup_groups=st.integers(0, 2))
+def test_a_deeper_warmup_never_runs_a_backward_earlier(
+    chunks: list[Chunk], num_stages: int, warmup_groups: int
+) -> None:
+    """Depth k+1 has at least as many forwards done before every backward as depth k, on every stage, and the
+    backward order is the same: it only moves forwards earlier."""
+    shallow = build_schedule(chunks, num_stages, warmup_groups)
+    deep = build_schedule(chunks, num_stages, warmup_groups + 1)
+    for p in range(num_stages):
+        assert [op for op in deep[p] if op.kind == "B"] == [op for op in shallow[p] if op.kind == "B"]
+        pairs = zip(forwards_before_each_backward(deep[p]), forwards_before_each_backward(shallow[p]), strict=True)
+        assert all(d >= s for d, s in pairs)
+
+
+def chained_lane() -> list[Chunk]:
+    """A 2-slice chain, a whole sequence, a 2-slice chain whose tail shares a chunk with a short sequence, a
+    whole sequence: slice groups [0, 1], [2], [3, 4], [5]."""
+    return [
+        Chunk(segments=[Segment(seq_id=0, start=0, end=10)]),
+        Chunk(segments=[Segment(seq_id=0, start=10, end=20)]),
+        Chunk(segments=[Segment(seq_id=1, start=0, end=5)]),
+        Chunk(segments=[Segment(seq_id=2, start=0, end=10)]),
+        Chunk(segments=[Segment(seq_id=2, start=10, end=20), Segment(seq_id=3, start=0, end=3)]),
+        Chunk(segments=[Segment(seq_id=4, start=0, end=5)]),
+    ]
+
+
+def test_slice_groups_close_where_no_sliced_sequence_goes_on() -> None:
+    assert slice_group_ends(chained_lane()) == [1, 1, 2, 4, 4, 5]
+    whole = [Chunk(segments=[Segment(seq_id=i, start=0, end=4)]) for i in range(3)]
+    assert slice_group_ends(whole) == [0, 1, 2]
+
+
+def test_warmup_depths_by_hand() -> None:
+    """Three stages: depth 0 is per-chunk 1F1B (stage 0 forwards P-p-1 = 2 chunks past the first chain); depth 1
+    also reaches the end of the 2nd group after it (chunk 4 closes group [3, 4]), depth 2 the 4th (the lane's
+    end); the last stage (no warm-up) is the same at every depth."""
+    chunks = chained_lane()
+    text = {k: [" ".join(map(str, ops)) for ops in build_schedule(chunks, 3, k)] for k in (0, 1, 2)}
+    assert text[0][0] == "F0 F1 F2 F3 B1 B0 F4 B2 F5 B4 B3 B5"
+    assert text[1][0] == "F0 F1 F2 F3 F4 B1 B0 F5 B2 B4 B3 B5"
+    assert text[2][0] == "F0 F1 F2 F3 F4 F5 B1 B0 B2 B4 B3 B5"
+    assert text[1][1] == "F0 F1 F2 B1 B0 F3 F4 B2 F5 B4 B3 B5"
+    assert text[0][2] == text[1][2] == text[2][2] == "F0 F1 B1 B0 F2 B2 F3 F4 B4 B3 F5 B5"
+
+
+def test_a_negative_warmup_depth_is_refused() -> None:
+    with pytest.raises(ValueError, match="warmup_groups"):
+        build_schedule(chained_lane(), 2, -1)
 
 
 def test_one_f_one_b_shape_without_slices() -> None:

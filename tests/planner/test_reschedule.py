@@ -1,0 +1,112 @@
+"""Schedule warm-up depth as a search knob: deeper warm-up fills the bubbles around slice chains, the search
+keeps it only when the simulator says it pays, and the plan's schedules are those of the depth it records.
+
+Guards against a re-scheduling step that returns a slower plan, a lane whose recompute was chosen for another
+schedule than the one it runs (memory would be checked against the wrong op order), and the chain bubbles
+coming back unnoticed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from planner_service.budget import PlanningBudget
+from planner_service.context import PlanningContext
+from planner_service.cost_model import CostModel
+from planner_service.improvement import improve
+from planner_service.layout.lane_builder import Chunking
+from planner_service.layout.lanes import LaneSpec
+from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.schedules import build_schedule
+from planner_service.search import Recipe, SearchSession
+from proto import Batch, PipelineSpec, SolverInfo
+
+CLUSTER = resolve_cluster("a800-80g-4x8")
+MODEL = resolve_model("llama2-7b")
+CHAINS = Batch.from_lengths([64000, 48000, 40000, 32000, 4000, 3000, 2500, 2000, 1500, 1000, 800, 600])
+"""Four sequences long enough to be sliced into chains at P = 4 on a lane of 8, and short ones between."""
+
+
+def recipe_of(batch: Batch, chunking: Chunking, units: float = 5_000.0) -> Recipe:
+    ctx = PlanningContext(
+        batch=batch,
+        cluster=CLUSTER,
+        model=MODEL,
+        cost=CostModel.from_specs(CLUSTER, MODEL),
+        budget=PlanningBudget(units=units, wall_end=1e18),
+    )
+    items = tuple(zip(batch.seq_ids, batch.lengths, strict=True))
+    return Recipe(
+        ctx=ctx,
+        pipeline=PipelineSpec.even(MODEL.num_layers, 4),
+        lanes=(LaneSpec(8, items),),
+        strategy="helix",
+        chunking=chunking,
+        sliced=True,
+        recompute="adaptive",
+        solver=SolverInfo(),
+    )
+
+
+def schedules_match_depths(recipe: Recipe, session: SearchSession) -> bool:
+    plan = session.build(recipe)
+    assert plan is not None
+    p = recipe.pipeline.num_stages
+    return all(
+        lane.schedule == build_schedule(lane.chunks, p, recipe.chunking_of(i).warmup_groups)
+        for i, lane in enumerate(plan.lanes)
+    )
+
+
+def test_a_deeper_warmup_fills_the_bubbles_around_slice_chains() -> None:
+    """The same lane and chunks, simulated at depth 0 and 1: with four chains the deeper warm-up is faster, and
+    its bubble fraction smaller."""
+    times = {}
+    for depth in (0, 1):
+        recipe = recipe_of(CHAINS, Chunking(4, warmup_groups=depth))
+        session = SearchSession(recipe.ctx, recipe.ctx.budget)
+        found = session.candidate(recipe)
+        assert found is not None
+        assert len({seg.seq_id for c in found.plan.lanes[0].chunks for seg in c.segments}) == len(CHAINS.lengths)
+        times[depth] = (found.iteration_s, found.plan.predicted.bubble_fraction)
+    assert times[1][0] < times[0][0]
+    assert times[1][1] < times[0][1]
+
+
+def test_reschedule_is_never_slower_and_records_the_depth_its_schedules_use() -> None:
+    recipe = recipe_of(CHAINS, Chunking(4))
+    session = SearchSession(recipe.ctx, recipe.ctx.budget)
+    start = session.candidate(recipe)
+    assert start is not None
+    found = session.reschedule(start)
+    assert found.iteration_s < start.iteration_s  # the chains make a deeper warm-up pay here
+    assert found.recipe is not None and found.recipe.chunking_of(0).warmup_groups > 0
+    assert schedules_match_depths(found.recipe, session)
+    assert max(found.plan.predicted.peak_memory_bytes) <= CLUSTER.device_memory_bytes
+
+
+def test_reschedule_leaves_a_lane_without_chains_alone_when_nothing_pays() -> None:
+    """Equal short sequences, one per chunk: depth 1 is plain 1F1B again and depth 2 only holds more, at the same
+    time; a depth is kept only for a strictly faster lane, so the candidate comes back as it was."""
+    batch = Batch.from_lengths([4000] * 16)
+    recipe = recipe_of(batch, Chunking(4))
+    session = SearchSession(recipe.ctx, recipe.ctx.budget)
+    start = session.candidate(recipe)
+    assert start is not None
+    assert session.reschedule(start) is start
+
+
+def test_the_improvement_phase_reaches_a_deeper_warmup() -> None:
+    """One lane (no moves or swaps to make): the walk's re-schedule neighbourhood finds the deeper depth."""
+    recipe = recipe_of(CHAINS, Chunking(4))
+    session = SearchSession(recipe.ctx, recipe.ctx.budget)
+    start = session.candidate(recipe)
+    assert start is not None
+    improved, steps = improve(session, start, recipe.ctx.budget)
+    assert steps > 0 and improved.iteration_s < start.iteration_s
+    assert improved.recipe is not None
+    assert any(improved.recipe.chunking_of(i).warmup_groups for i in range(len(improved.recipe.lanes)))
+    assert schedules_match_depths(improved.recipe, session)
+    again = replace(improved.recipe, lane_chunking=())  # depth 0 everywhere: the start's schedule again
+    rebuilt = session.build(again)
+    assert rebuilt is not None and rebuilt.predicted.iteration_s > improved.iteration_s
