@@ -11,10 +11,11 @@ improve on them:
    fill and drain, chunk overheads), for every candidate P including P = 1; every uniform layout at every P
    the static baseline may use (P = 1 uniform lanes too); and the best static layout's lanes rebuilt with
    balanced chunks and adaptive recompute;
-4. an improvement phase (`improvement.improve`: moves, swaps, re-chunking, splits and merges, and ILP
-   repairs of large neighbourhoods, all judged by the simulator) from the best candidates until the work
-   budget is spent;
-5. the recompute ILP on the winners, and the gap to a lower bound on the simulated time.
+4. an improvement phase (`improvement.improve`: re-scheduling, moves, swaps, re-chunking, splits and merges,
+   and ILP repairs of large neighbourhoods, all judged by the simulator) from the best candidates until the
+   work budget is spent;
+5. each winner's lanes at their best schedule warm-up depth (`SearchSession.reschedule`), the recompute ILP on
+   them, and the gap to a lower bound on the simulated time.
 
 All of it is charged to the call's deterministic work budget (shares below), so the same input gives the
 same plan on a busy machine; with the budget to finish phases 1-2 (a generous limit), helix is never slower
