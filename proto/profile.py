@@ -98,8 +98,9 @@ class CostProfile(BaseModel):
             default=0.0,
             description="Fixed seconds of one pipeline op (a chunk's forward or backward on a stage) beyond its "
             "layers and LM head: the stage runtime's own work per micro-batch (embedding, posting sends and "
-            "receives, entering autograd). Learned by online calibration from steps whose plans differ in chunk "
-            "counts; 0 in presets and in `helix profile` output.",
+            "receives, entering autograd). Measured by `helix profile` (two executor steps that run the same work "
+            "as one chunk and as many) and refined by online calibration from steps whose plans differ in chunk "
+            "counts; 0 in presets.",
         )
     )
     sp_degree_costs: tuple[SpDegreeCost, ...] = Field(

@@ -21,6 +21,7 @@ from executor.profile.collective_bench import CollectiveBench
 from executor.profile.grid import ProfileSettings
 from executor.profile.lane_bench import lane_rows, merge_lanes
 from executor.profile.layer_bench import LayerBench, chunk_shapes
+from executor.profile.op_probe import time_op_probe
 from executor.profile.timing import cores_description, pin_to_core
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
@@ -57,6 +58,7 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
         collectives = cbench.ulysses() + cbench.p2p()
         reductions, notes = cbench.reductions()
         collectives += reductions
+    op_probe = time_op_probe(cluster, model, settings)  # rank 0's row (the step time is the slowest rank's)
     gathered: list[Any] = [None] * world
     dist.all_gather_object(
         gathered, {"layer": layer, "head": head, "lanes": lanes, "collectives": collectives, "gemm": gemm}
@@ -81,6 +83,7 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
         lanes=merge_lanes([g["lanes"] for g in gathered]),
         collectives=merge_slowest([g["collectives"] for g in gathered]),
         memory=memory,
+        op_probe=op_probe,
         states={"param_bytes": param, "grad_bytes": grad, "optimizer_bytes": optimizer},
         gemm_flops_per_s=statistics.median(g["gemm"] for g in gathered),
         notes=sorted(set(notes)) + ([] if world > 1 else ["one rank: no collectives measured"]),

@@ -13,6 +13,9 @@ Each fit is the cost model's own formula (`compute_model`, `comm_model`) solved 
 7. memory         bytes saved per token (slope over token counts), bytes per parameter of the training state
 8. SP lanes       per degree s, t_f = x·F_s + o + A_s, t_b = x·B_s + k_lin·o + A_s on the layer timed as a
                   lane of s devices runs it (F_s, B_s, A_s: fits 1-4 at degree s)            -> sp_degree_costs
+9. per-op         split step − packed step (the same work as one chunk per sequence and as one per lane)
+                  = the simulator's difference at the fitted profile + extra ops · o_op       -> op_overhead_s
+                  (`op_overhead_probe`; the slope is the simulator's, by finite difference)
 
 Every fit minimises *relative* residuals (rows divided by the measured value: short and long calls count alike)
 under non-negativity, solved exactly (`nonnegative_least_squares`). Each fit's error is then recomputed with the
@@ -31,10 +34,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner_service.cost_model import comm_model, compute_model
+from planner_service.cost_model.op_overhead_probe import (
+    SEQUENCES_PER_LANE,
+    TOKENS_PER_SEQUENCE,
+    OpProbe,
+    fit_op_overhead,
+)
 from planner_service.cost_model.profile_measurements import (
     CollectiveTiming,
     LaneLayerTiming,
     MemorySample,
+    OpProbeTiming,
     ProfileMeasurements,
 )
 from planner_service.cost_model.profile_presets import preset_profile, ulysses_extra_bytes_per_token_layer
@@ -541,6 +551,32 @@ def _fit_memory(m: ProfileMeasurements, model: ModelSpec) -> tuple[dict[str, Any
 DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
 
+def _fit_op_overhead(
+    probe: OpProbeTiming | None, cluster: ClusterSpec, model: ModelSpec, profile: CostProfile
+) -> tuple[float, FitReport]:
+    """Fit 9: the per-op overhead from the probe's two steps, with every other coefficient already fitted (the
+    simulator prices what they explain of the difference). Clipped to the field's bound and flagged there."""
+    name, fields = "per-op overhead", ["op_overhead_s"]
+    if probe is None:
+        return profile.op_overhead_s, _unmeasured(name, fields, "the probe did not run")
+    expected = OpProbe.of(cluster, model)
+    shape = (probe.num_stages, probe.sequences_per_lane, probe.tokens_per_sequence)
+    if shape != (expected.num_stages, SEQUENCES_PER_LANE, TOKENS_PER_SEQUENCE):
+        return profile.op_overhead_s, _unmeasured(name, fields, f"the probe ran another shape {shape}")
+    fit = fit_op_overhead(cluster, model, profile, probe.packed_s, probe.split_s)
+    if fit.op_overhead_s is None:
+        return profile.op_overhead_s, _unmeasured(name, fields, "the probe's steps do not differ in ops on the path")
+    value = min(fit.op_overhead_s, MAX_LAYER_OVERHEAD_S)
+    predicted_split_s = probe.packed_s + fit.modelled_extra_s + fit.slope * value  # the error is on the split step
+    note = (
+        f"split - packed step: measured {fit.measured_extra_s * 1e3:.2f} ms, modelled without it "
+        f"{fit.modelled_extra_s * 1e3:.2f} ms, {fit.slope:.0f} extra ops on the critical path"
+        + (" (clipped to the field's bound)" if value < fit.op_overhead_s else "")
+        + (" (measured no slower than modelled: 0)" if fit.op_overhead_s == 0 else "")
+    )
+    return value, _report(name, {"op_overhead_s": value}, [predicted_split_s], [probe.split_s], note)
+
+
 def _element_bytes(dtype: str, model: ModelSpec) -> int:
     return DTYPE_BYTES.get(dtype, model.bytes_per_element)
 
@@ -617,5 +653,8 @@ def fit_profile(
     degree_costs, degree_reports = _fit_sp_degrees(m.lanes, model, profile)
     reports += degree_reports
     profile = profile.model_copy(update={"sp_degree_costs": degree_costs})
+    op_overhead, op_report = _fit_op_overhead(m.op_probe, cluster, model, profile)
+    reports.append(op_report)
+    profile = profile.model_copy(update={"op_overhead_s": op_overhead})
     profile = CostProfile.model_validate(profile.model_dump())  # the bounds of every field hold
     return ProfileFit(profile=profile, fits=tuple(reports), efficiency=_efficiency(profile, m, cluster, model))

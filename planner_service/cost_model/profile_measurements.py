@@ -98,6 +98,19 @@ class StateBytes(BaseModel):
     optimizer_bytes: float = Field(ge=0)
 
 
+class OpProbeTiming(BaseModel):
+    """The per-op overhead probe (`op_overhead_probe`): the same work run as one chunk per lane and as one chunk
+    per sequence, whole training steps of the executor, the slowest rank's time (the run's statistic)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_stages: int = Field(ge=1)
+    sequences_per_lane: int = Field(ge=2)
+    tokens_per_sequence: int = Field(ge=1)
+    packed_s: float = Field(gt=0, description="One chunk per lane.")
+    split_s: float = Field(gt=0, description="One chunk per sequence.")
+
+
 class ProfileMeasurements(BaseModel):
     """Everything one `helix profile` run measured, and under what conditions."""
 
@@ -127,6 +140,9 @@ class ProfileMeasurements(BaseModel):
     )
     collectives: list[CollectiveTiming] = Field(default_factory=list)
     memory: list[MemorySample] = Field(default_factory=list)
+    op_probe: OpProbeTiming | None = Field(
+        default=None, description="The per-op overhead probe (fits `CostProfile.op_overhead_s`); None: not run."
+    )
     states: StateBytes | None = None
     gemm_flops_per_s: float | None = Field(
         default=None, gt=0, description="A large square GEMM's rate on one device under the same concurrency."

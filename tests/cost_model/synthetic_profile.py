@@ -5,9 +5,12 @@ Shared by the fit tests (which must get the profile back) and the service tests 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from planner_service.cost_model import comm_model, compute_model, preset_profile
+from planner_service.cost_model.op_overhead_probe import SEQUENCES_PER_LANE, TOKENS_PER_SEQUENCE, OpProbe
 from planner_service.cost_model.profile_document import ProfileDocument
 from planner_service.cost_model.profile_fit import fit_profile
 from planner_service.cost_model.profile_measurements import (
@@ -16,6 +19,7 @@ from planner_service.cost_model.profile_measurements import (
     LaneLayerTiming,
     LayerTiming,
     MemorySample,
+    OpProbeTiming,
     ProfileMeasurements,
     StateBytes,
 )
@@ -43,6 +47,7 @@ TRUE = preset_profile(CLUSTER, MODEL).model_copy(
         "allreduce_bw_inter": 0.4e9,
         "allreduce_latency_intra_s": 3e-4,
         "allreduce_latency_inter_s": 7e-4,
+        "op_overhead_s": 3.7e-3,
         "sp_degree_costs": (
             SpDegreeCost(sp_degree=1, compute_scale=0.9, call_overhead_s=0.0),
             SpDegreeCost(sp_degree=2, compute_scale=1.1, call_overhead_s=2e-4),
@@ -71,6 +76,7 @@ FITTED_FIELDS = (
     "allreduce_bw_inter",
     "allreduce_latency_intra_s",
     "allreduce_latency_inter_s",
+    "op_overhead_s",
     "sp_degree_costs",
 )
 
@@ -183,7 +189,21 @@ def synthetic_measurements(true: CostProfile, noise: float = 0.0, seed: int = 0)
         lanes=lanes,
         collectives=collectives,
         memory=memory,
+        op_probe=synthetic_op_probe(true, jitter),
         states=StateBytes(param_bytes=4, grad_bytes=4, optimizer_bytes=8),
+    )
+
+
+def synthetic_op_probe(true: CostProfile, jitter: Callable[[float], float]) -> OpProbeTiming:
+    """The probe's packed and split steps as the simulator prices them under `true` (op overhead included)."""
+    probe = OpProbe.of(CLUSTER, MODEL)
+    packed, split = (probe.plan(CLUSTER, true, split=s).predicted.iteration_s for s in (False, True))
+    return OpProbeTiming(
+        num_stages=probe.num_stages,
+        sequences_per_lane=SEQUENCES_PER_LANE,
+        tokens_per_sequence=TOKENS_PER_SEQUENCE,
+        packed_s=jitter(packed),
+        split_s=jitter(split),
     )
 
 

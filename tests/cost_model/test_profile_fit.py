@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from planner_service.cost_model import preset_profile
+from planner_service.cost_model.op_overhead_probe import fit_op_overhead
 from planner_service.cost_model.profile_fit import fit_profile, nonnegative_least_squares
 from tests.cost_model.synthetic_profile import CLUSTER, FITTED_FIELDS, MODEL, TRUE, synthetic_measurements
 
@@ -128,3 +129,24 @@ def test_efficiency_inverts_the_preset_formulas() -> None:
     fit = fit_profile(synthetic_measurements(preset), CLUSTER, MODEL)
     assert fit.efficiency.gemm_efficiency == pytest.approx(MATMUL_MFU, rel=1e-6)
     assert fit.efficiency.attention_efficiency == pytest.approx(ATTENTION_EFFICIENCY, rel=1e-6)
+
+
+def test_op_overhead_comes_from_the_probe_and_only_from_it() -> None:
+    """The probe priced under TRUE gives TRUE's op overhead back (the recovery test above); without the probe, or
+    from a probe of another shape, the base's value stays and the report says why; a split step measured faster
+    than the simulator prices it without any overhead is no evidence of a negative cost per op: 0, flagged."""
+    m = synthetic_measurements(TRUE)
+    assert m.op_probe is not None and m.op_probe.split_s > m.op_probe.packed_s
+    preset = preset_profile(CLUSTER, MODEL)
+    for probe, why in ((None, "did not run"), (m.op_probe.model_copy(update={"tokens_per_sequence": 7}), "shape")):
+        fit = fit_profile(m.model_copy(update={"op_probe": probe}), CLUSTER, MODEL)
+        assert fit.profile.op_overhead_s == preset.op_overhead_s == 0.0
+        report = next(f for f in fit.fits if f.name == "per-op overhead")
+        assert report.rows == 0 and why in report.note and "op_overhead_s" in report.note
+    # pipelining: the split step is modelled *faster* than the packed one (P = 2), so the bar is below packed
+    bare = fit_op_overhead(CLUSTER, MODEL, TRUE, m.op_probe.packed_s, m.op_probe.split_s)
+    assert bare.modelled_extra_s < 0 and bare.op_overhead_s == pytest.approx(TRUE.op_overhead_s, rel=1e-6)
+    fast = m.op_probe.model_copy(update={"split_s": m.op_probe.packed_s + bare.modelled_extra_s - 1e-4})
+    fit = fit_profile(m.model_copy(update={"op_probe": fast}), CLUSTER, MODEL)
+    report = next(f for f in fit.fits if f.name == "per-op overhead")
+    assert fit.profile.op_overhead_s == 0.0 and report.rows == 1 and "no slower than modelled" in report.note

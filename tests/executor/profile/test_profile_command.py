@@ -80,6 +80,11 @@ def test_profile_measures_fits_writes_and_caches(tmp_path: Path) -> None:
     assert [c.sp_degree for c in profile.sp_degree_costs] == [1, 2]
     assert fits["layer on SP-2 lanes"].rows == 2 * len(GRIDS["tiny"].lane_tokens)
     assert (m.world_size, m.backend, m.attention_backend, m.threads_per_rank) == (2, "gloo", "sdpa", 1)
+    # the per-op probe ran both steps on the two ranks (P = 2: one stage each) and its fit set the overhead
+    assert m.op_probe is not None and m.op_probe.num_stages == 2
+    assert m.op_probe.packed_s > 0 and m.op_probe.split_s > 0
+    assert fits["per-op overhead"].rows == 1
+    assert profile.op_overhead_s == fits["per-op overhead"].coefficients["op_overhead_s"] >= 0
     assert not m.attention_saves_prefix_kv and profile.attention_saves_prefix_kv is False
     # float32 AdamW: param, grad, exp_avg, exp_avg_sq (+ one 4-byte step counter per tensor)
     assert profile.bytes_per_param_state == pytest.approx(16.0, rel=1e-3)
