@@ -396,10 +396,14 @@ def write_report(report: dict[str, Any]) -> None:
             f"{r['predicted_peak_calibrated_mib']:.1f} / {r['measured_peak_calibrated_mib']:.1f} |"
         )
     c = report["calibration"]
+    probe = next((f for f in report["fits"] if f["name"] == "per-op overhead"), None)
+    measured_op = (probe or {}).get("coefficients", {}).get("op_overhead_s")
+    measured_text = f"{1e3 * measured_op:.2f} ms" if measured_op is not None else "not measured"
     lines += ["", "## Calibration", "", "Scales (calibrated / measured profile): "
               + ", ".join(f"{k} {v:.3f}" for k, v in c["scales"].items())
-              + f"; fixed overhead per pipeline op {1e3 * c.get('op_overhead_s', 0.0):.2f} ms (the measured profile "
-              f"has none); uniform {c['uniform_scale']:.3f}, residual σ {_pct(c['residual_scale'])}.", ""]  # fmt: skip
+              + f"; fixed overhead per pipeline op {1e3 * c.get('op_overhead_s', 0.0):.2f} ms (`helix profile`'s "
+              f"probe: {measured_text}); uniform {c['uniform_scale']:.3f}, residual σ {_pct(c['residual_scale'])}.",
+              ""]  # fmt: skip
     lines += ["## Profile fits", "", "| fit | rows | rms error | max error |", "|---|---|---|---|"]
     for f in report["fits"]:
         lines.append(
