@@ -397,22 +397,23 @@ def finalize(
     note: str = "",
 ) -> Plan | None:
     """The fastest candidate after polishing (the fastest always; with `polish_all` the next ones while units
-    last, so a long limit polishes them all and the choice does not hinge on the order); with `reschedule` each
-    is first given its lanes' best schedule warm-up depth (`SearchSession.reschedule`)."""
+    last, so a long limit polishes them all and the choice does not hinge on the order). With `reschedule`, the
+    candidates within `PRUNE_MARGIN` of the fastest are first given their lanes' best schedule warm-up depth
+    (`SearchSession.reschedule`, fastest first while units last): that can change which one is fastest."""
     found = fastest(candidates)
     if not found:
         if session.budget.tripped():
             raise NothingBuiltInTime("no candidate could be built within the time limit")
         return None
+    if reschedule:
+        near = found[0].iteration_s * (1 + PRUNE_MARGIN)
+        found = fastest([session.reschedule(c) if c.iteration_s <= near else c for c in found])
 
-    def polished(candidate: Candidate) -> Candidate:
-        return session.polish(session.reschedule(candidate) if reschedule else candidate)
-
-    best = polished(found[0])
+    best = session.polish(found[0])
     for candidate in found[1:] if polish_all else ():
         if session.budget.exhausted():
             break
-        polished_one = polished(candidate)
-        if polished_one.iteration_s < best.iteration_s:
-            best = polished_one
+        polished = session.polish(candidate)
+        if polished.iteration_s < best.iteration_s:
+            best = polished
     return session.finish(best, bound=bound, note=note)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload, PlanningError
@@ -38,7 +39,15 @@ from planner_service.proposals import (
     single_stage_flexible_proposal,
     uniform_proposals,
 )
-from planner_service.search import CANDIDATES_BUILT, Candidate, Proposal, SearchSession, fastest, finalize
+from planner_service.search import (
+    CANDIDATES_BUILT,
+    WARMUP_DEPTHS,
+    Candidate,
+    Proposal,
+    SearchSession,
+    fastest,
+    finalize,
+)
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.static import StaticSearch
 from proto import Plan
@@ -130,7 +139,22 @@ def proposals(session: SearchSession, best_static: Plan | None) -> tuple[list[Pr
     required += flexible[:1] + uniform[:1]
     optional += flexible[1:] + uniform[1:]
     required = sorted(distinct(required), key=lambda p: p.estimate_s)  # the most promising first, under pressure
-    return required, [p for p in distinct(optional) if p.key not in {r.key for r in required}]
+    optional = [p for p in distinct(optional) if p.key not in {r.key for r in required}]
+    return with_warmup_knobs(required), with_warmup_knobs(optional)
+
+
+def with_warmup_knobs(found: list[Proposal]) -> list[Proposal]:
+    """The proposals with a pipeline also refined at deeper schedule warm-ups (`WARMUP_DEPTHS`) of their first
+    chunking: which layout wins depends on how much of its chain bubbles the schedule can fill, so the depth is
+    tried while layouts are compared, not only on the winner."""
+    out = []
+    for proposal in found:
+        if proposal.num_stages > 1:
+            first = proposal.knobs[0]
+            deeper = (replace(first, warmup_groups=max(WARMUP_DEPTHS)),)
+            proposal = replace(proposal, knobs=proposal.knobs + deeper)
+        out.append(proposal)
+    return out
 
 
 def distinct(found: list[Proposal]) -> list[Proposal]:

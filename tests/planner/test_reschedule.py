@@ -18,7 +18,8 @@ from planner_service.layout.lane_builder import Chunking
 from planner_service.layout.lanes import LaneSpec
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.schedules import build_schedule
-from planner_service.search import Recipe, SearchSession
+from planner_service.search import WARMUP_DEPTHS, Candidate, Proposal, Recipe, SearchSession, finalize
+from planner_service.strategies.helix import with_warmup_knobs
 from proto import Batch, PipelineSpec, SolverInfo
 
 CLUSTER = resolve_cluster("a800-80g-4x8")
@@ -110,3 +111,29 @@ def test_the_improvement_phase_reaches_a_deeper_warmup() -> None:
     again = replace(improved.recipe, lane_chunking=())  # depth 0 everywhere: the start's schedule again
     rebuilt = session.build(again)
     assert rebuilt is not None and rebuilt.predicted.iteration_s > improved.iteration_s
+
+
+def test_finalize_reschedules_the_near_candidates_before_it_picks_one() -> None:
+    """A candidate 5% slower than the fastest at plain 1F1B wins once its chains get a deeper warm-up: the choice
+    is made after re-scheduling, not before, even when only the fastest would be polished (`polish_all` off, as
+    when the units run out); without `reschedule` the other one is kept."""
+    recipe = recipe_of(CHAINS, Chunking(4))
+    session = SearchSession(recipe.ctx, recipe.ctx.budget)
+    chained = session.candidate(recipe)
+    assert chained is not None
+    faster = chained.plan.predicted.model_copy(update={"iteration_s": chained.iteration_s / 1.05})
+    rival = Candidate(chained.plan.model_copy(update={"predicted": faster, "strategy": "rival"}), None)
+    kept = finalize(session, [chained, rival], bound=None, polish_all=True)
+    assert kept is not None and kept.strategy == "rival"
+    picked = finalize(session, [chained, rival], bound=None, polish_all=False, reschedule=True)
+    assert picked is not None and picked.strategy == "helix"
+    assert picked.predicted.iteration_s < rival.iteration_s
+
+
+def test_helix_refines_its_pipeline_proposals_at_the_deepest_warmup_too() -> None:
+    recipe = recipe_of(CHAINS, Chunking(4))
+    with_pipe = Proposal.of(1.0, recipe, (Chunking(4), Chunking(2)), ("a",))
+    single = Proposal.of(1.0, replace(recipe, pipeline=PipelineSpec.even(MODEL.num_layers, 1)), (Chunking(1),), ("b",))
+    out = with_warmup_knobs([with_pipe, single])
+    assert out[0].knobs == (Chunking(4), Chunking(2), Chunking(4, warmup_groups=max(WARMUP_DEPTHS)))
+    assert out[1].knobs == (Chunking(1),)
