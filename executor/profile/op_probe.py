@@ -24,8 +24,7 @@ PROBE_REPEATS = 5
 def time_op_probe(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSettings) -> OpProbeTiming | None:
     """Time both probe steps (collective: call on every rank); rank 0 gets the row."""
     from planner_service.cost_model import CostModel
-    from planner_service.cost_model.op_overhead_probe import SEQUENCES_PER_LANE, TOKENS_PER_SEQUENCE, probe_plans
-    from planner_service.cost_model.profile_measurements import OpProbeTiming
+    from planner_service.cost_model.op_overhead_probe import probe_plans
 
     preset = CostModel.from_specs(cluster, model).profile  # the plans' predictions are not used here
     probe, (packed, split) = probe_plans(cluster, model, preset)
@@ -45,10 +44,4 @@ def time_op_probe(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSetti
         return None
     pick = min if settings.statistic == "min" else statistics.median
     packed_s, split_s = (pick(r.seconds) for r in results)
-    return OpProbeTiming(
-        num_stages=probe.num_stages,
-        sequences_per_lane=SEQUENCES_PER_LANE,
-        tokens_per_sequence=TOKENS_PER_SEQUENCE,
-        packed_s=packed_s,
-        split_s=split_s,
-    )
+    return probe.timing(packed_s, split_s)

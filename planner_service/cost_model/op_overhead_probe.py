@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from planner_service.cost_model.cost_model import CostModel
+from planner_service.cost_model.profile_measurements import OpProbeTiming
 from planner_service.schedules import build_schedule
 from planner_service.simulator import simulate
 from proto import Batch, Chunk, ClusterSpec, CostProfile, Lane, ModelSpec, PipelineSpec, Plan, Predicted, Segment
@@ -92,6 +93,16 @@ class OpProbe:
         )
         predicted = self.simulated(plan, cluster, profile)
         return plan.model_copy(update={"predicted": predicted}).with_id()
+
+    def timing(self, packed_s: float, split_s: float) -> OpProbeTiming:
+        """The measurement row of this probe's two steps."""
+        return OpProbeTiming(
+            num_stages=self.num_stages,
+            sequences_per_lane=SEQUENCES_PER_LANE,
+            tokens_per_sequence=TOKENS_PER_SEQUENCE,
+            packed_s=packed_s,
+            split_s=split_s,
+        )
 
     def simulated(self, plan: Plan, cluster: ClusterSpec, profile: CostProfile) -> Predicted:
         cost = CostModel.from_specs(cluster, self.model, profile=profile, options=plan.options)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from planner_service.cost_model import comm_model, compute_model, preset_profile
-from planner_service.cost_model.op_overhead_probe import SEQUENCES_PER_LANE, TOKENS_PER_SEQUENCE, OpProbe
+from planner_service.cost_model.op_overhead_probe import OpProbe
 from planner_service.cost_model.profile_document import ProfileDocument
 from planner_service.cost_model.profile_fit import fit_profile
 from planner_service.cost_model.profile_measurements import (
@@ -198,13 +198,7 @@ def synthetic_op_probe(true: CostProfile, jitter: Callable[[float], float]) -> O
     """The probe's packed and split steps as the simulator prices them under `true` (op overhead included)."""
     probe = OpProbe.of(CLUSTER, MODEL)
     packed, split = (probe.plan(CLUSTER, true, split=s).predicted.iteration_s for s in (False, True))
-    return OpProbeTiming(
-        num_stages=probe.num_stages,
-        sequences_per_lane=SEQUENCES_PER_LANE,
-        tokens_per_sequence=TOKENS_PER_SEQUENCE,
-        packed_s=jitter(packed),
-        split_s=jitter(split),
-    )
+    return probe.timing(jitter(packed), jitter(split))
 
 
 def synthetic_document(cluster: ClusterSpec = CLUSTER, model: ModelSpec = MODEL) -> ProfileDocument:
