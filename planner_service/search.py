@@ -44,8 +44,9 @@ POLISH_SHARE = 0.15
 """Share of a dynamic strategy's units kept for the recompute ILP on the winner."""
 WARMUP_DEPTHS = (0, 1, 2)
 """Schedule warm-up depths (`Chunking.warmup_groups`: slice groups kept in flight per stage beyond 1F1B's chunks)
-`helix` tries per lane when P > 1. Deeper fills the bubbles around slice chains and holds more activations; two
-was the deepest that still paid on the plan_quality configs tried (gpt-13b, llama3-8b at 128K)."""
+`helix` tries per lane when P > 1. Deeper fills the bubbles around slice chains and holds more activations. Depth
+2 beat depth 1 on some 128K configs (a800 gpt-13b github: 17.47 vs 17.92 s); adding 4 changed none of
+plan_quality's quick configs, so the search stops at 2."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
