@@ -10,7 +10,8 @@ improve on them:
 3. its own proposals: the lane ILP on a model of what the simulator charges (recompute forced by memory,
    fill and drain, chunk overheads), for every candidate P including P = 1; every uniform layout at every P
    the static baseline may use (P = 1 uniform lanes too); and the best static layout's lanes rebuilt with
-   balanced chunks and adaptive recompute;
+   balanced chunks and adaptive recompute; those with a pipeline are also refined at the deepest schedule
+   warm-up (`with_warmup_knobs`);
 4. an improvement phase (`improvement.improve`: re-scheduling, moves, swaps, re-chunking, splits and merges,
    and ILP repairs of large neighbourhoods, all judged by the simulator) from the best candidates until the
    work budget is spent;
