@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -342,7 +343,7 @@ class SearchSession:
         solver = plan.solver
         iteration = plan.predicted.iteration_s
         lower_bound_s = bound.value_s if bound is not None else None
-        message = solver.message + note + (bound.note if bound is not None else "")
+        message = solver.message + note + warmup_note(candidate.recipe) + (bound.note if bound is not None else "")
         if self.budget.tripped():
             message += "; stopped by the wall-clock safety net (the plan may depend on the machine's load)"
         gap = gap_to(iteration, lower_bound_s)
@@ -364,6 +365,17 @@ class SearchSession:
                 }
             ),
         )
+
+
+def warmup_note(recipe: Recipe | None) -> str:
+    """What the plan's schedules do beyond plain 1F1B, for its solver message ('' when nothing)."""
+    if recipe is None:
+        return ""
+    depths = Counter(recipe.chunking_of(i).warmup_groups for i in range(len(recipe.lanes)))
+    if not any(depths.keys() - {0}):
+        return ""
+    parts = ", ".join(f"depth {d} on {n} lane{'s' if n > 1 else ''}" for d, n in sorted(depths.items()))
+    return f"; schedule warm-up in slice groups: {parts}"
 
 
 OPTIMAL_GAP = 1e-4

@@ -128,6 +128,8 @@ def test_finalize_reschedules_the_near_candidates_before_it_picks_one() -> None:
     picked = finalize(session, [chained, rival], bound=None, polish_all=False, reschedule=True)
     assert picked is not None and picked.strategy == "helix"
     assert picked.predicted.iteration_s < rival.iteration_s
+    assert "schedule warm-up in slice groups: depth " in picked.solver.message  # the plan says what it runs
+    assert "warm-up" not in kept.solver.message
 
 
 def test_helix_refines_its_pipeline_proposals_at_the_deepest_warmup_too() -> None:
