@@ -17,10 +17,11 @@ from planner_service.improvement import improve
 from planner_service.layout.lane_builder import Chunking
 from planner_service.layout.lanes import LaneSpec
 from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.report import most_in_flight, plan_summary
 from planner_service.schedules import build_schedule
 from planner_service.search import WARMUP_DEPTHS, Candidate, Proposal, Recipe, SearchSession, finalize
 from planner_service.strategies.helix import with_warmup_knobs
-from proto import Batch, PipelineSpec, SolverInfo
+from proto import Batch, Op, PipelineSpec, SolverInfo
 
 CLUSTER = resolve_cluster("a800-80g-4x8")
 MODEL = resolve_model("llama2-7b")
@@ -139,3 +140,18 @@ def test_helix_refines_its_pipeline_proposals_at_the_deepest_warmup_too() -> Non
     out = with_warmup_knobs([with_pipe, single])
     assert out[0].knobs == (Chunking(4), Chunking(2), Chunking(4, warmup_groups=max(WARMUP_DEPTHS)))
     assert out[1].knobs == (Chunking(1),)
+
+
+def test_inspect_shows_how_many_chunks_a_lane_holds_in_flight() -> None:
+    """`helix inspect` reports each lane's most chunks in flight on a stage: the deeper warm-up holds more."""
+    held = {}
+    for depth in (0, 2):
+        recipe = recipe_of(CHAINS, Chunking(4, warmup_groups=depth))
+        session = SearchSession(recipe.ctx, recipe.ctx.budget)
+        found = session.candidate(recipe)
+        assert found is not None
+        lane = found.plan.lanes[0]
+        held[depth] = plan_summary(found.plan)["lanes"][0]["max_in_flight"]
+        assert held[depth] == max(most_in_flight(ops) for ops in lane.schedule)
+    assert held[2] > held[0] >= 4  # plain 1F1B holds at least P chunks on stage 0
+    assert most_in_flight([Op(kind="F", chunk=0), Op(kind="F", chunk=1), Op(kind="B", chunk=0)]) == 2
