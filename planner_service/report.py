@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ from planner_service.errors import PlanningError
 from planner_service.job_layout import tune_fixed_layout
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.schedules import max_in_flight
 from planner_service.workloads import load_workload
-from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Op, Plan, PlanOptions, ZeroStage
+from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, ZeroStage
 
 JOB_SAMPLE_BATCHES = 3
 """Batches (other seeds of the same source) a `megatron` job is tuned on before the compared batch is planned."""
@@ -205,15 +206,6 @@ def batch_of_plan(plan: Plan) -> Batch:
     return Batch(seq_ids=ids, lengths=[lengths[i] for i in ids])
 
 
-def most_in_flight(ops: Sequence[Op]) -> int:
-    """The most chunks one stage holds forwarded but not yet backwarded, over its op list (what the warm-up sets)."""
-    held = most = 0
-    for op in ops:
-        held += 1 if op.kind == "F" else -1
-        most = max(most, held)
-    return most
-
-
 def plan_summary(plan: Plan) -> dict[str, Any]:
     """Lanes, SP degrees, chunks, recompute and predictions of a plan (the `helix inspect --json` object)."""
     p = plan.predicted
@@ -226,7 +218,7 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
             "tokens": sum(c.num_tokens for c in lane.chunks),
             "sliced_sequences": len({s.seq_id for c in lane.chunks for s in c.segments if s.start > 0}),
             "recomputed_layers": sum(sum(r) for r in lane.recompute),
-            "max_in_flight": max((most_in_flight(ops) for ops in lane.schedule), default=0),
+            "max_in_flight": max((max_in_flight(ops) for ops in lane.schedule), default=0),
             "predicted_s": p.lane_s[lane.lane_id] if lane.lane_id < len(p.lane_s) else None,
         }
         for lane in plan.lanes

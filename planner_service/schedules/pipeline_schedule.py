@@ -34,6 +34,15 @@ def op_of(kind: Literal["F", "B"], chunk: int) -> Op:
     return Op(kind=kind, chunk=chunk)
 
 
+def max_in_flight(ops: Sequence[Op]) -> int:
+    """The most chunks a stage's schedule holds at once (forwards run, backwards not yet): what the warm-up sets."""
+    held = peak = 0
+    for op in ops:
+        held += 1 if op.kind == "F" else -1
+        peak = max(peak, held)
+    return peak
+
+
 def backward_order(chunks: Sequence[Chunk]) -> list[int]:
     """Chunk indices in backward order: forward order with every slice chain reversed in place."""
     chunks_of: dict[int, list[int]] = {}  # seq id -> chunks holding a piece of it, in lane order

@@ -32,7 +32,6 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,8 +50,9 @@ from planner_service.layout.lanes import buddy_offsets
 from planner_service.layout.memory_fit import memory_token_cap, sequence_fits
 from planner_service.layout.recompute import uniform_recompute
 from planner_service.layout.work_model import work_model
+from planner_service.schedules import max_in_flight
 from planner_service.strategies.greedy import lanes_fit
-from proto import Chunk, Lane, Op, PipelineSpec, Plan, Segment, SolverInfo, SolverStatus
+from proto import Chunk, Lane, PipelineSpec, Plan, Segment, SolverInfo, SolverStatus
 from proto.topology import Topology, valid_sp_degrees
 
 
@@ -223,15 +223,6 @@ def fits_without_recompute(ctx: PlanningContext, pipeline: PipelineSpec, lane: L
         if bound > cost.usable_memory_bytes - cost.model_state_bytes(p, pipeline, dp):
             return lanes_fit(ctx, pipeline, [lane], lengths)
     return True
-
-
-def max_in_flight(ops: Sequence[Op]) -> int:
-    """The most chunks a stage's schedule holds at once (forwards run, backwards not yet)."""
-    held = peak = 0
-    for op in ops:
-        held += 1 if op.kind == "F" else -1
-        peak = max(peak, held)
-    return peak
 
 
 def count_sizes(groups: list[Group]) -> dict[int, int]:

@@ -17,8 +17,8 @@ from planner_service.improvement import improve
 from planner_service.layout.lane_builder import Chunking
 from planner_service.layout.lanes import LaneSpec
 from planner_service.presets import resolve_cluster, resolve_model
-from planner_service.report import most_in_flight, plan_summary
-from planner_service.schedules import build_schedule
+from planner_service.report import plan_summary
+from planner_service.schedules import build_schedule, max_in_flight
 from planner_service.search import WARMUP_DEPTHS, Candidate, Proposal, Recipe, SearchSession, finalize
 from planner_service.strategies.helix import with_warmup_knobs
 from proto import Batch, Op, PipelineSpec, SolverInfo
@@ -50,6 +50,15 @@ def recipe_of(batch: Batch, chunking: Chunking, units: float = 5_000.0) -> Recip
     )
 
 
+def built(batch: Batch, chunking: Chunking) -> tuple[SearchSession, Candidate]:
+    """A fresh search session and the candidate it builds for one lane of `batch` at `chunking`."""
+    recipe = recipe_of(batch, chunking)
+    session = SearchSession(recipe.ctx, recipe.ctx.budget)
+    found = session.candidate(recipe)
+    assert found is not None
+    return session, found
+
+
 def schedules_match_depths(recipe: Recipe, session: SearchSession) -> bool:
     plan = session.build(recipe)
     assert plan is not None
@@ -65,10 +74,7 @@ def test_a_deeper_warmup_fills_the_bubbles_around_slice_chains() -> None:
     its bubble fraction smaller."""
     times = {}
     for depth in (0, 1):
-        recipe = recipe_of(CHAINS, Chunking(4, warmup_groups=depth))
-        session = SearchSession(recipe.ctx, recipe.ctx.budget)
-        found = session.candidate(recipe)
-        assert found is not None
+        _, found = built(CHAINS, Chunking(4, warmup_groups=depth))
         assert len({seg.seq_id for c in found.plan.lanes[0].chunks for seg in c.segments}) == len(CHAINS.lengths)
         times[depth] = (found.iteration_s, found.plan.predicted.bubble_fraction)
     assert times[1][0] < times[0][0]
@@ -76,10 +82,7 @@ def test_a_deeper_warmup_fills_the_bubbles_around_slice_chains() -> None:
 
 
 def test_reschedule_is_never_slower_and_records_the_depth_its_schedules_use() -> None:
-    recipe = recipe_of(CHAINS, Chunking(4))
-    session = SearchSession(recipe.ctx, recipe.ctx.budget)
-    start = session.candidate(recipe)
-    assert start is not None
+    session, start = built(CHAINS, Chunking(4))
     found = session.reschedule(start)
     assert found.iteration_s < start.iteration_s  # the chains make a deeper warm-up pay here
     assert found.recipe is not None and found.recipe.chunking_of(0).warmup_groups > 0
@@ -90,21 +93,14 @@ def test_reschedule_is_never_slower_and_records_the_depth_its_schedules_use() ->
 def test_reschedule_leaves_a_lane_without_chains_alone_when_nothing_pays() -> None:
     """Equal short sequences, one per chunk: depth 1 is plain 1F1B again and depth 2 only holds more, at the same
     time; a depth is kept only for a strictly faster lane, so the candidate comes back as it was."""
-    batch = Batch.from_lengths([4000] * 16)
-    recipe = recipe_of(batch, Chunking(4))
-    session = SearchSession(recipe.ctx, recipe.ctx.budget)
-    start = session.candidate(recipe)
-    assert start is not None
+    session, start = built(Batch.from_lengths([4000] * 16), Chunking(4))
     assert session.reschedule(start) is start
 
 
 def test_the_improvement_phase_reaches_a_deeper_warmup() -> None:
     """One lane (no moves or swaps to make): the walk's re-schedule neighbourhood finds the deeper depth."""
-    recipe = recipe_of(CHAINS, Chunking(4))
-    session = SearchSession(recipe.ctx, recipe.ctx.budget)
-    start = session.candidate(recipe)
-    assert start is not None
-    improved, steps = improve(session, start, recipe.ctx.budget)
+    session, start = built(CHAINS, Chunking(4))
+    improved, steps = improve(session, start, session.budget)
     assert steps > 0 and improved.iteration_s < start.iteration_s
     assert improved.recipe is not None
     assert any(improved.recipe.chunking_of(i).warmup_groups for i in range(len(improved.recipe.lanes)))
@@ -118,10 +114,7 @@ def test_finalize_reschedules_the_near_candidates_before_it_picks_one() -> None:
     """A candidate 5% slower than the fastest at plain 1F1B wins once its chains get a deeper warm-up: the choice
     is made after re-scheduling, not before, even when only the fastest would be polished (`polish_all` off, as
     when the units run out); without `reschedule` the other one is kept."""
-    recipe = recipe_of(CHAINS, Chunking(4))
-    session = SearchSession(recipe.ctx, recipe.ctx.budget)
-    chained = session.candidate(recipe)
-    assert chained is not None
+    session, chained = built(CHAINS, Chunking(4))
     faster = chained.plan.predicted.model_copy(update={"iteration_s": chained.iteration_s / 1.05})
     rival = Candidate(chained.plan.model_copy(update={"predicted": faster, "strategy": "rival"}), None)
     kept = finalize(session, [chained, rival], bound=None, polish_all=True)
@@ -146,12 +139,8 @@ def test_inspect_shows_how_many_chunks_a_lane_holds_in_flight() -> None:
     """`helix inspect` reports each lane's most chunks in flight on a stage: the deeper warm-up holds more."""
     held = {}
     for depth in (0, 2):
-        recipe = recipe_of(CHAINS, Chunking(4, warmup_groups=depth))
-        session = SearchSession(recipe.ctx, recipe.ctx.budget)
-        found = session.candidate(recipe)
-        assert found is not None
-        lane = found.plan.lanes[0]
+        _, found = built(CHAINS, Chunking(4, warmup_groups=depth))
         held[depth] = plan_summary(found.plan)["lanes"][0]["max_in_flight"]
-        assert held[depth] == max(most_in_flight(ops) for ops in lane.schedule)
+        assert held[depth] == max(max_in_flight(ops) for ops in found.plan.lanes[0].schedule)
     assert held[2] > held[0] >= 4  # plain 1F1B holds at least P chunks on stage 0
-    assert most_in_flight([Op(kind="F", chunk=0), Op(kind="F", chunk=1), Op(kind="B", chunk=0)]) == 2
+    assert max_in_flight([Op(kind="F", chunk=0), Op(kind="F", chunk=1), Op(kind="B", chunk=0)]) == 2
