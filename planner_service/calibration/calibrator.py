@@ -118,13 +118,13 @@ class Calibrator:
     def op_overhead_s(self) -> float:
         """The calibrated fixed seconds of one pipeline op (the base profile's plus the fitted change)."""
         with self._lock:
-            return self.base.op_overhead_s + self._additive[0]
+            return self._calibrated_op_overhead()
 
     @property
     def lane_width_scales(self) -> dict[int, float]:
         """Per measured SP degree, the calibrated compute scale over the base profile's."""
         with self._lock:
-            return {s: 1.0 + d for s, d in zip(self._widths, self._additive[1:], strict=True)}
+            return self._calibrated_widths()
 
     @property
     def profile(self) -> CostProfile:
@@ -187,8 +187,8 @@ class Calibrator:
             errors = list(self._errors)
             fit = self._fit
             scales = {**self._scales, "activation_memory": self._memory_scale}
-            op_overhead = self.base.op_overhead_s + self._additive[0]
-            widths = {str(s): 1.0 + d for s, d in zip(self._widths, self._additive[1:], strict=True)}
+            op_overhead = self._calibrated_op_overhead()
+            widths = {str(s): scale for s, scale in self._calibrated_widths().items()}
         memory = [e for e in errors if e.measured_peak_bytes]
         return CalibrationSummary(
             steps_observed=self.steps_observed,
@@ -214,6 +214,14 @@ class Calibrator:
         )
 
     # --- internals -----------------------------------------------------------------------------------------------
+
+    def _calibrated_op_overhead(self) -> float:
+        """The base profile's op overhead plus the fitted change (the caller holds the lock or is the fit)."""
+        return self.base.op_overhead_s + self._additive[0]
+
+    def _calibrated_widths(self) -> dict[int, float]:
+        """Per measured SP degree, the fitted compute scale over the base's (the caller holds the lock)."""
+        return {s: 1.0 + d for s, d in zip(self._widths, self._additive[1:], strict=True)}
 
     def _cost_at(self, memory_scale: float, additive: tuple[float, ...]) -> CostModel:
         if memory_scale == 1.0 and not any(additive):
@@ -243,10 +251,8 @@ class Calibrator:
         if self.steps_observed == 0:
             return self.base
         described = ", ".join(f"{g} x{v:.3g}" for g, v in self._scales.items())
-        described += "".join(
-            f", SP-{s} compute x{1.0 + d:.3g}" for s, d in zip(self._widths, self._additive[1:], strict=True)
-        )
-        op_overhead = self.base.op_overhead_s + self._additive[0]
+        described += "".join(f", SP-{s} compute x{scale:.3g}" for s, scale in self._calibrated_widths().items())
+        op_overhead = self._calibrated_op_overhead()
         profile = scale_profile(
             self.base,
             self._scales,

@@ -127,16 +127,12 @@ def fit_op_overhead(
 ) -> OpOverheadFit:
     """The op overhead that makes the simulator's split-minus-packed difference equal the measured one (at
     least 0: a split step measured no slower than the model says is no evidence of a negative cost)."""
-    probe = OpProbe.of(cluster, model)
     base = profile.model_copy(update={"op_overhead_s": 0.0})
+    probe, (packed, split) = probe_plans(cluster, model, base)  # each already simulated at `base`
+    modelled = split.predicted.iteration_s - packed.predicted.iteration_s
     nudged = profile.model_copy(update={"op_overhead_s": PROBE_DELTA_S})
-    packed, split = probe.plan(cluster, base, split=False), probe.plan(cluster, base, split=True)
-
-    def difference(p: CostProfile) -> float:
-        return probe.simulated(split, cluster, p).iteration_s - probe.simulated(packed, cluster, p).iteration_s
-
-    modelled = difference(base)
-    slope = (difference(nudged) - modelled) / PROBE_DELTA_S
+    nudged_split, nudged_packed = (probe.simulated(plan, cluster, nudged).iteration_s for plan in (split, packed))
+    slope = (nudged_split - nudged_packed - modelled) / PROBE_DELTA_S
     measured = split_s - packed_s
     value = max((measured - modelled) / slope, 0.0) if slope > 0 else None
     return OpOverheadFit(value, measured, modelled, slope)

@@ -8,7 +8,8 @@ Model of execution (the executor's, see DESIGN §9):
   Sends are asynchronous: they delay the receiver, not the sender.
 - Each op is compute and all-to-alls in series (Ulysses all-to-alls sit on the critical path of every layer);
   a B op first recomputes the forward of its recomputed layers. Every op also pays the profile's fixed
-  `op_overhead_s` (the stage runtime's own work per micro-batch; 0 unless calibration learned it).
+  `op_overhead_s` (the stage runtime's own work per micro-batch; 0 in presets, measured by `helix profile` and
+  refined by calibration).
 - Data-parallel collectives follow the executor contract of `cost_model.data_parallel`. ZeRO-0/1: the
   bucketed gradient reduction of stage p runs beside each lane's last B op on p, completes bucket by bucket
   once every lane has produced the bucket, and shares the links with that op's all-to-alls
