@@ -55,7 +55,9 @@ def profile_command(
     attention_backend: Annotated[
         str, typer.Option("--attention-backend", help="auto, sdpa, flash or torch_varlen.")
     ] = "auto",
-    pin_cores: Annotated[bool, typer.Option("--pin-cores", help="Pin rank r to core r mod cores (CPU).")] = False,
+    pin_cores: Annotated[
+        bool, typer.Option("--pin-cores", help="Pin ranks to cores, contiguous ranks together (CPU).")
+    ] = False,
     nproc_per_node: Annotated[
         int | None, typer.Option("--nproc-per-node", min=1, help="Local ranks (default: the cluster's devices).")
     ] = None,

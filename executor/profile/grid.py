@@ -111,7 +111,8 @@ class ProfileSettings:
     attention_backend: str = "auto"
     seed: int = 0
     pin_cores: bool = False
-    """Pin rank r to core r mod (cores) (CPU): a fixed, reportable mapping of ranks to cores."""
+    """Pin each rank to one core, contiguous ranks sharing a core (CPU, `timing.pin_to_core`): a fixed, reportable
+    mapping of ranks to cores."""
     collectives: bool = True
     """Measure the collectives (a one-rank run has none)."""
 
@@ -125,5 +126,5 @@ class ProfileSettings:
             "dtype": self.dtype,
             "device": self.device,
             "attention_backend": self.attention_backend,
-            "pin_cores": self.pin_cores,
+            "pin_cores": "contiguous" if self.pin_cores else False,
         }

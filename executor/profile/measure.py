@@ -38,7 +38,7 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
 
     rank, world = dist.get_rank(), dist.get_world_size()
     threads = torch.get_num_threads()
-    pinned = pin_to_core(rank) if settings.pin_cores and settings.device == "cpu" else None
+    pinned = pin_to_core(rank, world) if settings.pin_cores and settings.device == "cpu" else None
     bench = LayerBench(model, settings)
     layer, head = _compute_rows(bench, settings)
     memory = [

@@ -71,7 +71,7 @@ def time_plans(
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     if settings.pin_cores and settings.device == "cpu":
-        pin_to_core(rank)
+        pin_to_core(rank, world)
     groups = create_process_groups(cluster, {case.plan.pipeline.num_stages for case in cases})
     config = ExecutorConfig(
         seed=settings.seed,

@@ -77,12 +77,26 @@ def repeated_seconds(
     return summarize(times, statistic)
 
 
-def pin_to_core(rank: int) -> str:
-    """Pin this process to core `rank mod cores` of the cores it may use; describe the mapping."""
+def pin_to_core(rank: int, world_size: int) -> str:
+    """Pin this process to one of the cores it may use, contiguous ranks together; describe the mapping.
+
+    With more ranks than cores, ranks r*C//W share core r (C cores, W ranks): a block of contiguous ranks — a
+    node of a CPU cluster preset, and a pipeline stage's block of devices — shares one core. Every busy rank then
+    gets the same share of a core whether the whole step or one stage of a pipeline is running (its fill and
+    drain), as in the profile, which measures all ranks busy. Round-robin pinning (r mod C) put the two stages of a
+    pipeline on every core, so a stage running alone in the fill ran at twice the profiled speed."""
     cores = sorted(os.sched_getaffinity(0))
-    core = cores[rank % len(cores)]
-    os.sched_setaffinity(0, {core})
-    return f"rank r -> core {cores} [r mod {len(cores)}] (pinned)"
+    os.sched_setaffinity(0, {cores[core_index(rank, world_size, len(cores))]})
+    blocks = max(world_size, len(cores))
+    return f"rank r -> core {cores} [r * {len(cores)} // {blocks}] (pinned, contiguous ranks share a core)"
+
+
+def core_index(rank: int, world_size: int, num_cores: int) -> int:
+    """Index of rank `rank`'s core among `num_cores`: blocks of contiguous ranks, one block per core (one rank per
+    core when there are at least as many cores as ranks)."""
+    if not 0 <= rank < world_size or num_cores < 1:
+        raise ValueError(f"rank {rank} of {world_size} ranks on {num_cores} cores")
+    return rank * num_cores // max(world_size, num_cores)
 
 
 def cores_description(world_size: int, threads: int, pinned: str | None) -> str:
