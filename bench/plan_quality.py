@@ -11,7 +11,9 @@ three other batches of the same source (not counted in its planning time). Repor
 each strategy's time, helix's speedup over each peer and over the best of all others, its ratio to ideal, the
 lower bound on the simulated time over ideal (what no plan of the space can beat: the part of helix's distance to
 ideal a better search cannot remove), helix over that bound (how far helix can be from the best plan of the
-space, at most), and the planning wall time; then medians, worst cases and the count of
+space, at most), where helix's time over ideal goes (its plan re-simulated with the all-to-alls and sends, the
+data-parallel collectives or the overheads free, and with all three free: what remains is its compute, pipeline
+bubbles, recompute and imbalance), and the planning wall time; then medians, worst cases and the count of
 configurations where helix is slower.
 
     .venv/bin/python bench/plan_quality.py                 # the sampled grid
@@ -37,7 +39,9 @@ from typing import Any
 
 from bench_common import WIKIPEDIA, machine, write_table
 
+from planner_service.cost_model import CostModel
 from planner_service.report import compare_results, load_named_workload
+from planner_service.simulator.time_over_ideal import time_over_ideal
 from planner_service.strategies.registry import STRATEGIES
 from proto import Plan
 
@@ -89,6 +93,20 @@ def helix_x_bound(helix: Plan | None) -> float | None:
     return helix.predicted.iteration_s / helix.solver.lower_bound_s
 
 
+OVER_IDEAL_COLUMNS = ("communication", "collectives", "overhead", "structure_x_ideal")
+"""helix's time over ideal by part (`time_over_ideal`): what all-to-alls and sends, data-parallel collectives and
+per-call/per-op overheads each add (in units of ideal), and the plan with all three free over ideal (its compute,
+bubbles, recompute and imbalance)."""
+
+
+def over_ideal(helix: Plan | None, work: Any) -> dict[str, float]:
+    """helix's plan re-simulated with each part of the cost free (`planner_service.simulator.time_over_ideal`)."""
+    if helix is None:
+        return {}
+    cost = CostModel.from_specs(work.cluster, work.model, options=helix.options)
+    return time_over_ideal(helix, work.batch, cost).shares()
+
+
 def run(args: argparse.Namespace) -> None:
     rows: list[list[Any]] = []
     summary: list[dict[str, Any]] = []
@@ -100,6 +118,7 @@ def run(args: argparse.Namespace) -> None:
         times = {r["strategy"]: r["iteration_s"] for r in report["results"]}
         plan_s = {r["strategy"]: r["plan_s"] for r in report["results"]}
         helix = times["helix"]
+        parts = over_ideal(plans.get("helix"), work)
         best_other = min((t for name, t in times.items() if name != "helix" and t), default=None)
         entry = {
             "config": f"{cluster} {model} {label} b{batch} L{max_len} s{seed}",
@@ -108,6 +127,7 @@ def run(args: argparse.Namespace) -> None:
             "helix_plan_s": plan_s["helix"],
             "bound_x_ideal": bound_x_ideal(plans.get("helix"), report["ideal_s"]),
             "helix_x_bound": helix_x_bound(plans.get("helix")),
+            "over_ideal": parts,
             **{f"vs_{peer}": speedup(times, peer, helix) for peer in PEERS},
         }
         summary.append(entry)
@@ -115,6 +135,7 @@ def run(args: argparse.Namespace) -> None:
             cluster, model, label, batch, max_len, seed, report["ideal_s"],
             *(times[name] for name in STRATEGIES),
             entry["helix_vs_best"], entry["ratio_to_ideal"], entry["bound_x_ideal"], entry["helix_x_bound"],
+            *(parts.get(k) for k in OVER_IDEAL_COLUMNS),
             plan_s["helix"],
             max(plan_s.values()),
         ])  # fmt: skip
@@ -132,7 +153,8 @@ def run(args: argparse.Namespace) -> None:
         name,
         "Plan quality: simulated iteration seconds per strategy (helix speedup = other / helix)",
         ["cluster", "model", "data", "batch", "max_len", "seed", "ideal_s", *STRATEGIES,
-         "helix_vs_best_other", "helix_x_ideal", "bound_x_ideal", "helix_x_bound", "helix_plan_s", "slowest_plan_s"],
+         "helix_vs_best_other", "helix_x_ideal", "bound_x_ideal", "helix_x_bound",
+         *(f"helix_{k}" for k in OVER_IDEAL_COLUMNS), "helix_plan_s", "slowest_plan_s"],
         rows,
         meta,
     )  # fmt: skip
@@ -168,6 +190,13 @@ def summarise(summary: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
         "helix simulated / lower bound (the optimality gap the user pays, at most)": (
             f"median {median(gap):.3f}, worst {max(gap):.3f}" if gap else "-"
         ),
+        "helix time over ideal by part (medians; `time_over_ideal`: each part is what making it free saves, in "
+        "units of ideal)": ", ".join(
+            f"{k} {median(v):.3f}"
+            for k in OVER_IDEAL_COLUMNS
+            if (v := [s["over_ideal"][k] for s in summary if s["over_ideal"]])
+        )
+        or "-",
         "helix planning wall s": f"p50 {plan[len(plan) // 2]:.2f}, p95 {plan[int(0.95 * (len(plan) - 1))]:.2f}, "
         f"max {plan[-1]:.2f}",
         "command": "python bench/plan_quality.py"
