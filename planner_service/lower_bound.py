@@ -2,12 +2,13 @@
 
 The lane ILP's bound is a bound for its own model, which leaves out what the simulator charges on top, so it
 says little about the plan (a plan "0.5% from optimal" in the model was 60% slower in the simulator). This
-bound holds for the simulator's prices instead, for any plan with pipeline degree P among `degrees`. It is
-computed for each P and each ZeRO stage z a plan at that P may run at, and the bound is the smallest over them:
+bound holds for the simulator's prices instead, for any plan with pipeline degree P among `degrees` and a layer
+split among the strategy's own (`layer_split.SplitChoice`: the even split, and for helix the head-balanced one).
+It is computed for each P, split and ZeRO stage z a plan there may run at, and the bound is the smallest:
 
-    bound = min over P, z of  max over stages p of  fill(p) + max(busy(p, z) + drain(p, z), sync(p, z))
+    bound = min over P, split, z of  max over stages p of  fill(p) + max(busy(p, z) + drain(p, z), sync(p, z))
 
-Why each piece holds, for every lane l of a plan (even split of the layers, as every strategy builds; valid
+Why each piece holds, for every lane l of a plan (at the split's layers per stage; valid
 schedules: on each stage F(c) precedes B(c), so a stage's first op is a forward and its last a backward):
 
 - fill(p): lane l's first op on stage p is F(c) for some chunk c, which waits for F(c) on stages 0..p-1 and
@@ -72,6 +73,7 @@ from planner_service.context import PlanningContext
 from planner_service.cost_model import ChunkShape, CostModel, compute_model
 from planner_service.cost_model.comm_model import NO_TRAFFIC
 from planner_service.cost_model.data_parallel import overlapped_op_s
+from planner_service.layout.layer_split import SplitChoice, even_splits
 from planner_service.layout.memory_fit import sequence_fits
 from proto import PipelineSpec, ZeroStage
 from proto.topology import valid_sp_degrees
@@ -140,10 +142,15 @@ def sp_degree_fits(cost: CostModel, pipeline: PipelineSpec, degrees: list[int], 
     }
 
 
-def degree_bound(ctx: PlanningContext, num_stages: int, lengths: np.ndarray) -> float:
-    """The bound for plans of pipeline degree `num_stages` (inf when some sequence fits no lane, or no ZeRO stage
-    leaves room for the model states)."""
-    pipeline = PipelineSpec.even(ctx.model.num_layers, num_stages)
+def degree_bound(
+    ctx: PlanningContext, num_stages: int, lengths: np.ndarray, pipeline: PipelineSpec | None = None
+) -> float:
+    """The bound for plans of pipeline degree `num_stages` at the layer split `pipeline` (default: the even split;
+    inf when some sequence fits no lane, or no ZeRO stage leaves room for the model states)."""
+    if pipeline is None:
+        pipeline = PipelineSpec.even(ctx.model.num_layers, num_stages)
+    elif pipeline.num_stages != num_stages:
+        raise ValueError(f"split of {pipeline.num_stages} stages for P = {num_stages}")
     costs = feasible_zero_stages(ctx, pipeline)
     if not costs:
         return math.inf
@@ -346,26 +353,34 @@ class BudgetedBound:
         return "" if self.full else "; gap against ideal_s only (the full lower bound did not fit the time limit)"
 
 
-def bound_units(ctx: PlanningContext, degrees: Sequence[int]) -> float:
-    """Deterministic work units the full bound takes (the budget's reference-machine prices)."""
-    return len(degrees) * (UNITS_PER_BOUND_DEGREE + UNITS_PER_BOUND_SEQUENCE * len(ctx.batch.lengths))
+def bound_units(ctx: PlanningContext, degrees: Sequence[int], splits: SplitChoice = even_splits) -> float:
+    """Deterministic work units the full bound takes (the budget's reference-machine prices): one pass per split."""
+    count = sum(len(splits(ctx, p)) for p in degrees)
+    return count * (UNITS_PER_BOUND_DEGREE + UNITS_PER_BOUND_SEQUENCE * len(ctx.batch.lengths))
 
 
-def budgeted_lower_bound(ctx: PlanningContext, degrees: Sequence[int], budget: PlanningBudget) -> BudgetedBound:
+def budgeted_lower_bound(
+    ctx: PlanningContext, degrees: Sequence[int], budget: PlanningBudget, splits: SplitChoice = even_splits
+) -> BudgetedBound:
     """The full bound, charged to `budget`, when it takes at most `BOUND_SHARE` of the units left; else `ideal_s`.
     Strategies call it first, so its time counts inside the caller's limit and its units are deterministic."""
-    units = bound_units(ctx, degrees)
+    units = bound_units(ctx, degrees, splits)
     if units > BOUND_SHARE * budget.units_left():
         return BudgetedBound(ctx.cost.ideal_s(ctx.batch), full=False)
     budget.charge(units)
-    return BudgetedBound(simulated_time_lower_bound(ctx, degrees), full=True)
+    return BudgetedBound(simulated_time_lower_bound(ctx, degrees, splits), full=True)
 
 
-def simulated_time_lower_bound(ctx: PlanningContext, degrees: Sequence[int]) -> float:
-    """A lower bound on the simulated iteration time of any plan the planner builds at a P among `degrees`."""
+def simulated_time_lower_bound(
+    ctx: PlanningContext, degrees: Sequence[int], splits: SplitChoice = even_splits
+) -> float:
+    """A lower bound on the simulated iteration time of any plan the planner builds at a P among `degrees` and a
+    layer split among `splits(ctx, P)` (the strategy's own choice of splits: the smallest over them)."""
     ideal = ctx.cost.ideal_s(ctx.batch)
     lengths = np.array(ctx.batch.lengths, dtype=np.float64)
-    bound = min((degree_bound(ctx, p, lengths) for p in degrees), default=math.inf)
+    bound = min(
+        (degree_bound(ctx, p, lengths, pipeline) for p in degrees for pipeline in splits(ctx, p)), default=math.inf
+    )
     return max(ideal, bound) if math.isfinite(bound) else ideal
 
 

@@ -21,6 +21,7 @@ from planner_service.budget import UNITS_PER_SEQUENCE_PASS, UNITS_PER_SOLVER_CAL
 from planner_service.context import PlanningContext, options_that_fit
 from planner_service.layout.flexible_lanes import FlexibleLanes, flexible_lanes, lane_sizes_text
 from planner_service.layout.lanes import LaneSpec, uniform_lanes
+from planner_service.layout.layer_split import SplitChoice, even_splits
 from planner_service.layout.memory_fit import sequence_fits
 from planner_service.layout.recompute import RecomputeMode
 from planner_service.layout.work_model import (
@@ -85,14 +86,17 @@ def uniform_recipe(ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int,
     )
 
 
-def uniform_proposals(ctx: PlanningContext, *, strategy: str, degrees: list[int]) -> list[Proposal]:
-    """Every uniform (P, s) layout of `degrees` the longest sequence fits, with its estimate: the average lane's
-    `SimulatedWork` or the costliest sequence's, whichever is larger (lanes are dealt only when built)."""
+def uniform_proposals(
+    ctx: PlanningContext, *, strategy: str, degrees: list[int], splits: SplitChoice = even_splits
+) -> list[Proposal]:
+    """Every uniform (P, s) layout of `degrees` (at each layer split of `splits`) the longest sequence fits, with its
+    estimate: the average lane's `SimulatedWork` or the costliest sequence's, whichever is larger (lanes are dealt
+    only when built)."""
     longest = max(ctx.batch.lengths)
     lengths = np.array(ctx.batch.lengths, dtype=np.float64)
     out: list[Proposal] = []
-    for p in degrees:
-        pipeline = PipelineSpec.even(ctx.model.num_layers, p)
+    for pipeline in (split for p in degrees for split in splits(ctx, p)):
+        p = pipeline.num_stages
         p_ctx = options_that_fit(ctx, pipeline)
         sliced = p > 1
         block = p_ctx.cost.dp_size(pipeline)
@@ -106,14 +110,14 @@ def uniform_proposals(ctx: PlanningContext, *, strategy: str, degrees: list[int]
             lane_work = max(float(work.sum()) / (block // s), float(work.max()))
             last_op = BACKWARD_SHARE * lane_work / (knob * p * model.stretch)
             estimate = lane_work + model.chunk_overhead_s + exposure.exposed_s(last_op)
-            note = f"uniform SP {s} x P {p} (estimate {estimate:.4f} s)"
+            note = f"uniform SP {s} x P {p}{split_note(pipeline)} (estimate {estimate:.4f} s)"
             out.append(
                 Proposal(
                     estimate,
                     functools.partial(uniform_recipe, p_ctx, pipeline, s, strategy=strategy, note=note),
                     chunkings_for(p),
                     p,
-                    ("uniform", p, s),
+                    ("uniform", p, s, split_key(pipeline)),
                 )
             )
     ctx.budget.charge(UNITS_PER_SEQUENCE_PASS * len(lengths) * len(out))
@@ -158,29 +162,48 @@ def lanes_recipe(
         chunking=chunkings_for(p)[0],
         sliced=sliced,
         recompute=recompute,
-        solver=found.solver_info(extra=f"; P={p}, {model} lane ILP"),
+        solver=found.solver_info(extra=f"; P={p}{split_note(pipeline)}, {model} lane ILP"),
     )
     return recipe, found
 
 
 def flexible_proposals(
-    session: SearchSession, *, strategy: str, degrees: list[int], fidelity: bool = True
+    session: SearchSession,
+    *,
+    strategy: str,
+    degrees: list[int],
+    fidelity: bool = True,
+    splits: SplitChoice = even_splits,
 ) -> list[Proposal]:
-    """Lane-ILP layouts for every P of `degrees`, the ILP charging what the simulator charges (`fidelity`)."""
+    """Lane-ILP layouts for every P of `degrees` at each layer split of `splits`, the ILP charging what the
+    simulator charges (`fidelity`)."""
     ctx = session.ctx
     out: list[Proposal] = []
-    for i, p in enumerate(degrees):
-        pipeline = PipelineSpec.even(ctx.model.num_layers, p)
+    pipelines = [split for p in degrees for split in splits(ctx, p)]
+    for i, pipeline in enumerate(pipelines):
+        p = pipeline.num_stages
         p_ctx = options_that_fit(ctx, pipeline)
         made = lanes_recipe(
-            session, p_ctx, pipeline, strategy=strategy, fidelity=fidelity, share=0.5 / max(1, len(degrees) - i)
+            session, p_ctx, pipeline, strategy=strategy, fidelity=fidelity, share=0.5 / max(1, len(pipelines) - i)
         )
         if made is None:
             continue
         recipe, found = made
         estimate = estimate_lanes(p_ctx, pipeline, found.lanes, sliced=p > 1) if fidelity else found.estimate_s
-        out.append(Proposal.of(estimate, recipe, chunkings_for(p), ("flexible", p, fidelity)))
+        out.append(Proposal.of(estimate, recipe, chunkings_for(p), ("flexible", p, fidelity, split_key(pipeline))))
     return out
+
+
+def split_key(pipeline: PipelineSpec) -> tuple[tuple[int, int], ...]:
+    """A proposal's layer split, for telling proposals apart."""
+    return tuple(pipeline.layer_ranges)
+
+
+def split_note(pipeline: PipelineSpec) -> str:
+    """', layers 5/5/.../2' for a split other than the even one (what the plan's message says about it)."""
+    if pipeline == PipelineSpec.even(pipeline.num_layers, pipeline.num_stages):
+        return ""
+    return ", layers " + "/".join(str(pipeline.layers_of(p)) for p in range(pipeline.num_stages))
 
 
 def single_stage_flexible_proposal(

@@ -28,13 +28,23 @@ class WorkModel:
 
 
 def work_model(cost: CostModel, pipeline: PipelineSpec, sp_degree: int) -> WorkModel:
-    """Fit the quadratic exactly from three evaluations of the cost model (its terms are quadratic in L)."""
-    layers = max(pipeline.layers_of(p) for p in range(pipeline.num_stages))
+    """Fit the quadratic from three evaluations of the cost model on the busiest stage (its terms are quadratic
+    in L; the busiest stage is the one with the most layers, or the last one with the LM head and the loss, and
+    which one can change with L: the head is linear in tokens, so the fit follows the busier one at each point)."""
     spans = sp_degree > cost.cluster.devices_per_node
+    last = pipeline.num_stages - 1
+    stages = {(pipeline.layers_of(p), p == last) for p in range(pipeline.num_stages)}
     xs = [1024.0 * sp_degree, 2048.0 * sp_degree, 4096.0 * sp_degree]
     ys = [
-        cost.chunk_cost_s(
-            ChunkShape.from_segments([(0, int(x))]), sp_degree=sp_degree, num_layers=layers, spans_nodes=spans
+        max(
+            cost.chunk_cost_s(
+                ChunkShape.from_segments([(0, int(x))]),
+                sp_degree=sp_degree,
+                num_layers=layers,
+                is_last_stage=is_last,
+                spans_nodes=spans,
+            )
+            for layers, is_last in stages
         )
         for x in xs
     ]

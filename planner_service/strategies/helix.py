@@ -32,6 +32,7 @@ from dataclasses import replace
 from planner_service.context import PlanningContext
 from planner_service.errors import InfeasibleWorkload, PlanningError
 from planner_service.improvement import improve
+from planner_service.layout.layer_split import searched_splits
 from planner_service.lower_bound import budgeted_lower_bound
 from planner_service.proposals import (
     dynamic_pipeline_degrees,
@@ -51,7 +52,7 @@ from planner_service.search import (
 )
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.static import StaticSearch
-from proto import Plan
+from proto import PipelineSpec, Plan
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ sooner leaves the rest to the next start)."""
 
 def plan_helix(ctx: PlanningContext) -> Plan:
     root = ctx.budget
-    bound = budgeted_lower_bound(ctx, ctx.pipeline_degrees(), root)  # first: its time is inside the limit
+    bound = budgeted_lower_bound(ctx, ctx.pipeline_degrees(), root, searched_splits)  # first: inside the limit
     session = SearchSession(ctx, root)
     static = StaticSearch(ctx, strategy="helix", header=session.header)
     first = static.run(root.child(STATIC_SHARE))  # the static grid, best-estimated first, while its share lasts
@@ -131,10 +132,12 @@ def proposals(session: SearchSession, best_static: Plan | None) -> tuple[list[Pr
         flexsp = single_stage_flexible_proposal(session, strategy="helix", recompute="lane-uniform", share=0.3)
         required += [flexsp] if flexsp else []
     degrees = dynamic_pipeline_degrees(ctx, include_one=True)
-    uniform = sorted(uniform_proposals(ctx, strategy="helix", degrees=degrees), key=lambda p: p.estimate_s)
-    if ctx.num_stages != 1:  # InfiniPipe's candidates: the best-estimated uniform layouts with a pipeline
-        required += [p for p in uniform if p.num_stages > 1][:CANDIDATES_BUILT]
-    flexible = sorted(flexible_proposals(session, strategy="helix", degrees=degrees), key=lambda p: p.estimate_s)
+    uniform = uniform_proposals(ctx, strategy="helix", degrees=degrees, splits=searched_splits)
+    uniform.sort(key=lambda p: p.estimate_s)
+    if ctx.num_stages != 1:  # InfiniPipe's candidates: the best-estimated uniform layouts with a pipeline (even split)
+        required += [p for p in uniform if p.num_stages > 1 and is_even(p)][:CANDIDATES_BUILT]
+    flexible = flexible_proposals(session, strategy="helix", degrees=degrees, splits=searched_splits)
+    flexible.sort(key=lambda p: p.estimate_s)
     if best_static is not None:
         required.append(seeded_proposal(ctx, best_static, strategy="helix", label="best static layout, rebuilt"))
     required += flexible[:1] + uniform[:1]
@@ -142,6 +145,14 @@ def proposals(session: SearchSession, best_static: Plan | None) -> tuple[list[Pr
     required = sorted(distinct(required), key=lambda p: p.estimate_s)  # the most promising first, under pressure
     optional = [p for p in distinct(optional) if p.key not in {r.key for r in required}]
     return with_warmup_knobs(required), with_warmup_knobs(optional)
+
+
+def is_even(proposal: Proposal) -> bool:
+    """The proposal's layers are split evenly (as InfiniPipe splits them)."""
+    ranges = proposal.key[-1]  # `proposals.split_key`
+    if not isinstance(ranges, tuple) or not ranges:
+        return False
+    return ranges == tuple(PipelineSpec.even(ranges[-1][1], len(ranges)).layer_ranges)
 
 
 def with_warmup_knobs(found: list[Proposal]) -> list[Proposal]:

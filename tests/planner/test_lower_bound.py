@@ -19,12 +19,13 @@ from planner_service.budget import PlanningBudget
 from planner_service.context import PlanningContext
 from planner_service.cost_model import CostModel
 from planner_service.errors import PlanningError
+from planner_service.layout.layer_split import SplitChoice, even_splits, searched_splits
 from planner_service.lower_bound import degree_bound, forced_recompute_layers, gap_to, simulated_time_lower_bound
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.proposals import dynamic_pipeline_degrees
 from planner_service.strategies.registry import STRATEGIES, get_strategy
 from planner_service.strategies.static import MAX_STATIC_PIPELINE_DEGREE
-from proto import Batch, PipelineSpec, PlanOptions, SpDegreeCost, ZeroStage
+from proto import Batch, PipelineSpec, Plan, PlanOptions, SpDegreeCost, ZeroStage
 
 CASES = [  # (cluster, model): small and large clusters, MHA and GQA, 40 GB devices that force ZeRO and slicing
     ("a800-80g-4x8", "llama2-7b"),
@@ -61,6 +62,16 @@ def strategy_degrees(name: str, ctx: PlanningContext) -> list[int]:
     return ctx.pipeline_degrees()
 
 
+def own_split(plan: Plan) -> SplitChoice:
+    """The plan's own layer split (at its P)."""
+    return lambda ctx, num_stages: [plan.pipeline]
+
+
+def strategy_splits(name: str) -> SplitChoice:
+    """The layer splits a strategy builds: helix also the head-balanced one, the others the even one."""
+    return searched_splits if name == "helix" else even_splits
+
+
 def random_lengths(rng: random.Random, longest: int) -> list[int]:
     count = rng.randint(1, 24)
     return [rng.choice((rng.randint(1, 2048), rng.randint(2048, longest))) for _ in range(count)]
@@ -80,9 +91,9 @@ def test_bound_is_below_every_plan_of_every_strategy(seed: int) -> None:
         except (PlanningError, ValueError):
             continue  # a strategy that cannot run this batch builds nothing to bound
         simulated = plan.predicted.iteration_s
-        own_degree = simulated_time_lower_bound(ctx, [plan.pipeline.num_stages])
+        own_degree = simulated_time_lower_bound(ctx, [plan.pipeline.num_stages], own_split(plan))
         assert own_degree <= simulated * (1 + 1e-9), (name, plan.pipeline.num_stages, own_degree, simulated)
-        assert simulated_time_lower_bound(ctx, strategy_degrees(name, ctx)) <= own_degree
+        assert simulated_time_lower_bound(ctx, strategy_degrees(name, ctx), strategy_splits(name)) <= own_degree
         if plan.solver.lower_bound_s is not None:
             assert plan.solver.lower_bound_s <= simulated * (1 + 1e-9), name
         checked += 1
@@ -111,7 +122,7 @@ def test_bound_holds_under_measured_per_degree_costs(seed: int) -> None:
             plan = get_strategy(name)(ctx)
         except (PlanningError, ValueError):
             continue
-        bound = simulated_time_lower_bound(ctx, [plan.pipeline.num_stages])
+        bound = simulated_time_lower_bound(ctx, [plan.pipeline.num_stages], own_split(plan))
         assert bound <= plan.predicted.iteration_s * (1 + 1e-9), (name, plan.pipeline.num_stages, bound)
         checked += 1
     assert checked >= 3
@@ -124,7 +135,8 @@ def test_bound_holds_for_a_job_pinned_to_zero_3() -> None:
     for name in ("static", "greedy", "helix"):
         ctx = context(batch, zero_stage=ZeroStage.PARAMETERS, max_zero_stage=ZeroStage.PARAMETERS)
         plan = get_strategy(name)(ctx)
-        assert simulated_time_lower_bound(ctx, [plan.pipeline.num_stages]) <= plan.predicted.iteration_s, name
+        bound = simulated_time_lower_bound(ctx, [plan.pipeline.num_stages], own_split(plan))
+        assert bound <= plan.predicted.iteration_s, name
 
 
 def test_long_sequences_forced_onto_big_lanes_raise_the_bound_above_ideal() -> None:

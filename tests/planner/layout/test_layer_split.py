@@ -1,0 +1,104 @@
+"""Layer splits: the even split, and the one that takes layers off the LM head's stage when the head is costly."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from planner_service.budget import PlanningBudget
+from planner_service.context import PlanningContext
+from planner_service.cost_model import CostModel
+from planner_service.layout.layer_split import (
+    candidate_splits,
+    even_splits,
+    head_balanced_split,
+    layer_and_head_work_s,
+    searched_splits,
+    split_with_last,
+    stage_loads,
+)
+from planner_service.planner import make_plan
+from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.workloads import sample_synthetic
+from proto import Batch, PipelineSpec, validate_plan
+
+SHORT = Batch.from_lengths([2048] * 64)
+"""Short sequences: a layer is mostly GEMMs, so the LM head weighs its full share (llama3-8b: ~2.4 layers)."""
+
+
+def cost_of(model: str, cluster: str = "h100-80g-8x8") -> CostModel:
+    return CostModel.from_specs(resolve_cluster(cluster), resolve_model(model))
+
+
+def test_split_with_last_puts_the_remainder_next_to_the_last_stage() -> None:
+    split = split_with_last(32, 8, 2)
+    assert [split.layers_of(p) for p in range(8)] == [4, 4, 4, 4, 4, 5, 5, 2]
+    assert split.layer_ranges[0] == (0, 4) and split.layer_ranges[-1] == (30, 32)
+    assert split_with_last(32, 1, 32) == PipelineSpec.even(32, 1)
+    with pytest.raises(ValueError, match="no layer"):
+        split_with_last(8, 4, 6)
+
+
+def test_a_costly_head_moves_layers_off_the_last_stage() -> None:
+    cost = cost_of("llama3-8b")
+    layer_s, head_s = layer_and_head_work_s(cost, SHORT)
+    assert 2.0 < head_s / layer_s < 3.0  # 128K vocabulary, 4096 hidden, short sequences
+    even = PipelineSpec.even(32, 8)
+    balanced = head_balanced_split(cost, SHORT, 8)
+    assert balanced.layers_of(7) < even.layers_of(7)
+    assert max(stage_loads(balanced, layer_s, head_s)) < 0.85 * max(stage_loads(even, layer_s, head_s))
+    # no integer split does better: the busiest stage holds ceil of the rest, or the last stage with its head
+    best = min(max(stage_loads(split_with_last(32, 8, k), layer_s, head_s)) for k in range(1, 26))
+    assert max(stage_loads(balanced, layer_s, head_s)) == pytest.approx(best)
+    assert candidate_splits(cost, SHORT, 8) == [even, balanced]
+
+
+def test_the_even_split_stays_when_moving_layers_cannot_help() -> None:
+    # llama2-7b's head is ~0.65 layers: a 4-layer last stage with the head is lighter than any 5-layer stage
+    cost = cost_of("llama2-7b")
+    assert head_balanced_split(cost, SHORT, 8) == PipelineSpec.even(32, 8)
+    assert candidate_splits(cost, SHORT, 8) == [PipelineSpec.even(32, 8)]
+    assert head_balanced_split(cost_of("llama3-8b"), SHORT, 1) == PipelineSpec.even(32, 1)
+
+
+def test_long_sequences_make_the_head_relatively_cheaper() -> None:
+    """The head is linear in tokens and attention quadratic: fewer layers move for long sequences."""
+    cost = cost_of("llama3-8b")
+    long = Batch.from_lengths([131072] * 4)
+    assert head_balanced_split(cost, long, 4).layers_of(3) >= head_balanced_split(cost, SHORT, 4).layers_of(3)
+
+
+def context(batch: Batch, model: str, *, num_stages: int | None = None) -> PlanningContext:
+    cluster, spec = resolve_cluster("h100-80g-8x8"), resolve_model(model)
+    ctx = PlanningContext(
+        batch=batch,
+        cluster=cluster,
+        model=spec,
+        cost=CostModel.from_specs(cluster, spec),
+        budget=PlanningBudget(units=600.0, wall_end=1e18),
+    )
+    return replace(ctx, num_stages=num_stages) if num_stages else ctx
+
+
+def test_a_job_that_fixes_p_keeps_the_even_split() -> None:
+    """A job's executors build their stage modules once (`helix train`: the even split), so only the searched P
+    may carry another split."""
+    free = context(SHORT, "llama3-8b")
+    assert len(searched_splits(free, 8)) == 2
+    assert searched_splits(context(SHORT, "llama3-8b", num_stages=8), 8) == even_splits(free, 8)
+
+
+def test_helix_plans_the_split_and_is_faster_for_it() -> None:
+    cluster, model = resolve_cluster("h100-80g-8x8"), resolve_model("llama3-8b")
+    lengths = sample_synthetic("commoncrawl", 128, np.random.default_rng(2))
+    batch = Batch.from_lengths([min(n, 131072) for n in lengths])
+    helix = make_plan(batch=batch, cluster=cluster, model=model, strategy="helix", time_limit_s=2.0)
+    pinned = make_plan(batch=batch, cluster=cluster, model=model, strategy="helix", time_limit_s=2.0, num_stages=8)
+    validate_plan(helix, batch, cluster, model)
+    assert pinned.pipeline == PipelineSpec.even(32, 8)
+    assert helix.pipeline != PipelineSpec.even(32, helix.pipeline.num_stages)
+    assert helix.predicted.iteration_s < 0.9 * pinned.predicted.iteration_s
+    assert "layers " in helix.solver.message
+    assert helix.solver.lower_bound_s is not None and helix.solver.lower_bound_s <= helix.predicted.iteration_s
