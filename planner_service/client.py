@@ -132,6 +132,7 @@ class PlannerClient:
         sample_lengths: Sequence[int] | None = None,
         num_stages: int | None = None,
         profile: CostProfile | None = None,
+        layer_ranges: Sequence[tuple[int, int]] | None = None,
     ) -> JobPublic:
         """Register a job; the service chooses its pipeline degree once (see `JobPublic.decisions`)."""
         try:
@@ -144,6 +145,7 @@ class PlannerClient:
                 time_limit_s=time_limit_s,
                 sample_lengths=list(sample_lengths) if sample_lengths is not None else None,
                 num_stages=num_stages,
+                layer_ranges=[tuple(r) for r in layer_ranges] if layer_ranges is not None else None,
                 profile=profile,
             )
         except ValidationError as exc:  # what the service would answer with 422, without sending it

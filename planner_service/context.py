@@ -28,11 +28,20 @@ class PlanningContext:
     solver: str = "cpsat"
     num_stages: int | None = None
     """Pipeline degree fixed by the job (None: the strategy chooses)."""
+    layer_split: PipelineSpec | None = None
+    """The job's layer split at `num_stages`, when the job fixes one (its executors built their stage modules from
+    it): every strategy plans on it. None: the even split, or the strategy's own choice (`helix`)."""
     budget: PlanningBudget = field(default=None)  # type: ignore[assignment]  # set in __post_init__
     """The call's work budget (deterministic units + wall-clock safety net), shared by every context derived
     from this one; by default the one `time_limit_s` gives."""
 
     def __post_init__(self) -> None:
+        split = self.layer_split
+        if split is not None and (self.num_stages != split.num_stages or split.num_layers != self.model.num_layers):
+            raise ValueError(
+                f"layer split {split.layer_ranges} is not a split of {self.model.num_layers} layers into "
+                f"num_stages={self.num_stages} stages"
+            )
         if self.budget is None:
             budget = PlanningBudget.for_limit(self.time_limit_s, num_sequences=len(self.batch.lengths))
             object.__setattr__(self, "budget", budget)
@@ -49,6 +58,7 @@ class PlanningContext:
         time_limit_s: float = 2.0,
         solver: str = "cpsat",
         num_stages: int | None = None,
+        layer_split: PipelineSpec | None = None,
         budget: PlanningBudget | None = None,
     ) -> PlanningContext:
         """The context of a planning call: the cost model bound to the specs, profile and options; the budget
@@ -62,8 +72,15 @@ class PlanningContext:
             time_limit_s=time_limit_s,
             solver=solver,
             num_stages=num_stages,
+            layer_split=layer_split,
             budget=budget,  # type: ignore[arg-type]  # None: __post_init__ makes the limit's
         )
+
+    def split_for(self, num_stages: int) -> PipelineSpec:
+        """The layer split at P = `num_stages`: the job's own when it fixes one, else the even split."""
+        if self.layer_split is not None and self.layer_split.num_stages == num_stages:
+            return self.layer_split
+        return PipelineSpec.even(self.model.num_layers, num_stages)
 
     def pipeline_degrees(self, *, max_degree: int | None = None) -> list[int]:
         """The job's fixed P, else every candidate P (at most `max_degree`) in increasing order."""

@@ -73,7 +73,7 @@ from planner_service.context import PlanningContext
 from planner_service.cost_model import ChunkShape, CostModel, compute_model
 from planner_service.cost_model.comm_model import NO_TRAFFIC
 from planner_service.cost_model.data_parallel import overlapped_op_s
-from planner_service.layout.layer_split import SplitChoice, even_splits
+from planner_service.layout.layer_split import SplitChoice, job_split
 from planner_service.layout.memory_fit import sequence_fits
 from proto import PipelineSpec, ZeroStage
 from proto.topology import valid_sp_degrees
@@ -148,7 +148,7 @@ def degree_bound(
     """The bound for plans of pipeline degree `num_stages` at the layer split `pipeline` (default: the even split;
     inf when some sequence fits no lane, or no ZeRO stage leaves room for the model states)."""
     if pipeline is None:
-        pipeline = PipelineSpec.even(ctx.model.num_layers, num_stages)
+        pipeline = ctx.split_for(num_stages)
     elif pipeline.num_stages != num_stages:
         raise ValueError(f"split of {pipeline.num_stages} stages for P = {num_stages}")
     costs = feasible_zero_stages(ctx, pipeline)
@@ -353,14 +353,14 @@ class BudgetedBound:
         return "" if self.full else "; gap against ideal_s only (the full lower bound did not fit the time limit)"
 
 
-def bound_units(ctx: PlanningContext, degrees: Sequence[int], splits: SplitChoice = even_splits) -> float:
+def bound_units(ctx: PlanningContext, degrees: Sequence[int], splits: SplitChoice = job_split) -> float:
     """Deterministic work units the full bound takes (the budget's reference-machine prices): one pass per split."""
     count = sum(len(splits(ctx, p)) for p in degrees)
     return count * (UNITS_PER_BOUND_DEGREE + UNITS_PER_BOUND_SEQUENCE * len(ctx.batch.lengths))
 
 
 def budgeted_lower_bound(
-    ctx: PlanningContext, degrees: Sequence[int], budget: PlanningBudget, splits: SplitChoice = even_splits
+    ctx: PlanningContext, degrees: Sequence[int], budget: PlanningBudget, splits: SplitChoice = job_split
 ) -> BudgetedBound:
     """The full bound, charged to `budget`, when it takes at most `BOUND_SHARE` of the units left; else `ideal_s`.
     Strategies call it first, so its time counts inside the caller's limit and its units are deterministic."""
@@ -371,9 +371,7 @@ def budgeted_lower_bound(
     return BudgetedBound(simulated_time_lower_bound(ctx, degrees, splits), full=True)
 
 
-def simulated_time_lower_bound(
-    ctx: PlanningContext, degrees: Sequence[int], splits: SplitChoice = even_splits
-) -> float:
+def simulated_time_lower_bound(ctx: PlanningContext, degrees: Sequence[int], splits: SplitChoice = job_split) -> float:
     """A lower bound on the simulated iteration time of any plan the planner builds at a P among `degrees` and a
     layer split among `splits(ctx, P)` (the strategy's own choice of splits: the smallest over them)."""
     ideal = ctx.cost.ideal_s(ctx.batch)

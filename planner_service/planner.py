@@ -11,6 +11,7 @@ error, never returned.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from planner_service.budget import PlanningBudget
 from planner_service.context import PlanningContext
@@ -19,7 +20,18 @@ from planner_service.gc_pause import collector_paused
 from planner_service.search import NothingBuiltInTime
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.registry import get_strategy
-from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, SolverStatus, ZeroStage, validate_plan
+from proto import (
+    Batch,
+    ClusterSpec,
+    CostProfile,
+    ModelSpec,
+    PipelineSpec,
+    Plan,
+    PlanOptions,
+    SolverStatus,
+    ZeroStage,
+    validate_plan,
+)
 from proto.capabilities import TORCH_EXECUTOR, ExecutorCapabilities
 
 log = logging.getLogger(__name__)
@@ -31,6 +43,28 @@ def check_workload(batch: Batch, cluster: ClusterSpec, model: ModelSpec) -> None
         raise InfeasibleWorkload("the cluster has no devices", field="cluster")
     if not batch.lengths:
         raise InfeasibleWorkload("the batch is empty", field="lengths")
+
+
+def job_layer_split(
+    model: ModelSpec, num_stages: int | None, layer_ranges: Sequence[tuple[int, int]] | None
+) -> PipelineSpec | None:
+    """The job's layer split from `layer_ranges` (None: none fixed); a `PlanningError` naming the field when it is
+    not a split of the model's layers into `num_stages` stages."""
+    if layer_ranges is None:
+        return None
+    if num_stages is None or len(layer_ranges) != num_stages:
+        raise PlanningError(
+            f"layer_ranges has {len(layer_ranges)} stages but num_stages is {num_stages}", field="layer_ranges"
+        )
+    try:
+        split = PipelineSpec(num_stages=num_stages, layer_ranges=[tuple(r) for r in layer_ranges])
+    except ValueError as exc:
+        raise PlanningError(f"layer_ranges is not a split of the layers: {exc}", field="layer_ranges") from None
+    if split.num_layers != model.num_layers:
+        raise PlanningError(
+            f"layer_ranges covers {split.num_layers} layers, the model has {model.num_layers}", field="layer_ranges"
+        )
+    return split
 
 
 @collector_paused()
@@ -45,6 +79,7 @@ def make_plan(
     time_limit_s: float = 2.0,
     solver: str = "cpsat",
     num_stages: int | None = None,
+    layer_ranges: Sequence[tuple[int, int]] | None = None,
     step: int | None = None,
     job_id: str | None = None,
     executor: ExecutorCapabilities = TORCH_EXECUTOR,
@@ -54,8 +89,10 @@ def make_plan(
 
     `time_limit_s` bounds the call (its work units and the wall-clock safety net); a caller may bring its own
     `budget` instead (e.g. `PlanningBudget.units_only` to measure plan quality independent of the load). The
-    cyclic garbage collector is paused for the call (`gc_pause`)."""
+    cyclic garbage collector is paused for the call (`gc_pause`). `layer_ranges` (with `num_stages`) is the
+    job's layer split, which every strategy then plans on (a job's executors build their stage modules once)."""
     check_workload(batch, cluster, model)
+    layer_split = job_layer_split(model, num_stages, layer_ranges)
     options = options or PlanOptions()
     ctx = PlanningContext.of(
         batch=batch,
@@ -66,6 +103,7 @@ def make_plan(
         time_limit_s=time_limit_s,
         solver=solver,
         num_stages=num_stages,
+        layer_split=layer_split,
         budget=budget,
     )
     strategy_fn = get_strategy(strategy)

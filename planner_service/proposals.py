@@ -21,7 +21,7 @@ from planner_service.budget import UNITS_PER_SEQUENCE_PASS, UNITS_PER_SOLVER_CAL
 from planner_service.context import PlanningContext, options_that_fit
 from planner_service.layout.flexible_lanes import FlexibleLanes, flexible_lanes, lane_sizes_text
 from planner_service.layout.lanes import LaneSpec, uniform_lanes
-from planner_service.layout.layer_split import SplitChoice, even_splits
+from planner_service.layout.layer_split import SplitChoice, job_split
 from planner_service.layout.memory_fit import sequence_fits
 from planner_service.layout.recompute import RecomputeMode
 from planner_service.layout.work_model import (
@@ -87,7 +87,7 @@ def uniform_recipe(ctx: PlanningContext, pipeline: PipelineSpec, sp_degree: int,
 
 
 def uniform_proposals(
-    ctx: PlanningContext, *, strategy: str, degrees: list[int], splits: SplitChoice = even_splits
+    ctx: PlanningContext, *, strategy: str, degrees: list[int], splits: SplitChoice = job_split
 ) -> list[Proposal]:
     """Every uniform (P, s) layout of `degrees` (at each layer split of `splits`) the longest sequence fits, with its
     estimate: the average lane's `SimulatedWork` or the costliest sequence's, whichever is larger (lanes are dealt
@@ -173,7 +173,7 @@ def flexible_proposals(
     strategy: str,
     degrees: list[int],
     fidelity: bool = True,
-    splits: SplitChoice = even_splits,
+    splits: SplitChoice = job_split,
 ) -> list[Proposal]:
     """Lane-ILP layouts for every P of `degrees` at each layer split of `splits`, the ILP charging what the
     simulator charges (`fidelity`)."""
@@ -211,7 +211,7 @@ def single_stage_flexible_proposal(
 ) -> Proposal | None:
     """FlexSP's layout: the lane ILP on its own cost model, P = 1, unsliced; None when some sequence fits no lane."""
     ctx = session.ctx
-    pipeline = PipelineSpec.even(ctx.model.num_layers, 1)
+    pipeline = ctx.split_for(1)
     made = lanes_recipe(
         session,
         options_that_fit(ctx, pipeline),

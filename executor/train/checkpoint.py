@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,12 @@ class TrainState:
     num_stages: int
     world_size: int
     extra: dict[str, Any] = field(default_factory=dict)
+    layer_ranges: list[list[int]] | None = None
+    """[first, last) layers of each stage the saved executors held (None in checkpoints from before the split was
+    a job decision: the even split)."""
+
+    def split(self) -> list[tuple[int, int]] | None:
+        return [(int(a), int(b)) for a, b in self.layer_ranges] if self.layer_ranges is not None else None
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT_VERSION, **self.__dict__}, indent=1, sort_keys=True)
@@ -127,7 +134,13 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, *, module: torch.nn.Module, optimizer: torch.optim.Optimizer, world_size: int, num_stages: int
+    path: Path,
+    *,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    world_size: int,
+    num_stages: int,
+    layer_ranges: Sequence[tuple[int, int]] | None = None,
 ) -> TrainState:
     """Collective: restore this rank's module, optimizer and RNG from `path`; return the saved `TrainState`."""
     meta = path / ".metadata"
@@ -138,6 +151,9 @@ def load_checkpoint(
     train_state = TrainState.from_json(state_file.read_text(), path)
     if train_state.num_stages != num_stages:
         raise CheckpointError(f"{path} was saved with P={train_state.num_stages}; this run uses P={num_stages}")
+    saved_split = train_state.split()
+    if layer_ranges is not None and saved_split is not None and saved_split != [tuple(r) for r in layer_ranges]:
+        raise CheckpointError(f"{path} was saved with layers {saved_split}; this run builds {list(layer_ranges)}")
     by_name = _optimizer_by_name(optimizer)
     if not by_name and train_state.world_size != world_size:
         raise CheckpointError(

@@ -49,12 +49,13 @@ def job_request(config: TrainConfig) -> JobRequest:
     )
 
 
-def choose_stages_in_process(request: JobRequest, sample: Batch) -> tuple[int, str]:
-    """The job's P as the service would choose it: fixed, else the fastest feasible plan of the sample."""
+def choose_stages_in_process(request: JobRequest, sample: Batch) -> tuple[int, list[tuple[int, int]], str]:
+    """The job's P and layer split as the service would choose them: fixed, else those of the fastest feasible
+    plan of the sample."""
     from planner_service.pipeline_degree import choose_pipeline_degree
 
     def plan_at(batch: Batch, num_stages: int) -> Plan:
-        return plan_in_process(request.with_stages(num_stages), 0, batch)
+        return plan_in_process(replace(request, num_stages=num_stages, layer_ranges=None), 0, batch)
 
     choice = choose_pipeline_degree(
         cluster=request.cluster,
@@ -68,23 +69,30 @@ def choose_stages_in_process(request: JobRequest, sample: Batch) -> tuple[int, s
         f"P={t.num_stages}: {t.iteration_s:.3f} s" if t.iteration_s is not None else f"P={t.num_stages}: infeasible"
         for t in choice.trials
     )
-    return choice.num_stages, f"chosen in-process from the first batch ({tried})" if tried else "fixed"
+    how = f"chosen in-process from the first batch ({tried})" if tried else "fixed"
+    return choice.num_stages, list(choice.layer_ranges), how
 
 
 def start_job(
-    config: TrainConfig, first_batch: Batch, *, resumed_stages: int | None, resumed_job_id: str | None
+    config: TrainConfig,
+    first_batch: Batch,
+    *,
+    resumed_stages: int | None,
+    resumed_job_id: str | None,
+    resumed_layer_ranges: list[tuple[int, int]] | None = None,
 ) -> JobStart:
-    """Rank 0: decide P (or take it from the checkpoint) and open the plan source."""
+    """Rank 0: decide P and the layer split (or take them from the checkpoint) and open the plan source."""
     request = job_request(config)
     if resumed_stages is not None:
-        request = replace(request, num_stages=resumed_stages)
+        ranges = tuple((a, b) for a, b in resumed_layer_ranges) if resumed_layer_ranges is not None else None
+        request = replace(request, num_stages=resumed_stages, layer_ranges=ranges)
+    split: list[tuple[int, int]] | None = None
     if not config.uses_service:
-        stages, how = (
-            (request.num_stages, "fixed")
-            if request.num_stages is not None
-            else choose_stages_in_process(request, first_batch)
-        )
-        job = request.with_stages(stages)
+        if request.num_stages is not None:
+            stages, how = request.num_stages, "fixed"
+        else:
+            stages, split, how = choose_stages_in_process(request, first_batch)
+        job = request.with_stages(stages, split)
         return JobStart(LocalPlanSource(job, calibrate=config.calibrate), job, None, how)
 
     from planner_service.client import PlannerApiError, PlannerClient
@@ -98,7 +106,7 @@ def start_job(
                 client, request, sample_lengths=first_batch.lengths if request.num_stages is None else None
             )
             job_id = public.job_id
-            stages = public.decisions.num_stages
+            stages, split = public.decisions.num_stages, list(public.decisions.layer_ranges)
             if request.num_stages is None:
                 how = f"chosen by the planner service from the first batch ({public.decisions.sample_size} sequences)"
         except PlannerApiError as exc:
@@ -108,11 +116,11 @@ def start_job(
             log.warning("planner service unavailable at start (%s); choosing P in-process", exc)
             stages = request.num_stages or 0
             if not stages:
-                stages, how = choose_stages_in_process(request, first_batch)
+                stages, split, how = choose_stages_in_process(request, first_batch)
     else:
         stages = request.num_stages or 0
     assert stages >= 1, "P must be known by now"
-    job = request.with_stages(stages)
+    job = request.with_stages(stages, split)
     return JobStart(ServicePlanSource(client, job_id, job, deadline_s=config.deadline_s), job, job_id, how)
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions, validate_plan
+from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, PipelineSpec, Plan, PlanOptions, validate_plan
 from proto.validation import PlanValidationError
 
 if TYPE_CHECKING:  # the planner library is imported where it is used: the executor loads without it
@@ -43,17 +44,39 @@ class JobRequest:
     time_limit_s: float = 2.0
     num_stages: int | None = None
     profile: CostProfile | None = None
+    layer_ranges: tuple[tuple[int, int], ...] | None = None
+    """The layer split at `num_stages` when it is fixed (a resumed job's); None: the planner chooses it with P,
+    or the even split when only P is fixed."""
 
-    def with_stages(self, num_stages: int) -> JobPlanning:
+    def with_stages(self, num_stages: int, layer_ranges: Sequence[Sequence[int]] | None = None) -> JobPlanning:
+        """The job with its P and layer split chosen (default: the request's split, else the even split)."""
         settings = {f.name: getattr(self, f.name) for f in fields(JobRequest)}
-        return JobPlanning(**{**settings, "num_stages": num_stages})
+        ranges = layer_ranges if layer_ranges is not None else self.layer_ranges
+        split = (
+            PipelineSpec(num_stages=num_stages, layer_ranges=[(int(a), int(b)) for a, b in ranges])
+            if ranges is not None
+            else PipelineSpec.even(self.model.num_layers, num_stages)
+        )
+        return JobPlanning(**{**settings, "num_stages": num_stages, "layer_ranges": tuple(split.layer_ranges)})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class JobPlanning(JobRequest):
-    """What every plan of the job is made with: the request with its P chosen (once per job)."""
+    """What every plan of the job is made with: the request with its P and layer split chosen (once per job;
+    the executors build their stage modules from the split)."""
 
     num_stages: int  # type: ignore[assignment]  # required here: P is known
+
+    def __post_init__(self) -> None:
+        if self.layer_ranges is None:  # only P given: the even split, never the planner's choice
+            even = PipelineSpec.even(self.model.num_layers, self.num_stages)
+            object.__setattr__(self, "layer_ranges", tuple(even.layer_ranges))
+
+    @property
+    def pipeline(self) -> PipelineSpec:
+        """The layer split the job's executors build (the even one when only P was given)."""
+        ranges = self.layer_ranges or ()
+        return PipelineSpec(num_stages=self.num_stages, layer_ranges=list(ranges))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +103,9 @@ class PlanSource(Protocol):
     def close(self) -> None: ...
 
 
-def plan_in_process(job: JobPlanning, step: int, batch: Batch, *, job_id: str | None = None) -> Plan:
-    """The job's strategy at the job's P, planned here (the planner returns greedy if the strategy fails)."""
+def plan_in_process(job: JobRequest, step: int, batch: Batch, *, job_id: str | None = None) -> Plan:
+    """The job's strategy at the job's P and layer split, planned here (the planner returns greedy if the strategy
+    fails); a request whose split is not fixed lets the planner choose it."""
     from planner_service.planner import make_plan
 
     return make_plan(
@@ -94,6 +118,7 @@ def plan_in_process(job: JobPlanning, step: int, batch: Batch, *, job_id: str | 
         time_limit_s=job.time_limit_s,
         solver=job.solver,
         num_stages=job.num_stages,
+        layer_ranges=list(job.layer_ranges) if job.layer_ranges is not None else None,
         step=step,
         job_id=job_id,
     )
@@ -240,4 +265,5 @@ def register_job(client: PlannerClient, job: JobRequest, *, sample_lengths: list
         sample_lengths=sample_lengths,
         num_stages=job.num_stages,
         profile=job.profile,
+        layer_ranges=job.layer_ranges if job.num_stages is not None else None,
     )

@@ -41,7 +41,7 @@ from executor.train.job_start import JobStart, start_job
 from executor.train.lr_schedule import WarmupCosine
 from executor.train.progress import ProgressPrinter
 from executor.train.run_metrics import MetricsWriter, StepRecord, plot_run, read_metrics
-from proto import CostProfile, Feedback, PipelineSpec, Plan
+from proto import CostProfile, Feedback, Plan
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,19 @@ def run_training(config: TrainConfig, *, job_start: JobStart | None = None) -> R
             sampler.next_batch(position).batch(),
             resumed_stages=resumed.num_stages if resumed else None,
             resumed_job_id=resumed.job_id if resumed else None,
+            resumed_layer_ranges=resumed.split() if resumed else None,
         )
-    num_stages, job_id = broadcast_object((start.job.num_stages, start.job_id) if start else None)
+    pipeline, job_id = broadcast_object((start.job.pipeline, start.job_id) if start else None)
+    num_stages = pipeline.num_stages
     if start is not None:
-        log.info("job %s: P=%d (%s); plans from %s", job_id or "-", num_stages, start.how, config.planner)
-
-    pipeline = PipelineSpec.even(config.model.num_layers, num_stages)
+        log.info(
+            "job %s: P=%d, layers %s (%s); plans from %s",
+            job_id or "-",
+            num_stages,
+            "/".join(str(pipeline.layers_of(p)) for p in range(num_stages)),
+            start.how,
+            config.planner,
+        )
     groups = create_process_groups(config.cluster, [num_stages])
     executor = PlanExecutor(
         model=config.model,
@@ -131,6 +138,7 @@ def run_training(config: TrainConfig, *, job_start: JobStart | None = None) -> R
             optimizer=executor.optimizer,
             world_size=world,
             num_stages=num_stages,
+            layer_ranges=pipeline.layer_ranges,
         )
         scheduler.load_state_dict(state.scheduler)
         first_step = state.next_step
@@ -270,6 +278,7 @@ class _Loop:
             job_id=self.job_id,
             num_stages=self.num_stages,
             world_size=dist.get_world_size(),
+            layer_ranges=[list(r) for r in self.executor.pipeline.layer_ranges],
         )
         path = save_checkpoint(
             self.config.checkpoint_dir,

@@ -47,6 +47,8 @@ CROSS_FIELD_RULES: dict[str, str] = {
     "at most 100x intra_node_bandwidth",
     "model": "hidden_size divisible by num_heads, num_heads by num_kv_heads",
     "num_stages": "num_stages divides the cluster's device count and is at most the model's num_layers",
+    "layer_ranges": "layer_ranges only with num_stages: one [first, last) range per stage, contiguous from layer 0 "
+    "to the model's num_layers",
     "peak_memory_bytes": "empty or one entry per rank of the job's cluster",
     "options": "options.max_zero_stage is at least options.zero_stage",
     "sp_degree_costs": "a profile's sp_degree_costs list strictly increasing sp_degree values",
@@ -89,6 +91,12 @@ class JobCreate(BaseModel):
     )
     num_stages: Annotated[int, Field(ge=1, le=1024), AS_EXACT_INT] | None = Field(
         default=None, description="Fix the pipeline degree instead of choosing it. " + rules_text("num_stages")
+    )
+    layer_ranges: list[tuple[int, int]] | None = Field(
+        default=None,
+        max_length=1024,
+        description="With num_stages: fix the layer split too, [first, last) layers of each stage (a resumed job's "
+        "executors already hold their stage modules); else the even split. " + rules_text("layer_ranges"),
     )
     profile: CostProfile | None = Field(
         default=None, description="Initial cost profile (else the preset's). " + rules_text("profile")

@@ -45,6 +45,7 @@ from planner_service.cost_model.profile_document import (
 )
 from planner_service.errors import PlanningError
 from planner_service.pipeline_degree import SyntheticSample, check_fixed_degree
+from planner_service.planner import job_layer_split
 from planner_service.store import JobRecord, PlanConflictError, PlanRecord, PlanStore
 from proto import Batch, CostProfile, PipelineSpec
 
@@ -218,9 +219,13 @@ class SolveService:
     async def _decide(self, spec: JobSpec, req: JobCreate, profile: CostProfile | None) -> JobDecisions:
         """P fixed by the caller (checked, no solve), else the library's decision in a worker, under the
         same deadline as a plan (its greedy decision answers when the strategy's trials overrun)."""
+        if req.layer_ranges is not None and req.num_stages is None:
+            raise PlanningError("layer_ranges fixes the split of a fixed num_stages; give both", field="layer_ranges")
         if req.num_stages is not None:
             check_fixed_degree(spec.cluster, spec.model, req.num_stages)
-            split = PipelineSpec.even(spec.model.num_layers, req.num_stages)
+            split = job_layer_split(spec.model, req.num_stages, req.layer_ranges) or PipelineSpec.even(
+                spec.model.num_layers, req.num_stages
+            )
             return JobDecisions(
                 num_stages=req.num_stages, layer_ranges=split.layer_ranges, sample_source="fixed", sample_size=0
             )
@@ -328,6 +333,7 @@ class SolveService:
             batch=batch,
             profile=profile,
             num_stages=job.decisions.num_stages,
+            layer_ranges=[(a, b) for a, b in job.decisions.layer_ranges],
             step=step,
             job_id=job.job_id,
             solve_fn=self.solve_fn,

@@ -51,6 +51,7 @@ class SolveFn(Protocol):
         time_limit_s: float,
         solver: str,
         num_stages: int | None,
+        layer_ranges: list[tuple[int, int]] | None,
         step: int | None,
         job_id: str | None,
     ) -> Plan: ...
@@ -95,6 +96,8 @@ class PlanTask:
     """The job's latest measured profile, or the request's; None: the preset's."""
     num_stages: int | None = None
     """The pipeline degree to plan at; None: the strategy chooses."""
+    layer_ranges: list[tuple[int, int]] | None = None
+    """The job's layer split at `num_stages` (its executors' stage modules); None: the strategy chooses."""
     step: int | None = None
     job_id: str | None = None
 
@@ -114,6 +117,7 @@ class PlanTask:
             time_limit_s=time_limit_s,
             solver=spec.solver,
             num_stages=self.num_stages,
+            layer_ranges=self.layer_ranges,
             step=self.step,
             job_id=self.job_id,
         )

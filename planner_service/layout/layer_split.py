@@ -76,14 +76,15 @@ SplitChoice = Callable[[PlanningContext, int], list[PipelineSpec]]
 """The layer splits a strategy builds at a pipeline degree P (its lower bound takes the smallest over them)."""
 
 
-def even_splits(ctx: PlanningContext, num_stages: int) -> list[PipelineSpec]:
-    """The even split only: what static, infinipipe, flexsp, dcp and greedy build."""
-    return [PipelineSpec.even(ctx.model.num_layers, num_stages)]
+def job_split(ctx: PlanningContext, num_stages: int) -> list[PipelineSpec]:
+    """The one split the context gives: the job's own when it fixes one, else the even split (what static,
+    infinipipe, flexsp, dcp and greedy build)."""
+    return [ctx.split_for(num_stages)]
 
 
 def searched_splits(ctx: PlanningContext, num_stages: int) -> list[PipelineSpec]:
-    """helix's splits at P: the even one and the head-balanced one; the even one only when the job fixes P (a job's
-    executors build their stage modules once, from the job's split, and `helix train` builds the even split)."""
-    if ctx.num_stages:
-        return even_splits(ctx, num_stages)
+    """helix's splits at P: the job's own when it fixes one (its executors built their stage modules from it),
+    else the even one and the head-balanced one."""
+    if ctx.layer_split is not None:
+        return job_split(ctx, num_stages)
     return candidate_splits(ctx.cost, ctx.batch, num_stages)

@@ -129,7 +129,7 @@ def balance_groups(items: list[tuple[int, int]], groups: list[Group], need: dict
 def smallest_fitting_degree(ctx: PlanningContext) -> int:
     longest = max(ctx.batch.lengths)
     for p in ctx.pipeline_degrees():
-        pipeline = PipelineSpec.even(ctx.model.num_layers, p)
+        pipeline = ctx.split_for(p)
         p_ctx = options_that_fit(ctx, pipeline)
         sizes = valid_sp_degrees(ctx.model, p_ctx.cost.dp_size(pipeline))
         if any(sequence_fits(p_ctx.cost, pipeline, longest, s, sliced=False) for s in sizes):
@@ -143,7 +143,7 @@ def smallest_fitting_degree(ctx: PlanningContext) -> int:
 def plan_dcp(ctx: PlanningContext) -> Plan:
     started = time.perf_counter()
     num_stages = ctx.num_stages or smallest_fitting_degree(ctx)
-    pipeline = PipelineSpec.even(ctx.model.num_layers, num_stages)
+    pipeline = ctx.split_for(num_stages)
     p_ctx = options_that_fit(ctx, pipeline)
     block = p_ctx.cost.dp_size(pipeline)
     sizes = [s for s in valid_sp_degrees(ctx.model, block) if block % s == 0]

@@ -82,7 +82,7 @@ def plan_greedy(
     tried: list[str] = []
     job_ctx = ctx
     for num_stages in job_ctx.pipeline_degrees():  # increasing: model states shrink with P
-        pipeline = PipelineSpec.even(job_ctx.model.num_layers, num_stages)
+        pipeline = job_ctx.split_for(num_stages)
         ctx = options_that_fit(job_ctx, pipeline)
         degrees = valid_sp_degrees(ctx.model, Topology.of(ctx.cluster, num_stages).stage_block_size)
         cap = max(1, math.ceil(longest / num_stages)) if num_stages > 1 else longest

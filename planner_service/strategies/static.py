@@ -115,7 +115,7 @@ def rank_static_layouts(ctx: PlanningContext, layouts: Sequence[StaticLayout]) -
     ranked: list[RankedLayout] = []
     for layout in layouts:
         p_count, s = layout.num_stages, layout.sp_degree
-        pipeline = PipelineSpec.even(ctx.model.num_layers, p_count)
+        pipeline = ctx.split_for(p_count)
         p_ctx = options_that_fit(ctx, pipeline)
         if layout.micro_batch_tokens not in shapes:
             shapes[layout.micro_batch_tokens] = micro_batch_shapes(ctx.batch.lengths, layout.micro_batch_tokens)
@@ -190,7 +190,7 @@ def build_static(
 ) -> Plan:
     """The simulated plan of one static layout at the ZeRO stage its model states suggest, or at the next
     stages when the built plan does not fit memory (the last one tried is returned: see `fits_memory`)."""
-    pipeline = PipelineSpec.even(ctx.model.num_layers, layout.num_stages)
+    pipeline = ctx.split_for(layout.num_stages)
     plan = None
     for layout_ctx in zero_stage_contexts(options_that_fit(ctx, pipeline)):
         budget.charge(UNITS_PER_SEQUENCE_PASS * len(ctx.batch.lengths))  # packing the micro-batches

@@ -19,7 +19,7 @@ from planner_service.budget import PlanningBudget
 from planner_service.context import PlanningContext
 from planner_service.cost_model import CostModel
 from planner_service.errors import PlanningError
-from planner_service.layout.layer_split import SplitChoice, even_splits, searched_splits
+from planner_service.layout.layer_split import SplitChoice, job_split, searched_splits
 from planner_service.lower_bound import degree_bound, forced_recompute_layers, gap_to, simulated_time_lower_bound
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.proposals import dynamic_pipeline_degrees
@@ -69,7 +69,7 @@ def own_split(plan: Plan) -> SplitChoice:
 
 def strategy_splits(name: str) -> SplitChoice:
     """The layer splits a strategy builds: helix also the head-balanced one, the others the even one."""
-    return searched_splits if name == "helix" else even_splits
+    return searched_splits if name == "helix" else job_split
 
 
 def random_lengths(rng: random.Random, longest: int) -> list[int]:

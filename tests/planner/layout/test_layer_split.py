@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -12,8 +10,8 @@ from planner_service.context import PlanningContext
 from planner_service.cost_model import CostModel
 from planner_service.layout.layer_split import (
     candidate_splits,
-    even_splits,
     head_balanced_split,
+    job_split,
     layer_and_head_work_s,
     searched_splits,
     split_with_last,
@@ -70,24 +68,29 @@ def test_long_sequences_make_the_head_relatively_cheaper() -> None:
     assert head_balanced_split(cost, long, 4).layers_of(3) >= head_balanced_split(cost, SHORT, 4).layers_of(3)
 
 
-def context(batch: Batch, model: str, *, num_stages: int | None = None) -> PlanningContext:
+def context(batch: Batch, model: str, *, split: PipelineSpec | None = None) -> PlanningContext:
     cluster, spec = resolve_cluster("h100-80g-8x8"), resolve_model(model)
-    ctx = PlanningContext(
+    return PlanningContext(
         batch=batch,
         cluster=cluster,
         model=spec,
         cost=CostModel.from_specs(cluster, spec),
         budget=PlanningBudget(units=600.0, wall_end=1e18),
+        num_stages=split.num_stages if split else None,
+        layer_split=split,
     )
-    return replace(ctx, num_stages=num_stages) if num_stages else ctx
 
 
-def test_a_job_that_fixes_p_keeps_the_even_split() -> None:
-    """A job's executors build their stage modules once (`helix train`: the even split), so only the searched P
-    may carry another split."""
+def test_a_job_split_is_the_only_split() -> None:
+    """A job's executors build their stage modules once, from the job's split: every strategy plans on it."""
     free = context(SHORT, "llama3-8b")
     assert len(searched_splits(free, 8)) == 2
-    assert searched_splits(context(SHORT, "llama3-8b", num_stages=8), 8) == even_splits(free, 8)
+    assert job_split(free, 8) == [PipelineSpec.even(32, 8)]
+    mine = split_with_last(32, 8, 3)
+    pinned = context(SHORT, "llama3-8b", split=mine)
+    assert searched_splits(pinned, 8) == job_split(pinned, 8) == [mine]
+    with pytest.raises(ValueError, match="not a split"):
+        context(SHORT, "llama2-7b", split=split_with_last(16, 4, 1))
 
 
 def test_helix_plans_the_split_and_is_faster_for_it() -> None:
@@ -95,10 +98,54 @@ def test_helix_plans_the_split_and_is_faster_for_it() -> None:
     lengths = sample_synthetic("commoncrawl", 128, np.random.default_rng(2))
     batch = Batch.from_lengths([min(n, 131072) for n in lengths])
     helix = make_plan(batch=batch, cluster=cluster, model=model, strategy="helix", time_limit_s=2.0)
-    pinned = make_plan(batch=batch, cluster=cluster, model=model, strategy="helix", time_limit_s=2.0, num_stages=8)
+    even = PipelineSpec.even(32, 8)
+    pinned = make_plan(
+        batch=batch,
+        cluster=cluster,
+        model=model,
+        strategy="helix",
+        time_limit_s=2.0,
+        num_stages=8,
+        layer_ranges=even.layer_ranges,
+    )
     validate_plan(helix, batch, cluster, model)
-    assert pinned.pipeline == PipelineSpec.even(32, 8)
+    assert pinned.pipeline == even
     assert helix.pipeline != PipelineSpec.even(32, helix.pipeline.num_stages)
     assert helix.predicted.iteration_s < 0.9 * pinned.predicted.iteration_s
     assert "layers " in helix.solver.message
     assert helix.solver.lower_bound_s is not None and helix.solver.lower_bound_s <= helix.predicted.iteration_s
+
+
+@pytest.mark.parametrize("strategy", ["static", "megatron", "dcp", "infinipipe", "helix", "greedy"])
+def test_every_strategy_plans_on_the_job_split(strategy: str) -> None:
+    cluster, model = resolve_cluster("h100-80g-8x8"), resolve_model("llama3-8b")
+    batch = Batch.from_lengths([3000 + 97 * i for i in range(48)])
+    mine = split_with_last(32, 4, 5)
+    plan = make_plan(
+        batch=batch,
+        cluster=cluster,
+        model=model,
+        strategy=strategy,
+        time_limit_s=1.0,
+        num_stages=4,
+        layer_ranges=mine.layer_ranges,
+    )
+    assert plan.pipeline == mine
+
+
+@pytest.mark.parametrize(
+    ("stages", "ranges", "says"),
+    [
+        (4, [(0, 16), (16, 32)], "2 stages but num_stages is 4"),
+        (None, [(0, 32)], "num_stages is None"),
+        (2, [(0, 10), (12, 32)], "not a split"),
+        (2, [(0, 10), (10, 30)], "covers 30 layers"),
+    ],
+)
+def test_a_bad_job_split_is_refused_naming_the_field(stages: int | None, ranges: list, says: str) -> None:
+    from planner_service.errors import PlanningError
+
+    cluster, model = resolve_cluster("h100-80g-8x8"), resolve_model("llama3-8b")
+    with pytest.raises(PlanningError, match=says) as caught:
+        make_plan(batch=SHORT, cluster=cluster, model=model, strategy="greedy", num_stages=stages, layer_ranges=ranges)
+    assert caught.value.field == "layer_ranges"
