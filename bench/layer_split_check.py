@@ -1,0 +1,152 @@
+"""The head-balanced layer split, measured: predicted vs measured step time of the same batches on the even split and
+on the split helix chooses, run by the executor on this machine's CPU ranks (gloo).
+
+The LM head and loss run on the last pipeline stage. A model whose head costs a few layers (here a CPU-sized
+Llama-style model of 8 layers whose 8192-token vocabulary makes the head cost several layers; llama3-8b's
+128K vocabulary does the same at scale) makes the last stage every pipeline's bottleneck under an even split.
+For each pipeline degree P the script plans each batch with helix twice, with the job's split fixed to the even
+split and to `head_balanced_split` (from the measured profile), times both plans round-robin on the executor, and
+reports each one's predicted and measured seconds and the speedup of the balanced split, predicted and measured.
+The default cluster, cpu-1x2, gives each of the two stages a core of its own: with more ranks than cores (cpu-2x2,
+four ranks on two cores) two stages share a core, a core's load rather than a stage's sets the step time, and the
+check measures the test bed, not the split.
+
+    .venv/bin/python bench/layer_split_check.py            # ~2 min on 2 cores (the profile is cached)
+    .venv/bin/python bench/layer_split_check.py --quick    # 2 batches, 3 repeats
+
+Writes bench/results/layer_split_check.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from bench_common import RESULTS, machine, write_table
+
+from executor.profile.grid import GRIDS, ProfileSettings
+from executor.profile.profile_run import ProfileTarget, cached_document, run_profile_rank
+from executor.profile.step_timing import PlanCase, StepTimingSettings, time_plans
+from executor.profile.timing import summarize
+from executor.verify.launch import launch_local
+from planner_service.cost_model import CostModel
+from planner_service.cost_model.profile_document import default_cache_dir
+from planner_service.layout.layer_split import head_balanced_split
+from planner_service.planner import make_plan
+from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.workloads import load_workload
+from proto import Batch, ModelSpec, PipelineSpec
+
+SEED = 4100
+
+
+def head_heavy_model() -> ModelSpec:
+    """The CPU test model with 8 layers and an 8192-token vocabulary: its LM head costs a few layers."""
+    tiny = resolve_model("tiny")
+    return tiny.model_copy(update={"name": "tiny-8l-8k-vocab", "num_layers": 8, "vocab_size": 8192})
+
+
+def layers_text(pipeline: PipelineSpec) -> str:
+    return "/".join(str(pipeline.layers_of(p)) for p in range(pipeline.num_stages))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--cluster",
+        default="cpu-1x2",
+        help="cpu-1x2 (default): one rank per core, so each pipeline stage has a core of its own; with more ranks "
+        "than cores, stages share cores and a core's load, not a stage's, sets the step time",
+    )
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--time-limit", type=float, default=1.0)
+    parser.add_argument("--quick", action="store_true", help="2 batches, 3 repeats")
+    args = parser.parse_args()
+    if args.quick:
+        args.batches, args.repeats = 2, 3
+    cluster, model = resolve_cluster(args.cluster), head_heavy_model()
+    began = time.perf_counter()
+    loads = {"start": os.getloadavg()}
+    settings = ProfileSettings(grid=GRIDS["cpu"], grid_name="cpu", repeats=3, statistic="min", pin_cores=True)
+    target = ProfileTarget(
+        cluster=cluster, model=model, settings=settings, out=RESULTS / "layer_split_check_profile.json",
+        cache_dir=default_cache_dir(),
+    )  # fmt: skip
+    doc = cached_document(target) or launch_local(run_profile_rank, (target,), world_size=cluster.num_devices)[0]
+    profile = doc.profile
+    print(f"profile: {profile.name} ({time.perf_counter() - began:.0f} s)", flush=True)
+    cost = CostModel.from_specs(cluster, model, profile=profile)
+
+    batches: list[Batch] = [
+        load_workload(
+            lengths_path=None, dataset="stdlib", batch_size=args.batch_size, seed=SEED + i, max_len=args.max_len
+        )
+        for i in range(args.batches)
+    ]
+    cases: list[PlanCase] = []
+    labels: list[tuple[int, int, str, PipelineSpec]] = []
+    for num_stages in (p for p in (2, 4) if p <= cluster.num_devices):
+        for b, batch in enumerate(batches):
+            even = PipelineSpec.even(model.num_layers, num_stages)
+            balanced = head_balanced_split(cost, batch, num_stages)
+            for name, split in (("even", even), ("balanced", balanced)):
+                plan = make_plan(
+                    batch=batch, cluster=cluster, model=model, strategy="helix", profile=profile,
+                    time_limit_s=args.time_limit, num_stages=num_stages, layer_ranges=split.layer_ranges, step=b,
+                )  # fmt: skip
+                cases.append(PlanCase(key=f"P{num_stages}/{b}/{name}", batch=batch, plan=plan, token_seed=b + 1))
+                labels.append((num_stages, b, name, split))
+    timing_settings = StepTimingSettings(warmup=1, repeats=args.repeats, pin_cores=True)
+    timings = launch_local(time_plans, (cluster, model, cases, timing_settings), world_size=cluster.num_devices)[0]
+    loads["after run"] = os.getloadavg()
+    measured = [summarize(list(t.seconds), "min") for t in timings]
+    spreads = [(max(t.seconds) - min(t.seconds)) / statistics.median(t.seconds) for t in timings]
+
+    rows = []
+    speedups: dict[int, list[tuple[float, float]]] = {}
+    for i in range(0, len(cases), 2):
+        (p, b, _, even), (_, _, _, balanced) = labels[i], labels[i + 1]
+        pe, pb = cases[i].plan.predicted.iteration_s, cases[i + 1].plan.predicted.iteration_s
+        me, mb = measured[i], measured[i + 1]
+        speedups.setdefault(p, []).append((pe / pb, me / mb))
+        rows.append([
+            p, b, sum(batches[b].lengths), layers_text(even), pe, me, layers_text(balanced), pb, mb,
+            pe / pb, me / mb,
+        ])  # fmt: skip
+    summary = {
+        f"P={p}: balanced over even, total over the batches": f"predicted {statistics.fmean(x for x, _ in v):.3f}x, "
+        f"measured {statistics.fmean(y for _, y in v):.3f}x"
+        for p, v in speedups.items()
+    }
+    meta = {
+        **machine(),
+        "cluster": args.cluster,
+        "model": f"{model.name} ({model.num_layers} layers, hidden {model.hidden_size}, vocabulary {model.vocab_size})",
+        "profile": f"{profile.name}: head {profile.head_s_per_token:.3g} s/token, layer linear "
+        f"{profile.linear_s_per_token:.3g} s/token (measured by helix profile on these ranks)",
+        "batches": f"{args.batches} x {args.batch_size} stdlib sequences, max_len {args.max_len}",
+        "steps": f"1 warm-up + {args.repeats} timed per case, round-robin; measured = the min",
+        "median spread of a case's timed steps": f"{statistics.median(spreads):.1%}",
+        **summary,
+        "load_average_1_5_15": loads,
+        "seconds": round(time.perf_counter() - began),
+        "command": "python bench/layer_split_check.py" + (" --quick" if args.quick else ""),
+    }
+    md = write_table(
+        "layer_split_check",
+        "Head-balanced layer split: predicted vs measured step time (CPU, gloo)",
+        ["P", "batch", "tokens", "even layers", "even predicted s", "even measured s", "balanced layers",
+         "balanced predicted s", "balanced measured s", "predicted speedup", "measured speedup"],
+        rows,
+        meta,
+    )  # fmt: skip
+    print(f"wrote {md}")
+
+
+if __name__ == "__main__":
+    main()
