@@ -45,8 +45,8 @@ class JobRequest:
     num_stages: int | None = None
     profile: CostProfile | None = None
     layer_ranges: tuple[tuple[int, int], ...] | None = None
-    """The layer split at `num_stages` when it is fixed (a resumed job's); None: the planner chooses it with P,
-    or the even split when only P is fixed."""
+    """The layer split at `num_stages` when the job fixes it (a resumed job's). None: chosen with P (the planner
+    picks both from a sample), or, when the job gives only P, the even split (`with_stages`)."""
 
     def with_stages(self, num_stages: int, layer_ranges: Sequence[Sequence[int]] | None = None) -> JobPlanning:
         """The job with its P and layer split chosen (default: the request's split, else the even split)."""
