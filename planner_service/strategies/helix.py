@@ -52,7 +52,7 @@ from planner_service.search import (
 )
 from planner_service.strategies.greedy import plan_greedy
 from planner_service.strategies.static import StaticSearch
-from proto import PipelineSpec, Plan
+from proto import Plan
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ def proposals(session: SearchSession, best_static: Plan | None) -> tuple[list[Pr
     degrees = dynamic_pipeline_degrees(ctx, include_one=True)
     uniform = uniform_proposals(ctx, strategy="helix", degrees=degrees, splits=searched_splits)
     uniform.sort(key=lambda p: p.estimate_s)
-    if ctx.num_stages != 1:  # InfiniPipe's candidates: the best-estimated uniform layouts with a pipeline (even split)
-        required += [p for p in uniform if p.num_stages > 1 and is_even(p)][:CANDIDATES_BUILT]
+    if ctx.num_stages != 1:  # InfiniPipe's candidates: the best-estimated uniform layouts with a pipeline, at its split
+        required += [p for p in uniform if p.num_stages > 1 and at_peer_split(ctx, p)][:CANDIDATES_BUILT]
     flexible = flexible_proposals(session, strategy="helix", degrees=degrees, splits=searched_splits)
     flexible.sort(key=lambda p: p.estimate_s)
     if best_static is not None:
@@ -147,12 +147,10 @@ def proposals(session: SearchSession, best_static: Plan | None) -> tuple[list[Pr
     return with_warmup_knobs(required), with_warmup_knobs(optional)
 
 
-def is_even(proposal: Proposal) -> bool:
-    """The proposal's layers are split evenly (as InfiniPipe splits them)."""
-    ranges = proposal.key[-1]  # `proposals.split_key`
-    if not isinstance(ranges, tuple) or not ranges:
-        return False
-    return ranges == tuple(PipelineSpec.even(ranges[-1][1], len(ranges)).layer_ranges)
+def at_peer_split(ctx: PlanningContext, proposal: Proposal) -> bool:
+    """The proposal's layers are split as the other strategies split them (`PlanningContext.split_for`: the job's
+    split, else the even one), so it is a plan InfiniPipe itself would build."""
+    return proposal.key[-1] == tuple(ctx.split_for(proposal.num_stages).layer_ranges)  # `proposals.split_key`
 
 
 def with_warmup_knobs(found: list[Proposal]) -> list[Proposal]:

@@ -20,7 +20,7 @@ from planner_service.layout.layer_split import (
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.workloads import sample_synthetic
-from proto import Batch, PipelineSpec, validate_plan
+from proto import Batch, PipelineSpec, PlanOptions, validate_plan
 
 SHORT = Batch.from_lengths([2048] * 64)
 """Short sequences: a layer is mostly GEMMs, so the LM head weighs its full share (llama3-8b: ~2.4 layers)."""
@@ -149,3 +149,44 @@ def test_a_bad_job_split_is_refused_naming_the_field(stages: int | None, ranges:
     with pytest.raises(PlanningError, match=says) as caught:
         make_plan(batch=SHORT, cluster=cluster, model=model, strategy="greedy", num_stages=stages, layer_ranges=ranges)
     assert caught.value.field == "layer_ranges"
+
+
+def test_helix_on_a_job_split_still_contains_infinipipes_plans() -> None:
+    """On a job's own (uneven) split, InfiniPipe's candidates are built at that split, so helix is never slower."""
+    cluster, model = resolve_cluster("h100-80g-8x8"), resolve_model("llama3-8b")
+    batch = Batch.from_lengths([3000 + 97 * i for i in range(48)])
+    mine = split_with_last(32, 4, 5)
+    plans = {
+        strategy: make_plan(
+            batch=batch,
+            cluster=cluster,
+            model=model,
+            strategy=strategy,
+            time_limit_s=2.0,
+            num_stages=4,
+            layer_ranges=mine.layer_ranges,
+        )
+        for strategy in ("infinipipe", "helix")
+    }
+    assert plans["helix"].predicted.iteration_s <= plans["infinipipe"].predicted.iteration_s * (1 + 1e-9)
+
+
+def test_infinipipes_candidates_are_required_at_the_job_split() -> None:
+    from planner_service.search import CANDIDATES_BUILT, SearchSession
+    from planner_service.strategies.helix import proposals
+
+    cluster, model = resolve_cluster("h100-80g-8x8"), resolve_model("llama3-8b")
+    mine = split_with_last(32, 4, 5)
+    ctx = PlanningContext.of(
+        batch=Batch.from_lengths([3000 + 97 * i for i in range(48)]),
+        cluster=cluster,
+        model=model,
+        options=PlanOptions(),
+        num_stages=4,
+        layer_split=mine,
+        budget=PlanningBudget(units=600.0, wall_end=1e18),
+    )
+    required, optional = proposals(SearchSession(ctx, ctx.budget), None)
+    uniform = [p for p in required + optional if p.key[0] == "uniform"]
+    assert uniform and all(p.key[-1] == tuple(mine.layer_ranges) for p in uniform)
+    assert sum(p.key[0] == "uniform" for p in required) == min(CANDIDATES_BUILT, len(uniform))
