@@ -20,7 +20,7 @@ from planner_service.layout.layer_split import (
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.workloads import sample_synthetic
-from proto import Batch, PipelineSpec, PlanOptions, validate_plan
+from proto import Batch, PipelineSpec, Plan, PlanOptions, validate_plan
 
 SHORT = Batch.from_lengths([2048] * 64)
 """Short sequences: a layer is mostly GEMMs, so the LM head weighs its full share (llama3-8b: ~2.4 layers)."""
@@ -116,21 +116,26 @@ def test_helix_plans_the_split_and_is_faster_for_it() -> None:
     assert helix.solver.lower_bound_s is not None and helix.solver.lower_bound_s <= helix.predicted.iteration_s
 
 
+JOB_SPLIT = split_with_last(32, 4, 5)
+"""An uneven split of llama3-8b's 32 layers into 4 stages (9/9/9/5), as a job might fix it."""
+
+
+def plan_on_job_split(strategy: str, time_limit_s: float) -> Plan:
+    """48 sequences of 3-7.6K tokens on h100-80g-8x8, llama3-8b, P = 4 at `JOB_SPLIT`."""
+    return make_plan(
+        batch=Batch.from_lengths([3000 + 97 * i for i in range(48)]),
+        cluster=resolve_cluster("h100-80g-8x8"),
+        model=resolve_model("llama3-8b"),
+        strategy=strategy,
+        time_limit_s=time_limit_s,
+        num_stages=4,
+        layer_ranges=JOB_SPLIT.layer_ranges,
+    )
+
+
 @pytest.mark.parametrize("strategy", ["static", "megatron", "dcp", "infinipipe", "helix", "greedy"])
 def test_every_strategy_plans_on_the_job_split(strategy: str) -> None:
-    cluster, model = resolve_cluster("h100-80g-8x8"), resolve_model("llama3-8b")
-    batch = Batch.from_lengths([3000 + 97 * i for i in range(48)])
-    mine = split_with_last(32, 4, 5)
-    plan = make_plan(
-        batch=batch,
-        cluster=cluster,
-        model=model,
-        strategy=strategy,
-        time_limit_s=1.0,
-        num_stages=4,
-        layer_ranges=mine.layer_ranges,
-    )
-    assert plan.pipeline == mine
+    assert plan_on_job_split(strategy, 1.0).pipeline == JOB_SPLIT
 
 
 @pytest.mark.parametrize(
@@ -153,21 +158,7 @@ def test_a_bad_job_split_is_refused_naming_the_field(stages: int | None, ranges:
 
 def test_helix_on_a_job_split_still_contains_infinipipes_plans() -> None:
     """On a job's own (uneven) split, InfiniPipe's candidates are built at that split, so helix is never slower."""
-    cluster, model = resolve_cluster("h100-80g-8x8"), resolve_model("llama3-8b")
-    batch = Batch.from_lengths([3000 + 97 * i for i in range(48)])
-    mine = split_with_last(32, 4, 5)
-    plans = {
-        strategy: make_plan(
-            batch=batch,
-            cluster=cluster,
-            model=model,
-            strategy=strategy,
-            time_limit_s=2.0,
-            num_stages=4,
-            layer_ranges=mine.layer_ranges,
-        )
-        for strategy in ("infinipipe", "helix")
-    }
+    plans = {strategy: plan_on_job_split(strategy, 2.0) for strategy in ("infinipipe", "helix")}
     assert plans["helix"].predicted.iteration_s <= plans["infinipipe"].predicted.iteration_s * (1 + 1e-9)
 
 
