@@ -6,11 +6,11 @@ the probe's model (the job's model with one layer per stage), so what differs be
 
 from __future__ import annotations
 
-import statistics
 from typing import TYPE_CHECKING
 
 from executor.profile.grid import ProfileSettings
 from executor.profile.step_timing import PlanCase, StepTimingSettings, time_plans
+from executor.profile.timing import summarize
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
 
@@ -42,6 +42,5 @@ def time_op_probe(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSetti
     results = time_plans(cluster, probe.model, cases, timing)
     if results is None:
         return None
-    pick = min if settings.statistic == "min" else statistics.median
-    packed_s, split_s = (pick(r.seconds) for r in results)
+    packed_s, split_s = (summarize(list(r.seconds), settings.statistic) for r in results)
     return probe.timing(packed_s, split_s)

@@ -39,6 +39,7 @@ from planner_service.proposals import (
     flexible_proposals,
     seeded_proposal,
     single_stage_flexible_proposal,
+    split_key,
     uniform_proposals,
 )
 from planner_service.search import (
@@ -150,7 +151,7 @@ def proposals(session: SearchSession, best_static: Plan | None) -> tuple[list[Pr
 def at_peer_split(ctx: PlanningContext, proposal: Proposal) -> bool:
     """The proposal's layers are split as the other strategies split them (`PlanningContext.split_for`: the job's
     split, else the even one), so it is a plan InfiniPipe itself would build."""
-    return proposal.key[-1] == tuple(ctx.split_for(proposal.num_stages).layer_ranges)  # `proposals.split_key`
+    return proposal.key[-1] == split_key(ctx.split_for(proposal.num_stages))
 
 
 def with_warmup_knobs(found: list[Proposal]) -> list[Proposal]:
