@@ -35,6 +35,7 @@ from executor.parallel.data import AdamWConfig, clip_gradients
 from executor.parallel.groups import ProcessGroups
 from executor.parallel.pipeline.runtime import StageRunResult, StageRunSettings, StageRuntime
 from executor.parallel.pipeline.shards import TokenSource, total_targets
+from executor.parallel.pipeline.weight_grads import DeferrableStage, install_deferrable_linears
 from executor.parallel.zero.block_rounds import Round, RoundsRefused, align_plan
 from executor.parallel.zero.model_states import (
     DEFAULT_BUCKET_BYTES,
@@ -149,6 +150,9 @@ class PlanExecutor:
         )
         if config.init_from is not None:  # before the states flatten or shard the parameters
             load_pretrained_stage(self.module, config.init_from)
+        # a plan may defer weight gradients on the stages after the first, at ZeRO-0/1 (`Plan.defer_weight_grads`)
+        defers = self.stage > 0 and config.zero_stage <= 1
+        self.deferrable = install_deferrable_linears(self.module.layers.values()) if defers else None
         self.states: ModelStates = build_model_states(
             self.module,
             config=StatesConfig(
@@ -190,7 +194,8 @@ class PlanExecutor:
         lane = lane_of(plan, role)
         rounds = self._rounds(plan, role)
         self.states.begin_step()
-        run = self._run_schedule(lane, role, batch, tokens=tokens, rounds=rounds)
+        deferring = self.deferrable if plan.defer_weight_grads else None
+        run = self._run_schedule(lane, role, batch, tokens=tokens, rounds=rounds, weight_grads=deferring)
         # every lane has ranks in every stage block: the block's busiest lane is the plan's
         busiest = max_chunks_in_block([len(other.chunks) for other in plan.lanes])
         self.states.finish_step(idle_backward_rounds=busiest - len(lane.chunks))
@@ -257,7 +262,14 @@ class PlanExecutor:
             raise PlanRefused(f"{where}: {err}") from err
 
     def _run_schedule(
-        self, lane: Lane, role: RankRole, batch: Batch, *, tokens: TokenSource, rounds: list[Round] | None
+        self,
+        lane: Lane,
+        role: RankRole,
+        batch: Batch,
+        *,
+        tokens: TokenSource,
+        rounds: list[Round] | None,
+        weight_grads: DeferrableStage | None,
     ) -> StageRunResult:
         lengths = batch.length_of()
         runtime = StageRuntime(
@@ -277,5 +289,6 @@ class PlanExecutor:
             ),
             hooks=self.states,
             rounds=rounds,
+            weight_grads=weight_grads,
         )
         return runtime.run()

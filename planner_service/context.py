@@ -31,6 +31,9 @@ class PlanningContext:
     layer_split: PipelineSpec | None = None
     """The job's layer split at `num_stages`, when the job fixes one (its executors built their stage modules from
     it): every strategy plans on it. None: the even split, or the strategy's own choice (`helix`)."""
+    defer_weight_grads: bool = True
+    """The executor can defer weight gradients after the send (`Plan.defer_weight_grads`, its capabilities):
+    `helix` then tries it on its winners."""
     budget: PlanningBudget = field(default=None)  # type: ignore[assignment]  # set in __post_init__
     """The call's work budget (deterministic units + wall-clock safety net), shared by every context derived
     from this one; by default the one `time_limit_s` gives."""
@@ -60,6 +63,7 @@ class PlanningContext:
         num_stages: int | None = None,
         layer_split: PipelineSpec | None = None,
         budget: PlanningBudget | None = None,
+        defer_weight_grads: bool = True,
     ) -> PlanningContext:
         """The context of a planning call: the cost model bound to the specs, profile and options; the budget
         of `time_limit_s` unless the caller brings its own."""
@@ -73,6 +77,7 @@ class PlanningContext:
             solver=solver,
             num_stages=num_stages,
             layer_split=layer_split,
+            defer_weight_grads=defer_weight_grads,
             budget=budget,  # type: ignore[arg-type]  # None: __post_init__ makes the limit's
         )
 

@@ -38,7 +38,9 @@ schedules: on each stage F(c) precedes B(c), so a stage's first op is a forward 
   joins as many rounds as the busiest (`idle_round_s` each): the block's device-chunks bound how many.
 - drain(p, z): lane l's last op on stage p is B(c'); B(c') on stages p-1..0 follows it (the smallest B op and
   send each), and each stage q's step ends at least `after_step_s` (the ZeRO-1/2 parameter all-gather) plus
-  one bucket's share of its ZeRO-0/1 reduction (`step_sync_end_s`) after the lane's last backward on q.
+  one bucket's share of its ZeRO-0/1 reduction (`step_sync_end_s`) after the lane's last backward on q. Where a
+  plan may defer weight gradients (ZeRO-0/1, `Plan.defer_weight_grads`), B(c') on stage p sends before it ends,
+  by its deferred weight gradients (unbounded above), so only stage p's own tail is charged.
 - sync(p, z): stage p's ZeRO-0/1 reduction ends no earlier than its first bucket, final once the last backward
   op has started, plus the whole reduction (`step_sync_end_s`); every forward op of the lane precedes that last
   backward. So the stage also ends at least fill(p) + (the block's forward device-time) / (N/P) + the reduction
@@ -197,6 +199,10 @@ def degree_bound(
     chunks = device_chunks(roomiest, pipeline, degrees, int(tokens))
     if not math.isfinite(chunks):
         return math.inf
+
+    def defers(cost: CostModel) -> bool:  # a plan at this ZeRO stage may defer weight gradients
+        return ctx.defer_weight_grads and cost.options.zero_stage <= ZeroStage.OPTIMIZER
+
     best = math.inf
     for cost in costs:
         times = [cost.collective_times(p, pipeline) for p in range(num_stages)]
@@ -224,7 +230,7 @@ def degree_bound(
                 (rounds * chunks + share * work) / block,
             )
             drain, behind = tail[p], 0.0  # behind: B(c') on stages p-1..q and the sends, after stage p's end
-            for q in range(p - 1, -1, -1):
+            for q in range(p - 1, -1, -1) if not defers(cost) else ():
                 behind += send + b_min[q]
                 drain = max(drain, behind + tail[q])
             forwards = (layers * (layer_forward + chunks * per_call) + (head_forward if last else 0)) / block

@@ -105,6 +105,7 @@ def make_plan(
         num_stages=num_stages,
         layer_split=layer_split,
         budget=budget,
+        defer_weight_grads=executor.deferred_weight_grads,
     )
     strategy_fn = get_strategy(strategy)
     try:

@@ -27,7 +27,8 @@ from planner_service.layout.lane_builder import Chunking, ChunkKnobs, LaneBuilde
 from planner_service.layout.lanes import LaneSpec, buddy_offsets
 from planner_service.layout.recompute import RecomputeMode
 from planner_service.lower_bound import BudgetedBound, gap_to
-from proto import PipelineSpec, Plan, SolverInfo, SolverStatus
+from planner_service.simulator import simulate
+from proto import PipelineSpec, Plan, SolverInfo, SolverStatus, ZeroStage
 
 PIPELINE_CHUNKINGS = (Chunking(4), Chunking(2), Chunking(8), Chunking(4, costliest_last=True))
 """Chunkings tried per lane with a pipeline (first is the default): more chunks per stage, smaller bubbles and
@@ -337,6 +338,31 @@ class SearchSession:
         solver = exact.solver.model_copy(update={"message": message})
         return Candidate(exact.model_copy(update={"solver": solver}), recipe)
 
+    def with_deferred_weight_grads(self, candidate: Candidate) -> Candidate:
+        """The candidate with `Plan.defer_weight_grads` when the executor can, the plan has a pipeline at ZeRO-0/1,
+        and the simulator then finds it faster and still within memory (the deferred output gradients cost
+        memory); else the candidate. One simulation, charged to the budget."""
+        plan = candidate.plan
+        ops = sum(len(ops) for lane in plan.lanes for ops in lane.schedule)
+        units = simulation_units(len(plan.lanes), ops, len(self.ctx.batch.lengths))
+        if (
+            not self.ctx.defer_weight_grads
+            or plan.defer_weight_grads
+            or plan.pipeline.num_stages == 1
+            or plan.options.zero_stage > ZeroStage.OPTIMIZER
+            or not self.budget.affordable(units)
+        ):
+            return candidate
+        trial = plan.model_copy(update={"defer_weight_grads": True})
+        predicted = simulate(trial, self.ctx.batch, self.ctx.cost, record_events=False).predicted
+        self.budget.charge(units)
+        trial = trial.model_copy(update={"predicted": predicted})
+        if predicted.iteration_s >= plan.predicted.iteration_s or not fits_memory(trial, self.ctx.cluster):
+            return candidate
+        message = f"{plan.solver.message}; weight gradients after the send"
+        solver = plan.solver.model_copy(update={"message": message})
+        return Candidate(trial.model_copy(update={"solver": solver}), candidate.recipe)
+
     def finish(self, candidate: Candidate, *, bound: BudgetedBound | None, note: str = "") -> Plan:
         """The kept candidate with its id and solver record: wall time, gap to the bound on simulated time."""
         plan = candidate.plan
@@ -407,12 +433,15 @@ def finalize(
     bound: BudgetedBound | None,
     polish_all: bool,
     reschedule: bool = False,
+    defer: bool = False,
     note: str = "",
 ) -> Plan | None:
     """The fastest candidate after polishing (the fastest always; with `polish_all` the next ones while units
     last, so a long limit polishes them all and the choice does not hinge on the order). With `reschedule`, the
     candidates within `PRUNE_MARGIN` of the fastest are first given their lanes' best schedule warm-up depth
-    (`SearchSession.reschedule`, fastest first while units last): that can change which one is fastest."""
+    (`SearchSession.reschedule`, fastest first while units last): that can change which one is fastest. With
+    `defer`, each polished candidate is also tried with deferred weight gradients
+    (`SearchSession.with_deferred_weight_grads`)."""
     found = fastest(candidates)
     if not found:
         if session.budget.tripped():
@@ -422,11 +451,15 @@ def finalize(
         near = found[0].iteration_s * (1 + PRUNE_MARGIN)
         found = fastest([session.reschedule(c) if c.iteration_s <= near else c for c in found])
 
-    best = session.polish(found[0])
+    def polished(candidate: Candidate) -> Candidate:
+        done = session.polish(candidate)
+        return session.with_deferred_weight_grads(done) if defer else done
+
+    best = polished(found[0])
     for candidate in found[1:] if polish_all else ():
         if session.budget.exhausted():
             break
-        polished = session.polish(candidate)
-        if polished.iteration_s < best.iteration_s:
-            best = polished
+        polished_one = polished(candidate)
+        if polished_one.iteration_s < best.iteration_s:
+            best = polished_one
     return session.finish(best, bound=bound, note=note)

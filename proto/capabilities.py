@@ -28,6 +28,11 @@ class ExecutorCapabilities(BaseModel):
     compute_dtypes: tuple[str, ...] = Field(
         description="dtypes of the forward/backward compute (bfloat16: mixed precision over fp32 parameters)."
     )
+    deferred_weight_grads: bool = Field(
+        default=False,
+        description="Backward ops that send the input gradient before computing weight gradients "
+        "(`Plan.defer_weight_grads`).",
+    )
 
     def plan_problem(self, plan: Plan, model: ModelSpec) -> str | None:
         """Why this executor cannot run `plan` for `model` (None when it can)."""
@@ -41,6 +46,8 @@ class ExecutorCapabilities(BaseModel):
                 f"model {model.name} ties its embeddings and the plan has {plan.pipeline.num_stages} stages; "
                 f"{self.name} runs tied embeddings only at P = 1"
             )
+        if plan.defer_weight_grads and not self.deferred_weight_grads:
+            return f"the plan defers weight gradients (defer_weight_grads) and {self.name} cannot"
         return None
 
 
@@ -51,6 +58,8 @@ TORCH_EXECUTOR = ExecutorCapabilities(
     attention_backends=("auto", "sdpa", "flash", "torch_varlen", "naive"),
     parameter_dtypes=("float32", "float64"),
     compute_dtypes=("float32", "float64", "bfloat16"),
+    deferred_weight_grads=True,
 )
 """`executor/` as of this schema version: ZeRO-0/1/2 bucketed sync, ZeRO-3 with FSDP2, tied embeddings at any P,
-the attention backends of `executor.attention.backends`, float32/float64 parameters, bf16 mixed precision on CUDA."""
+the attention backends of `executor.attention.backends`, float32/float64 parameters, bf16 mixed precision on CUDA,
+deferred weight gradients (ZeRO-0/1)."""

@@ -316,6 +316,13 @@ class Plan(BaseModel):
     options: PlanOptions = Field(default_factory=PlanOptions)
     pipeline: PipelineSpec
     lanes: list[Lane] = Field(min_length=1)
+    defer_weight_grads: bool = Field(
+        default=False,
+        description="Split every backward op on stages after the first: the op back-propagates to its input, sends "
+        "that gradient to the previous stage, and only then computes the weight gradients of the stage's layers "
+        "(zero-bubble style B/W split), so the previous stage's backward starts earlier. The same gradients; the "
+        "op holds the layers' output gradients until its weight gradients are done. ZeRO-0/1 only.",
+    )
     predicted: Predicted
     solver: SolverInfo = Field(default_factory=SolverInfo)
 

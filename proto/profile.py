@@ -90,6 +90,12 @@ class CostProfile(BaseModel):
     attention_backward_to_forward: Annotated[float, Field(ge=0.5, le=5.0, allow_inf_nan=False), AS_FINITE_NUMBER] = (
         Field(default=2.5, description="k_attn: backward / forward time of causal attention.")
     )
+    weight_grad_share: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=0.5,
+        description="Share of the GEMM backward (linear_backward_to_forward x the linear term) that computes the "
+        "weight gradients: a backward op that defers them (Plan.defer_weight_grads) sends its input gradient that "
+        "much earlier. 0.5 for GEMMs: the input and the weight gradient each repeat the forward's FLOPs.",
+    )
     head_s_per_token: Annotated[float, Field(ge=0, le=MAX_S_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
         default=0.0, description="LM head + loss forward seconds per token."
     )
@@ -192,6 +198,13 @@ class CostProfile(BaseModel):
         description="True when the attention kernel saves, for backward, the concatenation [earlier slices' K/V; "
         "the chunk's own K/V] of a chunk whose segments attend to a prefix (fused flash / varlen kernels on "
         "CUDA); False when it keeps the prefix pieces by reference (the executor's exact SDPA path).",
+    )
+    deferred_grad_bytes_per_token_layer: Annotated[
+        float, Field(ge=0, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(
+        default=0.0,
+        description="Bytes per token per layer (s=1 share of tokens) a backward op that defers weight gradients "
+        "holds from its layer's backward until the weight gradients are done: the output gradient of each GEMM.",
     )
     head_activation_bytes_per_token: Annotated[
         float, Field(ge=0, le=MAX_BYTES_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER

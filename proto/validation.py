@@ -14,7 +14,7 @@ from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.fingerprint import fingerprint
 from proto.model import ModelSpec
-from proto.plan import Lane, Op, Plan
+from proto.plan import Lane, Op, Plan, ZeroStage
 from proto.topology import Topology, sp_degree_problem
 
 MAX_REPORTED_PROBLEMS = 20
@@ -69,6 +69,11 @@ def _check_pipeline(plan: Plan, cluster: ClusterSpec, model: ModelSpec) -> list[
         problems.append(f"pipeline covers {plan.pipeline.num_layers} layers but the model has {model.num_layers}")
     if cluster.num_devices % p != 0:
         problems.append(f"pipeline degree {p} does not divide the {cluster.num_devices} devices")
+    if plan.defer_weight_grads and plan.options.zero_stage >= ZeroStage.GRADIENTS:
+        problems.append(
+            "defer_weight_grads needs options.zero_stage 0 or 1: under ZeRO-2/3 every backward op reduce-scatters "
+            "its gradients as they become final"
+        )
     for lane in plan.lanes:
         if len(lane.ranks) != p or len(lane.schedule) != p or len(lane.recompute) != p:
             problems.append(

@@ -43,7 +43,8 @@ class RankMemoryPrediction:
     held_peak_bytes: float
     """Peak of held activations + K/V (+ dK/dV accumulators) along the op order; comparable to the probe."""
     peak_with_transient: float
-    """The planner's activation peak (held + one op's transient working memory)."""
+    """The planner's activation peak (held + one op's transient working memory, and a deferring backward op's
+    queued output gradients)."""
 
 
 def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[str, float | bool]:
@@ -101,7 +102,8 @@ def predict_activation_memory(
     for lane in plan.lanes:
         tokens = [chunk.num_tokens for chunk in lane.chunks]
         for stage in range(plan.pipeline.num_stages):
-            memory = stage_memory(lane, plan.pipeline, stage, cost, lengths, tokens)
+            defers = plan.defer_weight_grads and stage > 0
+            memory = stage_memory(lane, plan.pipeline, stage, cost, lengths, tokens, defers_weight_grads=defers)
             recompute = lane.recompute[stage]
             transient = [
                 cost.transient_bytes(chunk, sp_degree=lane.sp_degree, is_last_stage=stage == last_stage)

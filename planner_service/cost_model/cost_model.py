@@ -82,6 +82,8 @@ class LayerTerms(NamedTuple):
     """LM head + loss backward."""
     alltoall: comm_model.LinkTimes
     """The all-to-alls split by link class."""
+    weight_grad_s: float = 0.0
+    """The part of `backward_s` that computes the layer's weight gradients (deferrable after the send)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -133,6 +135,7 @@ class CostModel:
             backward_s=compute_model.layer_backward_s(p, attn_pairs=pairs, num_tokens=tokens, sp_degree=sp_degree),
             head_backward_s=compute_model.head_backward_s(p, num_tokens=tokens, sp_degree=sp_degree),
             alltoall=a2a,
+            weight_grad_s=compute_model.layer_weight_grad_s(p, num_tokens=tokens, sp_degree=sp_degree),
         )
 
     def stage_forward_s(
@@ -341,6 +344,10 @@ class CostModel:
             is_last_stage=is_last_stage,
             prefix_kv_rows=shape.prefix_kv_rows,
         )
+
+    def deferred_grad_bytes(self, num_tokens: int, sp_degree: int) -> float:
+        """Bytes per device per kept layer that a backward op deferring its weight gradients holds for them."""
+        return comm_model.tokens_per_device(num_tokens, sp_degree) * self.profile.deferred_grad_bytes_per_token_layer
 
     # ---- placement helpers -------------------------------------------------------------------------------
     def topology(self, pipeline: PipelineSpec) -> Topology:

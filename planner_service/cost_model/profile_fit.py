@@ -47,7 +47,11 @@ from planner_service.cost_model.profile_measurements import (
     OpProbeTiming,
     ProfileMeasurements,
 )
-from planner_service.cost_model.profile_presets import preset_profile, ulysses_extra_bytes_per_token_layer
+from planner_service.cost_model.profile_presets import (
+    deferred_grad_bytes_per_token_layer,
+    preset_profile,
+    ulysses_extra_bytes_per_token_layer,
+)
 from proto import ClusterSpec, CostProfile, ModelSpec, SpDegreeCost
 from proto.profile import MAX_LAYER_OVERHEAD_S, MAX_SP_COMPUTE_SCALE, MIN_SP_COMPUTE_SCALE
 
@@ -522,10 +526,10 @@ def _fit_memory(m: ProfileMeasurements, model: ModelSpec) -> tuple[dict[str, Any
         )
     update["kv_bytes_per_token_layer"] = float(2 * model.kv_dim * _element_bytes(m.dtype, model))
     update["attention_saves_prefix_kv"] = m.attention_saves_prefix_kv
-    extra = ulysses_extra_bytes_per_token_layer(
-        model.model_copy(update={"bytes_per_element": _element_bytes(m.dtype, model)})
-    )
+    run_model = model.model_copy(update={"bytes_per_element": _element_bytes(m.dtype, model)})
+    extra = ulysses_extra_bytes_per_token_layer(run_model)
     update["ulysses_extra_bytes_per_token_layer"] = extra if m.attention_saves_output else 0.0
+    update["deferred_grad_bytes_per_token_layer"] = deferred_grad_bytes_per_token_layer(run_model)
     if m.states is not None:
         s = m.states
         update |= {

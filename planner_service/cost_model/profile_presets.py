@@ -124,6 +124,15 @@ def activation_bytes_per_token_layer(model: ModelSpec) -> float:
     return e * (6 * h + 2 * kv + mlp_inner) + SOFTMAX_STATS_BYTES * model.num_heads + 2 * NORM_STATS_BYTES
 
 
+def deferred_grad_bytes_per_token_layer(model: ModelSpec) -> float:
+    """The output gradients of one layer's GEMMs, which a backward op that defers its weight gradients keeps until
+    it computes them: q (heads x head_dim) + k, v (kv each) + out-projection (h) + MLP up (f, and gate f when
+    gated) + down (h) elements per token."""
+    q = model.num_heads * model.head_dim
+    mlp = (2 if model.gated_mlp else 1) * model.ffn_hidden_size
+    return float(model.bytes_per_element * (q + 2 * model.kv_dim + 2 * model.hidden_size + mlp))
+
+
 def checkpoint_bytes_per_token_layer(model: ModelSpec) -> float:
     """A recomputed layer keeps only its input (the residual stream): h elements per token."""
     return float(model.hidden_size * model.bytes_per_element)
@@ -192,6 +201,7 @@ def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
         checkpoint_bytes_per_token_layer=checkpoint_bytes_per_token_layer(model),
         kv_bytes_per_token_layer=kv_bytes_per_token_layer(model),
         ulysses_extra_bytes_per_token_layer=ulysses_extra_bytes_per_token_layer(model),
+        deferred_grad_bytes_per_token_layer=deferred_grad_bytes_per_token_layer(model),
         attention_saves_prefix_kv=ATTENTION_SAVES_PREFIX_KV,
         head_activation_bytes_per_token=head_activation_bytes_per_token(model),
         bytes_per_param_state=float(e + e + 12),  # working params + grads + fp32 master, Adam m and v

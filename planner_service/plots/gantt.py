@@ -21,6 +21,7 @@ from proto import Plan
 STYLE = {
     "F": ("#4C72B0", "", "forward"),
     "B": ("#55A868", "", "backward"),
+    "W": ("#8DCB9C", "--", "weight gradients (after the send)"),
     "R": ("#DD8452", "//", "recompute"),
     "A2A": ("#8C8C8C", "..", "all-to-all"),
     "P2P": ("#C44E52", "xx", "pipeline send/recv"),

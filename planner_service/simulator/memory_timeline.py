@@ -9,7 +9,8 @@ shrink to checkpoints; a non-final slice keeps the K/V of those layers for later
 attends to a prefix keeps, in each layer that does not recompute, the concatenated prefix K/V when the
 attention kernel saves it). From the backward of a sequence's last slice until an earlier slice's own
 backward ends, that earlier slice also holds dK/dV accumulators (`kv_grad`). Every op adds its transient
-working memory.
+working memory. A backward op that defers its weight gradients (`Plan.defer_weight_grads`, stages after the
+first) also holds the output gradients of its kept layers' GEMMs until they are done (`deferred`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class StageMemory:
     op_is_forward: tuple[bool, ...]
     op_constant: tuple[float, ...]
     """op_constant[t]: transient bytes of op t plus dK/dV accumulators held while it runs."""
+    deferred: tuple[float, ...] = ()
+    """deferred[c]: bytes per kept (not recomputed) layer that B(c) holds for its deferred weight gradients;
+    empty when the stage's backward ops do not defer them. Not in `held_at` rows: the recompute ILP plans the
+    stage without deferral (`Plan.defer_weight_grads` is only switched on for a plan whose peak still fits)."""
 
     def held_at(self) -> list[tuple[int, ...]]:
         """For each op, the chunks whose activations are held while it runs (for the ILP rows)."""
@@ -55,7 +60,8 @@ class StageMemory:
             size = self.base[c] + self.per_layer[c] * recompute[c]
             if fwd:
                 held += size
-            peak = max(peak, held + const)
+            extra = self.deferred[c] * (self.num_layers - recompute[c]) if self.deferred and not fwd else 0.0
+            peak = max(peak, held + const + extra)
             if not fwd:
                 held -= size
         return peak
@@ -69,9 +75,12 @@ def stage_memory(
     lengths: Mapping[int, int],
     tokens: Sequence[int],
     prefix_kv_rows: Sequence[int] | None = None,
+    *,
+    defers_weight_grads: bool = False,
 ) -> StageMemory:
     """Build the linear memory model of `lane` on `stage` (tokens[c]: tokens of chunk c; prefix_kv_rows[c]: its
-    `ChunkShape.prefix_kv_rows`, derived from the segments when not given)."""
+    `ChunkShape.prefix_kv_rows`, derived from the segments when not given; `defers_weight_grads`: the stage's
+    backward ops defer their weight gradients)."""
     s = lane.sp_degree
     if prefix_kv_rows is None:
         prefix_kv_rows = [ChunkShape.of(chunk).prefix_kv_rows for chunk in lane.chunks]
@@ -129,6 +138,7 @@ def stage_memory(
         op_chunks=tuple(op.chunk for op in ops),
         op_is_forward=tuple(op.kind == "F" for op in ops),
         op_constant=tuple(constants),
+        deferred=tuple(cost.deferred_grad_bytes(n, s) for n in tokens) if defers_weight_grads else (),
     )
 
 

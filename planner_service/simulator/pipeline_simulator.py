@@ -7,9 +7,11 @@ Model of execution (the executor's, see DESIGN §9):
   activations have arrived (p2p time); B(c) on p once B(c) on p+1 has ended and its gradient has arrived.
   Sends are asynchronous: they delay the receiver, not the sender.
 - Each op is compute and all-to-alls in series (Ulysses all-to-alls sit on the critical path of every layer);
-  a B op first recomputes the forward of its recomputed layers. Every op also pays the profile's fixed
-  `op_overhead_s` (the stage runtime's own work per micro-batch; 0 in presets, measured by `helix profile` and
-  refined by calibration).
+  a B op first recomputes the forward of its recomputed layers. With `Plan.defer_weight_grads`, a B op on a
+  stage after the first computes the weight gradients of its kept (not recomputed) layers last, after sending
+  its input gradient: the send leaves that much (`LayerTerms.weight_grad_s` per layer) before the op ends.
+  Every op also pays the profile's fixed `op_overhead_s` (the stage runtime's own work per micro-batch; 0 in
+  presets, measured by `helix profile` and refined by calibration).
 - Data-parallel collectives follow the executor contract of `cost_model.data_parallel`. ZeRO-0/1: the
   bucketed gradient reduction of stage p runs beside each lane's last B op on p, completes bucket by bucket
   once every lane has produced the bucket, and shares the links with that op's all-to-alls
@@ -31,7 +33,7 @@ from operator import attrgetter
 from typing import Literal, NamedTuple
 
 from planner_service.cost_model import ChunkShape, CostModel, LayerTerms
-from planner_service.cost_model.comm_model import LinkTimes
+from planner_service.cost_model.comm_model import NO_TRAFFIC, LinkTimes
 from planner_service.cost_model.data_parallel import (
     LastBackward,
     OverlappedCollectives,
@@ -43,13 +45,14 @@ from planner_service.cost_model.data_parallel import (
 from planner_service.simulator.memory_timeline import stage_memory
 from proto import Batch, Lane, Plan, Predicted
 
-EventKind = Literal["F", "B", "R", "A2A", "P2P", "SYNC"]
+EventKind = Literal["F", "B", "W", "R", "A2A", "P2P", "SYNC"]
 
 
 class TimelineEvent(NamedTuple):
     """One bar of the Gantt chart: what a (lane, stage) — i.e. its ranks first..last — did and when.
 
     F/B are compute of a forward/backward op, R the recompute part of a backward, A2A its Ulysses all-to-alls,
+    W the weight gradients a backward op computes after sending its input gradient (`Plan.defer_weight_grads`),
     P2P a send to the neighbouring stage (runs beside compute), SYNC data-parallel collectives (beside compute):
     those of op `chunk` (ZeRO-2/3), or with chunk = −1 the once-per-step ones and a lane's idle rounds.
     An immutable named tuple rather than a frozen dataclass: a large plan makes thousands per simulation.
@@ -178,6 +181,8 @@ class _OpTimes(NamedTuple):
     alltoall: LinkTimes
     collective_s: float
     """The op's data-parallel collectives on their own (0: none)."""
+    deferred_s: float = 0.0
+    """Weight gradients computed after the op's send (the op's last `deferred_s` seconds, no all-to-alls)."""
 
 
 def _op_times(
@@ -254,6 +259,7 @@ def _simulate_lane(
     for sp in set(spans):
         terms_by_span[sp] = [cost.layer_terms(sh, sp_degree=s, spans_nodes=sp) for sh in shapes]
     op_overhead = cost.profile.op_overhead_s
+    defers = plan.defer_weight_grads
     f_cost: list[list[_OpTimes]] = []  # [p][c]
     b_cost: list[list[_OpTimes]] = []
     for p in range(num_stages):
@@ -270,7 +276,10 @@ def _simulate_lane(
             backward = layers * term.backward_s + (term.head_backward_s if last else 0.0) + op_overhead
             fp.append(_op_times(0.0, forward, comm, term.alltoall.scaled(layers), collectives[p].forward))
             recompute = r * (term.forward_s + term.alltoall_s)
-            bp.append(_op_times(recompute, backward, comm, term.alltoall.scaled(layers + r), collectives[p].backward))
+            b_op = _op_times(recompute, backward, comm, term.alltoall.scaled(layers + r), collectives[p].backward)
+            if defers and p > 0:  # validation allows it at ZeRO-0/1 only: no per-op collectives to fit around
+                b_op = b_op._replace(deferred_s=(layers - r) * term.weight_grad_s)
+            bp.append(b_op)
         f_cost.append(fp)
         b_cost.append(bp)
     p2p = []  # [p][c]: send from stage p to p+1 (activations) or p+1 to p (gradients): same size and link
@@ -282,7 +291,8 @@ def _simulate_lane(
 
     # ---- timing: replay the schedules, waking a neighbour whenever an op it may wait on ends -----------
     f_end: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
-    b_end: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
+    b_sent: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
+    """When B(c) on a stage sent its input gradient: its end, or before its deferred weight gradients."""
     cursor = [0] * num_stages
     free = [0.0] * num_stages
     pending = list(range(num_stages - 1, -1, -1))
@@ -303,7 +313,7 @@ def _simulate_lane(
                     break
                 ready = prev + p2p[p - 1][c]
             elif not forward and p < num_stages - 1:
-                nxt = b_end[p + 1][c]
+                nxt = b_sent[p + 1][c]
                 if nxt is None:
                     break
                 ready = nxt + p2p[p][c]
@@ -312,7 +322,8 @@ def _simulate_lane(
             times = f_cost[p][c] if forward else b_cost[p][c]
             start = max(free[p], ready)
             end = start + times.duration_s
-            (f_end if forward else b_end)[p][c] = end
+            sent = end - times.deferred_s
+            (f_end if forward else b_sent)[p][c] = sent
             t.recompute_s += times.recompute_s
             t.compute_s += times.compute_s
             t.alltoall_s += times.alltoall_s
@@ -322,7 +333,9 @@ def _simulate_lane(
             send_s = p2p[min(p, send_to)][c] if sends else 0.0
             t.p2p_s += send_s
             if not forward:
-                t.last_backward = LastBackward(start, end, times.alltoall)
+                # deferred: every weight gradient becomes final in the op's last part, which has no all-to-alls
+                final_from, traffic = (sent, NO_TRAFFIC) if times.deferred_s > 0 else (start, times.alltoall)
+                t.last_backward = LastBackward(final_from, end, traffic)
             if events is not None:
                 _op_events(events, lane, p, op.kind, c, start, end, times, send_s if sends else None)
             if forward:
@@ -364,19 +377,25 @@ def _op_events(
     times: _OpTimes,
     send_s: float | None,
 ) -> None:
-    """The bars of one op: [collective lead,] recompute, compute, all-to-alls; its collectives beside it; its send."""
+    """The bars of one op: [collective lead,] recompute, compute, all-to-alls[, deferred weight gradients]; its
+    collectives beside it; its send."""
     at = start + times.lead_s
     if times.recompute_s > 0:
         events.append(_event(lane, stage, "R", chunk, at, at + times.recompute_s))
         at += times.recompute_s
-    events.append(_event(lane, stage, kind, chunk, at, at + times.compute_s))
-    at += times.compute_s
+    compute = times.compute_s - times.deferred_s
+    events.append(_event(lane, stage, kind, chunk, at, at + compute))
+    at += compute
     if times.alltoall_s > 0:
         events.append(_event(lane, stage, "A2A", chunk, at, at + times.alltoall_s))
+        at += times.alltoall_s
+    if times.deferred_s > 0:
+        events.append(_event(lane, stage, "W", chunk, at, at + times.deferred_s))
     if times.collective_s > 0:
         events.append(_event(lane, stage, "SYNC", chunk, start, end))
     if send_s is not None:
-        events.append(_event(lane, stage, "P2P", chunk, end, end + send_s))
+        sent = end - times.deferred_s
+        events.append(_event(lane, stage, "P2P", chunk, sent, sent + send_s))
 
 
 def _lane_memory(
@@ -391,5 +410,6 @@ def _lane_memory(
     tokens = [sh.num_tokens for sh in shapes]
     prefix_rows = [sh.prefix_kv_rows for sh in shapes]
     for p in range(plan.pipeline.num_stages):
-        memory = stage_memory(lane, plan.pipeline, p, cost, lengths, tokens, prefix_rows)
+        defers = plan.defer_weight_grads and p > 0
+        memory = stage_memory(lane, plan.pipeline, p, cost, lengths, tokens, prefix_rows, defers_weight_grads=defers)
         totals[p].peak_activation_bytes = memory.peak(lane.recompute[p])

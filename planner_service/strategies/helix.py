@@ -16,7 +16,8 @@ improve on them:
    and ILP repairs of large neighbourhoods, all judged by the simulator) from the best candidates until the
    work budget is spent;
 5. each winner's lanes at their best schedule warm-up depth (`SearchSession.reschedule`), the recompute ILP on
-   them, and the gap to a lower bound on the simulated time.
+   them, deferred weight gradients where they make the plan faster and it still fits
+   (`SearchSession.with_deferred_weight_grads`), and the gap to a lower bound on the simulated time.
 
 All of it is charged to the call's deterministic work budget (shares below), so the same input gives the
 same plan on a busy machine; with the budget to finish phases 1-2 (a generous limit), helix is never slower
@@ -115,7 +116,9 @@ def plan_helix(ctx: PlanningContext) -> Plan:
 
     session.budget = root
     note = f"; improvement phase: {steps} simulated improvements" if steps else ""
-    plan = finalize(session, candidates, bound=bound, polish_all=True, reschedule=True, note=note)
+    plan = finalize(
+        session, candidates, bound=bound, polish_all=True, reschedule=True, defer=ctx.defer_weight_grads, note=note
+    )
     if plan is None:
         raise InfeasibleWorkload(
             f"helix: no layout fits the longest sequence ({max(ctx.batch.lengths)} tokens) in memory", field="lengths"

@@ -197,6 +197,12 @@ def at_zero_stage(plan: Plan, zero_stage: int) -> Plan:
     return plan.model_copy(update={"options": options}).with_id()
 
 
+def with_deferred_weight_grads(plan: Plan) -> Plan:
+    """The plan with `defer_weight_grads` set (the layout unchanged): its backward ops on stages after the first
+    compute weight gradients after the send."""
+    return plan.model_copy(update={"defer_weight_grads": True}).with_id()
+
+
 def random_layer_split(rng: random.Random, num_layers: int, num_stages: int) -> PipelineSpec:
     """A random (possibly uneven) split of the layers into `num_stages` non-empty stages."""
     cuts = sorted(rng.sample(range(1, num_layers), num_stages - 1))

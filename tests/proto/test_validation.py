@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from proto import Batch, Chunk, Lane, Op, Plan, PlanValidationError, Predicted, Segment, validate_plan
+from proto import Batch, Chunk, Lane, Op, Plan, PlanValidationError, Predicted, Segment, ZeroStage, validate_plan
 from tests.proto.plan_factory import BATCH, CLUSTER, MODEL, two_stage_plan
 
 
@@ -156,3 +156,12 @@ def test_plan_id_is_content_hash() -> None:
     assert plan.plan_id == plan.content_hash()
     changed = plan.model_copy(update={"predicted": Predicted(iteration_s=2.0, ideal_s=0.5)})
     assert changed.content_hash() != plan.plan_id
+
+
+def test_deferred_weight_grads_need_zero_stage_0_or_1() -> None:
+    """Under ZeRO-2/3 a backward op reduce-scatters its gradients as they become final: deferral is refused."""
+    deferred = two_stage_plan().model_copy(update={"defer_weight_grads": True})
+    validate_plan(deferred, BATCH, CLUSTER, MODEL)
+    for zero in (ZeroStage.GRADIENTS, ZeroStage.PARAMETERS):
+        options = deferred.options.model_copy(update={"zero_stage": zero})
+        assert_rejected(deferred.model_copy(update={"options": options}), "defer_weight_grads needs options.zero_stage")

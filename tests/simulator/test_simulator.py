@@ -13,11 +13,11 @@ from collections import defaultdict
 from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from planner_service.cost_model import CostModel
-from planner_service.simulator import SimulationError, TimelineEvent, simulate
+from planner_service.simulator import SimulationError, SimulationResult, TimelineEvent, simulate
 from proto import (
     Batch,
     Chunk,
@@ -36,7 +36,7 @@ from tests.cost_model.hand_specs import hand_cluster, hand_plan, ops
 MODEL = ModelSpec(
     name="t", num_layers=4, hidden_size=64, num_heads=8, num_kv_heads=2, ffn_hidden_size=128, vocab_size=256
 )
-COMPUTE_STREAM = {"F", "B", "R", "A2A"}
+COMPUTE_STREAM = {"F", "B", "W", "R", "A2A"}
 """Event kinds that occupy the devices' compute stream; P2P sends and the gradient SYNC run beside it."""
 
 
@@ -357,6 +357,80 @@ def test_op_overhead_lengthens_every_op_of_the_timeline_by_hand() -> None:
     }
     assert_compute_timeline(result.events, expected)
     assert result.predicted.iteration_s == pytest.approx(25)
+
+
+def test_deferred_weight_grads_timeline_by_hand() -> None:
+    """The two-chunk timeline with `defer_weight_grads`: stage 1's B op sends its input gradient before its
+    weight gradients, W = `weight_grad_share` (0.5) x the GEMM backward = 1 s per layer, 2 s per op.
+
+    stage 0: F0 [0,2] F1 [2,4]                                          B0 [7,11]   B1 [13,17]
+    stage 1:          F0 [2.5,4.5] B0 [4.5,6.5] W0 [6.5,8.5] F1 [8.5,10.5] B1 [10.5,12.5] W1 [12.5,14.5]
+    B0 reaches stage 0 at 6.5 + 0.5 and B1 at 12.5 + 0.5: the step ends 2 s (stage 1's W) earlier than
+    without deferral (19 s). Stage 1 also holds the deferred output gradients of both its layers while B runs.
+    """
+    batch = Batch.from_lengths([1000, 1000])
+    chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=1000)]) for i in range(2)]
+    plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1"), chunks, batch)
+    cost = replace(cost, profile=FLAT.model_copy(update={"deferred_grad_bytes_per_token_layer": 30.0}))
+    plain = simulate(plan, batch, cost).predicted
+    result = simulate(plan.model_copy(update={"defer_weight_grads": True}), batch, cost)
+    expected = {
+        (0, "F", 0): (0, 2),
+        (0, "F", 1): (2, 4),
+        (1, "F", 0): (2.5, 4.5),
+        (1, "B", 0): (4.5, 6.5),
+        (1, "F", 1): (8.5, 10.5),
+        (1, "B", 1): (10.5, 12.5),
+        (0, "B", 0): (7, 11),
+        (0, "B", 1): (13, 17),
+    }
+    assert_compute_timeline(result.events, expected)
+    deferred = sorted((e.stage, e.chunk, e.start_s, e.end_s) for e in result.events if e.kind == "W")
+    approx = pytest.approx
+    assert deferred == [(1, 0, approx(6.5), approx(8.5)), (1, 1, approx(12.5), approx(14.5))]
+    sends = sorted(e.start_s for e in result.events if e.kind == "P2P" and e.stage == 1)
+    assert sends == [pytest.approx(6.5), pytest.approx(12.5)]
+    pred = result.predicted
+    assert plain.iteration_s == pytest.approx(19)
+    assert pred.iteration_s == pytest.approx(17)
+    assert pred.compute_s == pytest.approx(plain.compute_s)  # the same work, sent earlier
+    assert pred.peak_memory_bytes[0] == pytest.approx(plain.peak_memory_bytes[0])  # stage 0 never defers
+    assert pred.peak_memory_bytes[1] == pytest.approx(plain.peak_memory_bytes[1] + 1000 * 2 * 30.0)
+
+
+@given(seeds)
+def test_deferring_weight_grads_never_delays_an_op(seed: int) -> None:
+    """On random valid plans with a pipeline, `defer_weight_grads` only moves sends earlier: no op ends later,
+    the F + B + W work equals the F + B work without it, the devices never overlap two ops, and only stages
+    after the first may hold more memory."""
+    assume(random_plan(seed)[2].num_devices % 2 == 0)
+    plan, batch, _, _, cost = random_plan(seed, num_stages=2)
+    plain = simulate(plan, batch, cost)
+    deferred = simulate(plan.model_copy(update={"defer_weight_grads": True}), batch, cost)
+    assert_no_overlap(deferred.events)
+
+    def ends(result: SimulationResult) -> dict[tuple[int, int, int], float]:
+        out: dict[tuple[int, int, int], float] = {}
+        for e in result.events:
+            if e.kind in COMPUTE_STREAM and e.chunk >= 0:
+                key = (e.lane_id, e.stage, e.chunk)
+                out[key] = max(out.get(key, 0.0), e.end_s)  # B's end is its last bar (A2A or W)
+        return out
+
+    before, after = ends(plain), ends(deferred)
+    assert before.keys() == after.keys()
+    for key, end in after.items():
+        assert end <= before[key] * (1 + 1e-12) + 1e-15, key
+    for a, b in zip(deferred.predicted.lane_s, plain.predicted.lane_s, strict=True):
+        assert a <= b * (1 + 1e-12) + 1e-15
+    work = compute_stream_work(plan, deferred.events, {"F", "B", "W"})
+    assert work == pytest.approx(compute_stream_work(plan, plain.events, {"F", "B"}), rel=1e-9)
+    stage0 = {r for lane in plan.lanes for r in lane.ranks[0]}
+    peaks = zip(deferred.predicted.peak_memory_bytes, plain.predicted.peak_memory_bytes, strict=True)
+    for rank, (a, b) in enumerate(peaks):
+        assert a >= b * (1 - 1e-12)
+        if rank in stage0:
+            assert a == pytest.approx(b, rel=1e-12)
 
 
 def test_memory_counts_in_flight_chunks_and_recompute() -> None:

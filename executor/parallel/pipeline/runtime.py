@@ -6,7 +6,8 @@ attention over the lane's SP group and the K/V cache of sliced sequences, recomp
 layers for (stage, c), and sends the output to stage p+1 (on the last stage it computes the chunk's loss).
 For B(c) it back-propagates the loss (last stage) or the gradient received from stage p+1, adds the
 accumulated dK/dV of the chunk's non-final slice, sends the input gradient to stage p-1 and releases the
-chunk's activations and K/V leaves.
+chunk's activations and K/V leaves. With deferred weight gradients (`Plan.defer_weight_grads`, `weight_grads`)
+the kept layers' weight gradients are computed after that send (`weight_grads.WeightGradStore.flush`).
 
 Shapes come from the plan: a chunk of T tokens on a lane of SP degree s is (ceil(T/s), hidden) per rank.
 
@@ -34,6 +35,7 @@ from executor.parallel.pipeline.kv_cache import ChunkKVBinding, SliceKVCache
 from executor.parallel.pipeline.links import StageLinks
 from executor.parallel.pipeline.memory_probe import ActivationMemoryProbe
 from executor.parallel.pipeline.shards import IGNORE_INDEX, TokenSource, chunk_layout, materialize_shard
+from executor.parallel.pipeline.weight_grads import DeferrableStage
 from executor.parallel.ulysses import UlyssesAttention
 from executor.parallel.zero.block_rounds import IdleOp, Round
 from executor.role import RankRole
@@ -104,6 +106,8 @@ class StageRuntime:
     hooks: BackwardHooks = field(default_factory=_NoHooks)
     rounds: Sequence[Round] | None = None
     """The rounds to run (ZeRO-3); None: the lane's schedule at this stage."""
+    weight_grads: DeferrableStage | None = None
+    """Defer the kept layers' weight gradients of every backward op until its send (a stage after the first)."""
     _cache: SliceKVCache = field(default_factory=SliceKVCache)
     _in_flight: dict[int, _InFlight] = field(default_factory=dict)
     _idle: list[torch.Tensor] = field(default_factory=list)
@@ -203,7 +207,11 @@ class StageRuntime:
         else:
             shape = (layout.shard_tokens, self.module.spec.hidden_size)
             inputs = links.recv_activation(c, shape, settings.dtype, settings.device).requires_grad_(True)
-        out = self.module(inputs, shard.positions, _opaque(attend), recompute)
+        if self.weight_grads is not None:
+            with self.weight_grads.store.deferring(self.weight_grads.kept_weights(recompute)):
+                out = self.module(inputs, shard.positions, _opaque(attend), recompute)
+        else:
+            out = self.module(inputs, shard.positions, _opaque(attend), recompute)
         loss_value = 0.0
         if role.is_last_stage:
             out = F.cross_entropy(out, shard.targets, ignore_index=IGNORE_INDEX, reduction="sum") / self.loss_norm
@@ -223,6 +231,8 @@ class StageRuntime:
         if not self.role.is_first_stage:
             assert flight.inputs.grad is not None, f"rank {self.role.rank}: B{c} produced no input gradient"
             links.send_gradient(c, flight.inputs.grad)
+        if self.weight_grads is not None:
+            self.weight_grads.store.flush()
         flight.kv.release()
 
 

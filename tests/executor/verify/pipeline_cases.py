@@ -16,12 +16,14 @@ from proto.batch import Batch
 from proto.model import ModelSpec
 from proto.plan import PipelineSpec
 from tests.executor.executor_fixtures import (
+    at_zero_stage,
     cpu_cluster,
     make_pipeline_plan,
     make_plan,
     perturb_plan,
     random_batch,
     tiny_model,
+    with_deferred_weight_grads,
 )
 
 SKEWED = (
@@ -74,8 +76,10 @@ def planner_cases(world: int) -> list[EquivalenceCase]:
 def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
     """A sequence in 3 uneven slices across chunks, a hybrid chunk (tail slice + short sequences), a
     head slice packed with a short sequence, under Ulysses over the whole stage block (kv heads 2 < s on
-    8 ranks), on an uneven 4-layer split; once without and once with recompute of every layer, and once with
-    the deep schedule warm-up (stage 0 forwards the second slice group before the first one's backwards)."""
+    8 ranks), on an uneven 4-layer split; once without and once with recompute of every layer, once with
+    the deep schedule warm-up (stage 0 forwards the second slice group before the first one's backwards), and
+    once with deferred weight gradients where stage 1 recomputes one of its three layers in some chunks (its
+    other layers' weight gradients wait for the send, the recomputed one's are computed inline)."""
     cluster, model = cpu_cluster(2, world // 2), tiny_model(num_layers=4)
     pipeline = PipelineSpec(num_stages=2, layer_ranges=[(0, 1), (1, 4)])
     batch = Batch(seq_ids=[7, 3, 11, 5, 2], lengths=[57, 6, 3, 31, 9])
@@ -88,10 +92,17 @@ def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
     ]
     lanes = [(0, world // 2, chunks)]
     every = [[[pipeline.layers_of(p)] * len(chunks) for p in range(2)]]
+    some = [[[0] * len(chunks), [1, 0, 1, 0, 0]]]
     cases = []
-    variants = (("slices", None, 0), ("slices-recompute", every, 0), ("slices-deep-warmup", None, 2))
-    for name, recompute, depth in variants:
+    variants = (
+        ("slices", None, 0, False),
+        ("slices-recompute", every, 0, False),
+        ("slices-deep-warmup", None, 2, False),
+        ("slices-deferred-weight-grads", some, 0, True),
+    )
+    for name, recompute, depth, defer in variants:
         plan = make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=recompute, warmup_groups=depth)
+        plan = with_deferred_weight_grads(plan) if defer else plan
         cases.append(
             EquivalenceCase(
                 name=name,
@@ -106,7 +117,8 @@ def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
 
 def perturbed_cases(world: int, seed: int) -> list[EquivalenceCase]:
     """Random variants of valid plans: lane layouts, slice points, hybrid chunks, recompute, P = 2 and 4 with
-    random (uneven) layer splits; two steps on the same pipeline for the first one."""
+    random (uneven) layer splits; two steps on the same pipeline for the first one. The first two defer weight
+    gradients, at ZeRO-0 and at ZeRO-1 (the bucketed sync then hears of them from the deferred computation)."""
     rng = random.Random(seed)
     cluster = cpu_cluster(2, world // 2)
     cases = []
@@ -120,8 +132,14 @@ def perturbed_cases(world: int, seed: int) -> list[EquivalenceCase]:
             batch = random_batch(rng, num_seqs=rng.randint(world // 2, world + 2), max_len=40, first_id=100 * k)
             base = make_plan(batch, cluster, model, [(list(range(world)), [batch.seq_ids])])
             plan = perturb_plan(rng, base, batch, cluster, model, pipeline=pipeline)
+            if i < 2:
+                plan = at_zero_stage(with_deferred_weight_grads(plan), i)
             steps.append(StepInput(batch=batch, plan=plan, token_seed=rng.randrange(1 << 30)))
-        cases.append(EquivalenceCase(name=f"perturbed{i}", cluster=cluster, model=model, steps=tuple(steps), seed=i))
+        zero_stage = i if i < 2 else 0
+        case = EquivalenceCase(
+            name=f"perturbed{i}", cluster=cluster, model=model, steps=tuple(steps), seed=i, zero_stage=zero_stage
+        )
+        cases.append(case)
     return cases
 
 

@@ -1,0 +1,148 @@
+"""Backward ops that send their input gradient first and compute the weight gradients after (`Plan.defer_weight_grads`).
+
+The input gradient of a stage needs only the input-gradient half of each GEMM's backward; the weight-gradient
+half can wait. A backward op on a stage after the first therefore back-propagates with its kept layers' weight
+gradients queued, sends the input gradient to the previous stage, and then computes the queued weight gradients
+(`WeightGradStore.flush`), so the previous stage starts its backward earlier and the pipeline drains faster.
+
+Every bias-free `nn.Linear` of the stage's blocks is routed through the store (`install_deferrable_linears`). A
+chunk whose backward will defer runs its forward inside `WeightGradStore.deferring`: its kept layers' GEMMs then
+use the weight detached from autograd, and their backward returns the input gradient and queues (weight, GEMM
+input, output gradient). Every other forward is the linear's own. `flush` computes each queued gradient as the
+GEMM backward would (output gradient transposed times input, in the forward's compute dtype, then in the
+weight's dtype) and accumulates it through autograd (`torch.autograd.backward` on the weight), so the gradient
+hooks that drive the bucketed data-parallel sync fire once per weight, as they would during the backward. The
+queue follows the backward's order (last layer first), so buckets fill in the usual order.
+
+The layers a chunk recomputes compute their weight gradients inline: deferring them would keep their
+rematerialised activations alive until the flush, which is the memory recompute exists to save. The queued
+output gradients are what deferral costs in memory (`CostProfile.deferred_grad_bytes_per_token_layer`).
+ZeRO-0/1 only: under ZeRO-2/3 each backward op reduce-scatters its gradients as they become final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    weight: nn.Parameter
+    inputs: torch.Tensor
+    """The GEMM's input, in the forward's compute dtype."""
+    grad_output: torch.Tensor
+
+
+@dataclass
+class WeightGradStore:
+    """The weights whose gradients the chunk being run forward will defer, and the queue of deferred gradients'
+    operands filled by the backward."""
+
+    _deferred: frozenset[int] = frozenset()
+    _queue: list[_Queued] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def deferring(self, weights: Iterable[nn.Parameter]) -> Iterator[None]:
+        """A forward run inside the block defers the gradients of `weights` when it is back-propagated."""
+        self._deferred = frozenset(id(w) for w in weights)
+        try:
+            yield
+        finally:
+            self._deferred = frozenset()
+
+    def defers(self, weight: torch.Tensor) -> bool:
+        return id(weight) in self._deferred
+
+    def push(self, weight: nn.Parameter, inputs: torch.Tensor, grad_output: torch.Tensor) -> None:
+        self._queue.append(_Queued(weight, inputs, grad_output))
+
+    @property
+    def pending(self) -> int:
+        """Weight gradients queued and not yet computed."""
+        return len(self._queue)
+
+    def flush(self) -> None:
+        """Compute every queued weight gradient and accumulate it into `.grad` (hooks included), in queue order."""
+        queue, self._queue = self._queue, []
+        for item in queue:
+            grad = _weight_grad(item.grad_output, item.inputs, item.weight)
+            torch.autograd.backward(item.weight, grad)
+
+
+def _weight_grad(grad_output: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """dW of y = x W^T: the output gradient transposed times the input, over every token (leading dims flattened)."""
+    g = grad_output.reshape(-1, grad_output.shape[-1])
+    x = inputs.reshape(-1, inputs.shape[-1]).to(g.dtype)
+    return (g.t() @ x).to(weight.dtype)
+
+
+class _LinearDeferringWeightGrad(torch.autograd.Function):
+    """y = x W^T with W detached from autograd: the backward returns the input gradient and queues W's operands.
+
+    The weight is no input of the autograd node, so autograd neither computes its gradient nor runs its
+    gradient hooks during the backward (a node that returned None for it would still run them, and the bucketed
+    sync would count the weight as final twice); `WeightGradStore.flush` accumulates it later."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, inputs: torch.Tensor, detached_weight: torch.Tensor, module: nn.Linear, store: WeightGradStore
+    ) -> torch.Tensor:
+        out = F.linear(inputs, detached_weight)  # under autocast: the GEMM in the compute dtype, like nn.Linear
+        ctx.save_for_backward(inputs.to(out.dtype))
+        ctx.module, ctx.store = module, store
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (inputs,) = ctx.saved_tensors
+        weight: nn.Parameter = ctx.module.weight
+        ctx.store.push(weight, inputs, grad_output)
+        grad_inputs = grad_output @ weight.detach().to(grad_output.dtype) if ctx.needs_input_grad[0] else None
+        return grad_inputs, None, None, None
+
+
+@dataclass(frozen=True)
+class DeferrableStage:
+    """A stage's store and each of its blocks' GEMM weights, in layer order."""
+
+    store: WeightGradStore
+    block_weights: tuple[tuple[nn.Parameter, ...], ...]
+
+    def kept_weights(self, recompute_layers: int) -> list[nn.Parameter]:
+        """The weights a chunk that recomputes the stage's first `recompute_layers` blocks defers."""
+        return [w for block in self.block_weights[recompute_layers:] for w in block]
+
+
+def install_deferrable_linears(blocks: Iterable[nn.Module]) -> DeferrableStage:
+    """Route every bias-free `nn.Linear` inside `blocks` through a new store: a forward run while the store
+    defers the linear's weight uses `_LinearDeferringWeightGrad`, any other forward the linear's own."""
+    store = WeightGradStore()
+    weights: list[tuple[nn.Parameter, ...]] = []
+    for block in blocks:
+        own: list[nn.Parameter] = []
+        for module in block.modules():
+            if isinstance(module, nn.Linear):
+                if module.bias is not None:
+                    raise ValueError(f"deferrable linears have no bias; {module} has one")
+                module.forward = _deferrable_forward(module, store)  # type: ignore[method-assign]
+                own.append(module.weight)
+        weights.append(tuple(own))
+    return DeferrableStage(store, tuple(weights))
+
+
+def _deferrable_forward(module: nn.Linear, store: WeightGradStore) -> Any:
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        weight = module.weight
+        if not store.defers(weight):
+            return F.linear(inputs, weight)
+        out: torch.Tensor = _LinearDeferringWeightGrad.apply(inputs, weight.detach(), module, store)
+        return out
+
+    return forward

@@ -1,0 +1,99 @@
+"""helix's choice of deferred weight gradients (`Plan.defer_weight_grads`): taken when the simulator finds the plan
+faster and it still fits memory, never otherwise; never for an executor that cannot run it; and the lower bound
+still holds for the deferred plans.
+
+Guards against a plan that defers where its deferred output gradients overflow the device, a planner that hands
+an executor a feature it lacks, and a gap computed against a bound that deferral can beat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from planner_service.budget import PlanningBudget
+from planner_service.context import PlanningContext
+from planner_service.cost_model import CostModel
+from planner_service.lower_bound import simulated_time_lower_bound
+from planner_service.planner import make_plan
+from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.search import Candidate, SearchSession
+from planner_service.simulator import simulate
+from planner_service.workloads.sampling import load_workload
+from proto import Batch, PlanOptions, ZeroStage
+from proto.capabilities import TORCH_EXECUTOR
+
+pytestmark = pytest.mark.timeout(180)
+
+CLUSTER = resolve_cluster("a100-40g-8x8")
+MODEL = resolve_model("llama2-7b")
+
+
+def _batch() -> Batch:
+    return load_workload(lengths_path=None, dataset="commoncrawl", batch_size=128, seed=2, max_len=32768)
+
+
+def test_helix_defers_when_faster_and_the_flag_pays_off() -> None:
+    """Short sequences at P = 8: the pipeline drains through every stage's backward, so sending before the
+    weight gradients shortens the step. The plan defers, and the same plan without the flag is slower."""
+    batch = _batch()
+    plan = make_plan(batch=batch, cluster=CLUSTER, model=MODEL, strategy="helix", num_stages=8, budget=_units())
+    assert plan.defer_weight_grads
+    assert "weight gradients after the send" in plan.solver.message
+    cost = CostModel.from_specs(CLUSTER, MODEL, options=plan.options)
+    without = simulate(plan.model_copy(update={"defer_weight_grads": False}), batch, cost).predicted
+    assert plan.predicted.iteration_s < without.iteration_s
+    assert max(plan.predicted.peak_memory_bytes) <= CLUSTER.device_memory_bytes
+    # the bound on every plan helix can build holds for the deferred one
+    bound = simulated_time_lower_bound(_ctx(batch), [8])
+    assert bound <= plan.predicted.iteration_s
+
+
+def test_no_deferral_where_the_deferred_gradients_do_not_fit() -> None:
+    """The same winner when its deferred output gradients would overflow the device (a profile that prices
+    them at 10 MB per token and layer): kept without deferral, though deferral would be faster."""
+    batch = _batch()
+    ctx = _ctx(batch)
+    plan = make_plan(batch=batch, cluster=CLUSTER, model=MODEL, strategy="helix", num_stages=8, budget=_units())
+    plain = plan.model_copy(update={"defer_weight_grads": False})
+    plain = plain.model_copy(update={"predicted": simulate(plain, batch, ctx.cost).predicted})
+    assert SearchSession(ctx, ctx.budget).with_deferred_weight_grads(Candidate(plain, None)).plan.defer_weight_grads
+
+    heavy = ctx.cost.profile.model_copy(update={"deferred_grad_bytes_per_token_layer": 1e7})
+    costly = replace(ctx, cost=replace(ctx.cost, profile=heavy))
+    plain_heavy = plain.model_copy(update={"predicted": simulate(plain, batch, costly.cost).predicted})
+    kept = SearchSession(costly, costly.budget).with_deferred_weight_grads(Candidate(plain_heavy, None))
+    assert not kept.plan.defer_weight_grads
+    would = simulate(plain.model_copy(update={"defer_weight_grads": True}), batch, costly.cost).predicted
+    assert would.iteration_s < plain_heavy.predicted.iteration_s  # faster, refused for memory alone
+    assert max(would.peak_memory_bytes) > CLUSTER.device_memory_bytes
+
+
+@pytest.mark.parametrize("zero", [ZeroStage.GRADIENTS, ZeroStage.PARAMETERS])
+def test_no_deferral_under_zero_2_or_3(zero: ZeroStage) -> None:
+    options = PlanOptions(zero_stage=zero, max_zero_stage=zero)
+    plan = make_plan(
+        batch=_batch(), cluster=CLUSTER, model=MODEL, strategy="helix", options=options, num_stages=8, budget=_units()
+    )
+    assert not plan.defer_weight_grads
+
+
+def test_an_executor_without_deferral_never_gets_it() -> None:
+    batch = _batch()
+    plain_executor = TORCH_EXECUTOR.model_copy(update={"name": "an executor", "deferred_weight_grads": False})
+    plan = make_plan(batch=batch, cluster=CLUSTER, model=MODEL, num_stages=8, executor=plain_executor, budget=_units())
+    assert not plan.defer_weight_grads
+    deferred = plan.model_copy(update={"defer_weight_grads": True})
+    assert plain_executor.plan_problem(deferred, MODEL) == (
+        "the plan defers weight gradients (defer_weight_grads) and an executor cannot"
+    )
+    assert TORCH_EXECUTOR.plan_problem(deferred, MODEL) is None
+
+
+def _units() -> PlanningBudget:
+    return PlanningBudget.units_only(1.0)
+
+
+def _ctx(batch: Batch) -> PlanningContext:
+    return PlanningContext.of(batch=batch, cluster=CLUSTER, model=MODEL, options=PlanOptions(), budget=_units())
