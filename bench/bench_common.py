@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proto import ClusterSpec, CostProfile, ModelSpec
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 WIKIPEDIA = ROOT.parent / "shared" / "data" / "wikipedia-lengths.txt"
@@ -32,6 +34,22 @@ def write_table(name: str, title: str, columns: list[str], rows: list[list[Any]]
         json.dumps({"meta": meta, "rows": [dict(zip(columns, row, strict=True)) for row in rows]}, indent=1)
     )
     return md
+
+
+def measured_cpu_profile(cluster: ClusterSpec, model: ModelSpec, name: str) -> CostProfile:
+    """`helix profile` of `model` on this machine's CPU ranks of `cluster` (one rank pinned per core), from the
+    profile cache when it holds one for this (cluster, model, software); written to bench/results/<name>.json."""
+    from executor.profile.grid import GRIDS, ProfileSettings
+    from executor.profile.profile_run import ProfileTarget, cached_document, run_profile_rank
+    from executor.verify.launch import launch_local
+    from planner_service.cost_model.profile_document import default_cache_dir
+
+    settings = ProfileSettings(grid=GRIDS["cpu"], grid_name="cpu", repeats=3, statistic="min", pin_cores=True)
+    target = ProfileTarget(
+        cluster=cluster, model=model, settings=settings, out=RESULTS / f"{name}.json", cache_dir=default_cache_dir()
+    )
+    doc = cached_document(target) or launch_local(run_profile_rank, (target,), world_size=cluster.num_devices)[0]
+    return doc.profile
 
 
 def _fmt(value: Any) -> str:

@@ -24,15 +24,12 @@ import os
 import statistics
 import time
 
-from bench_common import RESULTS, machine, write_table
+from bench_common import machine, measured_cpu_profile, write_table
 
-from executor.profile.grid import GRIDS, ProfileSettings
-from executor.profile.profile_run import ProfileTarget, cached_document, run_profile_rank
 from executor.profile.step_timing import PlanCase, StepTimingSettings, time_plans
 from executor.profile.timing import summarize
 from executor.verify.launch import launch_local
 from planner_service.cost_model import CostModel
-from planner_service.cost_model.profile_document import default_cache_dir
 from planner_service.layout.layer_split import head_balanced_split
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
@@ -72,13 +69,7 @@ def main() -> None:
     cluster, model = resolve_cluster(args.cluster), head_heavy_model()
     began = time.perf_counter()
     loads = {"start": os.getloadavg()}
-    settings = ProfileSettings(grid=GRIDS["cpu"], grid_name="cpu", repeats=3, statistic="min", pin_cores=True)
-    target = ProfileTarget(
-        cluster=cluster, model=model, settings=settings, out=RESULTS / "layer_split_check_profile.json",
-        cache_dir=default_cache_dir(),
-    )  # fmt: skip
-    doc = cached_document(target) or launch_local(run_profile_rank, (target,), world_size=cluster.num_devices)[0]
-    profile = doc.profile
+    profile = measured_cpu_profile(cluster, model, "layer_split_check_profile")
     print(f"profile: {profile.name} ({time.perf_counter() - began:.0f} s)", flush=True)
     cost = CostModel.from_specs(cluster, model, profile=profile)
 

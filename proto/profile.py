@@ -96,6 +96,14 @@ class CostProfile(BaseModel):
         "weight gradients: a backward op that defers them (Plan.defer_weight_grads) sends its input gradient that "
         "much earlier. 0.5 for GEMMs: the input and the weight gradient each repeat the forward's FLOPs.",
     )
+    deferred_layer_overhead_s: Annotated[
+        float, Field(ge=0, le=MAX_LAYER_OVERHEAD_S, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(
+        default=0.0,
+        description="Extra seconds per kept layer of a backward op that defers its weight gradients (the "
+        "executor's bookkeeping: its own GEMM path, the queue, one more autograd call), charged before the "
+        "send. 0 in presets (a GPU layer's GEMMs dwarf it); measured by `helix profile`.",
+    )
     head_s_per_token: Annotated[float, Field(ge=0, le=MAX_S_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
         default=0.0, description="LM head + loss forward seconds per token."
     )

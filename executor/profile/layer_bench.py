@@ -21,6 +21,7 @@ from executor.attention.prefix import SCORE_KEEPING_BACKENDS, prefix_attention
 from executor.model import Block, RMSNorm, init_parameters, rope_cos_sin
 from executor.parallel.data import AdamWConfig, build_optimizer
 from executor.parallel.pipeline.memory_probe import ActivationMemoryProbe
+from executor.parallel.pipeline.weight_grads import install_deferrable_linears
 from executor.profile.grid import PARAM_DTYPES, ProfileGrid, ProfileSettings
 from executor.profile.timing import Clock, aligned, repeated_seconds, summarize
 from proto.model import ModelSpec
@@ -76,6 +77,7 @@ class LayerBench:
         self.block = Block(model, 0).to(dtype=self.dtype)
         init_parameters(self.block, settings.seed)
         self.block.to(self.device)
+        self.deferrable = install_deferrable_linears([self.block])  # plain forwards unless told to defer
         self.norm = RMSNorm(model.hidden_size, model.norm_eps).to(self.device, self.dtype)
         self.head = torch.nn.Linear(model.hidden_size, model.vocab_size, bias=False).to(self.device, self.dtype)
         self._generator = torch.Generator(device=self.device).manual_seed(settings.seed)
@@ -133,6 +135,28 @@ class LayerBench:
 
         return self.forward_backward_seconds(forward, backward)
 
+    def time_deferred_layer(self, shape: GridChunk) -> tuple[float, float, float]:
+        """Forward, backward up to the input gradient, and the deferred weight gradients of the layer on `shape`
+        with every GEMM weight gradient deferred (`Plan.defer_weight_grads`), each timed on its own."""
+        x, cos, sin, attend = self.layer_inputs(shape)
+        grad = torch.ones(shape.num_tokens, self.model.hidden_size, device=self.device, dtype=self.dtype)
+        store = self.deferrable.store
+
+        def forward() -> torch.Tensor:
+            with store.deferring(self.deferrable.kept_weights(0)):
+                return self.block(x, cos, sin, attend)  # type: ignore[no-any-return]
+
+        def backward(y: torch.Tensor) -> None:
+            y.backward(grad.to(y.dtype))
+
+        def weight_grads(_: torch.Tensor) -> None:
+            store.flush()
+            self.block.zero_grad(set_to_none=True)
+            x.grad = None
+
+        forward_s, backward_s, weight_grad_s = self.phase_seconds(forward, backward, weight_grads)
+        return forward_s, backward_s, weight_grad_s
+
     def time_head(self, num_tokens: int) -> tuple[float, float]:
         """Forward and backward seconds of final norm + LM head + summed cross-entropy."""
         x = self.randn(num_tokens, self.model.hidden_size, grad=True)
@@ -152,23 +176,30 @@ class LayerBench:
     ) -> tuple[float, float]:
         """Forward and backward seconds (the settings' statistic over repeats), each timed on its own with all
         ranks aligned before it."""
+        forward_s, backward_s = self.phase_seconds(forward, backward)
+        return forward_s, backward_s
+
+    def phase_seconds(self, forward: Callable[[], torch.Tensor], *after: Callable[[torch.Tensor], None]) -> list[float]:
+        """Seconds of the forward (under the settings' autocast) and of each later phase given its output (the
+        settings' statistic over repeats), each timed on its own with all ranks aligned before it."""
         s = self.settings
         clock = Clock(s.device)
-        forward_s, backward_s = [], []
+        samples: list[list[float]] = [[] for _ in range(1 + len(after))]
         for i in range(s.warmup + s.repeats):
             aligned()
             clock.start()
             with autocast(s):
                 out = forward()
-            f = clock.stop()
-            aligned()
-            clock.start()
-            backward(out)
-            b = clock.stop()
+            seconds = [clock.stop()]
+            for phase in after:
+                aligned()
+                clock.start()
+                phase(out)
+                seconds.append(clock.stop())
             if i >= s.warmup:
-                forward_s.append(f)
-                backward_s.append(b)
-        return summarize(forward_s, s.statistic), summarize(backward_s, s.statistic)
+                for kept, value in zip(samples, seconds, strict=True):
+                    kept.append(value)
+        return [summarize(values, s.statistic) for values in samples]
 
     def saved_bytes(self, num_tokens: int, *, kind: str) -> float:
         """Bytes the forward of the layer ('layer', 'checkpointed_layer') or of the head ('head') keeps for backward:

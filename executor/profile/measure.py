@@ -78,7 +78,9 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
         cores=cores_description(world, threads, pinned) if settings.device == "cpu" else "",
         warmup=settings.warmup,
         repeats=settings.repeats,
-        layer=merge_median([g["layer"] for g in gathered], ("forward_s", "backward_s", "recompute_backward_s")),
+        layer=merge_median(
+            [g["layer"] for g in gathered], ("forward_s", "backward_s", "recompute_backward_s", *DEFERRED_TIMES)
+        ),
         head=merge_median([g["head"] for g in gathered], ("forward_s", "backward_s")),
         lanes=merge_lanes([g["lanes"] for g in gathered]),
         collectives=merge_slowest([g["collectives"] for g in gathered]),
@@ -95,8 +97,10 @@ def _compute_rows(bench: LayerBench, settings: ProfileSettings) -> tuple[list[di
     for shape in chunk_shapes(settings.grid):
         forward, backward = bench.time_layer(shape, recompute=False)
         recompute_backward = None
+        deferred: tuple[float | None, ...] = (None, None, None)
         if shape.segments in settings.grid.recompute_segments and not shape.context:
             _, recompute_backward = bench.time_layer(shape, recompute=True)
+            deferred = bench.time_deferred_layer(shape)
         layer.append(
             {
                 "num_tokens": shape.num_tokens,
@@ -106,6 +110,7 @@ def _compute_rows(bench: LayerBench, settings: ProfileSettings) -> tuple[list[di
                 "forward_s": forward,
                 "backward_s": backward,
                 "recompute_backward_s": recompute_backward,
+                **dict(zip(DEFERRED_TIMES, deferred, strict=True)),
             }
         )
         log.debug("layer %s: fwd %.4f s, bwd %.4f s, recompute %s s", shape, forward, backward, recompute_backward)
@@ -114,6 +119,10 @@ def _compute_rows(bench: LayerBench, settings: ProfileSettings) -> tuple[list[di
         forward, backward = bench.time_head(tokens)
         head.append({"num_tokens": tokens, "forward_s": forward, "backward_s": backward})
     return layer, head
+
+
+DEFERRED_TIMES = ("deferred_forward_s", "deferred_backward_s", "weight_grad_s")
+"""`LayerTiming`'s fields of the layer run with its weight gradients deferred."""
 
 
 def merge_median(per_rank: Sequence[list[dict[str, Any]]], timed: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -28,7 +28,12 @@ all-to-alls and pipeline sends; collectives: data-parallel gradient reductions a
 
 TIME_FIELDS: Mapping[str, tuple[tuple[str, int], ...]] = {
     "attention": (("attn_s_per_token2", 1),),
-    "linear": (("linear_s_per_token", 1), ("layer_overhead_s", 1), ("head_s_per_token", 1)),
+    "linear": (
+        ("linear_s_per_token", 1),
+        ("layer_overhead_s", 1),
+        ("head_s_per_token", 1),
+        ("deferred_layer_overhead_s", 1),
+    ),
     "communication": (
         ("alltoall_bw_intra", -1),
         ("alltoall_bw_inter", -1),

@@ -43,6 +43,7 @@ from planner_service.cost_model.op_overhead_probe import (
 from planner_service.cost_model.profile_measurements import (
     CollectiveTiming,
     LaneLayerTiming,
+    LayerTiming,
     MemorySample,
     OpProbeTiming,
     ProfileMeasurements,
@@ -166,6 +167,33 @@ def _unmeasured(name: str, fields: Sequence[str], why: str) -> FitReport:
 
 
 # --- compute -----------------------------------------------------------------------------------------------------
+
+
+def _fit_deferral(rows: Sequence[LayerTiming], fitted: CostProfile) -> tuple[dict[str, Any], FitReport]:
+    """`weight_grad_share` and `deferred_layer_overhead_s` from the layer timed with its weight gradients deferred.
+
+    The deferred weight gradients W are fitted as share x (the GEMM backward term, `layer_weight_grad_s` at share
+    1) + a constant; the overhead is the median, over the rows, of what the deferred layer's forward, backward and
+    W together take beyond the plain forward and backward (W's constant is part of it), at least 0. `fitted` has
+    the layer's compute coefficients already fitted."""
+    timed = [r for r in rows if r.deferred_forward_s and r.deferred_backward_s and r.weight_grad_s]
+    fields = ["weight_grad_share", "deferred_layer_overhead_s"]
+    if not timed:
+        return {}, _unmeasured("deferred weight gradients", fields, "no deferred layer timings")
+    whole = fitted.model_copy(update={"weight_grad_share": 1.0, "sp_degree_costs": ()})
+    gemm = [compute_model.layer_weight_grad_s(whole, num_tokens=r.num_tokens, sp_degree=1) for r in timed]
+    measured = [float(r.weight_grad_s or 0.0) for r in timed]
+    share, _ = relative_fit([gemm, [1.0] * len(timed)], measured)
+    note = f"share {share:.2f} clipped to [0, 1]" if share > 1 else ""
+    share = float(min(share, 1.0))
+    extra = [
+        float((r.deferred_forward_s or 0.0) + (r.deferred_backward_s or 0.0) + (r.weight_grad_s or 0.0))
+        - (r.forward_s + r.backward_s)
+        for r in timed
+    ]
+    overhead = float(np.clip(np.median(extra), 0.0, MAX_LAYER_OVERHEAD_S))
+    coefficients = {"weight_grad_share": share, "deferred_layer_overhead_s": overhead}
+    return coefficients, _report("deferred weight gradients", coefficients, [share * g for g in gemm], measured, note)
 
 
 def _fit_compute(m: ProfileMeasurements, base: CostProfile) -> tuple[dict[str, Any], list[FitReport]]:
@@ -654,6 +682,9 @@ def fit_profile(
             ),
         }
     )
+    deferral, deferral_report = _fit_deferral(m.layer, profile)
+    reports.append(deferral_report)
+    profile = profile.model_copy(update=deferral)
     degree_costs, degree_reports = _fit_sp_degrees(m.lanes, model, profile)
     reports += degree_reports
     profile = profile.model_copy(update={"sp_degree_costs": degree_costs})

@@ -32,6 +32,15 @@ class LayerTiming(BaseModel):
     recompute_backward_s: float | None = Field(
         default=None, gt=0, description="Backward of the same layer under activation checkpointing (forward rerun)."
     )
+    deferred_forward_s: float | None = Field(
+        default=None, gt=0, description="Forward of the same layer whose GEMM weight gradients will be deferred."
+    )
+    deferred_backward_s: float | None = Field(
+        default=None, gt=0, description="Its backward up to the input gradient, the weight gradients queued."
+    )
+    weight_grad_s: float | None = Field(
+        default=None, gt=0, description="Its queued weight gradients, computed and accumulated."
+    )
 
 
 class LaneLayerTiming(BaseModel):

@@ -9,7 +9,8 @@ Model of execution (the executor's, see DESIGN §9):
 - Each op is compute and all-to-alls in series (Ulysses all-to-alls sit on the critical path of every layer);
   a B op first recomputes the forward of its recomputed layers. With `Plan.defer_weight_grads`, a B op on a
   stage after the first computes the weight gradients of its kept (not recomputed) layers last, after sending
-  its input gradient: the send leaves that much (`LayerTerms.weight_grad_s` per layer) before the op ends.
+  its input gradient: the send leaves that much (`LayerTerms.weight_grad_s` per layer) before the op ends,
+  and the op is longer by the profile's `deferred_layer_overhead_s` per kept layer (before the send).
   Every op also pays the profile's fixed `op_overhead_s` (the stage runtime's own work per micro-batch; 0 in
   presets, measured by `helix profile` and refined by calibration).
 - Data-parallel collectives follow the executor contract of `cost_model.data_parallel`. ZeRO-0/1: the
@@ -260,6 +261,7 @@ def _simulate_lane(
         terms_by_span[sp] = [cost.layer_terms(sh, sp_degree=s, spans_nodes=sp) for sh in shapes]
     op_overhead = cost.profile.op_overhead_s
     defers = plan.defer_weight_grads
+    deferral_overhead = cost.profile.deferred_layer_overhead_s
     f_cost: list[list[_OpTimes]] = []  # [p][c]
     b_cost: list[list[_OpTimes]] = []
     for p in range(num_stages):
@@ -278,7 +280,12 @@ def _simulate_lane(
             recompute = r * (term.forward_s + term.alltoall_s)
             b_op = _op_times(recompute, backward, comm, term.alltoall.scaled(layers + r), collectives[p].backward)
             if defers and p > 0:  # validation allows it at ZeRO-0/1 only: no per-op collectives to fit around
-                b_op = b_op._replace(deferred_s=(layers - r) * term.weight_grad_s)
+                kept, extra = layers - r, (layers - r) * deferral_overhead
+                b_op = b_op._replace(
+                    compute_s=b_op.compute_s + extra,
+                    duration_s=b_op.duration_s + extra,
+                    deferred_s=kept * term.weight_grad_s,
+                )
             bp.append(b_op)
         f_cost.append(fp)
         b_cost.append(bp)

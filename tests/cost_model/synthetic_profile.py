@@ -48,6 +48,8 @@ TRUE = preset_profile(CLUSTER, MODEL).model_copy(
         "allreduce_latency_intra_s": 3e-4,
         "allreduce_latency_inter_s": 7e-4,
         "op_overhead_s": 3.7e-3,
+        "weight_grad_share": 0.62,
+        "deferred_layer_overhead_s": 2.5e-4,
         "sp_degree_costs": (
             SpDegreeCost(sp_degree=1, compute_scale=0.9, call_overhead_s=0.0),
             SpDegreeCost(sp_degree=2, compute_scale=1.1, call_overhead_s=2e-4),
@@ -77,6 +79,8 @@ FITTED_FIELDS = (
     "allreduce_latency_intra_s",
     "allreduce_latency_inter_s",
     "op_overhead_s",
+    "weight_grad_share",
+    "deferred_layer_overhead_s",
     "sp_degree_costs",
 )
 
@@ -97,6 +101,8 @@ def synthetic_measurements(true: CostProfile, noise: float = 0.0, seed: int = 0)
                 pairs = compute_model.attention_pairs(segs)
                 f = compute_model.layer_forward_s(formula, attn_pairs=pairs, num_tokens=tokens, sp_degree=1)
                 b = compute_model.layer_backward_s(formula, attn_pairs=pairs, num_tokens=tokens, sp_degree=1)
+                w = compute_model.layer_weight_grad_s(formula, num_tokens=tokens, sp_degree=1)
+                overhead = formula.deferred_layer_overhead_s
                 layer.append(
                     LayerTiming(
                         num_tokens=tokens,
@@ -106,6 +112,9 @@ def synthetic_measurements(true: CostProfile, noise: float = 0.0, seed: int = 0)
                         forward_s=jitter(f),
                         backward_s=jitter(b),
                         recompute_backward_s=jitter(f + b),
+                        deferred_forward_s=jitter(f),
+                        deferred_backward_s=jitter(b - w + overhead),
+                        weight_grad_s=jitter(w),
                     )
                 )
     head = [

@@ -69,11 +69,14 @@ class WeightGradStore:
         return len(self._queue)
 
     def flush(self) -> None:
-        """Compute every queued weight gradient and accumulate it into `.grad` (hooks included), in queue order."""
+        """Compute every queued weight gradient and accumulate them into `.grad` (hooks included) in one autograd
+        call: one engine run per backward op rather than one per weight (on small layers the per-call cost is
+        what the deferral would otherwise add)."""
         queue, self._queue = self._queue, []
-        for item in queue:
-            grad = _weight_grad(item.grad_output, item.inputs, item.weight)
-            torch.autograd.backward(item.weight, grad)
+        if not queue:
+            return
+        grads = [_weight_grad(item.grad_output, item.inputs, item.weight) for item in queue]
+        torch.autograd.backward([item.weight for item in queue], grads)
 
 
 def _weight_grad(grad_output: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,134 @@
+"""Deferred weight gradients, measured: predicted vs measured step time of the same plans with and without
+`Plan.defer_weight_grads`, run by the executor on this machine's CPU ranks (gloo).
+
+For each batch, helix plans it at P = 2 for an executor that cannot defer (the plain plan); the deferred plan is
+that plan with the flag set, priced again by the simulator. Both run round-robin on the executor, and the table
+gives each one's predicted and measured seconds and the speedup of deferral, predicted and measured. Stage 1's
+backward ops then send their input gradient before computing their weight gradients, so stage 0's backward
+starts earlier: the gain is the pipeline drain, about one backward op's weight gradients per stage boundary,
+so it is largest when a stage has few chunks.
+
+The default cluster, cpu-1x2, gives each stage a core of its own (with more ranks than cores, stages share a
+core and a core's load, not the schedule, sets the step time).
+
+    .venv/bin/python bench/deferred_weight_grads_check.py            # ~2 min on 2 cores (the profile is cached)
+    .venv/bin/python bench/deferred_weight_grads_check.py --quick    # 2 batches, 3 repeats
+
+Writes bench/results/deferred_weight_grads_check.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from bench_common import machine, measured_cpu_profile, write_table
+
+from executor.profile.step_timing import PlanCase, StepTimingSettings, time_plans
+from executor.profile.timing import summarize
+from executor.verify.launch import launch_local
+from planner_service.cost_model import CostModel
+from planner_service.planner import make_plan
+from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.simulator import simulate
+from planner_service.workloads import load_workload
+from proto import Batch, ModelSpec
+from proto.capabilities import TORCH_EXECUTOR
+
+SEED = 5200
+NUM_STAGES = 2
+
+
+def deep_model() -> ModelSpec:
+    """The CPU test model with 8 layers (4 per stage), so that a stage's weight gradients are worth deferring."""
+    tiny = resolve_model("tiny")
+    return tiny.model_copy(update={"name": "tiny-8l", "num_layers": 8})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--cluster",
+        default="cpu-1x2",
+        help="cpu-1x2 (default): one rank per core, so each pipeline stage has a core of its own",
+    )
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--time-limit", type=float, default=1.0)
+    parser.add_argument("--quick", action="store_true", help="2 batches, 3 repeats")
+    args = parser.parse_args()
+    if args.quick:
+        args.batches, args.repeats = 2, 3
+    cluster, model = resolve_cluster(args.cluster), deep_model()
+    began = time.perf_counter()
+    loads = {"start": os.getloadavg()}
+    profile = measured_cpu_profile(cluster, model, "deferred_weight_grads_check_profile")
+    print(f"profile: {profile.name} ({time.perf_counter() - began:.0f} s)", flush=True)
+    cost = CostModel.from_specs(cluster, model, profile=profile)
+    no_deferral = TORCH_EXECUTOR.model_copy(update={"deferred_weight_grads": False})
+
+    batches: list[Batch] = [
+        load_workload(
+            lengths_path=None, dataset="stdlib", batch_size=args.batch_size, seed=SEED + i, max_len=args.max_len
+        )
+        for i in range(args.batches)
+    ]
+    cases: list[PlanCase] = []
+    for b, batch in enumerate(batches):
+        plain = make_plan(
+            batch=batch, cluster=cluster, model=model, strategy="helix", profile=profile,
+            time_limit_s=args.time_limit, num_stages=NUM_STAGES, executor=no_deferral, step=b,
+        )  # fmt: skip
+        deferred = plain.model_copy(update={"defer_weight_grads": True})
+        deferred = deferred.model_copy(update={"predicted": simulate(deferred, batch, cost).predicted}).with_id()
+        cases.append(PlanCase(key=f"{b}/plain", batch=batch, plan=plain, token_seed=b + 1))
+        cases.append(PlanCase(key=f"{b}/deferred", batch=batch, plan=deferred, token_seed=b + 1))
+    timing_settings = StepTimingSettings(warmup=1, repeats=args.repeats, pin_cores=True)
+    timings = launch_local(time_plans, (cluster, model, cases, timing_settings), world_size=cluster.num_devices)[0]
+    loads["after run"] = os.getloadavg()
+    measured = [summarize(list(t.seconds), "min") for t in timings]
+    spreads = [(max(t.seconds) - min(t.seconds)) / statistics.median(t.seconds) for t in timings]
+
+    rows = []
+    predicted_gain, measured_gain = [], []
+    for i in range(0, len(cases), 2):
+        b = i // 2
+        plain, deferred = cases[i].plan, cases[i + 1].plan
+        pp, pd = plain.predicted.iteration_s, deferred.predicted.iteration_s
+        mp, md = measured[i], measured[i + 1]
+        predicted_gain.append(pp / pd)
+        measured_gain.append(mp / md)
+        chunks = max(len(lane.chunks) for lane in plain.lanes)
+        rows.append([b, sum(batches[b].lengths), chunks, pp, mp, pd, md, pp / pd, mp / md])
+    meta = {
+        **machine(),
+        "cluster": args.cluster,
+        "model": f"{model.name} ({model.num_layers} layers, hidden {model.hidden_size}), P = {NUM_STAGES}",
+        "profile": f"{profile.name} (measured by helix profile on these ranks; weight_grad_share "
+        f"{profile.weight_grad_share:g})",
+        "batches": f"{args.batches} x {args.batch_size} stdlib sequences, max_len {args.max_len}",
+        "steps": f"1 warm-up + {args.repeats} timed per case, round-robin; measured = the min",
+        "median spread of a case's timed steps": f"{statistics.median(spreads):.1%}",
+        "deferred over plain, geometric mean": f"predicted {statistics.geometric_mean(predicted_gain):.3f}x, "
+        f"measured {statistics.geometric_mean(measured_gain):.3f}x",
+        "load_average_1_5_15": loads,
+        "seconds": round(time.perf_counter() - began),
+        "command": "python bench/deferred_weight_grads_check.py" + (" --quick" if args.quick else ""),
+    }
+    md = write_table(
+        "deferred_weight_grads_check",
+        "Deferred weight gradients: predicted vs measured step time (CPU, gloo)",
+        ["batch", "tokens", "chunks per lane", "plain predicted s", "plain measured s", "deferred predicted s",
+         "deferred measured s", "predicted speedup", "measured speedup"],
+        rows,
+        meta,
+    )  # fmt: skip
+    print(f"wrote {md}")
+
+
+if __name__ == "__main__":
+    main()
