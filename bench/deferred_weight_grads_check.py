@@ -1,12 +1,13 @@
 """Deferred weight gradients, measured: predicted vs measured step time of the same plans with and without
 `Plan.defer_weight_grads`, run by the executor on this machine's CPU ranks (gloo).
 
-For each batch, helix plans it at P = 2 for an executor that cannot defer (the plain plan); the deferred plan is
-that plan with the flag set, priced again by the simulator. Both run round-robin on the executor, and the table
-gives each one's predicted and measured seconds and the speedup of deferral, predicted and measured. Stage 1's
-backward ops then send their input gradient before computing their weight gradients, so stage 0's backward
-starts earlier: the gain is the pipeline drain, about one backward op's weight gradients per stage boundary,
-so it is largest when a stage has few chunks.
+For each batch, helix plans it at P = 2 for an executor that cannot defer (the plain plan). Two deferred plans are
+that plan with the flag set: "after send" (stage 1's backward ops send their input gradient, then compute their
+weight gradients) and "in gaps" (W ops placed where a stage would wait, `place_weight_grads`), each priced again
+by the simulator. All three run round-robin on the executor, and the table gives each one's predicted and
+measured seconds and the speedups over the plain plan, predicted and measured. The gain is the pipeline drain,
+about one backward op's weight gradients per stage boundary for "after send" and two for "in gaps", so it is
+largest when a stage has few chunks; the profile's `deferred_layer_overhead_s` is what the bookkeeping costs.
 
 The default cluster, cpu-1x2, gives each stage a core of its own (with more ranks than cores, stages share a
 core and a core's load, not the schedule, sets the step time).
@@ -33,6 +34,7 @@ from planner_service.cost_model import CostModel
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.simulator import simulate
+from planner_service.simulator.weight_grad_placement import place_weight_grads
 from planner_service.workloads import load_workload
 from proto import Batch, ModelSpec
 from proto.capabilities import TORCH_EXECUTOR
@@ -83,10 +85,12 @@ def main() -> None:
             batch=batch, cluster=cluster, model=model, strategy="helix", profile=profile,
             time_limit_s=args.time_limit, num_stages=NUM_STAGES, executor=no_deferral, step=b,
         )  # fmt: skip
-        deferred = plain.model_copy(update={"defer_weight_grads": True})
-        deferred = deferred.model_copy(update={"predicted": simulate(deferred, batch, cost).predicted}).with_id()
+        after_send = plain.model_copy(update={"defer_weight_grads": True})
+        in_gaps = place_weight_grads(after_send, batch, cost)
         cases.append(PlanCase(key=f"{b}/plain", batch=batch, plan=plain, token_seed=b + 1))
-        cases.append(PlanCase(key=f"{b}/deferred", batch=batch, plan=deferred, token_seed=b + 1))
+        for name, deferred in (("after send", after_send), ("in gaps", in_gaps)):
+            priced = deferred.model_copy(update={"predicted": simulate(deferred, batch, cost).predicted}).with_id()
+            cases.append(PlanCase(key=f"{b}/{name}", batch=batch, plan=priced, token_seed=b + 1))
     timing_settings = StepTimingSettings(warmup=1, repeats=args.repeats, pin_cores=True)
     timings = launch_local(time_plans, (cluster, model, cases, timing_settings), world_size=cluster.num_devices)[0]
     loads["after run"] = os.getloadavg()
@@ -94,16 +98,18 @@ def main() -> None:
     spreads = [(max(t.seconds) - min(t.seconds)) / statistics.median(t.seconds) for t in timings]
 
     rows = []
-    predicted_gain, measured_gain = [], []
-    for i in range(0, len(cases), 2):
-        b = i // 2
-        plain, deferred = cases[i].plan, cases[i + 1].plan
-        pp, pd = plain.predicted.iteration_s, deferred.predicted.iteration_s
-        mp, md = measured[i], measured[i + 1]
-        predicted_gain.append(pp / pd)
-        measured_gain.append(mp / md)
+    gains: dict[str, list[tuple[float, float]]] = {"after send": [], "in gaps": []}
+    for i in range(0, len(cases), 3):
+        b = i // 3
+        plain = cases[i].plan
+        pp, mp = plain.predicted.iteration_s, measured[i]
         chunks = max(len(lane.chunks) for lane in plain.lanes)
-        rows.append([b, sum(batches[b].lengths), chunks, pp, mp, pd, md, pp / pd, mp / md])
+        row: list[object] = [b, sum(batches[b].lengths), chunks, pp, mp]
+        for k, name in enumerate(gains, start=1):
+            pd, md = cases[i + k].plan.predicted.iteration_s, measured[i + k]
+            gains[name].append((pp / pd, mp / md))
+            row += [pd, md, pp / pd, mp / md]
+        rows.append(row)
     meta = {
         **machine(),
         "cluster": args.cluster,
@@ -113,8 +119,11 @@ def main() -> None:
         "batches": f"{args.batches} x {args.batch_size} stdlib sequences, max_len {args.max_len}",
         "steps": f"1 warm-up + {args.repeats} timed per case, round-robin; measured = the min",
         "median spread of a case's timed steps": f"{statistics.median(spreads):.1%}",
-        "deferred over plain, geometric mean": f"predicted {statistics.geometric_mean(predicted_gain):.3f}x, "
-        f"measured {statistics.geometric_mean(measured_gain):.3f}x",
+        **{
+            f"{name} over plain, geometric mean": f"predicted {statistics.geometric_mean(x for x, _ in g):.3f}x, "
+            f"measured {statistics.geometric_mean(y for _, y in g):.3f}x"
+            for name, g in gains.items()
+        },
         "load_average_1_5_15": loads,
         "seconds": round(time.perf_counter() - began),
         "command": "python bench/deferred_weight_grads_check.py" + (" --quick" if args.quick else ""),
@@ -122,8 +131,10 @@ def main() -> None:
     md = write_table(
         "deferred_weight_grads_check",
         "Deferred weight gradients: predicted vs measured step time (CPU, gloo)",
-        ["batch", "tokens", "chunks per lane", "plain predicted s", "plain measured s", "deferred predicted s",
-         "deferred measured s", "predicted speedup", "measured speedup"],
+        ["batch", "tokens", "chunks per lane", "plain predicted s", "plain measured s",
+         "after send predicted s", "after send measured s", "after send predicted speedup",
+         "after send measured speedup", "in gaps predicted s", "in gaps measured s", "in gaps predicted speedup",
+         "in gaps measured speedup"],
         rows,
         meta,
     )  # fmt: skip

@@ -150,8 +150,8 @@ class PlanExecutor:
         )
         if config.init_from is not None:  # before the states flatten or shard the parameters
             load_pretrained_stage(self.module, config.init_from)
-        # a plan may defer weight gradients on the stages after the first, at ZeRO-0/1 (`Plan.defer_weight_grads`)
-        defers = self.stage > 0 and config.zero_stage <= 1
+        # a plan may defer weight gradients at ZeRO-0/1 (`Plan.defer_weight_grads`)
+        defers = config.zero_stage <= 1
         self.deferrable = install_deferrable_linears(self.module.layers.values()) if defers else None
         self.states: ModelStates = build_model_states(
             self.module,

@@ -28,6 +28,7 @@ from planner_service.layout.lanes import LaneSpec, buddy_offsets
 from planner_service.layout.recompute import RecomputeMode
 from planner_service.lower_bound import BudgetedBound, gap_to
 from planner_service.simulator import simulate
+from planner_service.simulator.weight_grad_placement import place_weight_grads
 from proto import PipelineSpec, Plan, SolverInfo, SolverStatus, ZeroStage
 
 PIPELINE_CHUNKINGS = (Chunking(4), Chunking(2), Chunking(8), Chunking(4, costliest_last=True))
@@ -49,6 +50,9 @@ WARMUP_DEPTHS = (0, 1, 2)
 `helix` tries per lane when P > 1. Deeper fills the bubbles around slice chains and holds more activations. Depth
 2 beat depth 1 on some 128K configs (a800 gpt-13b github: 17.47 vs 17.92 s); adding 4 changed none of
 plan_quality's quick configs, so the search stops at 2."""
+PLACEMENT_RETRIES = 2
+"""Times a W-op placement whose simulated peak overflows is redone with that much less memory per stage (the
+placement's own memory test is an estimate; the simulator's peak decides)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -340,28 +344,53 @@ class SearchSession:
 
     def with_deferred_weight_grads(self, candidate: Candidate) -> Candidate:
         """The candidate with `Plan.defer_weight_grads` when the executor can, the plan has a pipeline at ZeRO-0/1,
-        and the simulator then finds it faster and still within memory (the deferred output gradients cost
-        memory); else the candidate. One simulation, charged to the budget."""
+        and the simulator then finds it faster and still within memory; else the candidate. Two forms are tried:
+        each backward op's weight gradients right after its send, and W ops placed in the gaps the stages would
+        wait through (`weight_grad_placement`; placed again with less memory, at most `PLACEMENT_RETRIES` times,
+        when its simulated peak overflows). Each simulation is charged to the budget."""
         plan = candidate.plan
         ops = sum(len(ops) for lane in plan.lanes for ops in lane.schedule)
-        units = simulation_units(len(plan.lanes), ops, len(self.ctx.batch.lengths))
+        units = simulation_units(len(plan.lanes), 2 * ops, len(self.ctx.batch.lengths))
         if (
             not self.ctx.defer_weight_grads
             or plan.defer_weight_grads
             or plan.pipeline.num_stages == 1
             or plan.options.zero_stage > ZeroStage.OPTIMIZER
-            or not self.budget.affordable(units)
         ):
             return candidate
-        trial = plan.model_copy(update={"defer_weight_grads": True})
-        predicted = simulate(trial, self.ctx.batch, self.ctx.cost, record_events=False).predicted
-        self.budget.charge(units)
-        trial = trial.model_copy(update={"predicted": predicted})
-        if predicted.iteration_s >= plan.predicted.iteration_s or not fits_memory(trial, self.ctx.cluster):
+        if not self.budget.affordable(units):
             return candidate
-        message = f"{plan.solver.message}; weight gradients after the send"
-        solver = plan.solver.model_copy(update={"message": message})
-        return Candidate(trial.model_copy(update={"solver": solver}), candidate.recipe)
+        best = plan
+        inline = self._simulated(plan.model_copy(update={"defer_weight_grads": True}), units)
+        if inline.predicted.iteration_s < best.predicted.iteration_s and fits_memory(inline, self.ctx.cluster):
+            best = inline.model_copy(update={"solver": _noted(plan.solver, "weight gradients after the send")})
+        margin = [0.0] * plan.pipeline.num_stages
+        for _ in range(1 + PLACEMENT_RETRIES):
+            if not self.budget.affordable(2 * units):
+                break
+            placed = place_weight_grads(inline, self.ctx.batch, self.ctx.cost, margin_bytes=margin)
+            placed = self._simulated(placed, 2 * units)
+            if fits_memory(placed, self.ctx.cluster):
+                if placed.predicted.iteration_s < best.predicted.iteration_s:
+                    best = placed.model_copy(update={"solver": _noted(plan.solver, "weight gradients in the gaps")})
+                break
+            margin = [m + over for m, over in zip(margin, self._overflow(placed), strict=True)]
+        return candidate if best is plan else Candidate(best, candidate.recipe)
+
+    def _simulated(self, plan: Plan, units: float) -> Plan:
+        predicted = simulate(plan, self.ctx.batch, self.ctx.cost, record_events=False).predicted
+        self.budget.charge(units)
+        return plan.model_copy(update={"predicted": predicted})
+
+    def _overflow(self, plan: Plan) -> list[float]:
+        """Per stage, how far its devices' simulated peak exceeds the device memory (0 where it fits)."""
+        over = [0.0] * plan.pipeline.num_stages
+        capacity = self.ctx.cluster.device_memory_bytes
+        for lane in plan.lanes:
+            for p, ranks in enumerate(lane.ranks):
+                for r in ranks:
+                    over[p] = max(over[p], plan.predicted.peak_memory_bytes[r] - capacity)
+        return over
 
     def finish(self, candidate: Candidate, *, bound: BudgetedBound | None, note: str = "") -> Plan:
         """The kept candidate with its id and solver record: wall time, gap to the bound on simulated time."""
@@ -391,6 +420,10 @@ class SearchSession:
                 }
             ),
         )
+
+
+def _noted(solver: SolverInfo, note: str) -> SolverInfo:
+    return solver.model_copy(update={"message": f"{solver.message}; {note}"})
 
 
 def warmup_note(recipe: Recipe | None) -> str:

@@ -119,11 +119,13 @@ class Chunk(BaseModel):
 
 
 class Op(BaseModel):
-    """One pipeline operation: forward ('F') or backward ('B') of chunk `chunk` (index in the lane)."""
+    """One pipeline operation: forward ('F') or backward ('B') of chunk `chunk` (index in the lane), or its deferred
+    weight gradients ('W', plans with `defer_weight_grads` only: at most one per chunk and stage, after its B; the B
+    then leaves the weight gradients of its kept layers to it)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["F", "B"]
+    kind: Literal["F", "B", "W"]
     chunk: int = Field(ge=0)
 
     def __str__(self) -> str:
@@ -319,9 +321,11 @@ class Plan(BaseModel):
     defer_weight_grads: bool = Field(
         default=False,
         description="Split every backward op on stages after the first: the op back-propagates to its input, sends "
-        "that gradient to the previous stage, and only then computes the weight gradients of the stage's layers "
-        "(zero-bubble style B/W split), so the previous stage's backward starts earlier. The same gradients; the "
-        "op holds the layers' output gradients until its weight gradients are done. ZeRO-0/1 only.",
+        "that gradient to the previous stage, and only then computes the weight gradients of the stage's kept (not "
+        "recomputed) layers (zero-bubble style B/W split), so the previous stage's backward starts earlier. A "
+        "chunk with a 'W' op in a stage's schedule (any stage) leaves them to that op instead, which the schedule "
+        "places where the stage would wait. The same gradients; the weight gradients' operands are held until "
+        "they are done. ZeRO-0/1 only.",
     )
     predicted: Predicted
     solver: SolverInfo = Field(default_factory=SolverInfo)

@@ -214,6 +214,13 @@ class CostProfile(BaseModel):
         description="Bytes per token per layer (s=1 share of tokens) a backward op that defers weight gradients "
         "holds from its layer's backward until the weight gradients are done: the output gradient of each GEMM.",
     )
+    deferred_input_bytes_per_token_layer: Annotated[
+        float, Field(ge=0, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(
+        default=0.0,
+        description="Bytes per token per layer (s=1 share of tokens) that a chunk keeps from its backward op until "
+        "its W op (`Op` 'W') besides the output gradients: the inputs of the layer's GEMMs.",
+    )
     head_activation_bytes_per_token: Annotated[
         float, Field(ge=0, le=MAX_BYTES_PER_TOKEN, allow_inf_nan=False), AS_FINITE_NUMBER
     ] = Field(default=0.0, description="Bytes kept per token by the LM head/loss on the last stage.")

@@ -177,12 +177,15 @@ def _check_lane_shapes(lane: Lane, plan: Plan) -> list[str]:
         ops = lane.schedule[stage]
         seen = {(op.kind, op.chunk) for op in ops}
         expected = {(k, c) for c in range(num_chunks) for k in ("F", "B")}
+        optional = {("W", c) for c in range(num_chunks)}
         if len(ops) != len(seen):
             problems.append(f"lane {lane.lane_id} stage {stage}: schedule repeats an op")
         for kind, c in sorted(expected - seen, key=lambda x: (x[1], x[0])):
             problems.append(f"lane {lane.lane_id} stage {stage}: schedule lacks {kind}{c}")
-        for kind, c in sorted(seen - expected, key=lambda x: (x[1], x[0])):
+        for kind, c in sorted(seen - expected - optional, key=lambda x: (x[1], x[0])):
             problems.append(f"lane {lane.lane_id} stage {stage}: schedule names chunk {c} that does not exist ({kind})")
+        if not plan.defer_weight_grads and seen & optional:
+            problems.append(f"lane {lane.lane_id} stage {stage}: W ops need defer_weight_grads")
     return problems
 
 
@@ -199,6 +202,8 @@ def _check_schedule_order(lane: Lane, plan: Plan) -> list[str]:
         for c in range(len(lane.chunks)):
             if pos[("B", c)] < pos[("F", c)]:
                 problems.append(f"lane {lane.lane_id} stage {stage} chunk {c}: B runs before F")
+            if pos.get(("W", c), len(ops)) < pos[("B", c)]:
+                problems.append(f"lane {lane.lane_id} stage {stage} chunk {c}: W runs before B")
         for seq, chain in chains:
             for earlier, later in itertools.pairwise(chain):
                 if pos[("F", later)] < pos[("F", earlier)]:
@@ -233,8 +238,10 @@ def schedule_stuck_points(schedule: Sequence[Sequence[Op]]) -> list[str]:
                 op = ops[cursor[p]]
                 if op.kind == "F":
                     ready = p == 0 or ("F", op.chunk, p - 1) in done
-                else:
+                elif op.kind == "B":
                     ready = p == num_stages - 1 or ("B", op.chunk, p + 1) in done
+                else:  # W: the stage's own work, nothing to receive
+                    ready = True
                 if not ready:
                     break
                 done.add((op.kind, op.chunk, p))

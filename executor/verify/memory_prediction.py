@@ -102,15 +102,20 @@ def predict_activation_memory(
     for lane in plan.lanes:
         tokens = [chunk.num_tokens for chunk in lane.chunks]
         for stage in range(plan.pipeline.num_stages):
-            defers = plan.defer_weight_grads and stage > 0
-            memory = stage_memory(lane, plan.pipeline, stage, cost, lengths, tokens, defers_weight_grads=defers)
+            memory = stage_memory(
+                lane, plan.pipeline, stage, cost, lengths, tokens, defers_weight_grads=plan.defer_weight_grads
+            )
             recompute = lane.recompute[stage]
             transient = [
                 cost.transient_bytes(chunk, sp_degree=lane.sp_degree, is_last_stage=stage == last_stage)
                 for chunk in lane.chunks
             ]
             held, held_peak = 0.0, 0.0
-            for c, fwd, const in zip(memory.op_chunks, memory.op_is_forward, memory.op_constant, strict=True):
+            weight_grad_ops = memory.op_is_weight_grads or (False,) * len(memory.op_chunks)
+            walk = zip(memory.op_chunks, memory.op_is_forward, weight_grad_ops, memory.op_constant, strict=True)
+            for c, fwd, w, const in walk:
+                if w:  # a W op holds no saved tensors (its operands are the store's, not autograd's)
+                    continue
                 size = memory.base[c] + memory.per_layer[c] * recompute[c]
                 if fwd:
                     held += size

@@ -58,6 +58,7 @@ MEMORY_FIELDS = (
     "kv_bytes_per_token_layer",
     "ulysses_extra_bytes_per_token_layer",
     "deferred_grad_bytes_per_token_layer",
+    "deferred_input_bytes_per_token_layer",
     "head_activation_bytes_per_token",
 )
 """Everything activation memory is made of; all scale by φ."""

@@ -349,6 +349,12 @@ class CostModel:
         """Bytes per device per kept layer that a backward op deferring its weight gradients holds for them."""
         return comm_model.tokens_per_device(num_tokens, sp_degree) * self.profile.deferred_grad_bytes_per_token_layer
 
+    def weight_grad_operand_bytes(self, num_tokens: int, sp_degree: int) -> float:
+        """Bytes per device per kept layer that a chunk keeps from its backward op until its W op: its GEMMs'
+        output gradients and inputs."""
+        per_token = self.profile.deferred_grad_bytes_per_token_layer + self.profile.deferred_input_bytes_per_token_layer
+        return comm_model.tokens_per_device(num_tokens, sp_degree) * per_token
+
     # ---- placement helpers -------------------------------------------------------------------------------
     def topology(self, pipeline: PipelineSpec) -> Topology:
         """Where the ranks of this cluster sit under `pipeline` (stage blocks, lanes, nodes)."""

@@ -50,6 +50,7 @@ from planner_service.cost_model.profile_measurements import (
 )
 from planner_service.cost_model.profile_presets import (
     deferred_grad_bytes_per_token_layer,
+    deferred_input_bytes_per_token_layer,
     preset_profile,
     ulysses_extra_bytes_per_token_layer,
 )
@@ -558,6 +559,7 @@ def _fit_memory(m: ProfileMeasurements, model: ModelSpec) -> tuple[dict[str, Any
     extra = ulysses_extra_bytes_per_token_layer(run_model)
     update["ulysses_extra_bytes_per_token_layer"] = extra if m.attention_saves_output else 0.0
     update["deferred_grad_bytes_per_token_layer"] = deferred_grad_bytes_per_token_layer(run_model)
+    update["deferred_input_bytes_per_token_layer"] = deferred_input_bytes_per_token_layer(run_model)
     if m.states is not None:
         s = m.states
         update |= {

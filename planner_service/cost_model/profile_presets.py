@@ -133,6 +133,14 @@ def deferred_grad_bytes_per_token_layer(model: ModelSpec) -> float:
     return float(model.bytes_per_element * (q + 2 * model.kv_dim + 2 * model.hidden_size + mlp))
 
 
+def deferred_input_bytes_per_token_layer(model: ModelSpec) -> float:
+    """The inputs of one layer's GEMMs, which a chunk whose weight gradients wait for a W op keeps after its
+    backward: the QKV input (h), the out-projection input (heads x head_dim), the MLP input (h) and the
+    down-projection input (f) elements per token."""
+    q = model.num_heads * model.head_dim
+    return float(model.bytes_per_element * (2 * model.hidden_size + q + model.ffn_hidden_size))
+
+
 def checkpoint_bytes_per_token_layer(model: ModelSpec) -> float:
     """A recomputed layer keeps only its input (the residual stream): h elements per token."""
     return float(model.hidden_size * model.bytes_per_element)
@@ -202,6 +210,7 @@ def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
         kv_bytes_per_token_layer=kv_bytes_per_token_layer(model),
         ulysses_extra_bytes_per_token_layer=ulysses_extra_bytes_per_token_layer(model),
         deferred_grad_bytes_per_token_layer=deferred_grad_bytes_per_token_layer(model),
+        deferred_input_bytes_per_token_layer=deferred_input_bytes_per_token_layer(model),
         attention_saves_prefix_kv=ATTENTION_SAVES_PREFIX_KV,
         head_activation_bytes_per_token=head_activation_bytes_per_token(model),
         bytes_per_param_state=float(e + e + 12),  # working params + grads + fp32 master, Adam m and v

@@ -28,7 +28,7 @@ from proto.validation import schedule_stuck_points
 
 
 @functools.lru_cache(maxsize=1 << 17)
-def op_of(kind: Literal["F", "B"], chunk: int) -> Op:
+def op_of(kind: Literal["F", "B", "W"], chunk: int) -> Op:
     """The op (kind, chunk), one shared instance per pair: ops are frozen, and a plan of thousands of lanes would
     otherwise hold one object per op of every stage of every lane (allocated, then scanned by the collector)."""
     return Op(kind=kind, chunk=chunk)
@@ -38,7 +38,7 @@ def max_in_flight(ops: Sequence[Op]) -> int:
     """The most chunks a stage's schedule holds at once (forwards run, backwards not yet): what the warm-up sets."""
     held = peak = 0
     for op in ops:
-        held += 1 if op.kind == "F" else -1
+        held += {"F": 1, "B": -1}.get(op.kind, 0)
         peak = max(peak, held)
     return peak
 

@@ -9,8 +9,9 @@ shrink to checkpoints; a non-final slice keeps the K/V of those layers for later
 attends to a prefix keeps, in each layer that does not recompute, the concatenated prefix K/V when the
 attention kernel saves it). From the backward of a sequence's last slice until an earlier slice's own
 backward ends, that earlier slice also holds dK/dV accumulators (`kv_grad`). Every op adds its transient
-working memory. A backward op that defers its weight gradients (`Plan.defer_weight_grads`, stages after the
-first) also holds the output gradients of its kept layers' GEMMs until they are done (`deferred`).
+working memory. A backward op that defers its weight gradients (`Plan.defer_weight_grads`: stages after the
+first, and chunks with a W op) also holds the output gradients of its kept layers' GEMMs (`deferred`); a chunk with
+a W op keeps them and its GEMMs' inputs from the end of its backward until its W op (`weight_grads_held`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class StageMemory:
     """deferred[c]: bytes per kept (not recomputed) layer that B(c) holds for its deferred weight gradients;
     empty when the stage's backward ops do not defer them. Not in `held_at` rows: the recompute ILP plans the
     stage without deferral (`Plan.defer_weight_grads` is only switched on for a plan whose peak still fits)."""
+    weight_grads_held: tuple[float, ...] = ()
+    """weight_grads_held[c]: bytes per kept layer chunk c keeps from the end of B(c) to the end of W(c) (0: no W
+    op); `op_is_weight_grads` marks the W ops in the op order."""
+    op_is_weight_grads: tuple[bool, ...] = ()
 
     def held_at(self) -> list[tuple[int, ...]]:
         """For each op, the chunks whose activations are held while it runs (for the ILP rows)."""
@@ -55,15 +60,24 @@ class StageMemory:
 
     def peak(self, recompute: Sequence[int]) -> float:
         held = 0.0
+        waiting = 0.0  # weight-gradient operands kept for later W ops
         peak = 0.0
-        for c, fwd, const in zip(self.op_chunks, self.op_is_forward, self.op_constant, strict=True):
+        is_w = self.op_is_weight_grads or (False,) * len(self.op_chunks)
+        for c, fwd, w, const in zip(self.op_chunks, self.op_is_forward, is_w, self.op_constant, strict=True):
+            kept = self.num_layers - recompute[c]
+            if w:
+                peak = max(peak, held + waiting + const)
+                waiting -= self.weight_grads_held[c] * kept
+                continue
             size = self.base[c] + self.per_layer[c] * recompute[c]
             if fwd:
                 held += size
-            extra = self.deferred[c] * (self.num_layers - recompute[c]) if self.deferred and not fwd else 0.0
-            peak = max(peak, held + const + extra)
+            extra = self.deferred[c] * kept if self.deferred and not fwd else 0.0
+            peak = max(peak, held + waiting + const + extra)
             if not fwd:
                 held -= size
+                if self.weight_grads_held:
+                    waiting += self.weight_grads_held[c] * kept
         return peak
 
 
@@ -79,8 +93,9 @@ def stage_memory(
     defers_weight_grads: bool = False,
 ) -> StageMemory:
     """Build the linear memory model of `lane` on `stage` (tokens[c]: tokens of chunk c; prefix_kv_rows[c]: its
-    `ChunkShape.prefix_kv_rows`, derived from the segments when not given; `defers_weight_grads`: the stage's
-    backward ops defer their weight gradients)."""
+    `ChunkShape.prefix_kv_rows`, derived from the segments when not given; `defers_weight_grads`: the plan's
+    `defer_weight_grads`, under which the stage's backward ops defer weight gradients after the first stage and
+    for chunks with a W op on any stage)."""
     s = lane.sp_degree
     if prefix_kv_rows is None:
         prefix_kv_rows = [ChunkShape.of(chunk).prefix_kv_rows for chunk in lane.chunks]
@@ -126,11 +141,16 @@ def stage_memory(
     grads = 0.0
     for op in ops:
         c = op.chunk
+        if op.kind == "W":  # its GEMMs' weight gradients: parameter-sized, no activation working memory
+            constants.append(grads)
+            continue
         if op.kind == "B":
             grads += sum(kv_grad[e] for e in earlier_of_last.get(c, ()))
         constants.append(transient[c] + grads)
         if op.kind == "B":
             grads -= kv_grad[c]
+    w_chunks = {op.chunk for op in ops if op.kind == "W"}
+    deferring = [defers_weight_grads and (stage > 0 or c in w_chunks) for c in range(num_chunks)]
     return StageMemory(
         num_layers=layers,
         base=base,
@@ -138,7 +158,15 @@ def stage_memory(
         op_chunks=tuple(op.chunk for op in ops),
         op_is_forward=tuple(op.kind == "F" for op in ops),
         op_constant=tuple(constants),
-        deferred=tuple(cost.deferred_grad_bytes(n, s) for n in tokens) if defers_weight_grads else (),
+        deferred=tuple(cost.deferred_grad_bytes(n, s) if d else 0.0 for n, d in zip(tokens, deferring, strict=True))
+        if any(deferring)
+        else (),
+        weight_grads_held=tuple(
+            cost.weight_grad_operand_bytes(n, s) if c in w_chunks else 0.0 for c, n in enumerate(tokens)
+        )
+        if w_chunks
+        else (),
+        op_is_weight_grads=tuple(op.kind == "W" for op in ops) if w_chunks else (),
     )
 
 

@@ -232,6 +232,85 @@ def _stage_collectives_end(
     return ends
 
 
+class LaneOpCosts(NamedTuple):
+    """Every op's cost on one lane, [stage][chunk]."""
+
+    forward: list[list[_OpTimes]]
+    backward: list[list[_OpTimes]]
+    """B(c) as it runs without a W op: with `defer_weight_grads`, on stages after the first, the weight gradients
+    of its kept layers after its send (`deferred_s`)."""
+    backward_split: list[list[_OpTimes]]
+    """B(c) whose weight gradients a later W(c) computes (`defer_weight_grads` only)."""
+    weight_grads: list[list[float]]
+    """Seconds of W(c): the kept layers' weight gradients."""
+    p2p: list[list[float]]
+    """[p][c]: the send from stage p to p+1 (activations) or p+1 to p (gradients): same size and link."""
+
+
+def lane_op_costs(
+    lane: Lane,
+    plan: Plan,
+    cost: CostModel,
+    collectives: list[StageCollectiveTimes],
+    shapes: list[ChunkShape] | None = None,
+) -> LaneOpCosts:
+    """The cost of every op of `lane` under `plan` (its pipeline, recompute counts and `defer_weight_grads`)."""
+    pipeline = plan.pipeline
+    num_stages = pipeline.num_stages
+    cluster = cost.cluster
+    s = lane.sp_degree
+    shapes = shapes if shapes is not None else [ChunkShape.of(c) for c in lane.chunks]
+    num_chunks = len(shapes)
+    spans = [cluster.spans_nodes(lane.ranks[p]) for p in range(num_stages)]
+    terms_by_span: dict[bool, list[LayerTerms]] = {}
+    for sp in set(spans):
+        terms_by_span[sp] = [cost.layer_terms(sh, sp_degree=s, spans_nodes=sp) for sh in shapes]
+    op_overhead = cost.profile.op_overhead_s
+    defers = plan.defer_weight_grads
+    deferral_overhead = cost.profile.deferred_layer_overhead_s
+    f_cost: list[list[_OpTimes]] = []
+    b_cost: list[list[_OpTimes]] = []
+    b_split: list[list[_OpTimes]] = []
+    w_cost: list[list[float]] = []
+    for p in range(num_stages):
+        layers = pipeline.layers_of(p)
+        last = p == num_stages - 1
+        terms = terms_by_span[spans[p]]
+        rec = lane.recompute[p]
+        fp, bp, sp_, wp = [], [], [], []
+        for c in range(num_chunks):
+            term = terms[c]
+            r = min(max(rec[c], 0), layers)
+            comm = layers * term.alltoall_s
+            forward = layers * term.forward_s + (term.head_s if last else 0.0) + op_overhead
+            backward = layers * term.backward_s + (term.head_backward_s if last else 0.0) + op_overhead
+            fp.append(_op_times(0.0, forward, comm, term.alltoall.scaled(layers), collectives[p].forward))
+            recompute = r * (term.forward_s + term.alltoall_s)
+            b_op = _op_times(recompute, backward, comm, term.alltoall.scaled(layers + r), collectives[p].backward)
+            if not defers:  # validation allows deferral at ZeRO-0/1 only: no per-op collectives to fit around
+                bp.append(b_op)
+                sp_.append(b_op)
+                wp.append(0.0)
+                continue
+            w_part, extra = (layers - r) * term.weight_grad_s, (layers - r) * deferral_overhead
+            longer = b_op._replace(compute_s=b_op.compute_s + extra, duration_s=b_op.duration_s + extra)
+            bp.append(longer._replace(deferred_s=w_part) if p > 0 else b_op)  # stage 0 sends nothing
+            sp_.append(longer._replace(compute_s=longer.compute_s - w_part, duration_s=longer.duration_s - w_part))
+            wp.append(w_part)
+        f_cost.append(fp)
+        b_cost.append(bp)
+        b_split.append(sp_)
+        w_cost.append(wp)
+    tokens = [sh.num_tokens for sh in shapes]
+    p2p = []
+    for p in range(num_stages - 1):
+        crosses = any(
+            cluster.node_of(a) != cluster.node_of(b) for a, b in zip(lane.ranks[p], lane.ranks[p + 1], strict=True)
+        )
+        p2p.append([cost.p2p_s(n, s, crosses) for n in tokens])
+    return LaneOpCosts(f_cost, b_cost, b_split, w_cost, p2p)
+
+
 def _simulate_lane(
     lane: Lane,
     plan: Plan,
@@ -243,8 +322,6 @@ def _simulate_lane(
     """Time and memory of every stage of one lane."""
     pipeline = plan.pipeline
     num_stages = pipeline.num_stages
-    cluster = cost.cluster
-    s = lane.sp_degree
     chunks = lane.chunks
     num_chunks = len(chunks)
     totals = [_StageTotals() for _ in range(num_stages)]
@@ -252,49 +329,13 @@ def _simulate_lane(
         return totals
 
     shapes = [ChunkShape.of(c) for c in chunks]
-    tokens = [sh.num_tokens for sh in shapes]
-
-    # ---- per-stage op costs ------------------------------------------------------------------------------
-    spans = [cluster.spans_nodes(lane.ranks[p]) for p in range(num_stages)]
-    terms_by_span: dict[bool, list[LayerTerms]] = {}
-    for sp in set(spans):
-        terms_by_span[sp] = [cost.layer_terms(sh, sp_degree=s, spans_nodes=sp) for sh in shapes]
-    op_overhead = cost.profile.op_overhead_s
-    defers = plan.defer_weight_grads
-    deferral_overhead = cost.profile.deferred_layer_overhead_s
-    f_cost: list[list[_OpTimes]] = []  # [p][c]
-    b_cost: list[list[_OpTimes]] = []
-    for p in range(num_stages):
-        layers = pipeline.layers_of(p)
-        last = p == num_stages - 1
-        terms = terms_by_span[spans[p]]
-        rec = lane.recompute[p]
-        fp, bp = [], []
-        for c in range(num_chunks):
-            term = terms[c]
-            r = min(max(rec[c], 0), layers)
-            comm = layers * term.alltoall_s
-            forward = layers * term.forward_s + (term.head_s if last else 0.0) + op_overhead
-            backward = layers * term.backward_s + (term.head_backward_s if last else 0.0) + op_overhead
-            fp.append(_op_times(0.0, forward, comm, term.alltoall.scaled(layers), collectives[p].forward))
-            recompute = r * (term.forward_s + term.alltoall_s)
-            b_op = _op_times(recompute, backward, comm, term.alltoall.scaled(layers + r), collectives[p].backward)
-            if defers and p > 0:  # validation allows it at ZeRO-0/1 only: no per-op collectives to fit around
-                kept, extra = layers - r, (layers - r) * deferral_overhead
-                b_op = b_op._replace(
-                    compute_s=b_op.compute_s + extra,
-                    duration_s=b_op.duration_s + extra,
-                    deferred_s=kept * term.weight_grad_s,
-                )
-            bp.append(b_op)
-        f_cost.append(fp)
-        b_cost.append(bp)
-    p2p = []  # [p][c]: send from stage p to p+1 (activations) or p+1 to p (gradients): same size and link
-    for p in range(num_stages - 1):
-        crosses = any(
-            cluster.node_of(a) != cluster.node_of(b) for a, b in zip(lane.ranks[p], lane.ranks[p + 1], strict=True)
-        )
-        p2p.append([cost.p2p_s(n, s, crosses) for n in tokens])
+    costs = lane_op_costs(lane, plan, cost, collectives, shapes)
+    f_cost, p2p = costs.forward, costs.p2p
+    explicit_w = [{op.chunk for op in ops if op.kind == "W"} for ops in lane.schedule]
+    b_cost = [
+        [costs.backward_split[p][c] if c in explicit_w[p] else costs.backward[p][c] for c in range(num_chunks)]
+        for p in range(num_stages)
+    ]
 
     # ---- timing: replay the schedules, waking a neighbour whenever an op it may wait on ends -----------
     f_end: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
@@ -313,6 +354,16 @@ def _simulate_lane(
         while cursor[p] < len(ops):
             op = ops[cursor[p]]
             c = op.chunk
+            if op.kind == "W":  # the stage's own work: no input to wait for, nothing to send
+                start = free[p]
+                end = start + costs.weight_grads[p][c]
+                t.compute_s += end - start
+                t.last_backward = LastBackward(start, end, NO_TRAFFIC)
+                if events is not None:
+                    events.append(_event(lane, p, "W", c, start, end))
+                free[p] = end
+                cursor[p] += 1
+                continue
             forward = op.kind == "F"
             if forward and p > 0:
                 prev = f_end[p - 1][c]
@@ -417,6 +468,7 @@ def _lane_memory(
     tokens = [sh.num_tokens for sh in shapes]
     prefix_rows = [sh.prefix_kv_rows for sh in shapes]
     for p in range(plan.pipeline.num_stages):
-        defers = plan.defer_weight_grads and p > 0
-        memory = stage_memory(lane, plan.pipeline, p, cost, lengths, tokens, prefix_rows, defers_weight_grads=defers)
+        memory = stage_memory(
+            lane, plan.pipeline, p, cost, lengths, tokens, prefix_rows, defers_weight_grads=plan.defer_weight_grads
+        )
         totals[p].peak_activation_bytes = memory.peak(lane.recompute[p])

@@ -197,10 +197,18 @@ def at_zero_stage(plan: Plan, zero_stage: int) -> Plan:
     return plan.model_copy(update={"options": options}).with_id()
 
 
-def with_deferred_weight_grads(plan: Plan) -> Plan:
+def with_deferred_weight_grads(plan: Plan, *, placed_for: tuple[Batch, ClusterSpec, ModelSpec] | None = None) -> Plan:
     """The plan with `defer_weight_grads` set (the layout unchanged): its backward ops on stages after the first
-    compute weight gradients after the send."""
-    return plan.model_copy(update={"defer_weight_grads": True}).with_id()
+    compute weight gradients after the send; with `placed_for` (its batch, cluster and model), W ops placed where
+    the preset cost model says its stages wait (`place_weight_grads`)."""
+    deferred = plan.model_copy(update={"defer_weight_grads": True})
+    if placed_for is not None:
+        from planner_service.cost_model import CostModel
+        from planner_service.simulator.weight_grad_placement import place_weight_grads
+
+        batch, cluster, model = placed_for
+        deferred = place_weight_grads(deferred, batch, CostModel.from_specs(cluster, model, options=plan.options))
+    return deferred.with_id()
 
 
 def random_layer_split(rng: random.Random, num_layers: int, num_stages: int) -> PipelineSpec:

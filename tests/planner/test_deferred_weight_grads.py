@@ -20,6 +20,7 @@ from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.search import Candidate, SearchSession
 from planner_service.simulator import simulate
+from planner_service.simulator.weight_grad_placement import place_weight_grads
 from planner_service.workloads.sampling import load_workload
 from proto import Batch, PlanOptions, ZeroStage
 from proto.capabilities import TORCH_EXECUTOR
@@ -36,14 +37,19 @@ def _batch() -> Batch:
 
 def test_helix_defers_when_faster_and_the_flag_pays_off() -> None:
     """Short sequences at P = 8: the pipeline drains through every stage's backward, so sending before the
-    weight gradients shortens the step. The plan defers, and the same plan without the flag is slower."""
+    weight gradients shortens the step, and running them in the gaps shortens it again. The plan has W ops, is
+    faster than the same layout without deferral and with the weight gradients right after each send, and fits."""
     batch = _batch()
     plan = make_plan(batch=batch, cluster=CLUSTER, model=MODEL, strategy="helix", num_stages=8, budget=_units())
     assert plan.defer_weight_grads
-    assert "weight gradients after the send" in plan.solver.message
+    assert "weight gradients in the gaps" in plan.solver.message
+    assert any(op.kind == "W" for lane in plan.lanes for ops in lane.schedule for op in ops)
     cost = CostModel.from_specs(CLUSTER, MODEL, options=plan.options)
-    without = simulate(plan.model_copy(update={"defer_weight_grads": False}), batch, cost).predicted
-    assert plan.predicted.iteration_s < without.iteration_s
+    bare = [lane.model_copy(update={"schedule": [[o for o in ops if o.kind != "W"] for ops in lane.schedule]})
+            for lane in plan.lanes]  # fmt: skip
+    without = simulate(plan.model_copy(update={"defer_weight_grads": False, "lanes": bare}), batch, cost).predicted
+    inline = simulate(plan.model_copy(update={"lanes": bare}), batch, cost).predicted
+    assert plan.predicted.iteration_s < inline.iteration_s < without.iteration_s
     assert max(plan.predicted.peak_memory_bytes) <= CLUSTER.device_memory_bytes
     # the bound on every plan helix can build holds for the deferred one
     bound = simulated_time_lower_bound(_ctx(batch), [8])
@@ -56,7 +62,9 @@ def test_no_deferral_where_the_deferred_gradients_do_not_fit() -> None:
     batch = _batch()
     ctx = _ctx(batch)
     plan = make_plan(batch=batch, cluster=CLUSTER, model=MODEL, strategy="helix", num_stages=8, budget=_units())
-    plain = plan.model_copy(update={"defer_weight_grads": False})
+    bare = [lane.model_copy(update={"schedule": [[o for o in ops if o.kind != "W"] for ops in lane.schedule]})
+            for lane in plan.lanes]  # fmt: skip
+    plain = plan.model_copy(update={"defer_weight_grads": False, "lanes": bare})
     plain = plain.model_copy(update={"predicted": simulate(plain, batch, ctx.cost).predicted})
     assert SearchSession(ctx, ctx.budget).with_deferred_weight_grads(Candidate(plain, None)).plan.defer_weight_grads
 
@@ -68,6 +76,8 @@ def test_no_deferral_where_the_deferred_gradients_do_not_fit() -> None:
     would = simulate(plain.model_copy(update={"defer_weight_grads": True}), batch, costly.cost).predicted
     assert would.iteration_s < plain_heavy.predicted.iteration_s  # faster, refused for memory alone
     assert max(would.peak_memory_bytes) > CLUSTER.device_memory_bytes
+    placed = place_weight_grads(plain.model_copy(update={"defer_weight_grads": True}), batch, costly.cost)
+    assert max(simulate(placed, batch, costly.cost).predicted.peak_memory_bytes) > CLUSTER.device_memory_bytes
 
 
 @pytest.mark.parametrize("zero", [ZeroStage.GRADIENTS, ZeroStage.PARAMETERS])

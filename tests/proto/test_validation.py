@@ -165,3 +165,19 @@ def test_deferred_weight_grads_need_zero_stage_0_or_1() -> None:
     for zero in (ZeroStage.GRADIENTS, ZeroStage.PARAMETERS):
         options = deferred.options.model_copy(update={"zero_stage": zero})
         assert_rejected(deferred.model_copy(update={"options": options}), "defer_weight_grads needs options.zero_stage")
+
+
+def test_w_ops_need_the_flag_and_follow_their_backward() -> None:
+    """A W op is the deferred weight gradients of its chunk: only in a plan that defers them, after its B."""
+    plan = two_stage_plan()
+    lane = plan.lanes[0]
+    with_w = [[*ops, Op(kind="W", chunk=0)] for ops in lane.schedule]
+    assert_rejected(replace_lane(plan, 0, schedule=with_w), "W ops need defer_weight_grads")
+    deferred = plan.model_copy(update={"defer_weight_grads": True})
+    validate_plan(replace_lane(deferred, 0, schedule=with_w), BATCH, CLUSTER, MODEL)
+    early = [[Op(kind="W", chunk=0), *ops] for ops in lane.schedule]
+    assert_rejected(replace_lane(deferred, 0, schedule=early), "chunk 0: W runs before B")
+    twice = [[*ops, Op(kind="W", chunk=0), Op(kind="W", chunk=0)] for ops in lane.schedule]
+    assert_rejected(replace_lane(deferred, 0, schedule=twice), "schedule repeats an op")
+    unknown = [[*ops, Op(kind="W", chunk=9)] for ops in lane.schedule]
+    assert_rejected(replace_lane(deferred, 0, schedule=unknown), "names chunk 9 that does not exist (W)")

@@ -398,6 +398,48 @@ def test_deferred_weight_grads_timeline_by_hand() -> None:
     assert pred.peak_memory_bytes[1] == pytest.approx(plain.peak_memory_bytes[1] + 1000 * 2 * 30.0)
 
 
+def test_w_ops_timeline_and_memory_by_hand() -> None:
+    """The two-chunk timeline with stage 1 running its weight gradients as W ops at its end (F0 B0 F1 B1 W0 W1):
+    its B ops take only B - W = 2 s, so both gradients reach stage 0 sooner than with them after each send.
+
+    stage 0: F0 [0,2] F1 [2,4]                              B0 [7,11]          B1 [11,15]
+    stage 1:          F0 [2.5,4.5] B0 [4.5,6.5] F1 [6.5,8.5] B1 [8.5,10.5] W0 [10.5,12.5] W1 [12.5,14.5]
+    The step ends at 15 s (17 with W after each send, 19 without deferral). Stage 1 keeps each chunk's W operands
+    (1000 tokens x 2 layers x (30 + 20) B) from its B to its W: its activation peak is during B1, chunk 1 held
+    (2e5 B) + B0's operands (1e5) + the working memory (1e5) + B1's own deferred output gradients (6e4).
+    """
+    batch = Batch.from_lengths([1000, 1000])
+    chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=1000)]) for i in range(2)]
+    plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1 W0 W1"), chunks, batch)
+    memory = {"deferred_grad_bytes_per_token_layer": 30.0, "deferred_input_bytes_per_token_layer": 20.0}
+    cost = replace(cost, profile=FLAT.model_copy(update=memory))
+    plain = simulate(plan.model_copy(update={"lanes": [_without_w(plan.lanes[0])]}), batch, cost).predicted
+    result = simulate(plan.model_copy(update={"defer_weight_grads": True}), batch, cost)
+    expected = {
+        (0, "F", 0): (0, 2),
+        (0, "F", 1): (2, 4),
+        (1, "F", 0): (2.5, 4.5),
+        (1, "B", 0): (4.5, 6.5),
+        (1, "F", 1): (6.5, 8.5),
+        (1, "B", 1): (8.5, 10.5),
+        (0, "B", 0): (7, 11),
+        (0, "B", 1): (11, 15),
+    }
+    assert_compute_timeline(result.events, expected)
+    w_bars = sorted((e.chunk, e.start_s, e.end_s) for e in result.events if e.kind == "W")
+    assert w_bars == [(0, pytest.approx(10.5), pytest.approx(12.5)), (1, pytest.approx(12.5), pytest.approx(14.5))]
+    pred = result.predicted
+    assert pred.iteration_s == pytest.approx(15)
+    states1 = cost.model_state_bytes(1, plan.pipeline, 1)
+    assert plain.peak_memory_bytes[1] == pytest.approx(states1 + 2e5 + 1e5)
+    assert pred.peak_memory_bytes[1] == pytest.approx(states1 + 2e5 + 1e5 + 1e5 + 6e4)
+    assert pred.peak_memory_bytes[0] == pytest.approx(plain.peak_memory_bytes[0])
+
+
+def _without_w(lane: Lane) -> Lane:
+    return lane.model_copy(update={"schedule": [[op for op in s if op.kind != "W"] for s in lane.schedule]})
+
+
 @given(seeds)
 def test_deferring_weight_grads_never_delays_an_op(seed: int) -> None:
     """On random valid plans with a pipeline, `defer_weight_grads` only moves sends earlier: no op ends later,

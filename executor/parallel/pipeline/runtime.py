@@ -7,12 +7,13 @@ layers for (stage, c), and sends the output to stage p+1 (on the last stage it c
 For B(c) it back-propagates the loss (last stage) or the gradient received from stage p+1, adds the
 accumulated dK/dV of the chunk's non-final slice, sends the input gradient to stage p-1 and releases the
 chunk's activations and K/V leaves. With deferred weight gradients (`Plan.defer_weight_grads`, `weight_grads`)
-the kept layers' weight gradients are computed after that send (`weight_grads.WeightGradStore.flush`).
+the kept layers' weight gradients are computed after that send (`weight_grads.WeightGradStore.flush`), or by the
+chunk's W op when the stage's order has one.
 
 Shapes come from the plan: a chunk of T tokens on a lane of SP degree s is (ceil(T/s), hidden) per rank.
 
-The rank's model states hear about every backward op (`BackwardHooks`): the gradient sync of ZeRO-0/1 runs
-during the last one, ZeRO-2's during each. Under ZeRO-3 the rank runs the block's common rounds
+The rank's model states hear about every backward op (`BackwardHooks`, W ops included): the gradient sync of
+ZeRO-0/1 runs during the last one, ZeRO-2's during each. Under ZeRO-3 the rank runs the block's common rounds
 (`executor.parallel.zero.block_rounds`): its own ops, and idle ops of no tokens where a busier lane of its
 block runs a chunk, so that FSDP2's per-chunk collectives line up over the block. Under mixed precision
 the stage's forward runs in bf16 autocast.
@@ -110,6 +111,8 @@ class StageRuntime:
     """Defer the kept layers' weight gradients of every backward op until its send (a stage after the first)."""
     _cache: SliceKVCache = field(default_factory=SliceKVCache)
     _in_flight: dict[int, _InFlight] = field(default_factory=dict)
+    _w_chunks: set[int] = field(default_factory=set)
+    """Chunks whose weight gradients this stage's W ops compute."""
     _idle: list[torch.Tensor] = field(default_factory=list)
 
     def run(self) -> StageRunResult:
@@ -127,8 +130,10 @@ class StageRuntime:
         )
         local_loss, local_tokens = 0.0, 0
         rounds = list(lane.schedule[role.stage]) if self.rounds is None else list(self.rounds)
-        backward_at = [i for i, op in enumerate(rounds) if not isinstance(op, IdleOp) and op.kind == "B"]
+        # ops that produce gradients: B, and W (a chunk's deferred weight gradients); the last one completes them
+        backward_at = [i for i, op in enumerate(rounds) if not isinstance(op, IdleOp) and op.kind != "F"]
         last_backward = max(backward_at, default=-1)
+        self._w_chunks = {op.chunk for op in rounds if not isinstance(op, IdleOp) and op.kind == "W"}
         probe.start()
         for i, op in enumerate(rounds):
             if isinstance(op, IdleOp):
@@ -140,7 +145,11 @@ class StageRuntime:
                 local_tokens += tokens
             else:
                 self.hooks.before_backward(last=i == last_backward)
-                self._backward(op.chunk, links)
+                if op.kind == "B":
+                    self._backward(op.chunk, links)
+                else:
+                    assert self.weight_grads is not None, f"rank {role.rank}: {op} in a plan without deferral"
+                    self.weight_grads.store.flush(op.chunk)
                 self.hooks.after_backward()
                 probe.sample()
             if log.isEnabledFor(logging.DEBUG):
@@ -149,6 +158,9 @@ class StageRuntime:
         links.finish()
         if self._in_flight:
             raise RuntimeError(f"rank {role.rank}: chunks {sorted(self._in_flight)} ran forward but never backward")
+        if self.weight_grads is not None and self.weight_grads.store.pending:
+            keys = self.weight_grads.store.pending_keys()
+            raise RuntimeError(f"rank {role.rank}: weight gradients of chunks {keys} were deferred and never computed")
         if self._cache.keys():
             raise RuntimeError(f"rank {role.rank}: K/V of slices {self._cache.keys()} were never released")
         assert not self._idle, f"rank {role.rank}: {len(self._idle)} idle forward rounds never ran backward"
@@ -207,8 +219,9 @@ class StageRuntime:
         else:
             shape = (layout.shard_tokens, self.module.spec.hidden_size)
             inputs = links.recv_activation(c, shape, settings.dtype, settings.device).requires_grad_(True)
-        if self.weight_grads is not None:
-            with self.weight_grads.store.deferring(self.weight_grads.kept_weights(recompute)):
+        if self._defers(c):
+            assert self.weight_grads is not None
+            with self.weight_grads.store.deferring(self.weight_grads.kept_weights(recompute), key=c):
                 out = self.module(inputs, shard.positions, _opaque(attend), recompute)
         else:
             out = self.module(inputs, shard.positions, _opaque(attend), recompute)
@@ -231,9 +244,14 @@ class StageRuntime:
         if not self.role.is_first_stage:
             assert flight.inputs.grad is not None, f"rank {self.role.rank}: B{c} produced no input gradient"
             links.send_gradient(c, flight.inputs.grad)
-        if self.weight_grads is not None:
-            self.weight_grads.store.flush()
+        if self._defers(c) and c not in self._w_chunks:
+            assert self.weight_grads is not None
+            self.weight_grads.store.flush(c)
         flight.kv.release()
+
+    def _defers(self, c: int) -> bool:
+        """Whether chunk c's weight gradients wait: for the send (stages after the first) or for its W op."""
+        return self.weight_grads is not None and (not self.role.is_first_stage or c in self._w_chunks)
 
 
 def _no_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,9 @@
 The input gradient of a stage needs only the input-gradient half of each GEMM's backward; the weight-gradient
 half can wait. A backward op on a stage after the first therefore back-propagates with its kept layers' weight
 gradients queued, sends the input gradient to the previous stage, and then computes the queued weight gradients
-(`WeightGradStore.flush`), so the previous stage starts its backward earlier and the pipeline drains faster.
+(`WeightGradStore.flush`), so the previous stage starts its backward earlier and the pipeline drains faster. When
+the stage's op order has a W op for the chunk (any stage, the first included), the queue waits for that op
+instead, which the planner places where the stage would otherwise wait for its next input.
 
 Every bias-free `nn.Linear` of the stage's blocks is routed through the store (`install_deferrable_linears`). A
 chunk whose backward will defer runs its forward inside `WeightGradStore.deferring`: its kept layers' GEMMs then
@@ -42,37 +44,43 @@ class _Queued:
 
 @dataclass
 class WeightGradStore:
-    """The weights whose gradients the chunk being run forward will defer, and the queue of deferred gradients'
-    operands filled by the backward."""
+    """The weights whose gradients the chunk being run forward will defer (and the chunk's key), and per chunk the
+    queue of deferred gradients' operands filled by its backward."""
 
     _deferred: frozenset[int] = frozenset()
-    _queue: list[_Queued] = field(default_factory=list)
+    _key: int = 0
+    _queues: dict[int, list[_Queued]] = field(default_factory=dict)
 
     @contextlib.contextmanager
-    def deferring(self, weights: Iterable[nn.Parameter]) -> Iterator[None]:
-        """A forward run inside the block defers the gradients of `weights` when it is back-propagated."""
-        self._deferred = frozenset(id(w) for w in weights)
+    def deferring(self, weights: Iterable[nn.Parameter], key: int = 0) -> Iterator[None]:
+        """A forward run inside the block defers the gradients of `weights` when it is back-propagated, queued
+        under `key` (the chunk)."""
+        self._deferred, self._key = frozenset(id(w) for w in weights), key
         try:
             yield
         finally:
             self._deferred = frozenset()
 
-    def defers(self, weight: torch.Tensor) -> bool:
-        return id(weight) in self._deferred
+    def defers(self, weight: torch.Tensor) -> int | None:
+        """The key a forward of `weight` now queues its gradient under; None when it is not deferred."""
+        return self._key if id(weight) in self._deferred else None
 
-    def push(self, weight: nn.Parameter, inputs: torch.Tensor, grad_output: torch.Tensor) -> None:
-        self._queue.append(_Queued(weight, inputs, grad_output))
+    def push(self, key: int, weight: nn.Parameter, inputs: torch.Tensor, grad_output: torch.Tensor) -> None:
+        self._queues.setdefault(key, []).append(_Queued(weight, inputs, grad_output))
 
     @property
     def pending(self) -> int:
-        """Weight gradients queued and not yet computed."""
-        return len(self._queue)
+        """Weight gradients queued and not yet computed, over every key."""
+        return sum(len(queue) for queue in self._queues.values())
 
-    def flush(self) -> None:
-        """Compute every queued weight gradient and accumulate them into `.grad` (hooks included) in one autograd
-        call: one engine run per backward op rather than one per weight (on small layers the per-call cost is
+    def pending_keys(self) -> list[int]:
+        return sorted(self._queues)
+
+    def flush(self, key: int = 0) -> None:
+        """Compute the weight gradients queued under `key` and accumulate them into `.grad` (hooks included) in one
+        autograd call: one engine run per op rather than one per weight (on small layers the per-call cost is
         what the deferral would otherwise add)."""
-        queue, self._queue = self._queue, []
+        queue = self._queues.pop(key, [])
         if not queue:
             return
         grads = [_weight_grad(item.grad_output, item.inputs, item.weight) for item in queue]
@@ -95,20 +103,25 @@ class _LinearDeferringWeightGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, inputs: torch.Tensor, detached_weight: torch.Tensor, module: nn.Linear, store: WeightGradStore
+        ctx: Any,
+        inputs: torch.Tensor,
+        detached_weight: torch.Tensor,
+        module: nn.Linear,
+        store: WeightGradStore,
+        key: int,
     ) -> torch.Tensor:
         out = F.linear(inputs, detached_weight)  # under autocast: the GEMM in the compute dtype, like nn.Linear
         ctx.save_for_backward(inputs.to(out.dtype))
-        ctx.module, ctx.store = module, store
+        ctx.module, ctx.store, ctx.key = module, store, key
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
         (inputs,) = ctx.saved_tensors
         weight: nn.Parameter = ctx.module.weight
-        ctx.store.push(weight, inputs, grad_output)
+        ctx.store.push(ctx.key, weight, inputs, grad_output)
         grad_inputs = grad_output @ weight.detach().to(grad_output.dtype) if ctx.needs_input_grad[0] else None
-        return grad_inputs, None, None, None
+        return grad_inputs, None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -143,9 +156,10 @@ def install_deferrable_linears(blocks: Iterable[nn.Module]) -> DeferrableStage:
 def _deferrable_forward(module: nn.Linear, store: WeightGradStore) -> Any:
     def forward(inputs: torch.Tensor) -> torch.Tensor:
         weight = module.weight
-        if not store.defers(weight):
+        key = store.defers(weight)
+        if key is None:
             return F.linear(inputs, weight)
-        out: torch.Tensor = _LinearDeferringWeightGrad.apply(inputs, weight.detach(), module, store)
+        out: torch.Tensor = _LinearDeferringWeightGrad.apply(inputs, weight.detach(), module, store, key)
         return out
 
     return forward

@@ -118,7 +118,8 @@ def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
 def perturbed_cases(world: int, seed: int) -> list[EquivalenceCase]:
     """Random variants of valid plans: lane layouts, slice points, hybrid chunks, recompute, P = 2 and 4 with
     random (uneven) layer splits; two steps on the same pipeline for the first one. The first two defer weight
-    gradients, at ZeRO-0 and at ZeRO-1 (the bucketed sync then hears of them from the deferred computation)."""
+    gradients, at ZeRO-0 right after each send and at ZeRO-1 in W ops placed in the gaps (the bucketed sync then
+    hears of them from the deferred computation, the last W op arming it)."""
     rng = random.Random(seed)
     cluster = cpu_cluster(2, world // 2)
     cases = []
@@ -132,8 +133,9 @@ def perturbed_cases(world: int, seed: int) -> list[EquivalenceCase]:
             batch = random_batch(rng, num_seqs=rng.randint(world // 2, world + 2), max_len=40, first_id=100 * k)
             base = make_plan(batch, cluster, model, [(list(range(world)), [batch.seq_ids])])
             plan = perturb_plan(rng, base, batch, cluster, model, pipeline=pipeline)
-            if i < 2:
-                plan = at_zero_stage(with_deferred_weight_grads(plan), i)
+            if i < 2:  # ZeRO-0: weight gradients after each send; ZeRO-1: W ops placed in the gaps
+                placed_for = (batch, cluster, model) if i == 1 else None
+                plan = at_zero_stage(with_deferred_weight_grads(plan, placed_for=placed_for), i)
             steps.append(StepInput(batch=batch, plan=plan, token_seed=rng.randrange(1 << 30)))
         zero_stage = i if i < 2 else 0
         case = EquivalenceCase(

@@ -202,7 +202,7 @@ def test_pipeline_cases_cover_slices_and_stages(suite: Suite) -> None:
     across chunks, a hybrid chunk, recompute, SP > 1 lanes, deferred weight gradients at ZeRO-0 and ZeRO-1, and
     planner plans that slice."""
     seen = {"P2": False, "P4": False, "3+ slices": False, "hybrid": False, "recompute": False, "sp>1": False}
-    seen |= {"deferred z0": False, "deferred z1": False}
+    seen |= {"deferred z0": False, "deferred z1": False, "W ops": False}
     for case in suite.cases:
         if case.name.startswith("refuse"):
             continue
@@ -213,6 +213,7 @@ def test_pipeline_cases_cover_slices_and_stages(suite: Suite) -> None:
             for zero in (0, 1):
                 deferred = plan.defer_weight_grads and plan.pipeline.num_stages > 1 and case.zero_stage == zero
                 seen[f"deferred z{zero}"] |= deferred
+            seen["W ops"] |= any(op.kind == "W" for lane in plan.lanes for ops in lane.schedule for op in ops)
             for lane in plan.lanes:
                 seen["recompute"] |= plan.pipeline.num_stages > 1 and any(map(any, lane.recompute))
                 seen["sp>1"] |= plan.pipeline.num_stages > 1 and lane.sp_degree > 1

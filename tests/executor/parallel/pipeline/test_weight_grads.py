@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from executor.model import DecoderStage, build_stage
 from executor.parallel.pipeline import runtime as runtime_module
 from executor.parallel.pipeline.runtime import StageRunSettings, StageRuntime
-from executor.parallel.pipeline.weight_grads import DeferrableStage, install_deferrable_linears
+from executor.parallel.pipeline.weight_grads import DeferrableStage, WeightGradStore, install_deferrable_linears
 from executor.role import RankRole
 from executor.verify.synthetic_tokens import SyntheticTokens
 from planner_service.schedules import build_schedule
 from proto.batch import Batch
 from proto.plan import Chunk, Lane, Segment
+from tests.cost_model.hand_specs import ops
 from tests.executor.executor_fixtures import tiny_model
 
 pytestmark = pytest.mark.timeout(120)
@@ -92,6 +93,13 @@ class _RecordingLinks:
         gen = torch.Generator().manual_seed(100 + chunk)
         return torch.randn(shape, dtype=dtype, generator=gen)
 
+    def recv_gradient(self, chunk: int, shape: tuple[int, ...], dtype: torch.dtype, device: str) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(200 + chunk)
+        return torch.randn(shape, dtype=dtype, generator=gen)
+
+    def send_activation(self, chunk: int, tensor: torch.Tensor) -> None:
+        pass
+
     def send_gradient(self, chunk: int, tensor: torch.Tensor) -> None:
         pending = self.deferrable.store.pending if self.deferrable is not None else 0
         _RecordingLinks.sent.append((chunk, tensor.detach().clone(), pending))
@@ -100,28 +108,37 @@ class _RecordingLinks:
         pass
 
 
-def _run_last_stage(monkeypatch: pytest.MonkeyPatch, defer: bool) -> tuple[DecoderStage, list[tuple[int, Any, int]]]:
+def _run_stage(
+    monkeypatch: pytest.MonkeyPatch, defer: bool, *, stage: int = 1, order: str | None = None
+) -> tuple[DecoderStage, list[tuple[int, Any, int]]]:
+    """Stage `stage` of two (the first: the embedding and one block; the last: three blocks and the head) runs
+    three chunks in 1F1B order, or in `order` (e.g. with W ops), with recompute of 0, 2 and 1 blocks."""
     model = tiny_model(num_layers=4)
-    module = build_stage(model, seed=SEED, layer_range=LAYERS, dtype=torch.float64)
+    module = build_stage(model, seed=SEED, layer_range=LAYERS if stage == 1 else (0, 1), dtype=torch.float64)
     deferrable = install_deferrable_linears(module.layers.values())
     batch = Batch(seq_ids=[1, 2, 3], lengths=[20, 7, 11])
     pairs = zip(batch.seq_ids, batch.lengths, strict=True)
     chunks = [Chunk(segments=[Segment(seq_id=q, start=0, end=n)]) for q, n in pairs]
+    schedule = build_schedule(chunks, 2)
+    if order is not None:
+        schedule[stage] = ops(order)
+    layers = LAYERS[1] - LAYERS[0] if stage == 1 else 1
     lane = Lane(
         lane_id=0,
         sp_degree=1,
         ranks=[[0], [1]],
         chunks=chunks,
-        schedule=[build_schedule(chunks, 2)[0], build_schedule(chunks, 2)[1]],
-        recompute=[[0, 0, 0], [0, 2, 1]],
+        schedule=schedule,
+        recompute=[[0, 0, 0], [0, 2, 1]] if stage == 1 else [[0, 1, 0], [0, 0, 0]],
     )
+    assert max(lane.recompute[stage]) <= layers
     _RecordingLinks.sent = []
     _RecordingLinks.deferrable = deferrable
     monkeypatch.setattr(runtime_module, "StageLinks", _RecordingLinks)
     runtime = StageRuntime(
         module=module,
         lane=lane,
-        role=RankRole(rank=1, lane_id=0, lane_index=0, stage=1, num_stages=2, sp_rank=0, sp_ranks=(1,)),
+        role=RankRole(rank=stage, lane_id=0, lane_index=0, stage=stage, num_stages=2, sp_rank=0, sp_ranks=(stage,)),
         sp_group=None,
         lengths=batch.length_of(),
         tokens=SyntheticTokens(7, model.vocab_size),
@@ -137,8 +154,8 @@ def test_stage_sends_its_input_gradient_before_its_weight_gradients(monkeypatch:
     """The last of two stages, with recompute on some chunks: deferring, every backward op sends while its kept
     layers' weight gradients are still queued (7 per kept block), and the step ends with the gradients and sent
     input gradients of the same run without deferral."""
-    plain, plain_sent = _run_last_stage(monkeypatch, defer=False)
-    deferred, deferred_sent = _run_last_stage(monkeypatch, defer=True)
+    plain, plain_sent = _run_stage(monkeypatch, defer=False)
+    deferred, deferred_sent = _run_stage(monkeypatch, defer=True)
     assert [pending for _, _, pending in plain_sent] == [0, 0, 0]
     recompute = {0: 0, 1: 2, 2: 1}
     assert [(c, pending) for c, _, pending in deferred_sent] == [(c, 7 * (3 - recompute[c])) for c, _, _ in plain_sent]
@@ -147,3 +164,41 @@ def test_stage_sends_its_input_gradient_before_its_weight_gradients(monkeypatch:
     for (name, p), q in zip(deferred.named_parameters(), plain.parameters(), strict=True):
         assert p.grad is not None and q.grad is not None
         assert torch.equal(p.grad, q.grad), name
+
+
+def test_w_ops_compute_their_chunks_weight_gradients_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last stage with W ops after all its backward ops: each send finds every earlier chunk's weight
+    gradients still queued as well as its own (7 per kept block: 21, 7 and 14), and the step ends with the plain
+    run's gradients (to rounding: chunks' contributions now add up in another order) and sent input gradients."""
+    plain, plain_sent = _run_stage(monkeypatch, defer=False)
+    order = "F0 B0 F1 B1 F2 B2 W0 W1 W2"
+    deferred, deferred_sent = _run_stage(monkeypatch, defer=True, order=order)
+    assert [pending for _, _, pending in deferred_sent] == [21, 28, 42]
+    for (_, want, _), (_, got, _) in zip(plain_sent, deferred_sent, strict=True):
+        assert torch.equal(got, want)
+    _assert_same_gradients(deferred, plain)
+
+
+def test_first_stage_defers_only_chunks_with_w_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first stage sends nothing, so only a chunk with a W op defers there: chunk 0 queues its block's 7
+    weight gradients for W0; chunk 1 recomputes the stage's one block, so W1 finds nothing queued; chunk 2 has no
+    W op and computes them in its backward. The gradients equal the plain run's."""
+    flushed: list[tuple[int, int]] = []
+    original = WeightGradStore.flush
+
+    def recording_flush(store: WeightGradStore, key: int = 0) -> None:
+        flushed.append((key, store.pending))
+        original(store, key)
+
+    monkeypatch.setattr(WeightGradStore, "flush", recording_flush)
+    plain, _ = _run_stage(monkeypatch, defer=False, stage=0)
+    assert flushed == []
+    deferred, _ = _run_stage(monkeypatch, defer=True, stage=0, order="F0 F1 B0 F2 B1 W0 B2 W1")
+    assert flushed == [(0, 7), (1, 0)]
+    _assert_same_gradients(deferred, plain)
+
+
+def _assert_same_gradients(got: DecoderStage, want: DecoderStage) -> None:
+    for (name, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-14 * float(q.grad.abs().max()), msg=name)

@@ -1,0 +1,192 @@
+"""Where a plan's deferred weight gradients run: W ops placed in the gaps a stage would otherwise wait through.
+
+With `Plan.defer_weight_grads` a backward op sends its input gradient before its weight gradients. Computing those
+right after the send (no W op) already shortens the pipeline drain by them once per stage boundary; running them
+later, while the stage waits for its next input, shortens it again (the zero-bubble schedules of Qi et al.,
+"Zero Bubble Pipeline Parallelism", 2024: the weight-gradient pass has no cross-stage dependency and fills bubbles).
+
+`place_weight_grads` replays each lane in global time order with the simulator's op costs (`lane_op_costs`): a
+stage whose next F or B cannot start yet runs the oldest queued W instead when the W fits the wait: before the
+input's arrival when that is known, within the shortest time its producer (the neighbour's op of the same chunk,
+not started yet) can take when it is not. A W that would only delay the next op waits.
+
+A B queues its W only while the stage's activation memory with it stays within what the device has for
+activations beside the stage's model states: the chunks in flight, the queued W ops' operands (their GEMMs' inputs
+and output gradients, `CostModel.weight_grad_operand_bytes`), room for one more chunk and the stage's largest
+working memory of one op (`memory_timeline.stage_memory`); otherwise its weight gradients run right after its
+send. The simulator's peak has the last word on memory. W ops still queued when the stage has nothing else to do
+run at its end. The result is the plan with explicit W ops in its stages' op orders, which the executor follows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from planner_service.cost_model import CostModel
+from planner_service.schedules.pipeline_schedule import op_of
+from planner_service.simulator.memory_timeline import StageMemory, stage_memory
+from planner_service.simulator.pipeline_simulator import LaneOpCosts, lane_op_costs
+from proto import Batch, Lane, Op, Plan
+
+
+def _largest_held(room: _StageRoom) -> float:
+    """Room kept for one more chunk in flight: queued operands must not crowd out the next forward."""
+    return max(room.held, default=0.0)
+
+
+def place_weight_grads(
+    plan: Plan, batch: Batch, cost: CostModel, *, margin_bytes: Sequence[float] | None = None
+) -> Plan:
+    """`plan` (with `defer_weight_grads`) with W ops placed where its stages would wait (see the module docstring);
+    `margin_bytes[p]`: memory of stage p to leave unused besides (a caller's correction after a placement whose
+    simulated peak overflowed)."""
+    if not plan.defer_weight_grads:
+        raise ValueError("W ops need a plan with defer_weight_grads")
+    if cost.options != plan.options:
+        cost = replace(cost, options=plan.options)
+    pipeline = plan.pipeline
+    num_stages = pipeline.num_stages
+    collectives = [cost.collective_times(p, pipeline) for p in range(num_stages)]
+    dp_size = cost.dp_size(pipeline)
+    margin = margin_bytes or [0.0] * num_stages
+    room = [
+        cost.cluster.device_memory_bytes
+        - cost.memory_reserve_bytes
+        - cost.model_state_bytes(p, pipeline, dp_size)
+        - margin[p]
+        for p in range(num_stages)
+    ]
+    lengths = batch.length_of()
+    lanes = []
+    for lane in plan.lanes:
+        plain = [[op for op in ops if op.kind != "W"] for ops in lane.schedule]
+        bare = lane.model_copy(update={"schedule": plain})
+        tokens = [chunk.num_tokens for chunk in bare.chunks]
+        memory = [
+            _StageRoom.of(stage_memory(bare, pipeline, p, cost, lengths, tokens, defers_weight_grads=True), bare, p,
+                          cost, room[p])
+            for p in range(num_stages)
+        ]  # fmt: skip
+        schedule = _placed(bare, lane_op_costs(bare, plan, cost, collectives), memory)
+        lanes.append(bare.model_copy(update={"schedule": schedule}))
+    return plan.model_copy(update={"lanes": lanes})
+
+
+@dataclass(frozen=True, slots=True)
+class _StageRoom:
+    """What a stage's activations may take, and what each chunk takes, for the queueing test."""
+
+    room: float
+    """Device memory less the reserve, the stage's model states and its largest op's working memory."""
+    held: tuple[float, ...]
+    """held[c]: chunk c's activations from its F to its B."""
+    operands: tuple[float, ...]
+    """operands[c]: what chunk c keeps from its B to its W."""
+
+    @classmethod
+    def of(cls, memory: StageMemory, lane: Lane, stage: int, cost: CostModel, room: float) -> _StageRoom:
+        recompute = lane.recompute[stage]
+        kept = [memory.num_layers - r for r in recompute]
+        deferred = memory.deferred or (0.0,) * len(kept)
+        working = max(
+            (const + deferred[c] * kept[c] for c, const in zip(memory.op_chunks, memory.op_constant, strict=True)),
+            default=0.0,
+        )
+        s = lane.sp_degree
+        return cls(
+            room=room - working,
+            held=tuple(memory.base[c] + memory.per_layer[c] * r for c, r in enumerate(recompute)),
+            operands=tuple(
+                cost.weight_grad_operand_bytes(chunk.num_tokens, s) * kept[c] for c, chunk in enumerate(lane.chunks)
+            ),
+        )
+
+
+def _placed(lane: Lane, costs: LaneOpCosts, memory: list[_StageRoom]) -> list[list[Op]]:
+    """The lane's F/B op orders with W ops inserted (one lane, global time order)."""
+    schedule = lane.schedule
+    num_stages = len(schedule)
+    num_chunks = len(lane.chunks)
+    last = num_stages - 1
+    cursor = [0] * num_stages
+    free = [0.0] * num_stages
+    used = [0.0] * num_stages  # activations in flight + operands of queued W ops
+    queued: list[deque[int]] = [deque() for _ in range(num_stages)]
+    f_end: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
+    b_sent: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
+    placed: list[list[Op]] = [[] for _ in range(num_stages)]
+
+    def shortest_wait(p: int, op: Op) -> float:
+        """The least time before an input not computed yet can arrive: its producer's shortest op and the send."""
+        c = op.chunk
+        if op.kind == "F":
+            return costs.forward[p - 1][c].duration_s + costs.p2p[p - 1][c]
+        return costs.backward_split[p + 1][c].duration_s + costs.p2p[p][c]
+
+    def ready_at(p: int, op: Op) -> float | None:
+        """When op's input is on stage p (None: not computed yet)."""
+        c = op.chunk
+        if op.kind == "F":
+            if p == 0:
+                return 0.0
+            done = f_end[p - 1][c]
+            return None if done is None else done + costs.p2p[p - 1][c]
+        if p == last:
+            return 0.0  # after its own F, which precedes it in the stage's order
+        sent = b_sent[p + 1][c]
+        return None if sent is None else sent + costs.p2p[p][c]
+
+    while True:
+        best: tuple[float, int, Op | None] | None = None  # (start, stage, op; None: the oldest queued W)
+        for p in range(num_stages):
+            nxt = schedule[p][cursor[p]] if cursor[p] < len(schedule[p]) else None
+            ready = ready_at(p, nxt) if nxt is not None else None
+            if nxt is not None and ready is not None and ready <= free[p]:
+                action: tuple[float, int, Op | None] = (free[p], p, nxt)
+            elif queued[p] and (
+                nxt is None
+                or (ready if ready is not None else free[p] + shortest_wait(p, nxt)) - free[p]
+                >= costs.weight_grads[p][queued[p][0]]
+            ):
+                action = (free[p], p, None)  # the W fits the wait, or nothing is left but W ops
+            elif nxt is not None and ready is not None:
+                action = (ready, p, nxt)
+            else:
+                continue  # waiting for an input not computed yet
+            if best is None or action[:2] < best[:2]:
+                best = action
+        if best is None:
+            waiting = [(free[p], p) for p in range(num_stages) if queued[p]]
+            if not waiting:
+                break
+            best = (*min(waiting), None)  # every stage waits on inputs not computed: a W makes progress
+        start, p, op = best
+        if op is None:
+            c = queued[p].popleft()
+            used[p] -= memory[p].operands[c]
+            free[p] = start + costs.weight_grads[p][c]
+            placed[p].append(op_of("W", c))
+            continue
+        c = op.chunk
+        if op.kind == "F":
+            f_end[p][c] = free[p] = start + costs.forward[p][c].duration_s
+            used[p] += memory[p].held[c]
+        else:
+            used[p] -= memory[p].held[c]
+            operands = memory[p].operands[c]
+            if costs.weight_grads[p][c] > 0 and used[p] + operands + _largest_held(memory[p]) <= memory[p].room:
+                free[p] = b_sent[p][c] = start + costs.backward_split[p][c].duration_s
+                queued[p].append(c)
+                used[p] += operands
+            else:
+                times = costs.backward[p][c]
+                free[p] = start + times.duration_s
+                b_sent[p][c] = free[p] - times.deferred_s
+        placed[p].append(op)
+        cursor[p] += 1
+    stuck = [p for p in range(num_stages) if cursor[p] < len(schedule[p])]
+    if stuck:
+        raise ValueError(f"lane {lane.lane_id}: schedule deadlocks at stages {stuck}")
+    return placed
