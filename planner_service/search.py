@@ -350,7 +350,10 @@ class SearchSession:
         when its simulated peak overflows). Each simulation is charged to the budget."""
         plan = candidate.plan
         ops = sum(len(ops) for lane in plan.lanes for ops in lane.schedule)
-        units = simulation_units(len(plan.lanes), 2 * ops, len(self.ctx.batch.lengths))
+        sequences = len(self.ctx.batch.lengths)
+        units = simulation_units(len(plan.lanes), 2 * ops, sequences)
+        # a placement replays every op and scans every stage for each: about P simulations' worth, plus its own
+        placing = units + simulation_units(len(plan.lanes), 2 * ops * plan.pipeline.num_stages, sequences)
         if (
             not self.ctx.defer_weight_grads
             or plan.defer_weight_grads
@@ -366,10 +369,10 @@ class SearchSession:
             best = inline.model_copy(update={"solver": _noted(plan.solver, "weight gradients after the send")})
         margin = [0.0] * plan.pipeline.num_stages
         for _ in range(1 + PLACEMENT_RETRIES):
-            if not self.budget.affordable(2 * units):
+            if not self.budget.affordable(placing):
                 break
             placed = place_weight_grads(inline, self.ctx.batch, self.ctx.cost, margin_bytes=margin)
-            placed = self._simulated(placed, 2 * units)
+            placed = self._simulated(placed, placing)
             if fits_memory(placed, self.ctx.cluster):
                 if placed.predicted.iteration_s < best.predicted.iteration_s:
                     best = placed.model_copy(update={"solver": _noted(plan.solver, "weight gradients in the gaps")})
