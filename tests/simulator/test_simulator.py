@@ -278,6 +278,12 @@ FLAT = CostProfile(
 )
 
 
+def two_chunks() -> tuple[Batch, list[Chunk]]:
+    """Two sequences of 1000 tokens, one chunk each (the hand-checked two-stage timelines)."""
+    batch = Batch.from_lengths([1000, 1000])
+    return batch, [Chunk(segments=[Segment(seq_id=i, start=0, end=1000)]) for i in range(2)]
+
+
 def two_stage(schedule0: list[Op], schedule1: list[Op], chunks: list[Chunk], batch: Batch, recompute=None):
     cluster = hand_cluster(1, 2)
     model = MODEL
@@ -306,8 +312,7 @@ def test_two_stage_1f1b_timeline_by_hand() -> None:
     F1 reaches stage 1 at 4.5 but waits for B0 there (1F1B order); B0 on stage 0 waits for B0 on stage 1 (8.5)
     + 0.5 s; B1 on stage 0 for 14.5 + 0.5. Sends run beside compute and are not busy time.
     """
-    batch = Batch.from_lengths([1000, 1000])
-    chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=1000)]) for i in range(2)]
+    batch, chunks = two_chunks()
     plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1"), chunks, batch)
     result = simulate(plan, batch, cost)
     expected = {
@@ -340,8 +345,7 @@ def test_op_overhead_lengthens_every_op_of_the_timeline_by_hand() -> None:
     stage 0: F0 [0,3] F1 [3,6]                                  B0 [12,17]         B1 [20,25]
     stage 1:          F0 [3.5,6.5] B0 [6.5,11.5] F1 [11.5,14.5] B1 [14.5,19.5]
     """
-    batch = Batch.from_lengths([1000, 1000])
-    chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=1000)]) for i in range(2)]
+    batch, chunks = two_chunks()
     plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1"), chunks, batch)
     cost = replace(cost, profile=FLAT.model_copy(update={"op_overhead_s": 1.0}))
     result = simulate(plan, batch, cost)
@@ -368,8 +372,7 @@ def test_deferred_weight_grads_timeline_by_hand() -> None:
     B0 reaches stage 0 at 6.5 + 0.5 and B1 at 12.5 + 0.5: the step ends 2 s (stage 1's W) earlier than
     without deferral (19 s). Stage 1 also holds the deferred output gradients of both its layers while B runs.
     """
-    batch = Batch.from_lengths([1000, 1000])
-    chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=1000)]) for i in range(2)]
+    batch, chunks = two_chunks()
     plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1"), chunks, batch)
     cost = replace(cost, profile=FLAT.model_copy(update={"deferred_grad_bytes_per_token_layer": 30.0}))
     plain = simulate(plan, batch, cost).predicted
@@ -408,8 +411,7 @@ def test_w_ops_timeline_and_memory_by_hand() -> None:
     (1000 tokens x 2 layers x (30 + 20) B) from its B to its W: its activation peak is during B1, chunk 1 held
     (2e5 B) + B0's operands (1e5) + the working memory (1e5) + B1's own deferred output gradients (6e4).
     """
-    batch = Batch.from_lengths([1000, 1000])
-    chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=1000)]) for i in range(2)]
+    batch, chunks = two_chunks()
     plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1 W0 W1"), chunks, batch)
     memory = {"deferred_grad_bytes_per_token_layer": 30.0, "deferred_input_bytes_per_token_layer": 20.0}
     cost = replace(cost, profile=FLAT.model_copy(update=memory))
@@ -477,8 +479,7 @@ def test_deferring_weight_grads_never_delays_an_op(seed: int) -> None:
 
 def test_memory_counts_in_flight_chunks_and_recompute() -> None:
     """Stage 0 holds both chunks' activations before B0 (F0 F1 B0 B1); recomputing all layers keeps inputs only."""
-    batch = Batch.from_lengths([1000, 1000])
-    chunks = [Chunk(segments=[Segment(seq_id=i, start=0, end=1000)]) for i in range(2)]
+    batch, chunks = two_chunks()
     plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1"), chunks, batch)
     pred = simulate(plan, batch, cost).predicted
     states0 = cost.model_state_bytes(0, plan.pipeline, 1)
