@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-from proto import ClusterSpec, CostProfile, ModelSpec
+from proto import Batch, ClusterSpec, CostProfile, ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -50,6 +51,61 @@ def measured_cpu_profile(cluster: ClusterSpec, model: ModelSpec, name: str) -> C
     )
     doc = cached_document(target) or launch_local(run_profile_rank, (target,), world_size=cluster.num_devices)[0]
     return doc.profile
+
+
+def add_cpu_check_arguments(parser: argparse.ArgumentParser, *, batches: int, batch_size: int) -> None:
+    """The options of a predicted-vs-measured check on this machine's CPU ranks (`layer_split_check`,
+    `deferred_weight_grads_check`): cluster, batches of stdlib lengths, timed repeats, the planner's limit."""
+    parser.add_argument(
+        "--cluster",
+        default="cpu-1x2",
+        help="cpu-1x2 (default): one rank per core, so each pipeline stage has a core of its own; with more ranks "
+        "than cores, stages share cores and a core's load, not a stage's, sets the step time",
+    )
+    parser.add_argument("--batches", type=int, default=batches)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--time-limit", type=float, default=1.0)
+    parser.add_argument("--quick", action="store_true", help="2 batches, 3 repeats")
+
+
+def parse_cpu_check_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if args.quick:
+        args.batches, args.repeats = 2, 3
+    return args
+
+
+def stdlib_batches(args: argparse.Namespace, seed: int) -> list[Batch]:
+    """`args.batches` batches of `args.batch_size` Python stdlib file lengths (seeds `seed`, `seed` + 1, ...)."""
+    from planner_service.workloads import load_workload
+
+    return [
+        load_workload(
+            lengths_path=None, dataset="stdlib", batch_size=args.batch_size, seed=seed + i, max_len=args.max_len
+        )
+        for i in range(args.batches)
+    ]
+
+
+def time_cases_round_robin(
+    cluster: ClusterSpec, model: ModelSpec, cases: list[Any], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Run `cases` (`executor.profile.step_timing.PlanCase`) on the cluster's CPU ranks, one pinned per core,
+    round-robin with 1 warm-up and `repeats` timed steps each: (each case's min seconds, its (max - min) / median
+    spread)."""
+    import statistics
+
+    from executor.profile.step_timing import StepTimingSettings, time_plans
+    from executor.profile.timing import summarize
+    from executor.verify.launch import launch_local
+
+    settings = StepTimingSettings(warmup=1, repeats=repeats, pin_cores=True)
+    timings = launch_local(time_plans, (cluster, model, cases, settings), world_size=cluster.num_devices)[0]
+    measured = [summarize(list(t.seconds), "min") for t in timings]
+    spreads = [(max(t.seconds) - min(t.seconds)) / statistics.median(t.seconds) for t in timings]
+    return measured, spreads
 
 
 def _fmt(value: Any) -> str:

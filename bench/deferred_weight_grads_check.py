@@ -25,18 +25,23 @@ import os
 import statistics
 import time
 
-from bench_common import machine, measured_cpu_profile, write_table
+from bench_common import (
+    add_cpu_check_arguments,
+    machine,
+    measured_cpu_profile,
+    parse_cpu_check_arguments,
+    stdlib_batches,
+    time_cases_round_robin,
+    write_table,
+)
 
-from executor.profile.step_timing import PlanCase, StepTimingSettings, time_plans
-from executor.profile.timing import summarize
-from executor.verify.launch import launch_local
+from executor.profile.step_timing import PlanCase
 from planner_service.cost_model import CostModel
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.simulator import simulate
 from planner_service.simulator.weight_grad_placement import place_weight_grads
-from planner_service.workloads import load_workload
-from proto import Batch, ModelSpec
+from proto import ModelSpec
 from proto.capabilities import TORCH_EXECUTOR
 
 SEED = 5200
@@ -51,20 +56,8 @@ def deep_model() -> ModelSpec:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--cluster",
-        default="cpu-1x2",
-        help="cpu-1x2 (default): one rank per core, so each pipeline stage has a core of its own",
-    )
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-len", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--time-limit", type=float, default=1.0)
-    parser.add_argument("--quick", action="store_true", help="2 batches, 3 repeats")
-    args = parser.parse_args()
-    if args.quick:
-        args.batches, args.repeats = 2, 3
+    add_cpu_check_arguments(parser, batches=4, batch_size=8)
+    args = parse_cpu_check_arguments(parser)
     cluster, model = resolve_cluster(args.cluster), deep_model()
     began = time.perf_counter()
     loads = {"start": os.getloadavg()}
@@ -73,12 +66,7 @@ def main() -> None:
     cost = CostModel.from_specs(cluster, model, profile=profile)
     no_deferral = TORCH_EXECUTOR.model_copy(update={"deferred_weight_grads": False})
 
-    batches: list[Batch] = [
-        load_workload(
-            lengths_path=None, dataset="stdlib", batch_size=args.batch_size, seed=SEED + i, max_len=args.max_len
-        )
-        for i in range(args.batches)
-    ]
+    batches = stdlib_batches(args, SEED)
     cases: list[PlanCase] = []
     for b, batch in enumerate(batches):
         plain = make_plan(
@@ -91,11 +79,8 @@ def main() -> None:
         for name, deferred in (("after send", after_send), ("in gaps", in_gaps)):
             priced = deferred.model_copy(update={"predicted": simulate(deferred, batch, cost).predicted}).with_id()
             cases.append(PlanCase(key=f"{b}/{name}", batch=batch, plan=priced, token_seed=b + 1))
-    timing_settings = StepTimingSettings(warmup=1, repeats=args.repeats, pin_cores=True)
-    timings = launch_local(time_plans, (cluster, model, cases, timing_settings), world_size=cluster.num_devices)[0]
+    measured, spreads = time_cases_round_robin(cluster, model, cases, args.repeats)
     loads["after run"] = os.getloadavg()
-    measured = [summarize(list(t.seconds), "min") for t in timings]
-    spreads = [(max(t.seconds) - min(t.seconds)) / statistics.median(t.seconds) for t in timings]
 
     rows = []
     gains: dict[str, list[tuple[float, float]]] = {"after send": [], "in gaps": []}

@@ -24,17 +24,22 @@ import os
 import statistics
 import time
 
-from bench_common import machine, measured_cpu_profile, write_table
+from bench_common import (
+    add_cpu_check_arguments,
+    machine,
+    measured_cpu_profile,
+    parse_cpu_check_arguments,
+    stdlib_batches,
+    time_cases_round_robin,
+    write_table,
+)
 
-from executor.profile.step_timing import PlanCase, StepTimingSettings, time_plans
-from executor.profile.timing import summarize
-from executor.verify.launch import launch_local
+from executor.profile.step_timing import PlanCase
 from planner_service.cost_model import CostModel
 from planner_service.layout.layer_split import head_balanced_split
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
-from planner_service.workloads import load_workload
-from proto import Batch, ModelSpec, PipelineSpec
+from proto import ModelSpec, PipelineSpec
 
 SEED = 4100
 
@@ -51,21 +56,8 @@ def layers_text(pipeline: PipelineSpec) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--cluster",
-        default="cpu-1x2",
-        help="cpu-1x2 (default): one rank per core, so each pipeline stage has a core of its own; with more ranks "
-        "than cores, stages share cores and a core's load, not a stage's, sets the step time",
-    )
-    parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-len", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--time-limit", type=float, default=1.0)
-    parser.add_argument("--quick", action="store_true", help="2 batches, 3 repeats")
-    args = parser.parse_args()
-    if args.quick:
-        args.batches, args.repeats = 2, 3
+    add_cpu_check_arguments(parser, batches=3, batch_size=16)
+    args = parse_cpu_check_arguments(parser)
     cluster, model = resolve_cluster(args.cluster), head_heavy_model()
     began = time.perf_counter()
     loads = {"start": os.getloadavg()}
@@ -73,12 +65,7 @@ def main() -> None:
     print(f"profile: {profile.name} ({time.perf_counter() - began:.0f} s)", flush=True)
     cost = CostModel.from_specs(cluster, model, profile=profile)
 
-    batches: list[Batch] = [
-        load_workload(
-            lengths_path=None, dataset="stdlib", batch_size=args.batch_size, seed=SEED + i, max_len=args.max_len
-        )
-        for i in range(args.batches)
-    ]
+    batches = stdlib_batches(args, SEED)
     cases: list[PlanCase] = []
     labels: list[tuple[int, int, str, PipelineSpec]] = []
     for num_stages in (p for p in (2, 4) if p <= cluster.num_devices):
@@ -92,11 +79,8 @@ def main() -> None:
                 )  # fmt: skip
                 cases.append(PlanCase(key=f"P{num_stages}/{b}/{name}", batch=batch, plan=plan, token_seed=b + 1))
                 labels.append((num_stages, b, name, split))
-    timing_settings = StepTimingSettings(warmup=1, repeats=args.repeats, pin_cores=True)
-    timings = launch_local(time_plans, (cluster, model, cases, timing_settings), world_size=cluster.num_devices)[0]
+    measured, spreads = time_cases_round_robin(cluster, model, cases, args.repeats)
     loads["after run"] = os.getloadavg()
-    measured = [summarize(list(t.seconds), "min") for t in timings]
-    spreads = [(max(t.seconds) - min(t.seconds)) / statistics.median(t.seconds) for t in timings]
 
     rows = []
     speedups: dict[int, list[tuple[float, float]]] = {}
