@@ -1,13 +1,13 @@
 """Deferred weight gradients, measured: predicted vs measured step time of the same plans with and without
 `Plan.defer_weight_grads`, run by the executor on this machine's CPU ranks (gloo).
 
-For each batch, helix plans it at P = 2 for an executor that cannot defer (the plain plan). Two deferred plans are
-that plan with the flag set: "after send" (stage 1's backward ops send their input gradient, then compute their
-weight gradients) and "in gaps" (W ops placed where a stage would wait, `place_weight_grads`), each priced again
-by the simulator. All three run round-robin on the executor, and the table gives each one's predicted and
-measured seconds and the speedups over the plain plan, predicted and measured. The gain is the pipeline drain,
-about one backward op's weight gradients per stage boundary for "after send" and two for "in gaps", so it is
-largest when a stage has few chunks; the profile's `deferred_layer_overhead_s` is what the bookkeeping costs.
+For each batch, helix plans it at P = 2 for an executor that cannot defer (the plain plan). Two deferred plans
+are that plan with W ops (`place_weight_grads`): "after send" (each right after its backward op, which sends its
+input gradient first) and "in gaps" (where a stage would wait), each priced again by the simulator. All three run
+round-robin on the executor, and the table gives each one's predicted and measured seconds and the speedups over
+the plain plan, predicted and measured. The gain is the pipeline drain, about one backward op's weight gradients
+per stage boundary for "after send" and two for "in gaps", so it is largest when a stage has few chunks; the
+profile's `deferred_layer_overhead_s` is what the bookkeeping costs.
 
 The default cluster, cpu-1x2, gives each stage a core of its own (with more ranks than cores, stages share a
 core and a core's load, not the schedule, sets the step time).
@@ -73,8 +73,9 @@ def main() -> None:
             batch=batch, cluster=cluster, model=model, strategy="helix", profile=profile,
             time_limit_s=args.time_limit, num_stages=NUM_STAGES, executor=no_deferral, step=b,
         )  # fmt: skip
-        after_send = plain.model_copy(update={"defer_weight_grads": True})
-        in_gaps = place_weight_grads(after_send, batch, cost)
+        flagged = plain.model_copy(update={"defer_weight_grads": True})
+        after_send = place_weight_grads(flagged, batch, cost, queue=False)
+        in_gaps = place_weight_grads(flagged, batch, cost)
         cases.append(PlanCase(key=f"{b}/plain", batch=batch, plan=plain, token_seed=b + 1))
         for name, deferred in (("after send", after_send), ("in gaps", in_gaps)):
             priced = deferred.model_copy(update={"predicted": simulate(deferred, batch, cost).predicted}).with_id()

@@ -32,7 +32,7 @@ class PlanningContext:
     """The job's layer split at `num_stages`, when the job fixes one (its executors built their stage modules from
     it): every strategy plans on it. None: the even split, or the strategy's own choice (`helix`)."""
     defer_weight_grads: bool = True
-    """The executor can defer weight gradients after the send (`Plan.defer_weight_grads`, its capabilities):
+    """The executor can run W ops (`Plan.defer_weight_grads`, its capabilities):
     `helix` then tries it on its winners."""
     budget: PlanningBudget = field(default=None)  # type: ignore[assignment]  # set in __post_init__
     """The call's work budget (deterministic units + wall-clock safety net), shared by every context derived

@@ -39,8 +39,8 @@ schedules: on each stage F(c) precedes B(c), so a stage's first op is a forward 
 - drain(p, z): lane l's last op on stage p is B(c'); B(c') on stages p-1..0 follows it (the smallest B op and
   send each), and each stage q's step ends at least `after_step_s` (the ZeRO-1/2 parameter all-gather) plus
   one bucket's share of its ZeRO-0/1 reduction (`step_sync_end_s`) after the lane's last backward on q. Where a
-  plan may defer weight gradients (ZeRO-0/1, `Plan.defer_weight_grads`), B(c') on stage p sends before it ends,
-  by its deferred weight gradients (unbounded above), so only stage p's own tail is charged.
+  plan may defer weight gradients (ZeRO-0/1, `Plan.defer_weight_grads`), B(c') on stage p sends before stage p's
+  last op ends, by W ops after it (unbounded above), so only stage p's own tail is charged.
 - sync(p, z): stage p's ZeRO-0/1 reduction ends no earlier than its first bucket, final once the last backward
   op has started, plus the whole reduction (`step_sync_end_s`); every forward op of the lane precedes that last
   backward. So the stage also ends at least fill(p) + (the block's forward device-time) / (N/P) + the reduction

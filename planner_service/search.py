@@ -344,10 +344,10 @@ class SearchSession:
 
     def with_deferred_weight_grads(self, candidate: Candidate) -> Candidate:
         """The candidate with `Plan.defer_weight_grads` when the executor can, the plan has a pipeline at ZeRO-0/1,
-        and the simulator then finds it faster and still within memory; else the candidate. Two forms are tried:
-        each backward op's weight gradients right after its send, and W ops placed in the gaps the stages would
-        wait through (`weight_grad_placement`; placed again with less memory, at most `PLACEMENT_RETRIES` times,
-        when its simulated peak overflows). Each simulation is charged to the budget."""
+        and the simulator then finds it faster and still within memory; else the candidate. Two placements of W ops
+        are tried (`weight_grad_placement`): each right after its backward op, and in the gaps the stages would
+        wait through, each placed again with less memory (at most `PLACEMENT_RETRIES` times) when its simulated
+        peak overflows. Every placement and simulation is charged to the budget."""
         plan = candidate.plan
         ops = sum(len(ops) for lane in plan.lanes for ops in lane.schedule)
         sequences = len(self.ctx.batch.lengths)
@@ -361,23 +361,20 @@ class SearchSession:
             or plan.options.zero_stage > ZeroStage.OPTIMIZER
         ):
             return candidate
-        if not self.budget.affordable(units):
-            return candidate
         best = plan
-        inline = self._simulated(plan.model_copy(update={"defer_weight_grads": True}), units)
-        if inline.predicted.iteration_s < best.predicted.iteration_s and fits_memory(inline, self.ctx.cluster):
-            best = inline.model_copy(update={"solver": _noted(plan.solver, "weight gradients after the send")})
-        margin = [0.0] * plan.pipeline.num_stages
-        for _ in range(1 + PLACEMENT_RETRIES):
-            if not self.budget.affordable(placing):
-                break
-            placed = place_weight_grads(inline, self.ctx.batch, self.ctx.cost, margin_bytes=margin)
-            placed = self._simulated(placed, placing)
-            if fits_memory(placed, self.ctx.cluster):
-                if placed.predicted.iteration_s < best.predicted.iteration_s:
-                    best = placed.model_copy(update={"solver": _noted(plan.solver, "weight gradients in the gaps")})
-                break
-            margin = [m + over for m, over in zip(margin, self._overflow(placed), strict=True)]
+        flagged = plan.model_copy(update={"defer_weight_grads": True})
+        for queue, note in ((False, "weight gradients after the send"), (True, "weight gradients in the gaps")):
+            margin = [0.0] * plan.pipeline.num_stages
+            for _ in range(1 + PLACEMENT_RETRIES):
+                if not self.budget.affordable(placing):
+                    return candidate if best is plan else Candidate(best, candidate.recipe)
+                placed = place_weight_grads(flagged, self.ctx.batch, self.ctx.cost, queue=queue, margin_bytes=margin)
+                placed = self._simulated(placed, placing)
+                if fits_memory(placed, self.ctx.cluster):
+                    if placed.predicted.iteration_s < best.predicted.iteration_s:
+                        best = placed.model_copy(update={"solver": _noted(plan.solver, note)})
+                    break
+                margin = [m + over for m, over in zip(margin, self._overflow(placed), strict=True)]
         return candidate if best is plan else Candidate(best, candidate.recipe)
 
     def _simulated(self, plan: Plan, units: float) -> Plan:

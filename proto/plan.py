@@ -320,12 +320,11 @@ class Plan(BaseModel):
     lanes: list[Lane] = Field(min_length=1)
     defer_weight_grads: bool = Field(
         default=False,
-        description="Split every backward op on stages after the first: the op back-propagates to its input, sends "
-        "that gradient to the previous stage, and only then computes the weight gradients of the stage's kept (not "
-        "recomputed) layers (zero-bubble style B/W split), so the previous stage's backward starts earlier. A "
-        "chunk with a 'W' op in a stage's schedule (any stage) leaves them to that op instead, which the schedule "
-        "places where the stage would wait. The same gradients; the weight gradients' operands are held until "
-        "they are done. ZeRO-0/1 only.",
+        description="Allow 'W' ops (zero-bubble style B/W split): a chunk with a W op in a stage's schedule splits "
+        "its backward there. Its B op back-propagates to the input, sends that gradient to the previous stage (whose "
+        "backward then starts earlier) and leaves the weight gradients of the stage's kept (not recomputed) layers "
+        "to the W op, placed right after it or where the stage would otherwise wait. The same gradients; their "
+        "operands are held until the W op. ZeRO-0/1 only.",
     )
     predicted: Predicted
     solver: SolverInfo = Field(default_factory=SolverInfo)

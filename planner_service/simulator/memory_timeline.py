@@ -9,9 +9,9 @@ shrink to checkpoints; a non-final slice keeps the K/V of those layers for later
 attends to a prefix keeps, in each layer that does not recompute, the concatenated prefix K/V when the
 attention kernel saves it). From the backward of a sequence's last slice until an earlier slice's own
 backward ends, that earlier slice also holds dK/dV accumulators (`kv_grad`). Every op adds its transient
-working memory. A backward op that defers its weight gradients (`Plan.defer_weight_grads`: stages after the
-first, and chunks with a W op) also holds the output gradients of its kept layers' GEMMs (`deferred`); a chunk with
-a W op keeps them and its GEMMs' inputs from the end of its backward until its W op (`weight_grads_held`).
+working memory. A backward op that defers its weight gradients (`Plan.defer_weight_grads`: a chunk with a W op)
+also holds the output gradients of its kept layers' GEMMs (`deferred`), and the chunk keeps them and its GEMMs'
+inputs from the end of its backward until its W op (`weight_grads_held`).
 """
 
 from __future__ import annotations
@@ -94,8 +94,7 @@ def stage_memory(
 ) -> StageMemory:
     """Build the linear memory model of `lane` on `stage` (tokens[c]: tokens of chunk c; prefix_kv_rows[c]: its
     `ChunkShape.prefix_kv_rows`, derived from the segments when not given; `defers_weight_grads`: the plan's
-    `defer_weight_grads`, under which the stage's backward ops defer weight gradients after the first stage and
-    for chunks with a W op on any stage)."""
+    `defer_weight_grads`, under which a chunk with a W op in the stage's order defers its weight gradients)."""
     s = lane.sp_degree
     if prefix_kv_rows is None:
         prefix_kv_rows = [ChunkShape.of(chunk).prefix_kv_rows for chunk in lane.chunks]
@@ -150,7 +149,7 @@ def stage_memory(
         if op.kind == "B":
             grads -= kv_grad[c]
     w_chunks = {op.chunk for op in ops if op.kind == "W"}
-    deferring = [defers_weight_grads and (stage > 0 or c in w_chunks) for c in range(num_chunks)]
+    deferring = [defers_weight_grads and c in w_chunks for c in range(num_chunks)]
     return StageMemory(
         num_layers=layers,
         base=base,

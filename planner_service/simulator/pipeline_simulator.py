@@ -7,10 +7,10 @@ Model of execution (the executor's, see DESIGN §9):
   activations have arrived (p2p time); B(c) on p once B(c) on p+1 has ended and its gradient has arrived.
   Sends are asynchronous: they delay the receiver, not the sender.
 - Each op is compute and all-to-alls in series (Ulysses all-to-alls sit on the critical path of every layer);
-  a B op first recomputes the forward of its recomputed layers. With `Plan.defer_weight_grads`, a B op on a
-  stage after the first computes the weight gradients of its kept (not recomputed) layers last, after sending
-  its input gradient: the send leaves that much (`LayerTerms.weight_grad_s` per layer) before the op ends,
-  and the op is longer by the profile's `deferred_layer_overhead_s` per kept layer (before the send).
+  a B op first recomputes the forward of its recomputed layers. With `Plan.defer_weight_grads`, a chunk with a
+  W op in a stage's order defers the weight gradients of its kept (not recomputed) layers there: its B op is
+  shorter by them (`LayerTerms.weight_grad_s` per layer) and sends at its end, longer by the profile's
+  `deferred_layer_overhead_s` per kept layer; the W op computes them, with nothing to wait for or send.
   Every op also pays the profile's fixed `op_overhead_s` (the stage runtime's own work per micro-batch; 0 in
   presets, measured by `helix profile` and refined by calibration).
 - Data-parallel collectives follow the executor contract of `cost_model.data_parallel`. ZeRO-0/1: the
@@ -182,8 +182,6 @@ class _OpTimes(NamedTuple):
     alltoall: LinkTimes
     collective_s: float
     """The op's data-parallel collectives on their own (0: none)."""
-    deferred_s: float = 0.0
-    """Weight gradients computed after the op's send (the op's last `deferred_s` seconds, no all-to-alls)."""
 
 
 def _op_times(
@@ -237,10 +235,9 @@ class LaneOpCosts(NamedTuple):
 
     forward: list[list[_OpTimes]]
     backward: list[list[_OpTimes]]
-    """B(c) as it runs without a W op: with `defer_weight_grads`, on stages after the first, the weight gradients
-    of its kept layers after its send (`deferred_s`)."""
+    """B(c) as it runs without a W op: the whole backward."""
     backward_split: list[list[_OpTimes]]
-    """B(c) whose weight gradients a later W(c) computes (`defer_weight_grads` only)."""
+    """B(c) whose weight gradients a W(c) computes (`defer_weight_grads` only)."""
     weight_grads: list[list[float]]
     """Seconds of W(c): the kept layers' weight gradients."""
     p2p: list[list[float]]
@@ -293,9 +290,9 @@ def lane_op_costs(
                 wp.append(0.0)
                 continue
             w_part, extra = (layers - r) * term.weight_grad_s, (layers - r) * deferral_overhead
-            longer = b_op._replace(compute_s=b_op.compute_s + extra, duration_s=b_op.duration_s + extra)
-            bp.append(longer._replace(deferred_s=w_part) if p > 0 else b_op)  # stage 0 sends nothing
-            sp_.append(longer._replace(compute_s=longer.compute_s - w_part, duration_s=longer.duration_s - w_part))
+            bp.append(b_op)
+            shift = extra - w_part
+            sp_.append(b_op._replace(compute_s=b_op.compute_s + shift, duration_s=b_op.duration_s + shift))
             wp.append(w_part)
         f_cost.append(fp)
         b_cost.append(bp)
@@ -340,7 +337,7 @@ def _simulate_lane(
     # ---- timing: replay the schedules, waking a neighbour whenever an op it may wait on ends -----------
     f_end: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
     b_sent: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
-    """When B(c) on a stage sent its input gradient: its end, or before its deferred weight gradients."""
+    """When B(c) on a stage ended and sent its input gradient."""
     cursor = [0] * num_stages
     free = [0.0] * num_stages
     pending = list(range(num_stages - 1, -1, -1))
@@ -380,8 +377,7 @@ def _simulate_lane(
             times = f_cost[p][c] if forward else b_cost[p][c]
             start = max(free[p], ready)
             end = start + times.duration_s
-            sent = end - times.deferred_s
-            (f_end if forward else b_sent)[p][c] = sent
+            (f_end if forward else b_sent)[p][c] = end
             t.recompute_s += times.recompute_s
             t.compute_s += times.compute_s
             t.alltoall_s += times.alltoall_s
@@ -391,9 +387,7 @@ def _simulate_lane(
             send_s = p2p[min(p, send_to)][c] if sends else 0.0
             t.p2p_s += send_s
             if not forward:
-                # deferred: every weight gradient becomes final in the op's last part, which has no all-to-alls
-                final_from, traffic = (sent, NO_TRAFFIC) if times.deferred_s > 0 else (start, times.alltoall)
-                t.last_backward = LastBackward(final_from, end, traffic)
+                t.last_backward = LastBackward(start, end, times.alltoall)
             if events is not None:
                 _op_events(events, lane, p, op.kind, c, start, end, times, send_s if sends else None)
             if forward:
@@ -435,25 +429,19 @@ def _op_events(
     times: _OpTimes,
     send_s: float | None,
 ) -> None:
-    """The bars of one op: [collective lead,] recompute, compute, all-to-alls[, deferred weight gradients]; its
-    collectives beside it; its send."""
+    """The bars of one op: [collective lead,] recompute, compute, all-to-alls; its collectives beside it; its send."""
     at = start + times.lead_s
     if times.recompute_s > 0:
         events.append(_event(lane, stage, "R", chunk, at, at + times.recompute_s))
         at += times.recompute_s
-    compute = times.compute_s - times.deferred_s
-    events.append(_event(lane, stage, kind, chunk, at, at + compute))
-    at += compute
+    events.append(_event(lane, stage, kind, chunk, at, at + times.compute_s))
+    at += times.compute_s
     if times.alltoall_s > 0:
         events.append(_event(lane, stage, "A2A", chunk, at, at + times.alltoall_s))
-        at += times.alltoall_s
-    if times.deferred_s > 0:
-        events.append(_event(lane, stage, "W", chunk, at, at + times.deferred_s))
     if times.collective_s > 0:
         events.append(_event(lane, stage, "SYNC", chunk, start, end))
     if send_s is not None:
-        sent = end - times.deferred_s
-        events.append(_event(lane, stage, "P2P", chunk, sent, sent + send_s))
+        events.append(_event(lane, stage, "P2P", chunk, end, end + send_s))
 
 
 def _lane_memory(

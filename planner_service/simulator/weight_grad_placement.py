@@ -1,21 +1,24 @@
-"""Where a plan's deferred weight gradients run: W ops placed in the gaps a stage would otherwise wait through.
+"""Where a plan's deferred weight gradients run: W ops right after their backward, or in the gaps a stage would
+otherwise wait through.
 
-With `Plan.defer_weight_grads` a backward op sends its input gradient before its weight gradients. Computing those
-right after the send (no W op) already shortens the pipeline drain by them once per stage boundary; running them
-later, while the stage waits for its next input, shortens it again (the zero-bubble schedules of Qi et al.,
-"Zero Bubble Pipeline Parallelism", 2024: the weight-gradient pass has no cross-stage dependency and fills bubbles).
+With `Plan.defer_weight_grads` a chunk with a W op in a stage's order splits its backward there: the B op computes
+the input gradient and sends it, the W op the kept layers' weight gradients. A W right after its B already
+shortens the pipeline drain by it once per stage boundary; running it later, while the stage waits for its next
+input, shortens it again (the zero-bubble schedules of Qi et al., "Zero Bubble Pipeline Parallelism", 2024: the
+weight-gradient pass has no cross-stage dependency and fills bubbles). A chunk without a W op is not split.
 
 `place_weight_grads` replays each lane in global time order with the simulator's op costs (`lane_op_costs`): a
 stage whose next F or B cannot start yet runs the oldest queued W instead when the W fits the wait: before the
 input's arrival when that is known, within the shortest time its producer (the neighbour's op of the same chunk,
 not started yet) can take when it is not. A W that would only delay the next op waits.
 
-A B queues its W only while the stage's activation memory with it stays within what the device has for
-activations beside the stage's model states: the chunks in flight, the queued W ops' operands (their GEMMs' inputs
-and output gradients, `CostModel.weight_grad_operand_bytes`), room for one more chunk and the stage's largest
-working memory of one op (`memory_timeline.stage_memory`); otherwise its weight gradients run right after its
-send. The simulator's peak has the last word on memory. W ops still queued when the stage has nothing else to do
-run at its end. The result is the plan with explicit W ops in its stages' op orders, which the executor follows.
+Memory decides per chunk, against what the device has for activations beside the stage's model states: a B
+queues its W (`queue=True`) only while the chunks in flight, the queued W ops' operands (their GEMMs' inputs and
+output gradients, `CostModel.weight_grad_operand_bytes`), room for one more chunk and the stage's largest working
+memory of one op still fit; otherwise its W follows it at once when its output gradients fit beside what is held
+(not on the first stage, which sends nothing, so gains nothing); otherwise the chunk is not split. The
+simulator's peak has the last word on memory. W ops still queued when the stage has nothing else to do run at
+its end. The result is the plan with explicit W ops in its stages' op orders, which the executor follows.
 """
 
 from __future__ import annotations
@@ -37,11 +40,11 @@ def _largest_held(room: _StageRoom) -> float:
 
 
 def place_weight_grads(
-    plan: Plan, batch: Batch, cost: CostModel, *, margin_bytes: Sequence[float] | None = None
+    plan: Plan, batch: Batch, cost: CostModel, *, queue: bool = True, margin_bytes: Sequence[float] | None = None
 ) -> Plan:
-    """`plan` (with `defer_weight_grads`) with W ops placed where its stages would wait (see the module docstring);
-    `margin_bytes[p]`: memory of stage p to leave unused besides (a caller's correction after a placement whose
-    simulated peak overflowed)."""
+    """`plan` (with `defer_weight_grads`) with W ops: where its stages would wait (`queue`), or right after their
+    B ops (see the module docstring); `margin_bytes[p]`: memory of stage p to leave unused besides (a caller's
+    correction after a placement whose simulated peak overflowed)."""
     if not plan.defer_weight_grads:
         raise ValueError("W ops need a plan with defer_weight_grads")
     if cost.options != plan.options:
@@ -69,7 +72,7 @@ def place_weight_grads(
                           cost, room[p])
             for p in range(num_stages)
         ]  # fmt: skip
-        schedule = _placed(bare, lane_op_costs(bare, plan, cost, collectives), memory)
+        schedule = _placed(bare, lane_op_costs(bare, plan, cost, collectives), memory, queue=queue)
         lanes.append(bare.model_copy(update={"schedule": schedule}))
     return plan.model_copy(update={"lanes": lanes})
 
@@ -82,6 +85,8 @@ class _StageRoom:
     """Device memory less the reserve, the stage's model states and its largest op's working memory."""
     held: tuple[float, ...]
     """held[c]: chunk c's activations from its F to its B."""
+    gradients: tuple[float, ...]
+    """gradients[c]: the output gradients B(c) queues when it defers (held during the B)."""
     operands: tuple[float, ...]
     """operands[c]: what chunk c keeps from its B to its W."""
 
@@ -89,22 +94,17 @@ class _StageRoom:
     def of(cls, memory: StageMemory, lane: Lane, stage: int, cost: CostModel, room: float) -> _StageRoom:
         recompute = lane.recompute[stage]
         kept = [memory.num_layers - r for r in recompute]
-        deferred = memory.deferred or (0.0,) * len(kept)
-        working = max(
-            (const + deferred[c] * kept[c] for c, const in zip(memory.op_chunks, memory.op_constant, strict=True)),
-            default=0.0,
-        )
         s = lane.sp_degree
+        tokens = [chunk.num_tokens for chunk in lane.chunks]
         return cls(
-            room=room - working,
+            room=room - max(memory.op_constant, default=0.0),
             held=tuple(memory.base[c] + memory.per_layer[c] * r for c, r in enumerate(recompute)),
-            operands=tuple(
-                cost.weight_grad_operand_bytes(chunk.num_tokens, s) * kept[c] for c, chunk in enumerate(lane.chunks)
-            ),
+            gradients=tuple(cost.deferred_grad_bytes(n, s) * k for n, k in zip(tokens, kept, strict=True)),
+            operands=tuple(cost.weight_grad_operand_bytes(n, s) * k for n, k in zip(tokens, kept, strict=True)),
         )
 
 
-def _placed(lane: Lane, costs: LaneOpCosts, memory: list[_StageRoom]) -> list[list[Op]]:
+def _placed(lane: Lane, costs: LaneOpCosts, memory: list[_StageRoom], *, queue: bool) -> list[list[Op]]:
     """The lane's F/B op orders with W ops inserted (one lane, global time order)."""
     schedule = lane.schedule
     num_stages = len(schedule)
@@ -174,16 +174,23 @@ def _placed(lane: Lane, costs: LaneOpCosts, memory: list[_StageRoom]) -> list[li
             f_end[p][c] = free[p] = start + costs.forward[p][c].duration_s
             used[p] += memory[p].held[c]
         else:
+            room = memory[p].room
+            fits = costs.weight_grads[p][c] > 0 and used[p] + memory[p].gradients[c] <= room
             used[p] -= memory[p].held[c]
             operands = memory[p].operands[c]
-            if costs.weight_grads[p][c] > 0 and used[p] + operands + _largest_held(memory[p]) <= memory[p].room:
-                free[p] = b_sent[p][c] = start + costs.backward_split[p][c].duration_s
+            queues = fits and queue and used[p] + operands + _largest_held(memory[p]) <= room
+            at_once = fits and not queues and p > 0  # the first stage sends nothing: a W at once gains nothing
+            split = queues or at_once
+            free[p] = b_sent[p][c] = start + (costs.backward_split if split else costs.backward)[p][c].duration_s
+            placed[p].append(op)
+            cursor[p] += 1
+            if queues:
                 queued[p].append(c)
                 used[p] += operands
-            else:
-                times = costs.backward[p][c]
-                free[p] = start + times.duration_s
-                b_sent[p][c] = free[p] - times.deferred_s
+            elif at_once:
+                free[p] += costs.weight_grads[p][c]
+                placed[p].append(op_of("W", c))
+            continue
         placed[p].append(op)
         cursor[p] += 1
     stuck = [p for p in range(num_stages) if cursor[p] < len(schedule[p])]

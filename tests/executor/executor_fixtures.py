@@ -197,18 +197,17 @@ def at_zero_stage(plan: Plan, zero_stage: int) -> Plan:
     return plan.model_copy(update={"options": options}).with_id()
 
 
-def with_deferred_weight_grads(plan: Plan, *, placed_for: tuple[Batch, ClusterSpec, ModelSpec] | None = None) -> Plan:
-    """The plan with `defer_weight_grads` set (the layout unchanged): its backward ops on stages after the first
-    compute weight gradients after the send; with `placed_for` (its batch, cluster and model), W ops placed where
-    the preset cost model says its stages wait (`place_weight_grads`)."""
-    deferred = plan.model_copy(update={"defer_weight_grads": True})
-    if placed_for is not None:
-        from planner_service.cost_model import CostModel
-        from planner_service.simulator.weight_grad_placement import place_weight_grads
+def with_deferred_weight_grads(
+    plan: Plan, batch: Batch, cluster: ClusterSpec, model: ModelSpec, *, queue: bool
+) -> Plan:
+    """The plan (same layout) with `defer_weight_grads` and W ops placed by `place_weight_grads` on the preset cost
+    model: each right after its B (`queue=False`), or where the stages wait (`queue=True`)."""
+    from planner_service.cost_model import CostModel
+    from planner_service.simulator.weight_grad_placement import place_weight_grads
 
-        batch, cluster, model = placed_for
-        deferred = place_weight_grads(deferred, batch, CostModel.from_specs(cluster, model, options=plan.options))
-    return deferred.with_id()
+    deferred = plan.model_copy(update={"defer_weight_grads": True})
+    cost = CostModel.from_specs(cluster, model, options=plan.options)
+    return place_weight_grads(deferred, batch, cost, queue=queue).with_id()
 
 
 def random_layer_split(rng: random.Random, num_layers: int, num_stages: int) -> PipelineSpec:

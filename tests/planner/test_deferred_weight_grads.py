@@ -22,7 +22,7 @@ from planner_service.search import Candidate, SearchSession
 from planner_service.simulator import simulate
 from planner_service.simulator.weight_grad_placement import place_weight_grads
 from planner_service.workloads.sampling import load_workload
-from proto import Batch, PlanOptions, ZeroStage
+from proto import Batch, Plan, PlanOptions, ZeroStage
 from proto.capabilities import TORCH_EXECUTOR
 
 pytestmark = pytest.mark.timeout(180)
@@ -47,8 +47,10 @@ def test_helix_defers_when_faster_and_the_flag_pays_off() -> None:
     cost = CostModel.from_specs(CLUSTER, MODEL, options=plan.options)
     bare = [lane.model_copy(update={"schedule": [[o for o in ops if o.kind != "W"] for ops in lane.schedule]})
             for lane in plan.lanes]  # fmt: skip
-    without = simulate(plan.model_copy(update={"defer_weight_grads": False, "lanes": bare}), batch, cost).predicted
-    inline = simulate(plan.model_copy(update={"lanes": bare}), batch, cost).predicted
+    unsplit = plan.model_copy(update={"defer_weight_grads": False, "lanes": bare})
+    without = simulate(unsplit, batch, cost).predicted
+    flagged = unsplit.model_copy(update={"defer_weight_grads": True})
+    inline = simulate(place_weight_grads(flagged, batch, cost, queue=False), batch, cost).predicted
     assert plan.predicted.iteration_s < inline.iteration_s < without.iteration_s
     assert max(plan.predicted.peak_memory_bytes) <= CLUSTER.device_memory_bytes
     # the bound on every plan helix can build holds for the deferred one
@@ -56,28 +58,33 @@ def test_helix_defers_when_faster_and_the_flag_pays_off() -> None:
     assert bound <= plan.predicted.iteration_s
 
 
-def test_no_deferral_where_the_deferred_gradients_do_not_fit() -> None:
-    """The same winner when its deferred output gradients would overflow the device (a profile that prices
-    them at 10 MB per token and layer): kept without deferral, though deferral would be faster."""
+def test_chunks_whose_deferred_gradients_do_not_fit_are_not_split() -> None:
+    """The same winner when deferred output gradients cost 10 MB per token and layer: splitting every chunk would
+    overflow the device, so only the chunks that fit are split (the plan fits and has fewer W ops); at 1 GB per
+    token and layer no chunk fits and the winner is kept without deferral."""
     batch = _batch()
     ctx = _ctx(batch)
     plan = make_plan(batch=batch, cluster=CLUSTER, model=MODEL, strategy="helix", num_stages=8, budget=_units())
     bare = [lane.model_copy(update={"schedule": [[o for o in ops if o.kind != "W"] for ops in lane.schedule]})
             for lane in plan.lanes]  # fmt: skip
     plain = plan.model_copy(update={"defer_weight_grads": False, "lanes": bare})
-    plain = plain.model_copy(update={"predicted": simulate(plain, batch, ctx.cost).predicted})
-    assert SearchSession(ctx, ctx.budget).with_deferred_weight_grads(Candidate(plain, None)).plan.defer_weight_grads
+    flagged = plain.model_copy(update={"defer_weight_grads": True})
+    every = place_weight_grads(flagged, batch, ctx.cost, queue=False)  # every chunk split at the preset's bytes
 
-    heavy = ctx.cost.profile.model_copy(update={"deferred_grad_bytes_per_token_layer": 1e7})
-    costly = replace(ctx, cost=replace(ctx.cost, profile=heavy))
-    plain_heavy = plain.model_copy(update={"predicted": simulate(plain, batch, costly.cost).predicted})
-    kept = SearchSession(costly, costly.budget).with_deferred_weight_grads(Candidate(plain_heavy, None))
-    assert not kept.plan.defer_weight_grads
-    would = simulate(plain.model_copy(update={"defer_weight_grads": True}), batch, costly.cost).predicted
-    assert would.iteration_s < plain_heavy.predicted.iteration_s  # faster, refused for memory alone
-    assert max(would.peak_memory_bytes) > CLUSTER.device_memory_bytes
-    placed = place_weight_grads(plain.model_copy(update={"defer_weight_grads": True}), batch, costly.cost)
-    assert max(simulate(placed, batch, costly.cost).predicted.peak_memory_bytes) > CLUSTER.device_memory_bytes
+    def w_ops(p: Plan) -> int:
+        return sum(op.kind == "W" for lane in p.lanes for ops in lane.schedule for op in ops)
+
+    for per_token, splits_some in ((1e7, True), (1e9, False)):
+        heavy = ctx.cost.profile.model_copy(update={"deferred_grad_bytes_per_token_layer": per_token})
+        costly = replace(ctx, cost=replace(ctx.cost, profile=heavy))
+        assert max(simulate(every, batch, costly.cost).predicted.peak_memory_bytes) > CLUSTER.device_memory_bytes
+        priced = plain.model_copy(update={"predicted": simulate(plain, batch, costly.cost).predicted})
+        kept = SearchSession(costly, costly.budget).with_deferred_weight_grads(Candidate(priced, None)).plan
+        assert kept.defer_weight_grads is splits_some
+        assert max(kept.predicted.peak_memory_bytes) <= CLUSTER.device_memory_bytes
+        assert w_ops(kept) < w_ops(every)
+        if splits_some:
+            assert w_ops(kept) > 0 and kept.predicted.iteration_s < priced.predicted.iteration_s
 
 
 @pytest.mark.parametrize("zero", [ZeroStage.GRADIENTS, ZeroStage.PARAMETERS])

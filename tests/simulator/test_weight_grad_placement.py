@@ -14,6 +14,7 @@ from hypothesis import assume, given
 
 from planner_service.cost_model import CostModel
 from planner_service.schedules import build_schedule
+from planner_service.schedules.pipeline_schedule import op_of
 from planner_service.simulator import simulate
 from planner_service.simulator.weight_grad_placement import place_weight_grads
 from proto import Batch, Chunk, Lane, PipelineSpec, Segment, validate_plan
@@ -51,24 +52,39 @@ def test_uniform_pipeline_by_hand(num_stages: int, num_chunks: int) -> None:
     plan, batch, cluster, model, cost = _uniform(num_stages, num_chunks)
     p, m = num_stages, num_chunks
     assert simulate(plan, batch, cost).predicted.iteration_s == pytest.approx(3 * (m + p - 1))
-    inline = plan.model_copy(update={"defer_weight_grads": True})
+    flagged = plan.model_copy(update={"defer_weight_grads": True})
+    inline = place_weight_grads(flagged, batch, cost, queue=False)
+    first, *later = inline.lanes[0].schedule
+    assert first == plan.lanes[0].schedule[0]  # the first stage sends nothing: nothing to gain there
+    assert all(ops[ops.index(op) + 1] == op_of("W", op.chunk) for ops in later for op in ops if op.kind == "B")
     assert simulate(inline, batch, cost).predicted.iteration_s == pytest.approx(3 * m + 2 * (p - 1))
-    placed = place_weight_grads(inline, batch, cost)
+    placed = place_weight_grads(flagged, batch, cost)
     predicted = simulate(placed, batch, cost).predicted
     assert predicted.iteration_s == pytest.approx(3 * m + (p - 1))
     validate_plan(placed.model_copy(update={"predicted": predicted}), batch, cluster, model)
 
 
 def test_placement_keeps_operands_out_of_memory_it_lacks() -> None:
-    """With no memory beside the chunks in flight, nothing is queued: every weight gradient runs right after its
-    send (no W op), and the placed plan is the plain deferred one."""
+    """Memory decides per chunk: with room, W ops are queued into the gaps; with room for a B's output gradients
+    but not for queued operands, each W follows its B at once (after the first stage); with no room at all, no
+    chunk is split."""
     plan, batch, _, _, cost = _uniform(4, 8)
-    inline = plan.model_copy(update={"defer_weight_grads": True})
-    roomy = place_weight_grads(inline, batch, cost)
-    assert any(op.kind == "W" for ops in roomy.lanes[0].schedule for op in ops)
-    huge = [cost.cluster.device_memory_bytes] * 4
-    tight = place_weight_grads(inline, batch, cost, margin_bytes=huge)
-    assert tight.lanes[0].schedule == inline.lanes[0].schedule
+    flagged = plan.model_copy(update={"defer_weight_grads": True})
+    roomy = place_weight_grads(flagged, batch, cost)
+    assert any(ops[ops.index(op) - 1] != op_of("B", op.chunk) for ops in roomy.lanes[0].schedule for op in ops
+               if op.kind == "W")  # fmt: skip
+    room = cost.cluster.device_memory_bytes - cost.memory_reserve_bytes
+    huge = [room] * 4
+    none = place_weight_grads(flagged, batch, cost, margin_bytes=huge)
+    assert none.lanes[0].schedule == plan.lanes[0].schedule
+    # queued operands that fit no device (GEMM inputs of 100 MB per token), output gradients that do
+    bulky = {"deferred_grad_bytes_per_token_layer": 1.0, "deferred_input_bytes_per_token_layer": 1e8}
+    inline = place_weight_grads(flagged, batch, replace(cost, profile=cost.profile.model_copy(update=bulky)))
+    first, *later = inline.lanes[0].schedule
+    assert first == plan.lanes[0].schedule[0]
+    for ops in later:
+        assert [op for op in ops if op.kind == "W"], ops
+        assert all(ops[ops.index(op) - 1] == op_of("B", op.chunk) for op in ops if op.kind == "W")
 
 
 @given(seeds)

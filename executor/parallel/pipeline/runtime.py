@@ -7,8 +7,8 @@ layers for (stage, c), and sends the output to stage p+1 (on the last stage it c
 For B(c) it back-propagates the loss (last stage) or the gradient received from stage p+1, adds the
 accumulated dK/dV of the chunk's non-final slice, sends the input gradient to stage p-1 and releases the
 chunk's activations and K/V leaves. With deferred weight gradients (`Plan.defer_weight_grads`, `weight_grads`)
-the kept layers' weight gradients are computed after that send (`weight_grads.WeightGradStore.flush`), or by the
-chunk's W op when the stage's order has one.
+a chunk with a W op in the stage's order leaves its kept layers' weight gradients to that op
+(`weight_grads.WeightGradStore.flush`), which runs after the B's send.
 
 Shapes come from the plan: a chunk of T tokens on a lane of SP degree s is (ceil(T/s), hidden) per rank.
 
@@ -108,7 +108,7 @@ class StageRuntime:
     rounds: Sequence[Round] | None = None
     """The rounds to run (ZeRO-3); None: the lane's schedule at this stage."""
     weight_grads: DeferrableStage | None = None
-    """Defer the kept layers' weight gradients of every backward op until its send (a stage after the first)."""
+    """The stage's deferrable GEMMs, when the plan defers weight gradients (chunks with a W op)."""
     _cache: SliceKVCache = field(default_factory=SliceKVCache)
     _in_flight: dict[int, _InFlight] = field(default_factory=dict)
     _w_chunks: set[int] = field(default_factory=set)
@@ -244,14 +244,11 @@ class StageRuntime:
         if not self.role.is_first_stage:
             assert flight.inputs.grad is not None, f"rank {self.role.rank}: B{c} produced no input gradient"
             links.send_gradient(c, flight.inputs.grad)
-        if self._defers(c) and c not in self._w_chunks:
-            assert self.weight_grads is not None
-            self.weight_grads.store.flush(c)
         flight.kv.release()
 
     def _defers(self, c: int) -> bool:
-        """Whether chunk c's weight gradients wait: for the send (stages after the first) or for its W op."""
-        return self.weight_grads is not None and (not self.role.is_first_stage or c in self._w_chunks)
+        """Whether chunk c's weight gradients wait for its W op."""
+        return self.weight_grads is not None and c in self._w_chunks
 
 
 def _no_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""Backward ops that send their input gradient first and compute the weight gradients after (`Plan.defer_weight_grads`).
+"""Backward ops that send their input gradient first and leave the weight gradients to a W op.
 
 The input gradient of a stage needs only the input-gradient half of each GEMM's backward; the weight-gradient
-half can wait. A backward op on a stage after the first therefore back-propagates with its kept layers' weight
-gradients queued, sends the input gradient to the previous stage, and then computes the queued weight gradients
-(`WeightGradStore.flush`), so the previous stage starts its backward earlier and the pipeline drains faster. When
-the stage's op order has a W op for the chunk (any stage, the first included), the queue waits for that op
-instead, which the planner places where the stage would otherwise wait for its next input.
+half can wait. A chunk with a W op in the stage's order (`Plan.defer_weight_grads`) therefore back-propagates
+with its kept layers' weight gradients queued, sends the input gradient to the previous stage, and its W op
+computes the queued weight gradients later (`WeightGradStore.flush`): right after, or where the planner found
+the stage would otherwise wait for its next input. The previous stage starts its backward earlier and the
+pipeline drains faster.
 
 Every bias-free `nn.Linear` of the stage's blocks is routed through the store (`install_deferrable_linears`). A
 chunk whose backward will defer runs its forward inside `WeightGradStore.deferring`: its kept layers' GEMMs then

@@ -79,7 +79,7 @@ def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
     8 ranks), on an uneven 4-layer split; once without and once with recompute of every layer, once with
     the deep schedule warm-up (stage 0 forwards the second slice group before the first one's backwards), and
     once with deferred weight gradients where stage 1 recomputes one of its three layers in some chunks (its
-    other layers' weight gradients wait for the send, the recomputed one's are computed inline)."""
+    other layers' weight gradients wait for their W ops, the recomputed one's are computed in the backward)."""
     cluster, model = cpu_cluster(2, world // 2), tiny_model(num_layers=4)
     pipeline = PipelineSpec(num_stages=2, layer_ranges=[(0, 1), (1, 4)])
     batch = Batch(seq_ids=[7, 3, 11, 5, 2], lengths=[57, 6, 3, 31, 9])
@@ -102,7 +102,7 @@ def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
     )
     for name, recompute, depth, defer in variants:
         plan = make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=recompute, warmup_groups=depth)
-        plan = with_deferred_weight_grads(plan) if defer else plan
+        plan = with_deferred_weight_grads(plan, batch, cluster, model, queue=False) if defer else plan
         cases.append(
             EquivalenceCase(
                 name=name,
@@ -118,8 +118,8 @@ def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
 def perturbed_cases(world: int, seed: int) -> list[EquivalenceCase]:
     """Random variants of valid plans: lane layouts, slice points, hybrid chunks, recompute, P = 2 and 4 with
     random (uneven) layer splits; two steps on the same pipeline for the first one. The first two defer weight
-    gradients, at ZeRO-0 right after each send and at ZeRO-1 in W ops placed in the gaps (the bucketed sync then
-    hears of them from the deferred computation, the last W op arming it)."""
+    gradients, at ZeRO-0 in W ops right after their B ops and at ZeRO-1 in W ops placed in the gaps (the bucketed
+    sync then hears of them from the W ops, the last one arming it)."""
     rng = random.Random(seed)
     cluster = cpu_cluster(2, world // 2)
     cases = []
@@ -133,9 +133,8 @@ def perturbed_cases(world: int, seed: int) -> list[EquivalenceCase]:
             batch = random_batch(rng, num_seqs=rng.randint(world // 2, world + 2), max_len=40, first_id=100 * k)
             base = make_plan(batch, cluster, model, [(list(range(world)), [batch.seq_ids])])
             plan = perturb_plan(rng, base, batch, cluster, model, pipeline=pipeline)
-            if i < 2:  # ZeRO-0: weight gradients after each send; ZeRO-1: W ops placed in the gaps
-                placed_for = (batch, cluster, model) if i == 1 else None
-                plan = at_zero_stage(with_deferred_weight_grads(plan, placed_for=placed_for), i)
+            if i < 2:  # ZeRO-0: each W op right after its B; ZeRO-1: W ops placed in the gaps
+                plan = at_zero_stage(with_deferred_weight_grads(plan, batch, cluster, model, queue=i == 1), i)
             steps.append(StepInput(batch=batch, plan=plan, token_seed=rng.randrange(1 << 30)))
         zero_stage = i if i < 2 else 0
         case = EquivalenceCase(

@@ -27,7 +27,7 @@ from planner_service.presets import resolve_cluster, resolve_model
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
-from proto.plan import Plan
+from proto.plan import Op, Plan
 from tests.executor.executor_fixtures import (
     at_zero_stage,
     cpu_cluster,
@@ -199,10 +199,10 @@ def test_mismatched_plans_are_refused_on_every_rank(suite: Suite) -> None:
 @pytest.mark.timeout(240)
 def test_pipeline_cases_cover_slices_and_stages(suite: Suite) -> None:
     """The pipeline cases really exercise what they claim: P = 2 (and 4 on 8 ranks), a sequence in 3+ slices
-    across chunks, a hybrid chunk, recompute, SP > 1 lanes, deferred weight gradients at ZeRO-0 and ZeRO-1, and
-    planner plans that slice."""
+    across chunks, a hybrid chunk, recompute, SP > 1 lanes, deferred weight gradients (W ops) at ZeRO-0 and ZeRO-1,
+    W ops queued away from their backward, and planner plans that slice."""
     seen = {"P2": False, "P4": False, "3+ slices": False, "hybrid": False, "recompute": False, "sp>1": False}
-    seen |= {"deferred z0": False, "deferred z1": False, "W ops": False}
+    seen |= {"deferred z0": False, "deferred z1": False, "W queued": False}
     for case in suite.cases:
         if case.name.startswith("refuse"):
             continue
@@ -210,10 +210,12 @@ def test_pipeline_cases_cover_slices_and_stages(suite: Suite) -> None:
             plan, lengths = step.plan, step.batch.length_of()
             seen["P2"] |= plan.pipeline.num_stages == 2
             seen["P4"] |= plan.pipeline.num_stages == 4
+            w_ops = [
+                (ops, i) for lane in plan.lanes for ops in lane.schedule for i, op in enumerate(ops) if op.kind == "W"
+            ]
             for zero in (0, 1):
-                deferred = plan.defer_weight_grads and plan.pipeline.num_stages > 1 and case.zero_stage == zero
-                seen[f"deferred z{zero}"] |= deferred
-            seen["W ops"] |= any(op.kind == "W" for lane in plan.lanes for ops in lane.schedule for op in ops)
+                seen[f"deferred z{zero}"] |= bool(w_ops) and plan.pipeline.num_stages > 1 and case.zero_stage == zero
+            seen["W queued"] |= any(ops[i - 1] != Op(kind="B", chunk=ops[i].chunk) for ops, i in w_ops)
             for lane in plan.lanes:
                 seen["recompute"] |= plan.pipeline.num_stages > 1 and any(map(any, lane.recompute))
                 seen["sp>1"] |= plan.pipeline.num_stages > 1 and lane.sp_degree > 1

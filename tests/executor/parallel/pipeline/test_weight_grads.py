@@ -151,12 +151,14 @@ def _run_stage(
 
 
 def test_stage_sends_its_input_gradient_before_its_weight_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The last of two stages, with recompute on some chunks: deferring, every backward op sends while its kept
-    layers' weight gradients are still queued (7 per kept block), and the step ends with the gradients and sent
-    input gradients of the same run without deferral."""
+    """The last of two stages, with recompute on some chunks and each W op right after its B: every backward op
+    sends while its kept layers' weight gradients are still queued (7 per kept block), and the step ends with the
+    gradients and sent input gradients of the same run without deferral. Without W ops nothing is deferred."""
     plain, plain_sent = _run_stage(monkeypatch, defer=False)
-    deferred, deferred_sent = _run_stage(monkeypatch, defer=True)
+    deferred, deferred_sent = _run_stage(monkeypatch, defer=True, order="F0 B0 W0 F1 B1 W1 F2 B2 W2")
     assert [pending for _, _, pending in plain_sent] == [0, 0, 0]
+    _, unsplit_sent = _run_stage(monkeypatch, defer=True)  # the flag, but no W op
+    assert [pending for _, _, pending in unsplit_sent] == [0, 0, 0]
     recompute = {0: 0, 1: 2, 2: 1}
     assert [(c, pending) for c, _, pending in deferred_sent] == [(c, 7 * (3 - recompute[c])) for c, _, _ in plain_sent]
     for (_, want, _), (_, got, _) in zip(plain_sent, deferred_sent, strict=True):
