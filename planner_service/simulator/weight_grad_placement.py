@@ -34,11 +34,6 @@ from planner_service.simulator.pipeline_simulator import LaneOpCosts, lane_op_co
 from proto import Batch, Lane, Op, Plan
 
 
-def _largest_held(room: _StageRoom) -> float:
-    """Room kept for one more chunk in flight: queued operands must not crowd out the next forward."""
-    return max(room.held, default=0.0)
-
-
 def place_weight_grads(
     plan: Plan, batch: Batch, cost: CostModel, *, queue: bool = True, margin_bytes: Sequence[float] | None = None
 ) -> Plan:
@@ -89,6 +84,11 @@ class _StageRoom:
     """gradients[c]: the output gradients B(c) queues when it defers (held during the B)."""
     operands: tuple[float, ...]
     """operands[c]: what chunk c keeps from its B to its W."""
+
+    @property
+    def largest_held(self) -> float:
+        """Room kept for one more chunk in flight: queued operands must not crowd out the next forward."""
+        return max(self.held, default=0.0)
 
     @classmethod
     def of(cls, memory: StageMemory, lane: Lane, stage: int, cost: CostModel, room: float) -> _StageRoom:
@@ -178,7 +178,7 @@ def _placed(lane: Lane, costs: LaneOpCosts, memory: list[_StageRoom], *, queue: 
             fits = costs.weight_grads[p][c] > 0 and used[p] + memory[p].gradients[c] <= room
             used[p] -= memory[p].held[c]
             operands = memory[p].operands[c]
-            queues = fits and queue and used[p] + operands + _largest_held(memory[p]) <= room
+            queues = fits and queue and used[p] + operands + memory[p].largest_held <= room
             at_once = fits and not queues and p > 0  # the first stage sends nothing: a W at once gains nothing
             split = queues or at_once
             free[p] = b_sent[p][c] = start + (costs.backward_split if split else costs.backward)[p][c].duration_s
