@@ -204,3 +204,38 @@ def _assert_same_gradients(got: DecoderStage, want: DecoderStage) -> None:
     for (name, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
         assert p.grad is not None and q.grad is not None
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-14 * float(q.grad.abs().max()), msg=name)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])
+def test_deferred_gradients_under_bf16_autocast(device: str) -> None:
+    """Mixed precision (fp32 weights, bf16 autocast GEMMs, as `helix train` runs on CUDA): the deferred weight
+    gradients are computed from the same bf16 operands as the plain backward and equal its gradients."""
+    plain = build_stage(tiny_model(num_layers=4), seed=SEED, layer_range=LAYERS, device=device)
+    deferred = build_stage(tiny_model(num_layers=4), seed=SEED, layer_range=LAYERS, device=device)
+    stage = install_deferrable_linears(deferred.layers.values())
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(16, plain.spec.hidden_size, generator=gen, device=device)
+    positions = torch.arange(16, device=device)
+    targets = torch.randint(0, plain.spec.vocab_size, (16,), generator=gen, device=device)
+
+    def step(module: DecoderStage, defer: bool) -> None:
+        inputs = x.clone().requires_grad_(True)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            if defer:
+                with stage.store.deferring(stage.kept_weights(0)):
+                    logits = module(inputs, positions, _attend, 0)
+            else:
+                logits = module(inputs, positions, _attend, 0)
+        F.cross_entropy(logits.float(), targets).backward()
+        if defer:
+            stage.store.flush()
+
+    step(plain, False)
+    step(deferred, True)
+    for (name, p), q in zip(deferred.named_parameters(), plain.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None
+        assert p.grad.dtype == torch.float32, name
+        assert torch.equal(p.grad, q.grad), (name, float((p.grad - q.grad).abs().max()))
