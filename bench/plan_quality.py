@@ -43,7 +43,7 @@ from planner_service.cost_model import CostModel
 from planner_service.report import compare_results, load_named_workload
 from planner_service.simulator.time_over_ideal import time_over_ideal
 from planner_service.strategies.registry import STRATEGIES
-from proto import Plan
+from proto import Op, Plan
 
 CLUSTERS = ("a100-40g-8x8", "a800-80g-4x8", "h100-80g-8x8")
 MODELS = ("llama2-7b", "gpt-13b", "llama3-8b")
@@ -107,6 +107,23 @@ def over_ideal(helix: Plan | None, work: Any) -> dict[str, float]:
     return time_over_ideal(helix, work.batch, cost).shares()
 
 
+def w_op_form(plan: Plan | None) -> str:
+    """How helix's plan defers weight gradients: 'gaps' (some W op away from its B), 'after B' (every W op right
+    after its B), or '-' (no W op)."""
+    if plan is None:
+        return "-"
+    places = [
+        ops[i - 1] == Op(kind="B", chunk=op.chunk)
+        for lane in plan.lanes
+        for ops in lane.schedule
+        for i, op in enumerate(ops)
+        if op.kind == "W"
+    ]
+    if not places:
+        return "-"
+    return "after B" if all(places) else "gaps"
+
+
 def run(args: argparse.Namespace) -> None:
     rows: list[list[Any]] = []
     summary: list[dict[str, Any]] = []
@@ -128,6 +145,7 @@ def run(args: argparse.Namespace) -> None:
             "bound_x_ideal": bound_x_ideal(plans.get("helix"), report["ideal_s"]),
             "helix_x_bound": helix_x_bound(plans.get("helix")),
             "over_ideal": parts,
+            "w_ops": w_op_form(plans.get("helix")),
             **{f"vs_{peer}": speedup(times, peer, helix) for peer in PEERS},
         }
         summary.append(entry)
@@ -136,6 +154,7 @@ def run(args: argparse.Namespace) -> None:
             *(times[name] for name in STRATEGIES),
             entry["helix_vs_best"], entry["ratio_to_ideal"], entry["bound_x_ideal"], entry["helix_x_bound"],
             *(parts.get(k) for k in OVER_IDEAL_COLUMNS),
+            entry["w_ops"],
             plan_s["helix"],
             max(plan_s.values()),
         ])  # fmt: skip
@@ -154,7 +173,7 @@ def run(args: argparse.Namespace) -> None:
         "Plan quality: simulated iteration seconds per strategy (helix speedup = other / helix)",
         ["cluster", "model", "data", "batch", "max_len", "seed", "ideal_s", *STRATEGIES,
          "helix_vs_best_other", "helix_x_ideal", "bound_x_ideal", "helix_x_bound",
-         *(f"helix_{k}" for k in OVER_IDEAL_COLUMNS), "helix_plan_s", "slowest_plan_s"],
+         *(f"helix_{k}" for k in OVER_IDEAL_COLUMNS), "helix_w_ops", "helix_plan_s", "slowest_plan_s"],
         rows,
         meta,
     )  # fmt: skip
@@ -197,6 +216,9 @@ def summarise(summary: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
             if (v := [s["over_ideal"][k] for s in summary if s["over_ideal"]])
         )
         or "-",
+        "helix W ops (deferred weight gradients)": ", ".join(
+            f"{form} in {sum(e['w_ops'] == form for e in summary)}" for form in ("gaps", "after B", "-")
+        ),
         "helix planning wall s": f"p50 {plan[len(plan) // 2]:.2f}, p95 {plan[int(0.95 * (len(plan) - 1))]:.2f}, "
         f"max {plan[-1]:.2f}",
         "command": "python bench/plan_quality.py"
