@@ -102,9 +102,7 @@ def predict_activation_memory(
     for lane in plan.lanes:
         tokens = [chunk.num_tokens for chunk in lane.chunks]
         for stage in range(plan.pipeline.num_stages):
-            memory = stage_memory(
-                lane, plan.pipeline, stage, cost, lengths, tokens, defers_weight_grads=plan.defer_weight_grads
-            )
+            memory = stage_memory(lane, plan.pipeline, stage, cost, lengths, tokens)
             recompute = lane.recompute[stage]
             transient = [
                 cost.transient_bytes(chunk, sp_degree=lane.sp_degree, is_last_stage=stage == last_stage)

@@ -10,7 +10,8 @@ sequence costs more than an earlier slice of the same length. Ulysses splits bot
 Backward splits along the same terms: k_attn x the attention term + k_lin x (the linear term + b). Flash
 attention's backward is ~2.5x its forward while a GEMM's is 2x, so one factor for the whole layer underpriced
 long chunks (attention-heavy) relative to short ones. `weight_grad_share` of the GEMM term is the weight
-gradients, which a backward op may compute after sending its input gradient (`Plan.defer_weight_grads`).
+gradients, which a chunk's W op may compute after its backward op has sent the input gradient
+(`Plan.defer_weight_grads`).
 
 A measured profile also says how a lane of each SP degree departs from the even split (`SpDegreeCost`): the
 layer's compute time is multiplied by that degree's `compute_scale` and its forward pays `call_overhead_s` more
@@ -87,8 +88,8 @@ def layer_backward_s(profile: CostProfile, *, attn_pairs: float, num_tokens: flo
 
 def layer_weight_grad_s(profile: CostProfile, *, num_tokens: float, sp_degree: int) -> float:
     """The part of `layer_backward_s` that computes the weight gradients: `weight_grad_share` of its GEMM term
-    (no attention, no per-call overhead). A backward op that defers them sends its input gradient this much
-    earlier per layer; its length stays `layer_backward_s`."""
+    (no attention, no per-call overhead). A chunk with a W op moves this much per kept layer from its backward op,
+    which then sends its input gradient that much earlier, to the W op."""
     if num_tokens <= 0:
         return 0.0
     scale, _ = sp_degree_cost(profile, sp_degree)

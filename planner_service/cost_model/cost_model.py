@@ -83,7 +83,7 @@ class LayerTerms(NamedTuple):
     alltoall: comm_model.LinkTimes
     """The all-to-alls split by link class."""
     weight_grad_s: float = 0.0
-    """The part of `backward_s` that computes the layer's weight gradients (deferrable after the send)."""
+    """The part of `backward_s` that computes the layer's weight gradients (what a W op takes over)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

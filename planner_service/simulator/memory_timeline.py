@@ -89,12 +89,10 @@ def stage_memory(
     lengths: Mapping[int, int],
     tokens: Sequence[int],
     prefix_kv_rows: Sequence[int] | None = None,
-    *,
-    defers_weight_grads: bool = False,
 ) -> StageMemory:
     """Build the linear memory model of `lane` on `stage` (tokens[c]: tokens of chunk c; prefix_kv_rows[c]: its
-    `ChunkShape.prefix_kv_rows`, derived from the segments when not given; `defers_weight_grads`: the plan's
-    `defer_weight_grads`, under which a chunk with a W op in the stage's order defers its weight gradients)."""
+    `ChunkShape.prefix_kv_rows`, derived from the segments when not given). A chunk with a W op in the stage's
+    order defers its weight gradients (validation allows W ops only under `Plan.defer_weight_grads`)."""
     s = lane.sp_degree
     if prefix_kv_rows is None:
         prefix_kv_rows = [ChunkShape.of(chunk).prefix_kv_rows for chunk in lane.chunks]
@@ -149,7 +147,6 @@ def stage_memory(
         if op.kind == "B":
             grads -= kv_grad[c]
     w_chunks = {op.chunk for op in ops if op.kind == "W"}
-    deferring = [defers_weight_grads and c in w_chunks for c in range(num_chunks)]
     return StageMemory(
         num_layers=layers,
         base=base,
@@ -157,8 +154,8 @@ def stage_memory(
         op_chunks=tuple(op.chunk for op in ops),
         op_is_forward=tuple(op.kind == "F" for op in ops),
         op_constant=tuple(constants),
-        deferred=tuple(cost.deferred_grad_bytes(n, s) if d else 0.0 for n, d in zip(tokens, deferring, strict=True))
-        if any(deferring)
+        deferred=tuple(cost.deferred_grad_bytes(n, s) if c in w_chunks else 0.0 for c, n in enumerate(tokens))
+        if w_chunks
         else (),
         weight_grads_held=tuple(
             cost.weight_grad_operand_bytes(n, s) if c in w_chunks else 0.0 for c, n in enumerate(tokens)

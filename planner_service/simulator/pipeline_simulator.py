@@ -53,7 +53,7 @@ class TimelineEvent(NamedTuple):
     """One bar of the Gantt chart: what a (lane, stage) — i.e. its ranks first..last — did and when.
 
     F/B are compute of a forward/backward op, R the recompute part of a backward, A2A its Ulysses all-to-alls,
-    W the weight gradients a backward op computes after sending its input gradient (`Plan.defer_weight_grads`),
+    W a W op (a chunk's weight gradients, left by its backward op, which sent first: `Plan.defer_weight_grads`),
     P2P a send to the neighbouring stage (runs beside compute), SYNC data-parallel collectives (beside compute):
     those of op `chunk` (ZeRO-2/3), or with chunk = −1 the once-per-step ones and a lane's idle rounds.
     An immutable named tuple rather than a frozen dataclass: a large plan makes thousands per simulation.
@@ -336,8 +336,7 @@ def _simulate_lane(
 
     # ---- timing: replay the schedules, waking a neighbour whenever an op it may wait on ends -----------
     f_end: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
-    b_sent: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
-    """When B(c) on a stage ended and sent its input gradient."""
+    b_end: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
     cursor = [0] * num_stages
     free = [0.0] * num_stages
     pending = list(range(num_stages - 1, -1, -1))
@@ -368,7 +367,7 @@ def _simulate_lane(
                     break
                 ready = prev + p2p[p - 1][c]
             elif not forward and p < num_stages - 1:
-                nxt = b_sent[p + 1][c]
+                nxt = b_end[p + 1][c]
                 if nxt is None:
                     break
                 ready = nxt + p2p[p][c]
@@ -377,7 +376,7 @@ def _simulate_lane(
             times = f_cost[p][c] if forward else b_cost[p][c]
             start = max(free[p], ready)
             end = start + times.duration_s
-            (f_end if forward else b_sent)[p][c] = end
+            (f_end if forward else b_end)[p][c] = end
             t.recompute_s += times.recompute_s
             t.compute_s += times.compute_s
             t.alltoall_s += times.alltoall_s
@@ -456,7 +455,5 @@ def _lane_memory(
     tokens = [sh.num_tokens for sh in shapes]
     prefix_rows = [sh.prefix_kv_rows for sh in shapes]
     for p in range(plan.pipeline.num_stages):
-        memory = stage_memory(
-            lane, plan.pipeline, p, cost, lengths, tokens, prefix_rows, defers_weight_grads=plan.defer_weight_grads
-        )
+        memory = stage_memory(lane, plan.pipeline, p, cost, lengths, tokens, prefix_rows)
         totals[p].peak_activation_bytes = memory.peak(lane.recompute[p])

@@ -50,26 +50,25 @@ def place_weight_grads(
     dp_size = cost.dp_size(pipeline)
     margin = margin_bytes or [0.0] * num_stages
     room = [
-        cost.cluster.device_memory_bytes
-        - cost.memory_reserve_bytes
-        - cost.model_state_bytes(p, pipeline, dp_size)
-        - margin[p]
-        for p in range(num_stages)
+        cost.usable_memory_bytes - cost.model_state_bytes(p, pipeline, dp_size) - margin[p] for p in range(num_stages)
     ]
     lengths = batch.length_of()
     lanes = []
     for lane in plan.lanes:
-        plain = [[op for op in ops if op.kind != "W"] for ops in lane.schedule]
-        bare = lane.model_copy(update={"schedule": plain})
+        bare = without_weight_grad_ops(lane)
         tokens = [chunk.num_tokens for chunk in bare.chunks]
         memory = [
-            _StageRoom.of(stage_memory(bare, pipeline, p, cost, lengths, tokens, defers_weight_grads=True), bare, p,
-                          cost, room[p])
+            _StageRoom.of(stage_memory(bare, pipeline, p, cost, lengths, tokens), bare, p, cost, room[p])
             for p in range(num_stages)
-        ]  # fmt: skip
+        ]
         schedule = _placed(bare, lane_op_costs(bare, plan, cost, collectives), memory, queue=queue)
         lanes.append(bare.model_copy(update={"schedule": schedule}))
     return plan.model_copy(update={"lanes": lanes})
+
+
+def without_weight_grad_ops(lane: Lane) -> Lane:
+    """`lane` with its W ops removed: every chunk's backward whole again."""
+    return lane.model_copy(update={"schedule": [[op for op in ops if op.kind != "W"] for ops in lane.schedule]})
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.search import Candidate, SearchSession
 from planner_service.simulator import simulate
-from planner_service.simulator.weight_grad_placement import place_weight_grads
+from planner_service.simulator.weight_grad_placement import place_weight_grads, without_weight_grad_ops
 from planner_service.workloads.sampling import load_workload
 from proto import Batch, Plan, PlanOptions, ZeroStage
 from proto.capabilities import TORCH_EXECUTOR
@@ -45,8 +45,7 @@ def test_helix_defers_when_faster_and_the_flag_pays_off() -> None:
     assert "weight gradients in the gaps" in plan.solver.message
     assert any(op.kind == "W" for lane in plan.lanes for ops in lane.schedule for op in ops)
     cost = CostModel.from_specs(CLUSTER, MODEL, options=plan.options)
-    bare = [lane.model_copy(update={"schedule": [[o for o in ops if o.kind != "W"] for ops in lane.schedule]})
-            for lane in plan.lanes]  # fmt: skip
+    bare = [without_weight_grad_ops(lane) for lane in plan.lanes]
     unsplit = plan.model_copy(update={"defer_weight_grads": False, "lanes": bare})
     without = simulate(unsplit, batch, cost).predicted
     flagged = unsplit.model_copy(update={"defer_weight_grads": True})
@@ -65,8 +64,7 @@ def test_chunks_whose_deferred_gradients_do_not_fit_are_not_split() -> None:
     batch = _batch()
     ctx = _ctx(batch)
     plan = make_plan(batch=batch, cluster=CLUSTER, model=MODEL, strategy="helix", num_stages=8, budget=_units())
-    bare = [lane.model_copy(update={"schedule": [[o for o in ops if o.kind != "W"] for ops in lane.schedule]})
-            for lane in plan.lanes]  # fmt: skip
+    bare = [without_weight_grad_ops(lane) for lane in plan.lanes]
     plain = plan.model_copy(update={"defer_weight_grads": False, "lanes": bare})
     flagged = plain.model_copy(update={"defer_weight_grads": True})
     every = place_weight_grads(flagged, batch, ctx.cost, queue=False)  # every chunk split at the preset's bytes

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from planner_service.cost_model import CostModel
 from planner_service.simulator import SimulationError, SimulationResult, TimelineEvent, simulate
-from planner_service.simulator.weight_grad_placement import place_weight_grads
+from planner_service.simulator.weight_grad_placement import place_weight_grads, without_weight_grad_ops
 from proto import (
     Batch,
     Chunk,
@@ -377,7 +377,7 @@ def test_deferred_weight_grads_timeline_by_hand() -> None:
     batch, chunks = two_chunks()
     plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 W0 F1 B1 W1"), chunks, batch)
     cost = replace(cost, profile=FLAT.model_copy(update={"deferred_grad_bytes_per_token_layer": 30.0}))
-    plain = simulate(plan.model_copy(update={"lanes": [_without_w(plan.lanes[0])]}), batch, cost).predicted
+    plain = simulate(plan.model_copy(update={"lanes": [without_weight_grad_ops(plan.lanes[0])]}), batch, cost).predicted
     result = simulate(plan.model_copy(update={"defer_weight_grads": True}), batch, cost)
     expected = {
         (0, "F", 0): (0, 2),
@@ -417,7 +417,7 @@ def test_w_ops_timeline_and_memory_by_hand() -> None:
     plan, cost = two_stage(ops("F0 F1 B0 B1"), ops("F0 B0 F1 B1 W0 W1"), chunks, batch)
     memory = {"deferred_grad_bytes_per_token_layer": 30.0, "deferred_input_bytes_per_token_layer": 20.0}
     cost = replace(cost, profile=FLAT.model_copy(update=memory))
-    plain = simulate(plan.model_copy(update={"lanes": [_without_w(plan.lanes[0])]}), batch, cost).predicted
+    plain = simulate(plan.model_copy(update={"lanes": [without_weight_grad_ops(plan.lanes[0])]}), batch, cost).predicted
     result = simulate(plan.model_copy(update={"defer_weight_grads": True}), batch, cost)
     expected = {
         (0, "F", 0): (0, 2),
@@ -438,10 +438,6 @@ def test_w_ops_timeline_and_memory_by_hand() -> None:
     assert plain.peak_memory_bytes[1] == pytest.approx(states1 + 2e5 + 1e5)
     assert pred.peak_memory_bytes[1] == pytest.approx(states1 + 2e5 + 1e5 + 1e5 + 6e4)
     assert pred.peak_memory_bytes[0] == pytest.approx(plain.peak_memory_bytes[0])
-
-
-def _without_w(lane: Lane) -> Lane:
-    return lane.model_copy(update={"schedule": [[op for op in s if op.kind != "W"] for s in lane.schedule]})
 
 
 @given(seeds)
