@@ -29,6 +29,7 @@ from planner_service.layout.recompute import RecomputeMode
 from planner_service.lower_bound import BudgetedBound, gap_to
 from planner_service.simulator import simulate
 from planner_service.simulator.weight_grad_placement import place_weight_grads
+from planner_service.simulator.weight_grad_tail import with_weight_grad_tail
 from proto import PipelineSpec, Plan, SolverInfo, SolverStatus, ZeroStage
 
 PIPELINE_CHUNKINGS = (Chunking(4), Chunking(2), Chunking(8), Chunking(4, costliest_last=True))
@@ -51,6 +52,9 @@ WARMUP_DEPTHS = (0, 1, 2)
 2 beat depth 1 on some 128K configs (a800 gpt-13b github: 17.47 vs 17.92 s); adding 4 changed none of
 plan_quality's quick configs, so the search stops at 2."""
 PLACEMENT_RETRIES = 2
+TAIL_SHARES = (1.0, 0.5, 0.25)
+"""Lengths tried for a trailing W-op group (`weight_grad_tail`), as shares of the stage's gradient reduction: the
+whole first, shorter ones while the simulated peak overflows (the group's operands are held to the step's end)."""
 """Times a W-op placement whose simulated peak overflows is redone with that much less memory per stage (the
 placement's own memory test is an estimate; the simulator's peak decides)."""
 
@@ -343,27 +347,28 @@ class SearchSession:
         return Candidate(exact.model_copy(update={"solver": solver}), recipe)
 
     def with_deferred_weight_grads(self, candidate: Candidate) -> Candidate:
-        """The candidate with `Plan.defer_weight_grads` when the executor can, the plan has a pipeline at ZeRO-0/1,
-        and the simulator then finds it faster and still within memory; else the candidate. Two placements of W ops
-        are tried (`weight_grad_placement`): each right after its backward op, and in the gaps the stages would
-        wait through, each placed again with less memory (at most `PLACEMENT_RETRIES` times) when its simulated
-        peak overflows. Every placement and simulation is charged to the budget."""
+        """The candidate with `Plan.defer_weight_grads` when the executor can, the plan is at ZeRO-0/1, and the
+        simulator then finds it faster and still within memory; else the candidate.
+
+        With a pipeline, two placements of W ops are tried (`weight_grad_placement`): each right after its
+        backward op, and in the gaps the stages would wait through, each placed again with less memory (at most
+        `PLACEMENT_RETRIES` times) when its simulated peak overflows. At any P, the candidate and the best
+        placement are also tried with a trailing group of W ops that hides the stage's gradient reduction
+        (`weight_grad_tail`), shortened (`TAIL_SHARES`) while its simulated peak overflows. Every placement and
+        simulation is charged to the budget."""
         plan = candidate.plan
+        if not self.ctx.defer_weight_grads or plan.defer_weight_grads or plan.options.zero_stage > ZeroStage.OPTIMIZER:
+            return candidate
         ops = sum(len(ops) for lane in plan.lanes for ops in lane.schedule)
         sequences = len(self.ctx.batch.lengths)
         units = simulation_units(len(plan.lanes), 2 * ops, sequences)
         # a placement replays every op and scans every stage for each: about P simulations' worth, plus its own
         placing = units + simulation_units(len(plan.lanes), 2 * ops * plan.pipeline.num_stages, sequences)
-        if (
-            not self.ctx.defer_weight_grads
-            or plan.defer_weight_grads
-            or plan.pipeline.num_stages == 1
-            or plan.options.zero_stage > ZeroStage.OPTIMIZER
-        ):
-            return candidate
         best = plan
         flagged = plan.model_copy(update={"defer_weight_grads": True})
         for queue, note in ((False, "weight gradients after the send"), (True, "weight gradients in the gaps")):
+            if plan.pipeline.num_stages == 1:
+                break
             margin = [0.0] * plan.pipeline.num_stages
             for _ in range(1 + PLACEMENT_RETRIES):
                 if not self.budget.affordable(placing):
@@ -375,6 +380,19 @@ class SearchSession:
                         best = placed.model_copy(update={"solver": _noted(plan.solver, note)})
                     break
                 margin = [m + over for m, over in zip(margin, self._overflow(placed), strict=True)]
+        for base in [flagged] + ([best] if best is not plan else []):
+            for share in TAIL_SHARES:
+                if not self.budget.affordable(2 * units):
+                    return candidate if best is plan else Candidate(best, candidate.recipe)
+                tailed = with_weight_grad_tail(base, self.ctx.cost, share=share)
+                if tailed is base:
+                    break  # no stage reduces gradients: nothing to hide
+                tailed = self._simulated(tailed, 2 * units)
+                if fits_memory(tailed, self.ctx.cluster):
+                    if tailed.predicted.iteration_s < best.predicted.iteration_s:
+                        note = "weight gradients grouped at the end to hide the gradient reduction"
+                        best = tailed.model_copy(update={"solver": _noted(base.solver, note)})
+                    break
         return candidate if best is plan else Candidate(best, candidate.recipe)
 
     def _simulated(self, plan: Plan, units: float) -> Plan:

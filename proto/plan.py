@@ -324,7 +324,9 @@ class Plan(BaseModel):
         "its backward there. Its B op back-propagates to the input, sends that gradient to the previous stage (whose "
         "backward then starts earlier) and leaves the weight gradients of the stage's kept (not recomputed) layers "
         "to the W op, placed right after it or where the stage would otherwise wait. The same gradients; their "
-        "operands are held until the W op. ZeRO-0/1 only.",
+        "operands are held until the W op. The W ops after a stage's last B op run with that B as one group, layer "
+        "by layer over their chunks (on the first stage while the B runs, elsewhere after its send), so the "
+        "data-parallel gradient buckets are reduced while the group computes the next layer. ZeRO-0/1 only.",
     )
     predicted: Predicted
     solver: SolverInfo = Field(default_factory=SolverInfo)

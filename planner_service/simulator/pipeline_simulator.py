@@ -16,7 +16,9 @@ Model of execution (the executor's, see DESIGN §9):
 - Data-parallel collectives follow the executor contract of `cost_model.data_parallel`. ZeRO-0/1: the
   bucketed gradient reduction of stage p runs beside each lane's last B op on p, completes bucket by bucket
   once every lane has produced the bucket, and shares the links with that op's all-to-alls
-  (`data_parallel.step_sync_end_s`); ZeRO-1 then all-gathers the parameters. ZeRO-2/3: the per-chunk
+  (`data_parallel.step_sync_end_s`); where W ops end the stage's order they are one group with the gradients
+  produced evenly over the whole group (on the first stage over the last B op and the group, which runs inside
+  it; `weight_grad_tail`); ZeRO-1 then all-gathers the parameters. ZeRO-2/3: the per-chunk
   collectives of an F or B op run beside it and lengthen it where they do not fit (`overlapped_op_s`); a lane
   with fewer chunks than the busiest of its block joins the remaining rounds after its ops; ZeRO-2 ends with the
   parameter all-gather. The iteration ends when the last stage's collectives end.
@@ -339,6 +341,7 @@ def _simulate_lane(
     b_end: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
     cursor = [0] * num_stages
     free = [0.0] * num_stages
+    w_run = [False] * num_stages  # the stage's latest op was a W
     pending = list(range(num_stages - 1, -1, -1))
     queued = [True] * num_stages
     while pending:
@@ -354,7 +357,16 @@ def _simulate_lane(
                 start = free[p]
                 end = start + costs.weight_grads[p][c]
                 t.compute_s += end - start
-                t.last_backward = LastBackward(start, end, NO_TRAFFIC)
+                # the W ops that end a stage's order run as one group, layer by layer (`weight_grad_tail`): its
+                # gradients become final evenly over the whole run; on the first stage, which sends nothing, the
+                # last B op runs the group beside its own backward, so the window opens when that B starts
+                previous = t.last_backward
+                joins = w_run[p] or p == 0
+                if previous is not None and joins:
+                    t.last_backward = LastBackward(previous.start_s, end, previous.alltoall)
+                else:
+                    t.last_backward = LastBackward(start, end, NO_TRAFFIC)
+                w_run[p] = True
                 if events is not None:
                     events.append(_event(lane, p, "W", c, start, end))
                 free[p] = end
@@ -387,6 +399,7 @@ def _simulate_lane(
             t.p2p_s += send_s
             if not forward:
                 t.last_backward = LastBackward(start, end, times.alltoall)
+            w_run[p] = False
             if events is not None:
                 _op_events(events, lane, p, op.kind, c, start, end, times, send_s if sends else None)
             if forward:

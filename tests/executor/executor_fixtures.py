@@ -210,6 +210,21 @@ def with_deferred_weight_grads(
     return place_weight_grads(deferred, batch, cost, queue=queue).with_id()
 
 
+def with_full_weight_grad_tail(plan: Plan) -> Plan:
+    """The plan (same layout) with `defer_weight_grads` and every chunk's W op in its stage's trailing group (the
+    first stage's last B chunk excepted, as `weight_grad_tail` does): the longest groups, every recompute mix."""
+    from planner_service.simulator.weight_grad_tail import tail_schedule
+
+    lanes = []
+    for lane in plan.lanes:
+        everything = [1.0] * len(lane.chunks)
+        schedule = [
+            tail_schedule(ops, everything, float("inf"), first_stage=p == 0) for p, ops in enumerate(lane.schedule)
+        ]
+        lanes.append(lane.model_copy(update={"schedule": schedule}))
+    return plan.model_copy(update={"defer_weight_grads": True, "lanes": lanes}).with_id()
+
+
 def random_layer_split(rng: random.Random, num_layers: int, num_stages: int) -> PipelineSpec:
     """A random (possibly uneven) split of the layers into `num_stages` non-empty stages."""
     cuts = sorted(rng.sample(range(1, num_layers), num_stages - 1))

@@ -13,30 +13,33 @@ a chunk with a W op in the stage's order leaves its kept layers' weight gradient
 Shapes come from the plan: a chunk of T tokens on a lane of SP degree s is (ceil(T/s), hidden) per rank.
 
 The rank's model states hear about every backward op (`BackwardHooks`, W ops included): the gradient sync of
-ZeRO-0/1 runs during the last one, ZeRO-2's during each. Under ZeRO-3 the rank runs the block's common rounds
-(`executor.parallel.zero.block_rounds`): its own ops, and idle ops of no tokens where a busier lane of its
-block runs a chunk, so that FSDP2's per-chunk collectives line up over the block. Under mixed precision
-the stage's forward runs in bf16 autocast.
+ZeRO-0/1 runs during the last one, ZeRO-2's during each. The W ops after the stage's last B op run with it as one
+armed op (`_TrailingGroup`), so the sync reduces each layer's buckets while the group computes the next.
+Under ZeRO-3 the rank runs the block's common rounds (`executor.parallel.zero.block_rounds`): its own ops, and
+idle ops of no tokens where a busier lane of its block runs a chunk, so that FSDP2's per-chunk collectives line
+up over the block. Under mixed precision the stage's forward runs in bf16 autocast.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.hooks import RemovableHandle
 
 from executor.model import AttendFn, DecoderStage
 from executor.parallel.pipeline.kv_cache import ChunkKVBinding, SliceKVCache
 from executor.parallel.pipeline.links import StageLinks
 from executor.parallel.pipeline.memory_probe import ActivationMemoryProbe
 from executor.parallel.pipeline.shards import IGNORE_INDEX, TokenSource, chunk_layout, materialize_shard
-from executor.parallel.pipeline.weight_grads import DeferrableStage
+from executor.parallel.pipeline.weight_grads import DeferrableStage, WeightGradStore
 from executor.parallel.ulysses import UlyssesAttention
 from executor.parallel.zero.block_rounds import IdleOp, Round
 from executor.role import RankRole
@@ -58,18 +61,80 @@ class StageRunSettings:
 
 
 class BackwardHooks(Protocol):
-    """The model states' view of the schedule: each backward op, and whether it is the rank's last."""
+    """The model states' view of the schedule: each backward op, and whether it is the rank's last (`events`:
+    gradient events per weight in it when a trailing group of W ops joins it, see `_TrailingGroup`); weights
+    whose deferred gradients were added outside autograd."""
 
-    def before_backward(self, *, last: bool) -> None: ...
+    def before_backward(self, *, last: bool, events: Mapping[nn.Parameter, int] | None = None) -> None: ...
     def after_backward(self) -> None: ...
+    def weights_final(self, weights: Iterable[nn.Parameter]) -> None: ...
 
 
 class _NoHooks:
-    def before_backward(self, *, last: bool) -> None:
+    def before_backward(self, *, last: bool, events: Mapping[nn.Parameter, int] | None = None) -> None:
         return None
 
     def after_backward(self) -> None:
         return None
+
+    def weights_final(self, weights: Iterable[nn.Parameter]) -> None:
+        return None
+
+
+@dataclass
+class _TrailingGroup:
+    """The W ops that end a stage's order, run with its last B op as one group, layer by layer (the planner's
+    `weight_grad_tail`): a layer's deferred weight gradients are computed for every chunk of the group at once,
+    so its gradient buckets are final, and reduced, while the next layer's are computed. On the first stage,
+    which sends nothing, each layer is flushed as the B op's backward passes it (`watch_block_inputs`);
+    elsewhere after the B op's send."""
+
+    chunks: list[int]
+    layers: list[list[nn.Parameter]]
+    """Per block of the stage, the weights some chunk of the group deferred."""
+    store: WeightGradStore
+    hooks: BackwardHooks
+    left: set[int] = field(default_factory=set)
+    """Blocks not flushed yet."""
+
+    @classmethod
+    def of(
+        cls, chunks: list[int], stage: DeferrableStage, recompute: Sequence[int], hooks: BackwardHooks
+    ) -> _TrailingGroup:
+        deferred = {id(w) for c in chunks for w in stage.kept_weights(recompute[c])}
+        layers = [[w for w in block if id(w) in deferred] for block in stage.block_weights]
+        return cls(chunks, layers, stage.store, hooks, set(range(len(layers))))
+
+    def events(self, own: Collection[nn.Parameter]) -> dict[nn.Parameter, int]:
+        """Gradient events of each group weight in the armed op: its flush, plus its hook when the B op computes
+        a gradient of it too (every weight but those the B's own chunk deferred, `own`)."""
+        deferred_by_b = {id(w) for w in own}
+        return {w: 1 if id(w) in deferred_by_b else 2 for layer in self.layers for w in layer}
+
+    def flush(self, block: int) -> None:
+        if block not in self.left:
+            return
+        self.left.discard(block)
+        self.store.flush_weights(self.chunks, self.layers[block])
+        self.hooks.weights_final(self.layers[block])
+
+    def flush_rest(self) -> None:
+        for block in sorted(self.left, reverse=True):
+            self.flush(block)
+
+    def watch_block_inputs(self, module: DecoderStage) -> list[RemovableHandle]:
+        """Forward hooks for the B op's chunk: each block's input gets a gradient hook that flushes the block
+        (its input gradient is complete once the block's backward is done)."""
+
+        def watch(block: int) -> Callable[..., None]:
+            def pre_hook(_module: nn.Module, args: tuple[object, ...]) -> None:
+                x = args[0]
+                if isinstance(x, torch.Tensor) and x.requires_grad:
+                    x.register_hook(lambda _grad: self.flush(block))
+
+            return pre_hook
+
+        return [b.register_forward_pre_hook(watch(i)) for i, b in enumerate(module.layers.values())]
 
 
 @dataclass(frozen=True)
@@ -113,6 +178,10 @@ class StageRuntime:
     _in_flight: dict[int, _InFlight] = field(default_factory=dict)
     _w_chunks: set[int] = field(default_factory=set)
     """Chunks whose weight gradients this stage's W ops compute."""
+    _group: _TrailingGroup | None = None
+    """The W ops after the stage's last B op, run with it."""
+    _watched: int | None = None
+    """The chunk whose forward watches block inputs for the group (the last B's chunk, on the first stage)."""
     _idle: list[torch.Tensor] = field(default_factory=list)
 
     def run(self) -> StageRunResult:
@@ -134,6 +203,16 @@ class StageRuntime:
         backward_at = [i for i, op in enumerate(rounds) if not isinstance(op, IdleOp) and op.kind != "F"]
         last_backward = max(backward_at, default=-1)
         self._w_chunks = {op.chunk for op in rounds if not isinstance(op, IdleOp) and op.kind == "W"}
+        last_b = max((i for i in backward_at if rounds[i].kind == "B"), default=-1)
+        trailing = [op.chunk for op in rounds[last_b + 1 :] if not isinstance(op, IdleOp) and op.kind == "W"]
+        self._group = None
+        if trailing:
+            assert self.weight_grads is not None, f"rank {role.rank}: W ops in a plan without deferral"
+            recompute = lane.recompute[role.stage]
+            self._group = _TrailingGroup.of(trailing, self.weight_grads, recompute, self.hooks)
+            last = rounds[last_b]
+            assert not isinstance(last, IdleOp)
+            self._watched = last.chunk if role.is_first_stage else None
         probe.start()
         for i, op in enumerate(rounds):
             if isinstance(op, IdleOp):
@@ -143,14 +222,19 @@ class StageRuntime:
                     loss, tokens = self._forward(op.chunk, links)
                 local_loss += loss
                 local_tokens += tokens
+            elif self._group is not None and i > last_b:
+                continue  # a W op of the trailing group: run with the last B
             else:
-                self.hooks.before_backward(last=i == last_backward)
-                if op.kind == "B":
-                    self._backward(op.chunk, links)
+                if self._group is not None and i == last_b:
+                    self._backward_with_group(op.chunk, links, self._group)
                 else:
-                    assert self.weight_grads is not None, f"rank {role.rank}: {op} in a plan without deferral"
-                    self.weight_grads.store.flush(op.chunk)
-                self.hooks.after_backward()
+                    self.hooks.before_backward(last=i == last_backward)
+                    if op.kind == "B":
+                        self._backward(op.chunk, links)
+                    else:
+                        assert self.weight_grads is not None, f"rank {role.rank}: {op} in a plan without deferral"
+                        self.weight_grads.store.flush(op.chunk)
+                    self.hooks.after_backward()
                 probe.sample()
             if log.isEnabledFor(logging.DEBUG):
                 held, peak = probe.live_bytes, probe.peak_bytes
@@ -219,12 +303,15 @@ class StageRuntime:
         else:
             shape = (layout.shard_tokens, self.module.spec.hidden_size)
             inputs = links.recv_activation(c, shape, settings.dtype, settings.device).requires_grad_(True)
+        watching = self._group.watch_block_inputs(self.module) if self._group and c == self._watched else []
         if self._defers(c):
             assert self.weight_grads is not None
             with self.weight_grads.store.deferring(self.weight_grads.kept_weights(recompute), key=c):
                 out = self.module(inputs, shard.positions, _opaque(attend), recompute)
         else:
             out = self.module(inputs, shard.positions, _opaque(attend), recompute)
+        for handle in watching:
+            handle.remove()
         loss_value = 0.0
         if role.is_last_stage:
             out = F.cross_entropy(out, shard.targets, ignore_index=IGNORE_INDEX, reduction="sum") / self.loss_norm
@@ -245,6 +332,15 @@ class StageRuntime:
             assert flight.inputs.grad is not None, f"rank {self.role.rank}: B{c} produced no input gradient"
             links.send_gradient(c, flight.inputs.grad)
         flight.kv.release()
+
+    def _backward_with_group(self, c: int, links: StageLinks, group: _TrailingGroup) -> None:
+        """The stage's last B op and the trailing group of W ops, armed as one backward op (`_TrailingGroup`)."""
+        assert self.weight_grads is not None
+        own = self.weight_grads.kept_weights(self.lane.recompute[self.role.stage][c]) if self._defers(c) else []
+        self.hooks.before_backward(last=True, events=group.events(own))
+        self._backward(c, links)
+        group.flush_rest()
+        self.hooks.after_backward()
 
     def _defers(self, c: int) -> bool:
         """Whether chunk c's weight gradients wait for its W op."""

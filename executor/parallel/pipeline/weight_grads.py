@@ -25,7 +25,7 @@ ZeRO-0/1 only: under ZeRO-2/3 each backward op reduce-scatters its gradients as 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,28 @@ class WeightGradStore:
             return
         grads = [_weight_grad(item.grad_output, item.inputs, item.weight) for item in queue]
         torch.autograd.backward([item.weight for item in queue], grads)
+
+    def flush_weights(self, keys: Sequence[int], weights: Collection[nn.Parameter]) -> None:
+        """Compute the gradients of `weights` queued under `keys` and add them to the weights' `.grad`, key by key
+        (the order separate flushes would add them in), leaving the other weights' queued. No autograd and so no
+        gradient hooks: the caller reports the weights final (`BackwardHooks.weights_final`). A stage's trailing
+        group of W ops runs as one call per layer, so each layer's buckets can be reduced while the next layer's
+        gradients are computed."""
+        wanted = {id(w) for w in weights}
+        for key in keys:
+            rest = []
+            for item in self._queues.pop(key, []):
+                if id(item.weight) not in wanted:
+                    rest.append(item)
+                    continue
+                grad = _weight_grad(item.grad_output, item.inputs, item.weight)
+                with torch.no_grad():
+                    if item.weight.grad is None:
+                        item.weight.grad = grad
+                    else:
+                        item.weight.grad.add_(grad)
+            if rest:
+                self._queues[key] = rest
 
 
 def _weight_grad(grad_output: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ the gradients sum (the chunk losses are already divided by the global target-tok
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,7 @@ class FlatRegion:
         self._staging: dict[int, torch.Tensor] = {}
         self._next_bucket = 0
         self._armed = False
+        self._events_left: dict[int, int] = {}
         self._pending: list[_Pending] = []
         self.issued_during_backward = 0
         """Buckets of this step issued by a gradient hook while the backward op was still running (overlap)."""
@@ -107,14 +109,29 @@ class FlatRegion:
         """Whether the running backward op's gradients are being synchronised."""
         return self._armed
 
-    def arm(self) -> None:
-        """The next backward op's gradients are synchronised as they become final."""
+    def arm(self, events: Mapping[int, int] | None = None) -> None:
+        """The next backward op's gradients are synchronised as they become final: parameter i once it has had
+        `events[i]` gradient events (its hook, or `mark_final`: a trailing group of deferred weight gradients
+        adds to what the op accumulates), every other parameter at its first."""
         self._armed = True
+        self._events_left = dict(events or {})
 
     def on_grad_ready(self, index: int) -> None:
         """Hook: parameter `index` has accumulated this backward op's gradient."""
+        self._gradient_event(index)
+
+    def mark_final(self, index: int) -> None:
+        """Parameter `index` received gradients outside autograd (deferred weight gradients added to `.grad`)."""
+        self._gradient_event(index)
+
+    def _gradient_event(self, index: int) -> None:
         if not self._armed:
             return
+        left = self._events_left.get(index, 1) - 1
+        if left > 0:
+            self._events_left[index] = left
+            return
+        self._events_left.pop(index, None)
         param = self.params[index]
         if self.zero_stage == 2:
             assert param.grad is not None
@@ -137,6 +154,7 @@ class FlatRegion:
         while self._next_bucket < len(self.layout.buckets):
             self._issue(self._next_bucket)
         self._armed = False
+        self._events_left = {}
         self._reset_round()
 
     def reduce_now(self) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -65,8 +65,9 @@ class ModelStates(Protocol):
     optimizer: torch.optim.Optimizer
 
     def begin_step(self) -> None: ...
-    def before_backward(self, *, last: bool) -> None: ...
+    def before_backward(self, *, last: bool, events: Mapping[nn.Parameter, int] | None = None) -> None: ...
     def after_backward(self) -> None: ...
+    def weights_final(self, weights: Iterable[nn.Parameter]) -> None: ...
     def finish_step(self, *, idle_backward_rounds: int) -> None: ...
     def grad_terms(self) -> list[GradTerm]: ...
     def step(self) -> None: ...
@@ -110,6 +111,7 @@ class BucketedStates:
         )
         for index, param in enumerate(main):
             param.register_post_accumulate_grad_hook(lambda _p, i=index: self.main.on_grad_ready(i))
+        self._index = {id(p): i for i, p in enumerate(main)}
         self._names = {id(p): n for n, p in module.named_parameters()}
         self._synced = False
         self.exposed_sync_s = 0.0
@@ -131,9 +133,16 @@ class BucketedStates:
             region.begin_step()
         self._synced = False
 
-    def before_backward(self, *, last: bool) -> None:
+    def before_backward(self, *, last: bool, events: Mapping[nn.Parameter, int] | None = None) -> None:
+        """Arm the sync for the rank's last backward op (every op under ZeRO-2). `events[w]`: how many gradient
+        events weight w has in the op (hooks and `weights_final` calls; 1 where not given)."""
         if self.zero_stage == 2 or last:
-            self.main.arm()
+            self.main.arm({self._index[id(w)]: n for w, n in (events or {}).items()})
+
+    def weights_final(self, weights: Iterable[nn.Parameter]) -> None:
+        """Deferred weight gradients were added to these weights' `.grad` outside autograd during the armed op."""
+        for w in weights:
+            self.main.mark_final(self._index[id(w)])
 
     def after_backward(self) -> None:
         if self.main.armed:
@@ -227,11 +236,14 @@ class ShardedStates:
     def begin_step(self) -> None:
         self.module.zero_grad(set_to_none=True)
 
-    def before_backward(self, *, last: bool) -> None:
+    def before_backward(self, *, last: bool, events: Mapping[nn.Parameter, int] | None = None) -> None:
         return None
 
     def after_backward(self) -> None:
         return None
+
+    def weights_final(self, weights: Iterable[nn.Parameter]) -> None:
+        raise RuntimeError("ZeRO-3 defers no weight gradients (Plan.defer_weight_grads needs ZeRO-0/1)")
 
     def finish_step(self, *, idle_backward_rounds: int) -> None:
         if self._tied is not None and self._tied.grad is not None:

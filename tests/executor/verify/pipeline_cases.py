@@ -24,6 +24,7 @@ from tests.executor.executor_fixtures import (
     random_batch,
     tiny_model,
     with_deferred_weight_grads,
+    with_full_weight_grad_tail,
 )
 
 SKEWED = (
@@ -144,6 +145,32 @@ def perturbed_cases(world: int, seed: int) -> list[EquivalenceCase]:
     return cases
 
 
+def weight_grad_tail_cases(world: int, seed: int) -> list[EquivalenceCase]:
+    """Every chunk's weight gradients in its stage's trailing group of W ops (`weight_grad_tail`), run with the
+    stage's last B op layer by layer while the bucketed sync reduces what is final: on the sliced P = 2 layout
+    at ZeRO-1 with recompute of one of stage 1's three layers in some chunks (the first stage flushes the group
+    inside its last backward, stage 1 after its send), and on random P = 1 lanes at ZeRO-0."""
+    cluster, model = cpu_cluster(2, world // 2), tiny_model(num_layers=4)
+    sliced = next(c for c in slice_cases(world)[0] if c.name == "slices-deferred-weight-grads")
+    steps = tuple(
+        StepInput(batch=s.batch, plan=at_zero_stage(with_full_weight_grad_tail(s.plan), 1), token_seed=s.token_seed)
+        for s in sliced.steps
+    )
+    cases = [
+        EquivalenceCase(name="slices-weight-grad-tail", cluster=cluster, model=model, steps=steps, seed=2, zero_stage=1)
+    ]
+    rng = random.Random(seed)
+    batch = random_batch(rng, num_seqs=world + 2, max_len=40)
+    plan = perturb_plan(
+        rng, make_plan(batch, cluster, model, [(list(range(world)), [batch.seq_ids])]), batch, cluster, model
+    )
+    step = StepInput(batch=batch, plan=with_full_weight_grad_tail(plan), token_seed=rng.randrange(1 << 30))
+    cases.append(
+        EquivalenceCase(name="single-stage-weight-grad-tail", cluster=cluster, model=model, steps=(step,), seed=3)
+    )
+    return cases
+
+
 def executor2_cases(world: int, seed: int) -> tuple[list[EquivalenceCase], RecomputePair]:
     slices, pair = slice_cases(world)
-    return planner_cases(world) + slices + perturbed_cases(world, seed), pair
+    return planner_cases(world) + slices + perturbed_cases(world, seed) + weight_grad_tail_cases(world, seed), pair

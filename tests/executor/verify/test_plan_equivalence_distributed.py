@@ -200,9 +200,11 @@ def test_mismatched_plans_are_refused_on_every_rank(suite: Suite) -> None:
 def test_pipeline_cases_cover_slices_and_stages(suite: Suite) -> None:
     """The pipeline cases really exercise what they claim: P = 2 (and 4 on 8 ranks), a sequence in 3+ slices
     across chunks, a hybrid chunk, recompute, SP > 1 lanes, deferred weight gradients (W ops) at ZeRO-0 and ZeRO-1,
-    W ops queued away from their backward, and planner plans that slice."""
+    W ops queued away from their backward, trailing groups of W ops (on the first stage, a later one, and at
+    P = 1), and planner plans that slice."""
     seen = {"P2": False, "P4": False, "3+ slices": False, "hybrid": False, "recompute": False, "sp>1": False}
     seen |= {"deferred z0": False, "deferred z1": False, "W queued": False}
+    seen |= {"W group first stage": False, "W group later stage": False, "W group P1": False}
     for case in suite.cases:
         if case.name.startswith("refuse"):
             continue
@@ -216,6 +218,16 @@ def test_pipeline_cases_cover_slices_and_stages(suite: Suite) -> None:
             for zero in (0, 1):
                 seen[f"deferred z{zero}"] |= bool(w_ops) and plan.pipeline.num_stages > 1 and case.zero_stage == zero
             seen["W queued"] |= any(ops[i - 1] != Op(kind="B", chunk=ops[i].chunk) for ops, i in w_ops)
+            for lane in plan.lanes:  # trailing groups of 2+ W ops (after the stage's last B)
+                last_b = [
+                    max((i for i, op in enumerate(ops) if op.kind == "B"), default=len(ops) - 1)
+                    for ops in lane.schedule
+                ]
+                groups = [len(ops) - 1 - b for ops, b in zip(lane.schedule, last_b, strict=True)]
+                p1 = plan.pipeline.num_stages == 1
+                seen["W group first stage"] |= not p1 and groups[0] >= 2
+                seen["W group later stage"] |= any(n >= 2 for n in groups[1:])
+                seen["W group P1"] |= p1 and groups[0] >= 2
             for lane in plan.lanes:
                 seen["recompute"] |= plan.pipeline.num_stages > 1 and any(map(any, lane.recompute))
                 seen["sp>1"] |= plan.pipeline.num_stages > 1 and lane.sp_degree > 1
