@@ -157,43 +157,6 @@ class LayerBench:
         forward_s, backward_s, weight_grad_s = self.phase_seconds(forward, backward, weight_grads)
         return forward_s, backward_s, weight_grad_s
 
-    def deferral_extra_seconds(self, shape: GridChunk, pairs: int) -> list[float]:
-        """Per pair of back-to-back steps of the layer on `shape`, what the step with every GEMM weight gradient
-        deferred (forward, backward to the input gradient, W) takes beyond the plain step (forward, backward).
-        The two alternate which runs first, so the machine's drift cancels in each difference: what the deferral
-        costs is a few percent of a step, smaller than the drift between steps timed apart."""
-        x, cos, sin, attend = self.layer_inputs(shape)
-        grad = torch.ones(shape.num_tokens, self.model.hidden_size, device=self.device, dtype=self.dtype)
-        store, clock = self.deferrable.store, Clock(self.settings.device)
-
-        def step(defer: bool) -> float:
-            aligned()
-            clock.start()
-            with autocast(self.settings):
-                if defer:
-                    with store.deferring(self.deferrable.kept_weights(0)):
-                        y = self.block(x, cos, sin, attend)
-                else:
-                    y = self.block(x, cos, sin, attend)
-            y.backward(grad.to(y.dtype))
-            if defer:
-                store.flush()
-            seconds = clock.stop()
-            self.block.zero_grad(set_to_none=True)
-            x.grad = None
-            return seconds
-
-        for _ in range(self.settings.warmup):
-            step(False), step(True)
-        extra = []
-        for i in range(pairs):
-            if i % 2:
-                deferred, plain = step(True), step(False)
-            else:
-                plain, deferred = step(False), step(True)
-            extra.append(deferred - plain)
-        return extra
-
     def time_head(self, num_tokens: int) -> tuple[float, float]:
         """Forward and backward seconds of final norm + LM head + summed cross-entropy."""
         x = self.randn(num_tokens, self.model.hidden_size, grad=True)

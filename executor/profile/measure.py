@@ -79,8 +79,7 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
         warmup=settings.warmup,
         repeats=settings.repeats,
         layer=merge_median(
-            [g["layer"] for g in gathered],
-            ("forward_s", "backward_s", "recompute_backward_s", *DEFERRED_TIMES, "deferral_extra_s"),
+            [g["layer"] for g in gathered], ("forward_s", "backward_s", "recompute_backward_s", *DEFERRED_TIMES)
         ),
         head=merge_median([g["head"] for g in gathered], ("forward_s", "backward_s")),
         lanes=merge_lanes([g["lanes"] for g in gathered]),
@@ -95,19 +94,13 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
 
 def _compute_rows(bench: LayerBench, settings: ProfileSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     layer = []
-    shapes = chunk_shapes(settings.grid)
-    deferrable = [s for s in shapes if s.segments in settings.grid.recompute_segments and not s.context]
-    paired = min(deferrable, key=lambda s: s.num_tokens, default=None)
-    for shape in shapes:
+    for shape in chunk_shapes(settings.grid):
         forward, backward = bench.time_layer(shape, recompute=False)
         recompute_backward = None
         deferred: tuple[float | None, ...] = (None, None, None)
-        extra = None
-        if shape in deferrable:
+        if shape.segments in settings.grid.recompute_segments and not shape.context:
             _, recompute_backward = bench.time_layer(shape, recompute=True)
             deferred = bench.time_deferred_layer(shape)
-        if shape == paired:
-            extra = statistics.median(bench.deferral_extra_seconds(shape, DEFERRAL_PAIRS))
         layer.append(
             {
                 "num_tokens": shape.num_tokens,
@@ -118,7 +111,6 @@ def _compute_rows(bench: LayerBench, settings: ProfileSettings) -> tuple[list[di
                 "backward_s": backward,
                 "recompute_backward_s": recompute_backward,
                 **dict(zip(DEFERRED_TIMES, deferred, strict=True)),
-                "deferral_extra_s": extra,
             }
         )
         log.debug("layer %s: fwd %.4f s, bwd %.4f s, recompute %s s", shape, forward, backward, recompute_backward)
@@ -131,9 +123,6 @@ def _compute_rows(bench: LayerBench, settings: ProfileSettings) -> tuple[list[di
 
 DEFERRED_TIMES = ("deferred_forward_s", "deferred_backward_s", "weight_grad_s")
 """`LayerTiming`'s fields of the layer run with its weight gradients deferred."""
-DEFERRAL_PAIRS = 8
-"""Back-to-back pairs of plain and deferred steps of the grid's smallest deferrable chunk whose median difference
-is `LayerTiming.deferral_extra_s` (what `deferred_layer_overhead_s` is fitted from)."""
 
 
 def merge_median(per_rank: Sequence[list[dict[str, Any]]], timed: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -174,11 +174,9 @@ def _fit_deferral(rows: Sequence[LayerTiming], fitted: CostProfile) -> tuple[dic
     """`weight_grad_share` and `deferred_layer_overhead_s` from the layer timed with its weight gradients deferred.
 
     The deferred weight gradients W are fitted as share x (the GEMM backward term, `layer_weight_grad_s` at share
-    1) + a constant. The overhead is what the deferred step (forward, backward, W; W's constant is part of it)
-    takes beyond the plain one: the median of back-to-back paired differences where measured
-    (`LayerTiming.deferral_extra_s`), else the median over the rows of the separately timed phases (steps timed
-    apart, so the machine's drift is part of each difference); at least 0 either way. `fitted` has the layer's
-    compute coefficients already fitted."""
+    1) + a constant; the overhead is the median, over the rows, of what the deferred layer's forward, backward and
+    W together take beyond the plain forward and backward (W's constant is part of it), at least 0. `fitted` has
+    the layer's compute coefficients already fitted."""
     timed = [r for r in rows if r.deferred_forward_s and r.deferred_backward_s and r.weight_grad_s]
     fields = ["weight_grad_share", "deferred_layer_overhead_s"]
     if not timed:
@@ -194,10 +192,7 @@ def _fit_deferral(rows: Sequence[LayerTiming], fitted: CostProfile) -> tuple[dic
         - (r.forward_s + r.backward_s)
         for r in timed
     ]
-    paired = [r.deferral_extra_s for r in rows if r.deferral_extra_s is not None]
-    if paired:
-        note = "; ".join(x for x in (note, f"overhead from {len(paired)} paired measurement(s)") if x)
-    overhead = float(np.clip(np.median(paired or extra), 0.0, MAX_LAYER_OVERHEAD_S))
+    overhead = float(np.clip(np.median(extra), 0.0, MAX_LAYER_OVERHEAD_S))
     coefficients = {"weight_grad_share": share, "deferred_layer_overhead_s": overhead}
     return coefficients, _report("deferred weight gradients", coefficients, [share * g for g in gemm], measured, note)
 

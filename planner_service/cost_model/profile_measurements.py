@@ -41,11 +41,6 @@ class LayerTiming(BaseModel):
     weight_grad_s: float | None = Field(
         default=None, gt=0, description="Its queued weight gradients, computed and accumulated."
     )
-    deferral_extra_s: float | None = Field(
-        default=None,
-        description="Median over back-to-back pairs of the deferred step (forward, backward, W) less the plain one "
-        "(forward, backward) of this chunk (measured on the grid's smallest deferrable chunk; may be negative).",
-    )
 
 
 class LaneLayerTiming(BaseModel):
