@@ -2,12 +2,13 @@
 
 Under ZeRO-0/1 a stage block reduces its gradients in buckets, each as soon as it is final, during the rank's
 last backward op (`cost_model.data_parallel`). Without deferral that window is one B op: a step of many small
-chunks, or of a large model over many data-parallel ranks, leaves most of the reduction after it (7-20% of a
-step on the plan_quality grid). The W ops that end a stage's order run as one flush, layer by layer over their
-chunks (`executor.parallel.pipeline.weight_grads.WeightGradStore.flush_group`): a layer's weight gradients are
-final once that layer is done for every chunk of the group, so the buckets become final evenly over the whole
-group and the reduction runs beside it. The simulator models exactly that (`pipeline_simulator`: a run of W ops
-that ends the stage's order is one window of gradient production).
+chunks, or of a large model over many data-parallel ranks, leaves most of the reduction after it (up to 0.2 of
+`ideal_s` on the plan_quality grid). The W ops that end a stage's order run with its last B op as one group,
+layer by layer over their chunks (the executor's `runtime._TrailingGroup`, `WeightGradStore.flush_weights`): a
+layer's weight gradients are final once that layer is done for every chunk of the group, so the buckets become
+final evenly over the group and the reduction runs beside it. On the first stage, which sends nothing, the
+group runs inside the last B op (each layer flushed as the B passes it), so the window also spans that B. The
+simulator models exactly that (`pipeline_simulator`).
 
 `with_weight_grad_tail` moves the W ops of a stage's last chunks (in backward order) to the end of its order,
 and adds W ops for chunks that had none, until the group's weight-gradient seconds reach the stage's reduction
