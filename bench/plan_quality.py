@@ -108,10 +108,13 @@ def over_ideal(helix: Plan | None, work: Any) -> dict[str, float]:
 
 
 def w_op_form(plan: Plan | None) -> str:
-    """How helix's plan defers weight gradients: 'gaps' (some W op away from its B), 'after B' (every W op right
-    after its B), or '-' (no W op)."""
+    """How helix's plan defers weight gradients: 'group' (its stages end with groups of W ops sized to hide the
+    gradient reduction, `weight_grad_tail`), 'gaps' (some W op away from its B), 'after B' (every W op right after
+    its B), or '-' (no W op)."""
     if plan is None:
         return "-"
+    if "grouped at the end" in plan.solver.message:
+        return "group"
     places = [
         ops[i - 1] == Op(kind="B", chunk=op.chunk)
         for lane in plan.lanes
@@ -217,7 +220,7 @@ def summarise(summary: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
         )
         or "-",
         "helix W ops (deferred weight gradients)": ", ".join(
-            f"{form} in {sum(e['w_ops'] == form for e in summary)}" for form in ("gaps", "after B", "-")
+            f"{form} in {sum(e['w_ops'] == form for e in summary)}" for form in ("group", "gaps", "after B", "-")
         ),
         "helix planning wall s": f"p50 {plan[len(plan) // 2]:.2f}, p95 {plan[int(0.95 * (len(plan) - 1))]:.2f}, "
         f"max {plan[-1]:.2f}",
