@@ -30,7 +30,7 @@ from planner_service.lower_bound import BudgetedBound, gap_to
 from planner_service.simulator import simulate
 from planner_service.simulator.weight_grad_placement import place_weight_grads
 from planner_service.simulator.weight_grad_tail import with_weight_grad_tail
-from proto import PipelineSpec, Plan, SolverInfo, SolverStatus, ZeroStage
+from proto import Lane, PipelineSpec, Plan, SolverInfo, SolverStatus, ZeroStage
 
 PIPELINE_CHUNKINGS = (Chunking(4), Chunking(2), Chunking(8), Chunking(4, costliest_last=True))
 """Chunkings tried per lane with a pipeline (first is the default): more chunks per stage, smaller bubbles and
@@ -52,6 +52,8 @@ WARMUP_DEPTHS = (0, 1, 2)
 2 beat depth 1 on some 128K configs (a800 gpt-13b github: 17.47 vs 17.92 s); adding 4 changed none of
 plan_quality's quick configs, so the search stops at 2."""
 PLACEMENT_RETRIES = 2
+"""Times a W-op placement whose simulated peak overflows is redone with that much less memory per stage (the
+placement's own memory test is an estimate; the simulator's peak decides)."""
 PLACEMENT_SIMULATIONS = 3.0
 """Units of a W-op placement and the simulation of its result, in simulations of the plan: the placement's replay
 took 1.3-1.7 times a simulation (P = 2, 4, 8 helix plans of 144 to 4608 ops), charged as 2 (it used to be charged
@@ -59,8 +61,6 @@ as P, overcharging it 5x at P = 8, which left the safety net to skip the placeme
 TAIL_SHARES = (1.0, 0.5, 0.25)
 """Lengths tried for a trailing W-op group (`weight_grad_tail`), as shares of the stage's gradient reduction: the
 whole first, shorter ones while the simulated peak overflows (the group's operands are held to the step's end)."""
-"""Times a W-op placement whose simulated peak overflows is redone with that much less memory per stage (the
-placement's own memory test is an estimate; the simulator's peak decides)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -371,13 +371,12 @@ class SearchSession:
         placing = PLACEMENT_SIMULATIONS * units
         best = plan
         flagged = plan.model_copy(update={"defer_weight_grads": True})
-        for queue, note in ((False, "weight gradients after the send"), (True, "weight gradients in the gaps")):
-            if plan.pipeline.num_stages == 1:
-                break
+        placements = ((False, "weight gradients after the send"), (True, "weight gradients in the gaps"))
+        for queue, note in placements if plan.pipeline.num_stages > 1 else ():
             margin = [0.0] * plan.pipeline.num_stages
             for _ in range(1 + PLACEMENT_RETRIES):
                 if not self.budget.affordable(placing):
-                    return candidate if best is plan else Candidate(best, candidate.recipe)
+                    break  # the cheaper tail tries below may still fit
                 placed = place_weight_grads(flagged, self.ctx.batch, self.ctx.cost, queue=queue, margin_bytes=margin)
                 placed = self._simulated(placed, placing)
                 if fits_memory(placed, self.ctx.cluster):
@@ -386,12 +385,16 @@ class SearchSession:
                     break
                 margin = [m + over for m, over in zip(margin, self._overflow(placed), strict=True)]
         for base in [flagged] + ([best] if best is not plan else []):
+            tried: list[Lane] | None = None
             for share in TAIL_SHARES:
                 if not self.budget.affordable(2 * units):
-                    return candidate if best is plan else Candidate(best, candidate.recipe)
+                    break
                 tailed = with_weight_grad_tail(base, self.ctx.cost, share=share)
                 if tailed is base:
                     break  # no stage reduces gradients: nothing to hide
+                if tailed.lanes == tried:
+                    continue  # chunks too coarse for a shorter group: the same plan, which overflowed
+                tried = tailed.lanes
                 tailed = self._simulated(tailed, 2 * units)
                 if fits_memory(tailed, self.ctx.cluster):
                     if tailed.predicted.iteration_s < best.predicted.iteration_s:

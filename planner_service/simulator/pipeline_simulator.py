@@ -359,7 +359,9 @@ def _simulate_lane(
                 t.compute_s += end - start
                 # the W ops that end a stage's order run as one group, layer by layer (`weight_grad_tail`): its
                 # gradients become final evenly over the whole run; on the first stage, which sends nothing, the
-                # last B op runs the group beside its own backward, so the window opens when that B starts
+                # last B op runs the group beside its own backward, so the window opens when that B starts. On
+                # later stages the executor arms the sync at the B too, where buckets of parameters outside the
+                # group (norms, the LM head) may go early: the window at the first W leaves that out (later)
                 previous = t.last_backward
                 joins = w_run[p] or p == 0
                 if previous is not None and joins:

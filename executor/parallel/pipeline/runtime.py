@@ -8,13 +8,15 @@ For B(c) it back-propagates the loss (last stage) or the gradient received from 
 accumulated dK/dV of the chunk's non-final slice, sends the input gradient to stage p-1 and releases the
 chunk's activations and K/V leaves. With deferred weight gradients (`Plan.defer_weight_grads`, `weight_grads`)
 a chunk with a W op in the stage's order leaves its kept layers' weight gradients to that op
-(`weight_grads.WeightGradStore.flush`), which runs after the B's send.
+(`weight_grads.WeightGradStore.flush`), which runs after the B's send; the W ops after the stage's last B op
+are one group run with that B, layer by layer (`_TrailingGroup`: after its send, or during it on the first
+stage, which sends nothing).
 
 Shapes come from the plan: a chunk of T tokens on a lane of SP degree s is (ceil(T/s), hidden) per rank.
 
-The rank's model states hear about every backward op (`BackwardHooks`, W ops included): the gradient sync of
-ZeRO-0/1 runs during the last one, ZeRO-2's during each. The W ops after the stage's last B op run with it as one
-armed op (`_TrailingGroup`), so the sync reduces each layer's buckets while the group computes the next.
+The rank's model states hear about every backward op (`BackwardHooks`, W ops included; a trailing group as part
+of its B): the gradient sync of ZeRO-0/1 runs during the last one, ZeRO-2's during each. The trailing group and
+its B are one armed op, so the sync reduces each layer's buckets while the group computes the next.
 Under ZeRO-3 the rank runs the block's common rounds (`executor.parallel.zero.block_rounds`): its own ops, and
 idle ops of no tokens where a busier lane of its block runs a chunk, so that FSDP2's per-chunk collectives line
 up over the block. Under mixed precision the stage's forward runs in bf16 autocast.
@@ -62,8 +64,8 @@ class StageRunSettings:
 
 class BackwardHooks(Protocol):
     """The model states' view of the schedule: each backward op, and whether it is the rank's last (`events`:
-    gradient events per weight in it when a trailing group of W ops joins it, see `_TrailingGroup`); weights
-    whose deferred gradients were added outside autograd."""
+    gradient events per weight in it when a trailing group of W ops joins it, see `_TrailingGroup`), and
+    (`weights_final`) the weights whose deferred gradients the group added outside autograd."""
 
     def before_backward(self, *, last: bool, events: Mapping[nn.Parameter, int] | None = None) -> None: ...
     def after_backward(self) -> None: ...
@@ -304,14 +306,16 @@ class StageRuntime:
             shape = (layout.shard_tokens, self.module.spec.hidden_size)
             inputs = links.recv_activation(c, shape, settings.dtype, settings.device).requires_grad_(True)
         watching = self._group.watch_block_inputs(self.module) if self._group and c == self._watched else []
-        if self._defers(c):
-            assert self.weight_grads is not None
-            with self.weight_grads.store.deferring(self.weight_grads.kept_weights(recompute), key=c):
+        try:
+            if self._defers(c):
+                assert self.weight_grads is not None
+                with self.weight_grads.store.deferring(self.weight_grads.kept_weights(recompute), key=c):
+                    out = self.module(inputs, shard.positions, _opaque(attend), recompute)
+            else:
                 out = self.module(inputs, shard.positions, _opaque(attend), recompute)
-        else:
-            out = self.module(inputs, shard.positions, _opaque(attend), recompute)
-        for handle in watching:
-            handle.remove()
+        finally:  # the module outlives the step: a failed forward must not leave this step's hooks on it
+            for handle in watching:
+                handle.remove()
         loss_value = 0.0
         if role.is_last_stage:
             out = F.cross_entropy(out, shard.targets, ignore_index=IGNORE_INDEX, reduction="sum") / self.loss_norm

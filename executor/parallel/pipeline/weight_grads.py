@@ -14,7 +14,9 @@ input, output gradient). Every other forward is the linear's own. `flush` comput
 GEMM backward would (output gradient transposed times input, in the forward's compute dtype, then in the
 weight's dtype) and accumulates it through autograd (`torch.autograd.backward` on the weight), so the gradient
 hooks that drive the bucketed data-parallel sync fire once per weight, as they would during the backward. The
-queue follows the backward's order (last layer first), so buckets fill in the usual order.
+queue follows the backward's order (last layer first), so buckets fill in the usual order. The exception is a
+stage's trailing group of W ops (`runtime._TrailingGroup`): `flush_weights` adds each layer's gradients for all
+the group's chunks directly to `.grad`, without hooks, and the runtime reports the layer's weights final.
 
 The layers a chunk recomputes compute their weight gradients inline: deferring them would keep their
 rematerialised activations alive until the flush, which is the memory recompute exists to save. The queued
