@@ -108,6 +108,37 @@ def time_cases_round_robin(
     return measured, spreads
 
 
+def cpu_check_meta(
+    args: argparse.Namespace,
+    *,
+    script: str,
+    model: str,
+    profile: str,
+    spreads: list[float],
+    loads: dict[str, Any],
+    began: float,
+    batches_note: str = "",
+    results: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The header of a predicted-vs-measured CPU check's table: machine, setup, timing method, `results` (its
+    summary lines), load and the command that reproduces it."""
+    import statistics
+
+    return {
+        **machine(),
+        "cluster": args.cluster,
+        "model": model,
+        "profile": profile,
+        "batches": f"{args.batches} x {args.batch_size} stdlib sequences, max_len {args.max_len}{batches_note}",
+        "steps": f"1 warm-up + {args.repeats} timed per case, round-robin; measured = the min",
+        "median spread of a case's timed steps": f"{statistics.median(spreads):.1%}",
+        **(results or {}),
+        "load_average_1_5_15": loads,
+        "seconds": round(time.perf_counter() - began),
+        "command": f"python bench/{script}.py" + (" --quick" if args.quick else ""),
+    }
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"

@@ -27,7 +27,7 @@ import time
 
 from bench_common import (
     add_cpu_check_arguments,
-    machine,
+    cpu_check_meta,
     measured_cpu_profile,
     parse_cpu_check_arguments,
     stdlib_batches,
@@ -96,24 +96,21 @@ def main() -> None:
             gains[name].append((pp / pd, mp / md))
             row += [pd, md, pp / pd, mp / md]
         rows.append(row)
-    meta = {
-        **machine(),
-        "cluster": args.cluster,
-        "model": f"{model.name} ({model.num_layers} layers, hidden {model.hidden_size}), P = {NUM_STAGES}",
-        "profile": f"{profile.name} (measured by helix profile on these ranks; weight_grad_share "
+    meta = cpu_check_meta(
+        args,
+        script="deferred_weight_grads_check",
+        model=f"{model.name} ({model.num_layers} layers, hidden {model.hidden_size}), P = {NUM_STAGES}",
+        profile=f"{profile.name} (measured by helix profile on these ranks; weight_grad_share "
         f"{profile.weight_grad_share:g})",
-        "batches": f"{args.batches} x {args.batch_size} stdlib sequences, max_len {args.max_len}",
-        "steps": f"1 warm-up + {args.repeats} timed per case, round-robin; measured = the min",
-        "median spread of a case's timed steps": f"{statistics.median(spreads):.1%}",
-        **{
+        spreads=spreads,
+        loads=loads,
+        began=began,
+        results={
             f"{name} over plain, geometric mean": f"predicted {statistics.geometric_mean(x for x, _ in g):.3f}x, "
             f"measured {statistics.geometric_mean(y for _, y in g):.3f}x"
             for name, g in gains.items()
         },
-        "load_average_1_5_15": loads,
-        "seconds": round(time.perf_counter() - began),
-        "command": "python bench/deferred_weight_grads_check.py" + (" --quick" if args.quick else ""),
-    }
+    )
     md = write_table(
         "deferred_weight_grads_check",
         "Deferred weight gradients: predicted vs measured step time (CPU, gloo)",

@@ -26,7 +26,7 @@ import time
 
 from bench_common import (
     add_cpu_check_arguments,
-    machine,
+    cpu_check_meta,
     measured_cpu_profile,
     parse_cpu_check_arguments,
     stdlib_batches,
@@ -98,20 +98,17 @@ def main() -> None:
         f"measured {statistics.fmean(y for _, y in v):.3f}x"
         for p, v in speedups.items()
     }
-    meta = {
-        **machine(),
-        "cluster": args.cluster,
-        "model": f"{model.name} ({model.num_layers} layers, hidden {model.hidden_size}, vocabulary {model.vocab_size})",
-        "profile": f"{profile.name}: head {profile.head_s_per_token:.3g} s/token, layer linear "
+    meta = cpu_check_meta(
+        args,
+        script="layer_split_check",
+        model=f"{model.name} ({model.num_layers} layers, hidden {model.hidden_size}, vocabulary {model.vocab_size})",
+        profile=f"{profile.name}: head {profile.head_s_per_token:.3g} s/token, layer linear "
         f"{profile.linear_s_per_token:.3g} s/token (measured by helix profile on these ranks)",
-        "batches": f"{args.batches} x {args.batch_size} stdlib sequences, max_len {args.max_len}",
-        "steps": f"1 warm-up + {args.repeats} timed per case, round-robin; measured = the min",
-        "median spread of a case's timed steps": f"{statistics.median(spreads):.1%}",
-        **summary,
-        "load_average_1_5_15": loads,
-        "seconds": round(time.perf_counter() - began),
-        "command": "python bench/layer_split_check.py" + (" --quick" if args.quick else ""),
-    }
+        spreads=spreads,
+        loads=loads,
+        began=began,
+        results=summary,
+    )
     md = write_table(
         "layer_split_check",
         "Head-balanced layer split: predicted vs measured step time (CPU, gloo)",

@@ -28,7 +28,7 @@ import time
 
 from bench_common import (
     add_cpu_check_arguments,
-    machine,
+    cpu_check_meta,
     measured_cpu_profile,
     parse_cpu_check_arguments,
     stdlib_batches,
@@ -130,22 +130,22 @@ def main() -> None:
             [b, sum(batches[b].lengths), chunks, plain.predicted.grad_sync_s, pp, mp, pg, mg, pp / pg, mp / mg,
              free, pp / free]
         )  # fmt: skip
-    meta = {
-        **machine(),
-        "cluster": args.cluster,
-        "model": f"{model.name} ({model.num_layers} layers, hidden {model.hidden_size}), P = 1, data-parallel 2",
-        "profile": f"{profile.name} (measured by helix profile on these ranks; deferred_layer_overhead_s "
+    meta = cpu_check_meta(
+        args,
+        script="weight_grad_tail_check",
+        model=f"{model.name} ({model.num_layers} layers, hidden {model.hidden_size}), P = 1, data-parallel 2",
+        profile=f"{profile.name} (measured by helix profile on these ranks; deferred_layer_overhead_s "
         f"{profile.deferred_layer_overhead_s * 1e3:.2f} ms per deferred layer and chunk, which the last two "
         "columns leave out)",
-        "batches": f"{args.batches} x {args.batch_size} stdlib sequences, max_len {args.max_len}, one chunk each",
-        "steps": f"1 warm-up + {args.repeats} timed per case, round-robin; measured = the min",
-        "median spread of a case's timed steps": f"{statistics.median(spreads):.1%}",
-        "grouped over plain, geometric mean": f"predicted {statistics.geometric_mean(x for x, _ in gains):.3f}x, "
-        f"measured {statistics.geometric_mean(y for _, y in gains):.3f}x",
-        "load_average_1_5_15": loads,
-        "seconds": round(time.perf_counter() - began),
-        "command": "python bench/weight_grad_tail_check.py" + (" --quick" if args.quick else ""),
-    }
+        spreads=spreads,
+        loads=loads,
+        began=began,
+        batches_note=", one chunk each",
+        results={
+            "grouped over plain, geometric mean": f"predicted {statistics.geometric_mean(x for x, _ in gains):.3f}x, "
+            f"measured {statistics.geometric_mean(y for _, y in gains):.3f}x"
+        },
+    )
     md = write_table(
         "weight_grad_tail_check",
         "Trailing W-op group: predicted vs measured step time (CPU, gloo)",
