@@ -56,8 +56,8 @@ PLACEMENT_RETRIES = 2
 placement's own memory test is an estimate; the simulator's peak decides)."""
 PLACEMENT_SIMULATIONS = 3.0
 """Units of a W-op placement and the simulation of its result, in simulations of the plan: the placement's replay
-took 1.3-1.7 times a simulation (P = 2, 4, 8 helix plans of 144 to 4608 ops), charged as 2 (it used to be charged
-as P, overcharging it 5x at P = 8, which left the safety net to skip the placement on loaded runs)."""
+took 1.3-1.7 times a simulation (four helix plans of the plan_quality grid, P = 2 to 8, 144 to 4608 ops), charged
+as 2. It used to be charged as P + 1, 5x its cost at P = 8, which let the safety net skip the placement."""
 TAIL_SHARES = (1.0, 0.5, 0.25)
 """Lengths tried for a trailing W-op group (`weight_grad_tail`), as shares of the stage's gradient reduction: the
 whole first, shorter ones while the simulated peak overflows (the group's operands are held to the step's end)."""
@@ -366,9 +366,7 @@ class SearchSession:
         ops = sum(len(ops) for lane in plan.lanes for ops in lane.schedule)
         sequences = len(self.ctx.batch.lengths)
         units = simulation_units(len(plan.lanes), 2 * ops, sequences)
-        # a placement replays every op once, scanning the stages at each step: measured at 1.3-1.7 simulations'
-        # worth from P = 2 to 8 (bench/results/plan_quality configurations), charged as 2, plus its simulation
-        placing = PLACEMENT_SIMULATIONS * units
+        placing = PLACEMENT_SIMULATIONS * units  # the placement's replay and the simulation of its result
         best = plan
         flagged = plan.model_copy(update={"defer_weight_grads": True})
         placements = ((False, "weight gradients after the send"), (True, "weight gradients in the gaps"))
