@@ -341,7 +341,6 @@ def _simulate_lane(
     b_end: list[list[float | None]] = [[None] * num_chunks for _ in range(num_stages)]
     cursor = [0] * num_stages
     free = [0.0] * num_stages
-    w_run = [False] * num_stages  # the stage's latest op was a W
     pending = list(range(num_stages - 1, -1, -1))
     queued = [True] * num_stages
     while pending:
@@ -363,12 +362,11 @@ def _simulate_lane(
                 # later stages the executor arms the sync at the B too, where buckets of parameters outside the
                 # group (norms, the LM head) may go early: the window at the first W leaves that out (later)
                 previous = t.last_backward
-                joins = w_run[p] or p == 0
+                joins = p == 0 or (cursor[p] > 0 and ops[cursor[p] - 1].kind == "W")
                 if previous is not None and joins:
                     t.last_backward = LastBackward(previous.start_s, end, previous.alltoall)
                 else:
                     t.last_backward = LastBackward(start, end, NO_TRAFFIC)
-                w_run[p] = True
                 if events is not None:
                     events.append(_event(lane, p, "W", c, start, end))
                 free[p] = end
@@ -401,7 +399,6 @@ def _simulate_lane(
             t.p2p_s += send_s
             if not forward:
                 t.last_backward = LastBackward(start, end, times.alltoall)
-            w_run[p] = False
             if events is not None:
                 _op_events(events, lane, p, op.kind, c, start, end, times, send_s if sends else None)
             if forward:

@@ -96,16 +96,24 @@ class _TrailingGroup:
     """Per block of the stage, the weights some chunk of the group deferred."""
     store: WeightGradStore
     hooks: BackwardHooks
+    watched: int | None
+    """The chunk whose forward watches the block inputs (the last B's chunk, on the first stage), else None."""
     left: set[int] = field(default_factory=set)
     """Blocks not flushed yet."""
 
     @classmethod
     def of(
-        cls, chunks: list[int], stage: DeferrableStage, recompute: Sequence[int], hooks: BackwardHooks
+        cls,
+        chunks: list[int],
+        stage: DeferrableStage,
+        recompute: Sequence[int],
+        hooks: BackwardHooks,
+        *,
+        watched: int | None,
     ) -> _TrailingGroup:
         deferred = {id(w) for c in chunks for w in stage.kept_weights(recompute[c])}
         layers = [[w for w in block if id(w) in deferred] for block in stage.block_weights]
-        return cls(chunks, layers, stage.store, hooks, set(range(len(layers))))
+        return cls(chunks, layers, stage.store, hooks, watched, set(range(len(layers))))
 
     def events(self, own: Collection[nn.Parameter]) -> dict[nn.Parameter, int]:
         """Gradient events of each group weight in the armed op: its flush, plus its hook when the B op computes
@@ -182,8 +190,6 @@ class StageRuntime:
     """Chunks whose weight gradients this stage's W ops compute."""
     _group: _TrailingGroup | None = None
     """The W ops after the stage's last B op, run with it."""
-    _watched: int | None = None
-    """The chunk whose forward watches block inputs for the group (the last B's chunk, on the first stage)."""
     _idle: list[torch.Tensor] = field(default_factory=list)
 
     def run(self) -> StageRunResult:
@@ -210,11 +216,15 @@ class StageRuntime:
         self._group = None
         if trailing:
             assert self.weight_grads is not None, f"rank {role.rank}: W ops in a plan without deferral"
-            recompute = lane.recompute[role.stage]
-            self._group = _TrailingGroup.of(trailing, self.weight_grads, recompute, self.hooks)
             last = rounds[last_b]
             assert not isinstance(last, IdleOp)
-            self._watched = last.chunk if role.is_first_stage else None
+            self._group = _TrailingGroup.of(
+                trailing,
+                self.weight_grads,
+                lane.recompute[role.stage],
+                self.hooks,
+                watched=last.chunk if role.is_first_stage else None,
+            )
         probe.start()
         for i, op in enumerate(rounds):
             if isinstance(op, IdleOp):
@@ -305,7 +315,8 @@ class StageRuntime:
         else:
             shape = (layout.shard_tokens, self.module.spec.hidden_size)
             inputs = links.recv_activation(c, shape, settings.dtype, settings.device).requires_grad_(True)
-        watching = self._group.watch_block_inputs(self.module) if self._group and c == self._watched else []
+        group = self._group
+        watching = group.watch_block_inputs(self.module) if group is not None and c == group.watched else []
         try:
             if self._defers(c):
                 assert self.weight_grads is not None
