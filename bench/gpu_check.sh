@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
 # GPU check for sessions lent a CUDA device: one command, under 8 minutes, everything in one JSON file.
 #
-#   bench/gpu_check.sh                 # on the GPU machine (uses its CUDA torch)
-#   bench/gpu_check.sh --dry-run       # anywhere: the same stages on CPU with the tiny model (checks the script)
-#   bench/gpu_check.sh --out FILE      # default bench/results/gpu_check.json
+#   bench/gpu_check.sh                      # on the GPU machine (uses its CUDA torch)
+#   bench/gpu_check.sh --dry-run            # anywhere: the same stages on CPU with the tiny model (checks the script)
+#   bench/gpu_check.sh --out FILE           # default bench/results/gpu_check.json
+#   bench/gpu_check.sh --parts attention    # only some measuring parts (attention, profile, step)
 #
 # Stages (each under its own time limit, so one stuck stage cannot eat the budget):
 #   1. environment: torch, CUDA, the GPU, and which attention backends resolve (sdpa, torch_varlen, flash);
-#   2. FlashAttention: flash-attn 2 if importable; flash-attn-4 (CuTe-DSL, `flash_attn.cute`) if importable, or
-#      installed from wheels carried to the machine under shared/wheels (flash-attn-4 needs
-#      nvidia-cutlass-dsl-libs-cu13, ~92 MB, more than one device call carries: bring it in a first call, run this
-#      in a second one on the warm machine); otherwise skipped with that reason;
-#   3. the CUDA tests (pytest -m gpu: fused attention backends against SDPA, the prefix-K/V memory model);
-#   4. bench/gpu_check.py: profile one layer of llama2-7b and llama3-8b in bf16 (GEMM MFU, attention efficiency
-#      at 4K-64K tokens) and time a 1-GPU training step of the executor against its plan's time and peak memory.
+#   2. FlashAttention: which API the "flash" backend calls (flash-attn 2's `flash_attn` or flash-attn 4's
+#      `flash_attn.cute`), or why neither is there. flash-attn 2 ships only a source build. flash-attn 4's CUDA 13
+#      libraries are a 92 MB wheel, more than one device call carries (64 MiB): `bench/flash4_transport.sh pack`
+#      splits its wheels into two parts here, and `bench/flash4_transport.sh install` assembles them on the warm GPU
+#      machine after two calls have carried one part each;
+#   3. the CUDA tests (pytest -m gpu: fused attention backends against SDPA, the prefix-K/V memory model, bf16 mixed
+#      precision over fp32 states, deferred weight gradients under bf16 autocast);
+#   4. bench/gpu_check.py: the attention backends side by side at 4K-64K tokens; a profile of one layer of
+#      llama2-7b and llama3-8b in bf16 (GEMM MFU, attention efficiency); a 1-GPU training step of the executor
+#      against its plan's time and peak memory.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY=0
 OUT=bench/results/gpu_check.json
+PARTS=attention,profile,step
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --out) OUT="$2"; shift ;;
-    *) echo "usage: bench/gpu_check.sh [--dry-run] [--out FILE]" >&2; exit 2 ;;
+    --parts) PARTS="$2"; shift ;;
+    *) echo "usage: bench/gpu_check.sh [--dry-run] [--out FILE] [--parts attention,profile,step]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -54,37 +60,25 @@ EOF
 cat "$WORK/env.json"
 
 echo "== 2/4 FlashAttention"
-FLASH_NOTE=""
-if "$PY" -c "import flash_attn.cute" 2>/dev/null; then
-  FLASH_NOTE="flash-attn-4 (flash_attn.cute) importable"
-elif ls shared/wheels/flash_attn_4-*.whl >/dev/null 2>&1 && ls shared/wheels/nvidia_cutlass_dsl_libs_cu13-*.whl >/dev/null 2>&1; then
-  if [ "$DRY" = 1 ]; then
-    FLASH_NOTE="dry run: flash-attn-4 wheels present, not installed on CPU"
-  elif timeout 120 "$PY" -m pip install --quiet --no-index --find-links shared/wheels flash-attn-4 >"$WORK/pip.log" 2>&1; then
-    FLASH_NOTE="flash-attn-4 installed from shared/wheels"
-  else
-    FLASH_NOTE="flash-attn-4 install from shared/wheels failed: $(tail -1 "$WORK/pip.log")"
-  fi
-else
-  FLASH_NOTE="flash-attn-4 skipped: its wheels (flash_attn_4, nvidia_cutlass_dsl_libs_cu13 ~92 MB) are not under shared/wheels; one device call carries at most 64 MiB, so bring them in an earlier call"
-fi
-if "$PY" -c "import flash_attn; flash_attn.flash_attn_varlen_func" 2>/dev/null; then
-  FLASH_NOTE="$FLASH_NOTE; flash-attn 2 importable"
-else
-  FLASH_NOTE="$FLASH_NOTE; flash-attn 2 not installed (source build only)"
-fi
+FLASH_NOTE=$(timeout 120 "$PY" -c '
+from executor.attention.backends import flash_api
+api = flash_api()
+print(f"flash backend calls {api}" if api else "no FlashAttention importable: flash-attn 2 ships only a source build; "
+      "flash-attn 4 needs its 92 MB CUDA 13 library wheel brought in two calls (bench/flash4_transport.sh)")
+' 2>&1 | tail -1)
 echo "$FLASH_NOTE"
 
 echo "== 3/4 CUDA tests"
 timeout 180 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider tests/executor/attention/test_cuda_backends.py \
-  tests/simulator/test_prefix_kv_memory.py > "$WORK/pytest.log" 2>&1
+  tests/simulator/test_prefix_kv_memory.py tests/executor/test_mixed_precision_cuda.py \
+  tests/executor/parallel/pipeline/test_weight_grads.py > "$WORK/pytest.log" 2>&1
 TESTS_RC=$?
 tail -15 "$WORK/pytest.log"
 
 echo "== 4/4 profile and 1-GPU step"
-ARGS=(--out "$WORK/measure.json")
+ARGS=(--out "$WORK/measure.json" --parts "$PARTS" --profile-dir "$(dirname "$OUT")")
 [ "$DRY" = 1 ] && ARGS+=(--dry-run)
-timeout 330 "$PY" bench/gpu_check.py "${ARGS[@]}"
+timeout 360 "$PY" bench/gpu_check.py "${ARGS[@]}"
 MEASURE_RC=$?
 
 "$PY" - "$WORK" "$OUT" "$TESTS_RC" "$MEASURE_RC" "$FLASH_NOTE" "$DRY" "$((SECONDS - STARTED))" <<'EOF'
@@ -92,13 +86,22 @@ import json, pathlib, sys
 work, out, tests_rc, measure_rc, flash, dry, seconds = sys.argv[1:]
 work = pathlib.Path(work)
 measure = work / "measure.json"
+
+
+def read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # a stage that died keeps its reason in the report, not a traceback here
+        return {"unreadable": f"{path.name}: {exc}"}
+
+
 report = {
     "dry_run": dry == "1",
-    "environment": json.loads((work / "env.json").read_text() or "{}"),
+    "environment": read_json(work / "env.json"),
     "flash_attention": flash,
-    "cuda_tests": {"exit_code": int(tests_rc), "log_tail": (work / "pytest.log").read_text().splitlines()[-15:]},
+    "cuda_tests": {"exit_code": int(tests_rc), "log_tail": (work / "pytest.log").read_text().splitlines()[-60:]},
     "measure_exit_code": int(measure_rc),
-    "measure": json.loads(measure.read_text()) if measure.exists() else None,
+    "measure": read_json(measure) if measure.exists() else None,
     "seconds": int(seconds),
 }
 pathlib.Path(out).write_text(json.dumps(report, indent=1))

@@ -4,7 +4,8 @@ One entry point, `varlen_causal_attention`, several backends:
 
 - ``"sdpa"``: `scaled_dot_product_attention` looped over segments. Exact on any device and the fastest exact
   path on CPU (DESIGN §13: a block-diagonal mask is ~5x slower, FlexAttention has no CPU backward).
-- ``"flash"``: flash-attn's `flash_attn_varlen_func` (CUDA only, imported lazily: it is an optional extra).
+- ``"flash"``: FlashAttention's varlen function (CUDA only, imported lazily: it is an optional extra), from
+  flash-attn 2 (`flash_attn`) or flash-attn 4 (`flash_attn.cute`, the CuTe-DSL kernels with Hopper backward).
 - ``"torch_varlen"``: torch's own fused `torch.nn.attention.varlen.varlen_attn` (CUDA only).
 - ``"naive"``: explicit softmax(QK^T)V in the input dtype; a readable reference for tests.
 - ``"auto"``: flash when importable on CUDA, else torch_varlen on CUDA, else sdpa.
@@ -187,8 +188,20 @@ def _flash(
     flash_varlen = _flash_varlen()
     assert flash_varlen is not None
     kk, vv, cu_q_t, cu_k_t, max_q, max_k = _varlen_inputs(q, k, v, bounds, contexts)
-    # flash-attn >= 2.1 aligns the causal mask to the bottom-right corner when seqlen_k > seqlen_q.
-    return flash_varlen(q[: bounds[-1]], kk, vv, cu_q_t, cu_k_t, max_q, max_k, softmax_scale=scale, causal=True)
+    # Both APIs align the causal mask to the bottom-right corner when seqlen_k > seqlen_q (flash-attn >= 2.1).
+    # Keywords only: flash-attn 4 takes `qv` where flash-attn 2 takes cu_seqlens_q, and returns (out, lse).
+    out = flash_varlen(
+        q[: bounds[-1]],
+        kk,
+        vv,
+        cu_seqlens_q=cu_q_t,
+        cu_seqlens_k=cu_k_t,
+        max_seqlen_q=max_q,
+        max_seqlen_k=max_k,
+        softmax_scale=scale,
+        causal=True,
+    )
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _torch_varlen_impl(
@@ -247,16 +260,32 @@ def _lower_right_mask(length: int, total: int, device: torch.device) -> torch.Te
     return cols <= rows + context
 
 
+FLASH_MODULES = ("flash_attn", "flash_attn.cute")
+"""Where FlashAttention's `flash_attn_varlen_func` lives: flash-attn 2, then flash-attn 4 (CuTe DSL). flash-attn 4
+installs `flash_attn` as a namespace holding only `cute`, so the first has no function there and the second is used."""
+
+
 @cache
 def _flash_varlen() -> Callable[..., torch.Tensor] | None:
-    try:
-        module = importlib.import_module("flash_attn")
-    except ImportError:
-        return None
-    fn = getattr(module, "flash_attn_varlen_func", None)
-    if fn is not None:
-        log.info("attention: flash-attn varlen available")
-    return fn
+    for name in FLASH_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        except Exception as exc:  # an installed but broken optional kernel package must not stop the exact paths
+            log.warning("attention: %s is installed but failed to import (%s: %s)", name, type(exc).__name__, exc)
+            continue
+        fn = getattr(module, "flash_attn_varlen_func", None)
+        if fn is not None:
+            log.info("attention: FlashAttention varlen from %s", name)
+            return fn
+    return None
+
+
+def flash_api() -> str | None:
+    """Which FlashAttention module the "flash" backend calls (None when neither is importable)."""
+    fn = _flash_varlen()
+    return None if fn is None else fn.__module__
 
 
 @cache

@@ -129,3 +129,79 @@ def test_long_segments_in_query_blocks_match_naive(context: int) -> None:
     inputs = [q, k, v] + ([kc, vc] if context else [])
     for a, b in zip(_grads(out, inputs, seed=11), _grads(ref, inputs, seed=11), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _fake_flash_varlen(fa4: bool):  # type: ignore[no-untyped-def]
+    """A stand-in for FlashAttention's varlen function with the named API's positional order and return value:
+    flash-attn 4 takes `qv` fourth and returns (out, lse); flash-attn 2 takes cu_seqlens_q fourth and returns out.
+    It computes with the naive reference, so the backend's packing and calling convention are what is tested."""
+
+    def compute(q, k, v, cu_q, cu_k, scale, causal):  # type: ignore[no-untyped-def]
+        assert causal and cu_q.dtype == cu_k.dtype == torch.int32
+        qb, kb = cu_q.tolist(), cu_k.tolist()
+        pieces = [
+            naive_causal_attention(q[a:b], k[c:d], v[c:d], scale)
+            for (a, b), (c, d) in zip(pairwise(qb), pairwise(kb), strict=True)
+        ]
+        return torch.cat(pieces)
+
+    if fa4:
+
+        def flash4(q, k, v, qv=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
+                   softmax_scale=None, causal=False):  # type: ignore[no-untyped-def]  # fmt: skip
+            assert qv is None
+            out = compute(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
+            return out, out.new_zeros(q.shape[1], q.shape[0])
+
+        return flash4
+
+    def flash2(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None,
+               causal=False):  # type: ignore[no-untyped-def]  # fmt: skip
+        assert dropout_p == 0.0
+        return compute(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
+
+    return flash2
+
+
+@pytest.mark.parametrize("fa4", [False, True], ids=["flash-attn-2", "flash-attn-4"])
+def test_flash_backend_calls_either_api(monkeypatch: pytest.MonkeyPatch, fa4: bool) -> None:
+    """The "flash" implementation passes packed [prefix; own] K/V and int32 boundaries by keyword, so that it works
+    with flash-attn 2's and flash-attn 4's different positional orders, and unwraps flash-attn 4's (out, lse)."""
+    from executor.attention import backends
+
+    monkeypatch.setattr(backends, "_flash_varlen", lambda: _fake_flash_varlen(fa4))
+    bounds = [0, 3, 10, 14]
+    q, k, v = _qkv(bounds[-1], 4, 2, 8, seed=5)
+    kc, vc = (t.detach()[:5].clone() for t in _qkv(5, 2, 2, 8, seed=6)[1:])
+    contexts = [None, (kc, vc), None]
+    out = backends._IMPLEMENTATIONS["flash"](q, k, v, bounds, contexts, 8**-0.5)
+    ref = varlen_causal_attention(q, k, v, bounds, context_kv=contexts, backend="naive")
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_flash_module_search_falls_through_to_flash_attn_4(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flash-attn 4 installs `flash_attn` as a namespace holding only `cute`: the search must go on to
+    `flash_attn.cute`; a kernel package that fails at import is skipped, not raised."""
+    import sys
+    import types
+
+    from executor.attention import backends
+
+    namespace = types.ModuleType("flash_attn")
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_varlen_func = _fake_flash_varlen(True)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flash_attn", namespace)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    backends._flash_varlen.cache_clear()
+    try:
+        assert backends._flash_varlen() is cute.flash_attn_varlen_func  # type: ignore[attr-defined]
+
+        def broken(name: str) -> types.ModuleType:
+            raise RuntimeError(f"{name}: no CUDA driver")
+
+        monkeypatch.setattr(backends.importlib, "import_module", broken)
+        backends._flash_varlen.cache_clear()
+        assert backends._flash_varlen() is None
+        assert backends.flash_api() is None
+    finally:
+        backends._flash_varlen.cache_clear()
