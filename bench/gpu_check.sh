@@ -5,6 +5,7 @@
 #   bench/gpu_check.sh --dry-run            # anywhere: the same stages on CPU with the tiny model (checks the script)
 #   bench/gpu_check.sh --out FILE           # default bench/results/gpu_check.json
 #   bench/gpu_check.sh --parts attention    # only some measuring parts (attention, profile, step)
+#   bench/gpu_check.sh --models llama3-8b   # models to profile (the first one's profile plans the step)
 #
 # Stages (each under its own time limit, so one stuck stage cannot eat the budget):
 #   1. environment: torch, CUDA, the GPU, and which attention backends resolve (sdpa, torch_varlen, flash);
@@ -24,12 +25,15 @@ cd "$(dirname "$0")/.."
 DRY=0
 OUT=bench/results/gpu_check.json
 PARTS=attention,profile,step
+MODELS=llama2-7b,llama3-8b
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --out) OUT="$2"; shift ;;
     --parts) PARTS="$2"; shift ;;
-    *) echo "usage: bench/gpu_check.sh [--dry-run] [--out FILE] [--parts attention,profile,step]" >&2; exit 2 ;;
+    --models) MODELS="$2"; shift ;;
+    *) echo "usage: bench/gpu_check.sh [--dry-run] [--out FILE] [--parts attention,profile,step] [--models A,B]" >&2
+       exit 2 ;;
   esac
   shift
 done
@@ -60,7 +64,7 @@ EOF
 cat "$WORK/env.json"
 
 echo "== 2/4 FlashAttention"
-FLASH_NOTE=$(timeout 120 "$PY" -c '
+FLASH_NOTE=$(timeout 45 "$PY" -c '
 from executor.attention.backends import flash_api
 api = flash_api()
 print(f"flash backend calls {api}" if api else "no FlashAttention importable: flash-attn 2 ships only a source build; "
@@ -69,16 +73,17 @@ print(f"flash backend calls {api}" if api else "no FlashAttention importable: fl
 echo "$FLASH_NOTE"
 
 echo "== 3/4 CUDA tests"
-timeout 180 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider tests/executor/attention/test_cuda_backends.py \
+timeout 150 "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider tests/executor/attention/test_cuda_backends.py \
   tests/simulator/test_prefix_kv_memory.py tests/executor/test_mixed_precision_cuda.py \
   tests/executor/parallel/pipeline/test_weight_grads.py > "$WORK/pytest.log" 2>&1
 TESTS_RC=$?
 tail -15 "$WORK/pytest.log"
+cp "$WORK/pytest.log" "${OUT%.json}_pytest.log"
 
 echo "== 4/4 profile and 1-GPU step"
-ARGS=(--out "$WORK/measure.json" --parts "$PARTS" --profile-dir "$(dirname "$OUT")")
+ARGS=(--out "$WORK/measure.json" --parts "$PARTS" --models "$MODELS" --profile-dir "$(dirname "$OUT")")
 [ "$DRY" = 1 ] && ARGS+=(--dry-run)
-timeout 360 "$PY" bench/gpu_check.py "${ARGS[@]}"
+timeout 320 "$PY" bench/gpu_check.py "${ARGS[@]}"
 MEASURE_RC=$?
 
 "$PY" - "$WORK" "$OUT" "$TESTS_RC" "$MEASURE_RC" "$FLASH_NOTE" "$DRY" "$((SECONDS - STARTED))" <<'EOF'

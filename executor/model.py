@@ -54,10 +54,13 @@ def rope_cos_sin(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE (Llama/HF convention). x (T, h, d)."""
+    """Rotate-half RoPE (Llama/HF convention). x (T, h, d).
+
+    Computed in x's dtype: under bf16 autocast q and k leave their projections in bf16, and fp32 tables would
+    promote them to fp32, which the fused attention kernels refuse and which doubles the K/V kept for backward."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
 class Attention(nn.Module):

@@ -34,6 +34,9 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "sdpa", "flash", "torch_varlen", "naive")
+FUSED_BACKENDS = ("flash", "torch_varlen")
+FUSED_DTYPES = (torch.float16, torch.bfloat16)
+"""The fused CUDA kernels compute in half precision only."""
 
 SDPA_QUERY_BLOCK = 64
 """Query rows per SDPA call in the exact path (see `_sdpa_segment`)."""
@@ -68,8 +71,20 @@ def varlen_causal_attention(
     contexts: Contexts = list(context_kv) if context_kv is not None else [None] * (len(bounds) - 1)
     assert len(contexts) == len(bounds) - 1, f"{len(contexts)} context entries for {len(bounds) - 1} segments"
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    impl = _IMPLEMENTATIONS[resolve_backend(backend, q.device)]
-    out = impl(q, k, v, bounds, contexts, scale)
+    name = resolve_backend(backend, q.device)
+    if name in FUSED_BACKENDS and q.dtype not in FUSED_DTYPES:
+        half = _autocast_half_dtype(q.device)
+        if half is not None:  # what autocast would have done had the kernel been registered with it
+            q, k, v = q.to(half), k.to(half), v.to(half)
+            contexts = [None if c is None else (c[0].to(half), c[1].to(half)) for c in contexts]
+        elif backend == "auto":
+            name = "sdpa"
+        else:
+            raise ValueError(
+                f"attention backend {name!r} takes float16 or bfloat16 inputs, got {q.dtype}; "
+                "run under bf16 autocast or choose the exact 'sdpa' backend"
+            )
+    out = _IMPLEMENTATIONS[name](q, k, v, bounds, contexts, scale)
     pad = num_tokens - bounds[-1]
     if pad:
         out = torch.cat([out, out.new_zeros(pad, num_heads, head_dim)])
@@ -95,6 +110,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if backend == "torch_varlen" and _torch_varlen() is None:
             raise ValueError("attention backend 'torch_varlen' needs torch.nn.attention.varlen (torch >= 2.9)")
     return backend
+
+
+def _autocast_half_dtype(device: torch.device) -> torch.dtype | None:
+    """The half dtype autocast computes in on `device`, or None when autocast is off there (or not half)."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    dtype = torch.get_autocast_dtype(device.type)
+    return dtype if dtype in FUSED_DTYPES else None
 
 
 def naive_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -130,7 +153,16 @@ def _sdpa_segment(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor, scale: f
     triangle is mostly never computed. On CPU this is 3-4x faster than one `is_causal` call from 256
     tokens up (torch 2.13, 1 thread, float64, head dim 8: 1024 tokens 0.11 s vs 0.47 s fwd+bwd)."""
     length, context = qh.shape[1], kh.shape[1] - qh.shape[1]
-    block = SDPA_QUERY_BLOCK if qh.device.type == "cpu" else length  # CUDA kernels skip masked tiles themselves
+    if qh.device.type == "cuda":
+        # One call: the kernels skip masked tiles themselves. With a batch dimension (4-D), as the flash and
+        # memory-efficient kernels need: 3-D inputs fall back to the math kernel, which materialises the whole
+        # (h, L, C+L) score matrix (512 GiB for one 64K-token llama2-7b segment).
+        mask = None if context == 0 else _lower_right_mask(length, context + length, qh.device)
+        out = F.scaled_dot_product_attention(
+            qh[None], kh[None], vh[None], attn_mask=mask, is_causal=context == 0, scale=scale
+        )
+        return out[0].transpose(0, 1)
+    block = SDPA_QUERY_BLOCK
     if length <= block and context == 0:
         return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale).transpose(0, 1)
     outs = []

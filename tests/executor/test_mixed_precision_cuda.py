@@ -19,7 +19,7 @@ from executor.runner import ExecutorConfig, PlanExecutor
 from executor.verify.reference import ReferenceTrainer
 from executor.verify.synthetic_tokens import SyntheticTokens
 from proto.batch import Batch
-from tests.executor.executor_fixtures import cpu_cluster, make_plan, tiny_model
+from tests.executor.executor_fixtures import at_zero_stage, cpu_cluster, make_plan, tiny_model
 
 pytestmark = [
     pytest.mark.gpu,
@@ -43,7 +43,7 @@ def one_gpu_world(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_bf16_compute_over_fp32_states(zero: int, one_gpu_world: None) -> None:
     cluster, model = cpu_cluster(1, 1), tiny_model(num_layers=2)
     batch = Batch(seq_ids=[3, 5], lengths=[40, 17])
-    plan = make_plan(batch, cluster, model, [([0], [[3], [5]])])
+    plan = at_zero_stage(make_plan(batch, cluster, model, [([0], [[3], [5]])]), zero)
     groups = create_process_groups(cluster, [1])
     config = ExecutorConfig(seed=1, dtype=torch.float32, device="cuda", zero_stage=zero, compute_dtype=torch.bfloat16)
     executor = PlanExecutor(model=model, cluster=cluster, pipeline=plan.pipeline, groups=groups, config=config)

@@ -205,3 +205,30 @@ def test_flash_module_search_falls_through_to_flash_attn_4(monkeypatch: pytest.M
         assert backends.flash_api() is None
     finally:
         backends._flash_varlen.cache_clear()
+
+
+def test_fused_backends_get_half_inputs_or_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused kernels compute in fp16/bf16 only. Under autocast fp32 inputs are cast to autocast's dtype (as
+    autocast itself would); without it "auto" falls back to exact SDPA and an explicit fused backend is refused."""
+    from executor.attention import backends
+
+    seen: list[torch.dtype] = []
+
+    def fused(q, k, v, bounds, contexts, scale):  # type: ignore[no-untyped-def]
+        seen.append(q.dtype)
+        assert k.dtype == v.dtype == q.dtype and all(c is None or c[0].dtype == q.dtype for c in contexts)
+        return backends._naive(q, k, v, bounds, contexts, scale)
+
+    fused_on_cpu = {"auto": "torch_varlen", "torch_varlen": "torch_varlen"}  # as "auto" resolves on CUDA
+    monkeypatch.setattr(backends, "resolve_backend", lambda backend, device: fused_on_cpu.get(backend, backend))
+    monkeypatch.setitem(backends._IMPLEMENTATIONS, "torch_varlen", fused)
+    q, k, v = (t.detach().float() for t in _qkv(9, 4, 2, 8, seed=7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = varlen_causal_attention(q, k, v, [0, 4, 9], backend="torch_varlen")
+    assert seen == [torch.bfloat16] and out.dtype == torch.bfloat16
+    exact = varlen_causal_attention(q, k, v, [0, 4, 9], backend="naive")
+    torch.testing.assert_close(out.float(), exact, rtol=3e-2, atol=3e-2)
+    assert varlen_causal_attention(q, k, v, [0, 4, 9], backend="auto").dtype == torch.float32
+    assert seen == [torch.bfloat16]  # "auto" without autocast ran SDPA, not the fused kernel
+    with pytest.raises(ValueError, match=r"takes float16 or bfloat16 inputs, got torch\.float32"):
+        varlen_causal_attention(q, k, v, [0, 4, 9], backend="torch_varlen")
