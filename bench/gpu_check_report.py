@@ -1,6 +1,6 @@
 """Render a `bench/gpu_check.sh` JSON report as a markdown table (what ran, what passed, what was measured).
 
-    python bench/gpu_check_report.py bench/results/gpu_check_h200.json   # writes bench/results/gpu_check_h200.md
+python bench/gpu_check_report.py bench/results/gpu_check_h200.json   # writes bench/results/gpu_check_h200.md
 """
 
 from __future__ import annotations
