@@ -75,3 +75,22 @@ def test_recompute_gives_identical_gradients() -> None:
     for other in grads[1:]:
         for name, g in grads[0].items():
             torch.testing.assert_close(other[name], g, rtol=1e-12, atol=1e-12)
+
+
+def test_attention_inputs_stay_in_autocast_dtype() -> None:
+    """Under bf16 autocast (how the executor trains on CUDA) q, k and v reach attention in bf16: RoPE must not
+    promote them to its fp32 tables' dtype, since the fused CUDA kernels take only fp16/bf16 (found on an H200)."""
+    spec = tiny_model(num_layers=2)
+    stage = build_stage(spec, seed=3, dtype=torch.float32)
+    seen: list[tuple[torch.dtype, ...]] = []
+
+    def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return varlen_causal_attention(q, k, v, [0, q.shape[0]], backend="sdpa")
+
+    tokens = torch.arange(12) % spec.vocab_size
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = stage(tokens, torch.arange(12), attend)
+    assert seen == [(torch.bfloat16,) * 3] * 2, seen
+    logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in stage.parameters())
