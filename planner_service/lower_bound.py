@@ -385,6 +385,10 @@ def simulated_time_lower_bound(ctx: PlanningContext, degrees: Sequence[int], spl
     bound = min(
         (degree_bound(ctx, p, lengths, pipeline) for p in degrees for pipeline in splits(ctx, p)), default=math.inf
     )
+    # Devices sharing a compute unit run up to k times faster than profiled once their unit-mates are done
+    # (`simulator.shared_compute`), so the per-device terms hold only divided by k. `ideal_s` holds as it is: a
+    # unit still does at most k device-seconds of profiled work per second.
+    bound /= ctx.cost.profile.devices_per_compute_unit
     return max(ideal, bound) if math.isfinite(bound) else ideal
 
 

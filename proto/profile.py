@@ -29,6 +29,7 @@ MAX_BUCKET_BYTES = 2**40
 MIN_SP_COMPUTE_SCALE = 0.1
 MAX_SP_COMPUTE_SCALE = 10.0
 MAX_SP_DEGREE = 2**20
+MAX_DEVICES_PER_COMPUTE_UNIT = 64
 
 
 class SpDegreeCost(BaseModel):
@@ -116,6 +117,16 @@ class CostProfile(BaseModel):
             "as one chunk and as many) and refined by online calibration from steps whose plans differ in chunk "
             "counts; 0 in presets.",
         )
+    )
+    devices_per_compute_unit: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_DEVICES_PER_COMPUTE_UNIT,
+        strict=True,
+        description="Devices that time-share one compute unit in the profiled run: k contiguous ranks "
+        "[u*k, (u+1)*k) per unit (CPU ranks pinned k to a core by `helix profile`); 1 on GPUs and in presets. The "
+        "timings were taken with all k busy, so they include the sharing; while only m < k of a unit's devices "
+        "have work left, each runs k/m times faster, which the simulator applies to the devices' finishing times.",
     )
     sp_degree_costs: tuple[SpDegreeCost, ...] = Field(
         default=(),

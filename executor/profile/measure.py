@@ -8,6 +8,7 @@ collective ends when its last member does). Memory and state bytes are determini
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from executor.profile.grid import ProfileSettings
 from executor.profile.lane_bench import lane_rows, merge_lanes
 from executor.profile.layer_bench import LayerBench, chunk_shapes
 from executor.profile.op_probe import time_op_probe
-from executor.profile.timing import cores_description, pin_to_core
+from executor.profile.timing import cores_description, pin_to_core, ranks_per_core
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
 
@@ -38,7 +39,9 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
 
     rank, world = dist.get_rank(), dist.get_world_size()
     threads = torch.get_num_threads()
-    pinned = pin_to_core(rank, world) if settings.pin_cores and settings.device == "cpu" else None
+    pin = settings.pin_cores and settings.device == "cpu"
+    sharing = ranks_per_core(world, len(os.sched_getaffinity(0))) if pin else 1  # before this rank is pinned
+    pinned = pin_to_core(rank, world) if pin else None
     bench = LayerBench(model, settings)
     layer, head = _compute_rows(bench, settings)
     memory = [
@@ -76,6 +79,7 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
         world_size=world,
         threads_per_rank=threads,
         cores=cores_description(world, threads, pinned) if settings.device == "cpu" else "",
+        devices_per_core=sharing,
         warmup=settings.warmup,
         repeats=settings.repeats,
         layer=merge_median(

@@ -99,6 +99,15 @@ def core_index(rank: int, world_size: int, num_cores: int) -> int:
     return rank * num_cores // max(world_size, num_cores)
 
 
+def ranks_per_core(world_size: int, num_cores: int) -> int:
+    """How many pinned ranks time-share each core under `pin_to_core`: W // C when W ranks fill C cores in equal
+    contiguous blocks; 1 when every rank has a core of its own, or when the blocks are unequal (W not a multiple
+    of C), where no single sharing factor describes every rank."""
+    if num_cores < 1 or world_size <= num_cores or world_size % num_cores:
+        return 1
+    return world_size // num_cores
+
+
 def cores_description(world_size: int, threads: int, pinned: str | None) -> str:
     """How ranks share cores: pinned, or left to the OS scheduler."""
     cores = len(os.sched_getaffinity(0)) if pinned is None else None

@@ -31,11 +31,12 @@ from proto.fingerprint import fingerprint
 
 CACHE_DIR_ENV = "HELIX_PROFILE_CACHE"
 """Overrides the default cache folder (`~/.cache/helix/profiles`)."""
-FIT_VERSION = 5
+FIT_VERSION = 6
 """Raised whenever the fit's formulas or what is measured change what a profile becomes (2: all-to-all latency per
 call, two calls per layer as the executor issues them, instead of four; 3: the layer timed on lanes of each SP
 degree, fitting `sp_degree_costs`; 4: the per-op overhead probe, fitting `op_overhead_s`; 5: the layer timed with
-its weight gradients deferred, fitting `weight_grad_share` and `deferred_layer_overhead_s`)."""
+its weight gradients deferred, fitting `weight_grad_share` and `deferred_layer_overhead_s`; 6: the ranks pinned to
+each core, giving `devices_per_compute_unit`)."""
 
 
 class ProfileFileError(PlanningError):

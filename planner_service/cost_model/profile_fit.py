@@ -676,6 +676,7 @@ def fit_profile(
     profile = base.model_copy(
         update={
             **update,
+            "devices_per_compute_unit": m.devices_per_core,
             "name": name or f"measured:{cluster.name}/{model.name}",
             "source": (
                 f"helix profile on {m.world_size} x {m.device} ({m.backend}, {m.attention_backend} attention, "

@@ -140,6 +140,12 @@ class ProfileMeasurements(BaseModel):
     world_size: int = Field(ge=1)
     threads_per_rank: int = Field(ge=1)
     cores: str = Field(default="", description="How ranks map to cores (CPU), e.g. 'rank r -> core r % 2'.")
+    devices_per_core: int = Field(
+        default=1,
+        ge=1,
+        description="Ranks pinned to each core in contiguous blocks while measuring (CPU); 1 when every rank had a "
+        "core of its own, on GPUs, or when not pinned. Becomes `CostProfile.devices_per_compute_unit`.",
+    )
     warmup: int = Field(ge=0)
     repeats: int = Field(ge=1)
     layer: list[LayerTiming] = Field(default_factory=list)

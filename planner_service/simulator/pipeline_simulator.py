@@ -23,6 +23,11 @@ Model of execution (the executor's, see DESIGN §9):
   with fewer chunks than the busiest of its block joins the remaining rounds after its ops; ZeRO-2 ends with the
   parameter all-gather. The iteration ends when the last stage's collectives end.
 
+- Devices that time-share a compute unit (`CostProfile.devices_per_compute_unit` > 1: CPU ranks pinned several
+  to a core) were profiled all busy; once a device's unit-mates are done it runs faster. Each (lane, stage)'s
+  finish, last backward and events move to real time by the fluid model of `shared_compute`, before the step's
+  collectives.
+
 Memory depends only on each stage's op order: a chunk's activations are held from its forward until its
 backward ends; a non-final slice of a sequence also keeps the K/V of its recomputed layers (later slices attend
 to them) and, from the first backward of a later slice, dK/dV accumulators for all the stage's layers, until its
@@ -46,6 +51,7 @@ from planner_service.cost_model.data_parallel import (
     step_sync_end_s,
 )
 from planner_service.simulator.memory_timeline import stage_memory
+from planner_service.simulator.shared_compute import shared_unit_maps
 from proto import Batch, Lane, Plan, Predicted
 
 EventKind = Literal["F", "B", "W", "R", "A2A", "P2P", "SYNC"]
@@ -128,12 +134,12 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
     collectives = [cost.collective_times(p, pipeline) for p in range(num_stages)]
     max_chunks = max(len(lane.chunks) for lane in plan.lanes)
 
-    lane_s: list[float] = []
     per_lane: list[list[_StageTotals]] = []
     for lane in plan.lanes:
-        totals = _simulate_lane(lane, plan, cost, collectives, lengths, events if record_events else None)
-        per_lane.append(totals)
-        lane_s.append(max((t.finish_s for t in totals), default=0.0))
+        per_lane.append(_simulate_lane(lane, plan, cost, collectives, lengths, events if record_events else None))
+    if cost.profile.devices_per_compute_unit > 1:
+        events = _share_compute_units(plan, per_lane, cost.profile.devices_per_compute_unit, events)
+    lane_s = [max((t.finish_s for t in totals), default=0.0) for totals in per_lane]
     stage_end = _stage_collectives_end(plan, per_lane, collectives, events if record_events else None)
     iteration_s = max(stage_end)
     if record_events:
@@ -169,6 +175,24 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
         grad_sync_s=max(times.total_s(max_chunks) for times in collectives),
     )
     return SimulationResult(predicted=predicted, events=tuple(events))
+
+
+def _share_compute_units(
+    plan: Plan, per_lane: list[list[_StageTotals]], devices_per_unit: int, events: list[TimelineEvent]
+) -> list[TimelineEvent]:
+    """Move each (lane, stage)'s finish, last backward and events to real time on devices that share compute
+    units (`shared_compute`); returns the moved events."""
+    keys = [(lane.lane_id, p) for lane in plan.lanes for p in range(len(lane.ranks))]
+    totals = [t for lane_totals in per_lane for t in lane_totals]
+    ranks = [lane.ranks[p] for lane in plan.lanes for p in range(len(lane.ranks))]
+    maps = shared_unit_maps([(t.finish_s, r) for t, r in zip(totals, ranks, strict=True)], devices_per_unit)
+    for t, to_real in zip(totals, maps, strict=True):
+        t.finish_s = to_real(t.finish_s)
+        if t.last_backward is not None:
+            lb = t.last_backward
+            t.last_backward = replace(lb, start_s=to_real(lb.start_s), end_s=to_real(lb.end_s))
+    by_key = dict(zip(keys, maps, strict=True))
+    return [e._replace(start_s=(m := by_key[(e.lane_id, e.stage)])(e.start_s), end_s=m(e.end_s)) for e in events]
 
 
 class _OpTimes(NamedTuple):

@@ -56,6 +56,9 @@ def test_fit_sets_memory_and_state_coefficients() -> None:
     assert fit.profile.kv_bytes_per_token_layer == 2 * MODEL.kv_dim * 4
     assert fit.profile.attention_saves_prefix_kv is False
     assert fit.profile.ulysses_extra_bytes_per_token_layer == 0.0
+    assert fit.profile.devices_per_compute_unit == 1
+    shared = synthetic_measurements(TRUE).model_copy(update={"devices_per_core": 2})
+    assert fit_profile(shared, CLUSTER, MODEL).profile.devices_per_compute_unit == 2  # ranks pinned two per core
 
 
 def test_fit_is_close_under_noise() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from executor.profile.timing import core_index
+from executor.profile.timing import core_index, ranks_per_core
 
 
 def test_contiguous_blocks_share_a_core() -> None:
@@ -32,3 +32,14 @@ def test_every_core_gets_ranks_evenly() -> None:
 def test_bad_arguments_are_refused(rank: int, world: int, cores: int) -> None:
     with pytest.raises(ValueError, match="rank"):
         core_index(rank, world, cores)
+
+
+def test_ranks_per_core_is_the_block_size_only_when_blocks_are_equal() -> None:
+    """What the profile records as `devices_per_compute_unit`: the size of every core's block of ranks, which the
+    simulator's sharing model needs to be one number (contiguous blocks [u*k, (u+1)*k))."""
+    assert ranks_per_core(4, 2) == 2  # cpu-2x2 on this machine's 2 cores
+    assert ranks_per_core(8, 2) == 4
+    assert [core_index(r, 8, 2) for r in range(8)] == [r // ranks_per_core(8, 2) for r in range(8)]
+    assert ranks_per_core(2, 2) == ranks_per_core(2, 4) == 1  # a core each
+    assert ranks_per_core(6, 4) == 1  # blocks of 2 and 1: no single factor
+    assert ranks_per_core(4, 0) == 1
