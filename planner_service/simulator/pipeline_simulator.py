@@ -22,7 +22,6 @@ Model of execution (the executor's, see DESIGN §9):
   collectives of an F or B op run beside it and lengthen it where they do not fit (`overlapped_op_s`); a lane
   with fewer chunks than the busiest of its block joins the remaining rounds after its ops; ZeRO-2 ends with the
   parameter all-gather. The iteration ends when the last stage's collectives end.
-
 - Devices that time-share a compute unit (`CostProfile.devices_per_compute_unit` > 1: CPU ranks pinned several
   to a core) were profiled all busy; once a device's unit-mates are done it runs faster. Each (lane, stage)'s
   finish, last backward and events move to real time by the fluid model of `shared_compute`, before the step's
