@@ -6,6 +6,8 @@
 #   bench/gpu_check.sh --out FILE           # default bench/results/gpu_check.json
 #   bench/gpu_check.sh --parts attention    # only some measuring parts (attention, profile, step)
 #   bench/gpu_check.sh --models llama3-8b   # models to profile (the first one's profile plans the step)
+#   bench/gpu_check.sh --wheels DIR         # first install DIR/*.whl (bench/gpu_wheels.sh) into a temporary folder:
+#                                           # a GPU image with CUDA torch but no pydantic or OR-Tools, no index
 #
 # Stages (each under its own time limit, so one stuck stage cannot eat the budget):
 #   1. environment: torch, CUDA, the GPU, and which attention backends resolve (sdpa, torch_varlen, flash);
@@ -26,13 +28,16 @@ DRY=0
 OUT=bench/results/gpu_check.json
 PARTS=attention,profile,step
 MODELS=llama2-7b,llama3-8b
+WHEELS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --out) OUT="$2"; shift ;;
     --parts) PARTS="$2"; shift ;;
     --models) MODELS="$2"; shift ;;
-    *) echo "usage: bench/gpu_check.sh [--dry-run] [--out FILE] [--parts attention,profile,step] [--models A,B]" >&2
+    --wheels) WHEELS="$2"; shift ;;
+    *) echo "usage: bench/gpu_check.sh [--dry-run] [--out FILE] [--parts attention,profile,step] [--models A,B]" \
+         "[--wheels DIR]" >&2
        exit 2 ;;
   esac
   shift
@@ -43,6 +48,18 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$(dirname "$OUT")"
 STARTED=$SECONDS
+# The project runs from this checkout (no install): the spawned ranks and pytest import it from here.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "$WHEELS" ]; then
+  SITE="$WORK/site"
+  if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl \
+    > "$WORK/pip.log" 2>&1; then
+    echo "gpu_check: installing the wheels in $WHEELS failed:" >&2
+    tail -5 "$WORK/pip.log" >&2
+    exit 1
+  fi
+  export PYTHONPATH="$PYTHONPATH:$SITE"
+fi
 
 echo "== 1/4 environment"
 timeout 60 "$PY" - > "$WORK/env.json" <<'EOF'
