@@ -131,17 +131,19 @@ def calibrate(
     for step, (case, m) in enumerate(zip(cases, measured, strict=True)):
         plan = case.plan.model_copy(update={"step": step}).with_id()
         feedback = Feedback(
-            step=step, plan_id=plan.plan_id, measured_iteration_s=m.seconds, peak_memory_bytes=list(m.peaks)
-        )
+            step=step, plan_id=plan.plan_id, measured_iteration_s=m.seconds, peak_memory_bytes=list(m.peaks),
+            peak_memory_source="saved_tensors",  # the CPU probe: model states + tensors held for backward
+        )  # fmt: skip
         calibrator.observe(plan, feedback, batch=case.batch)
     return calibrator
 
 
 def predict(plan: Plan, cluster: ClusterSpec, model: ModelSpec, profile: CostProfile) -> tuple[float, float]:
-    """(iteration seconds, largest rank's peak less the reserve) of `plan` priced with `profile`."""
+    """(iteration seconds, largest rank's peak less the reserve) of `plan` priced with `profile`. The peak is the one
+    without op transients: what the CPU probe measures (model states + tensors held for backward)."""
     cost = CostModel.from_specs(cluster, model, profile)
-    p = simulate(plan, batch_of_plan(plan), cost, record_events=False).predicted
-    return p.iteration_s, max(p.peak_memory_bytes) - cost.memory_reserve_bytes
+    result = simulate(plan, batch_of_plan(plan), cost, record_events=False, saved_tensor_peaks=True)
+    return result.predicted.iteration_s, max(result.saved_tensor_peak_bytes) - cost.memory_reserve_bytes
 
 
 def strategy_summary(rows: list[dict[str, Any]], predicted_key: str, measured_key: str) -> dict[str, dict[str, float]]:
@@ -352,6 +354,11 @@ def write_report(report: dict[str, Any]) -> None:
         f"| step-time MAPE | {_pct(a['step_time_mape_before'])} | {_pct(a['step_time_mape_after_same_steps'])} | "
         f"{_pct(a['step_time_mape_after_replanned'])} |",
         f"| peak-memory MAPE | {_pct(a['peak_memory_mape_before'])} | - | {_pct(a['peak_memory_mape_after'])} |",
+        "",
+        "Peak memory on CPU is the executor's probe: model states plus the tensors held for backward, without the "
+        "ops' transient working memory (CPU has no allocator statistic). It is compared with the prediction without "
+        "op transients (`simulate(..., saved_tensor_peaks=True)`), and the calibration is fed it as "
+        "`peak_memory_source='saved_tensors'`.",
         "",
         f"Median spread of a case's timed steps ((max - min) / median): {_pct(a['median_step_spread'])}.",
         "Strategies that produced the same layout for a batch (only noise separates their measured times): "

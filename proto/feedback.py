@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,13 @@ class Feedback(BaseModel):
     )
     peak_memory_bytes: list[MemoryBytes] = Field(
         default_factory=list, max_length=MAX_RANKS, description="Per rank, index = rank."
+    )
+    peak_memory_source: Literal["allocator", "saved_tensors"] = Field(
+        default="allocator",
+        description="What `peak_memory_bytes` measured: 'allocator', the device allocator's peak (CUDA: model states, "
+        "activations and every op's working memory); 'saved_tensors', model states plus the tensors held for "
+        "backward as the executor's CPU probe counts them, without ops' transient working memory. The service "
+        "compares each with the matching prediction.",
     )
     tokens_per_s: Annotated[float, Field(ge=0, le=MAX_TOKENS_PER_S, allow_inf_nan=False), AS_FINITE_NUMBER] | None = (
         Field(default=None)

@@ -32,8 +32,10 @@ class StepRecord:
     grad_norm: float
     tokens_per_s: float
     peak_memory_bytes: list[float]
-    """Measured per rank (index = rank)."""
+    """Measured per rank (index = rank): the allocator's peak on CUDA; on CPU model states plus the tensors held for
+    backward, without ops' working memory (`Feedback.peak_memory_source`)."""
     predicted_peak_memory_bytes: list[float]
+    """The plan's prediction, reserve and op working memory included (on CPU an upper bound of the measurement)."""
     plan_wait_s: float
     """Seconds the step waited for its plan (0 when prefetched in time)."""
     iteration_wall_s: float

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -259,6 +259,7 @@ class _Loop:
                     plan_id=plan.plan_id,
                     measured_iteration_s=measured,
                     peak_memory_bytes=record.peak_memory_bytes,
+                    peak_memory_source=peak_memory_source(self.config.device),
                     tokens_per_s=record.tokens_per_s,
                 )
             )
@@ -358,6 +359,11 @@ def _profile(config: TrainConfig) -> CostProfile:
 def _reset_peak_memory(device: str) -> None:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_source(device: str) -> Literal["allocator", "saved_tensors"]:
+    """What `_peak_memory_bytes` measures on `device` (`Feedback.peak_memory_source`)."""
+    return "allocator" if device == "cuda" else "saved_tensors"
 
 
 def _peak_memory_bytes(executor: PlanExecutor, activation_peak: int, device: str) -> float:

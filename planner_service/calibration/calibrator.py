@@ -33,7 +33,7 @@ from planner_service.calibration.summary import CalibrationSummary, StepError
 from planner_service.cost_model import CostModel
 from planner_service.report import batch_of_plan
 from planner_service.simulator.pipeline_simulator import simulate
-from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions, Predicted
+from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan, PlanOptions
 from proto.profile import MAX_LAYER_OVERHEAD_S, MAX_SP_COMPUTE_SCALE, MIN_SP_COMPUTE_SCALE
 from proto.topology import Topology
 
@@ -132,6 +132,11 @@ class Calibrator:
         with self._lock:
             return self._profile()
 
+    @staticmethod
+    def _saved_tensor_peaks(plan: Plan, batch: Batch, cost: CostModel) -> tuple[float, ...]:
+        """Per rank, the predicted peak without op transients (what a 'saved_tensors' measurement sees)."""
+        return simulate(plan, batch, cost, record_events=False, saved_tensor_peaks=True).saved_tensor_peak_bytes
+
     def observe(self, plan: Plan, feedback: Feedback, batch: Batch | None = None) -> CostProfile:
         """Take one step's measurement of `plan` into account; return the refined profile.
 
@@ -151,7 +156,12 @@ class Calibrator:
         states = self._state_bytes(plan)
         reserve = self._cost.memory_reserve_bytes
         measured = list(feedback.peak_memory_bytes)
-        base_act = tuple(p - reserve - s for p, s in zip(base.peak_memory_bytes, states, strict=True))
+        base_peaks: Sequence[float] = base.peak_memory_bytes
+        calibrated_peaks: Sequence[float] = comps.predicted.peak_memory_bytes
+        if measured and feedback.peak_memory_source == "saved_tensors":  # compare like with like: no op transients
+            base_peaks = self._saved_tensor_peaks(plan, batch, self._cost)
+            calibrated_peaks = self._saved_tensor_peaks(plan, batch, self._cost_at(phi, additive))
+        base_act = tuple(p - reserve - s for p, s in zip(base_peaks, states, strict=True))
         measured_act = tuple(m - s for m, s in zip(measured, states, strict=True)) if measured else ()
         observation = _Observation(
             step=feedback.step,
@@ -171,8 +181,8 @@ class Calibrator:
             base_s=base.iteration_s,
             calibrated_s=comps.predicted.iteration_s,
             measured_peak_bytes=max(measured) if measured else None,
-            base_peak_bytes=_peak_less_reserve(base, reserve),
-            calibrated_peak_bytes=_peak_less_reserve(comps.predicted, reserve),
+            base_peak_bytes=_peak_less_reserve(base_peaks, reserve),
+            calibrated_peak_bytes=_peak_less_reserve(calibrated_peaks, reserve),
         )
         with self._lock:
             _append_replacing(self._window, observation, lambda o: o.step == feedback.step)
@@ -304,8 +314,8 @@ def _append_replacing(queue: deque[T], item: T, same: Callable[[T], bool]) -> No
     queue.append(item)
 
 
-def _peak_less_reserve(predicted: Predicted, reserve: float) -> float | None:
-    return max(predicted.peak_memory_bytes) - reserve if predicted.peak_memory_bytes else None
+def _peak_less_reserve(peaks: Sequence[float], reserve: float) -> float | None:
+    return max(peaks) - reserve if peaks else None
 
 
 def mape(predicted: Sequence[float], measured: Sequence[float]) -> float | None:

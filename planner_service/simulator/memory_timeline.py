@@ -45,6 +45,9 @@ class StageMemory:
     """weight_grads_held[c]: bytes per kept layer chunk c keeps from the end of B(c) to the end of W(c) (0: no W
     op); `op_is_weight_grads` marks the W ops in the op order."""
     op_is_weight_grads: tuple[bool, ...] = ()
+    op_transient: tuple[float, ...] = ()
+    """op_transient[t]: the transient working-memory part of op_constant[t] (what a saved-tensor probe does not
+    see: `peak(..., transients=False)`); empty: none."""
 
     def held_at(self) -> list[tuple[int, ...]]:
         """For each op, the chunks whose activations are held while it runs (for the ILP rows)."""
@@ -58,12 +61,17 @@ class StageMemory:
                 held.discard(c)
         return out
 
-    def peak(self, recompute: Sequence[int]) -> float:
+    def peak(self, recompute: Sequence[int], *, transients: bool = True) -> float:
+        """Peak bytes over the op order with `recompute[c]` layers recomputed per chunk; `transients=False` leaves
+        out each op's working memory (what the executor's CPU probe counts: tensors held for backward)."""
         held = 0.0
         waiting = 0.0  # weight-gradient operands kept for later W ops
         peak = 0.0
         is_w = self.op_is_weight_grads or (False,) * len(self.op_chunks)
-        for c, fwd, w, const in zip(self.op_chunks, self.op_is_forward, is_w, self.op_constant, strict=True):
+        constants = self.op_constant
+        if not transients and self.op_transient:
+            constants = tuple(c - t for c, t in zip(self.op_constant, self.op_transient, strict=True))
+        for c, fwd, w, const in zip(self.op_chunks, self.op_is_forward, is_w, constants, strict=True):
             kept = self.num_layers - recompute[c]
             if w:
                 peak = max(peak, held + waiting + const)
@@ -135,15 +143,18 @@ def stage_memory(
         transient = [cost.transient_bytes(shapes[c], sp_degree=s, is_last_stage=last) for c in range(num_chunks)]
     ops = lane.schedule[stage]
     constants = []
+    op_transient = []
     grads = 0.0
     for op in ops:
         c = op.chunk
         if op.kind == "W":  # its GEMMs' weight gradients: parameter-sized, no activation working memory
             constants.append(grads)
+            op_transient.append(0.0)
             continue
         if op.kind == "B":
             grads += sum(kv_grad[e] for e in earlier_of_last.get(c, ()))
         constants.append(transient[c] + grads)
+        op_transient.append(transient[c])
         if op.kind == "B":
             grads -= kv_grad[c]
     w_chunks = {op.chunk for op in ops if op.kind == "W"}
@@ -163,6 +174,7 @@ def stage_memory(
         if w_chunks
         else (),
         op_is_weight_grads=tuple(op.kind == "W" for op in ops) if w_chunks else (),
+        op_transient=tuple(op_transient),
     )
 
 

@@ -85,6 +85,10 @@ class SimulationResult:
 
     predicted: Predicted
     events: tuple[TimelineEvent, ...]
+    saved_tensor_peak_bytes: tuple[float, ...] = ()
+    """Per rank, like `Predicted.peak_memory_bytes` but without the ops' transient working memory: reserve, model
+    states and the tensors held for backward, what the executor's CPU probe measures (`Feedback.peak_memory_source`
+    'saved_tensors'). Empty unless `simulate(..., saved_tensor_peaks=True)`."""
 
 
 @dataclass(slots=True)
@@ -99,6 +103,8 @@ class _StageTotals:
     collective_s: float = 0.0
     """Time ops were lengthened by data-parallel collectives that did not fit beside them, and idle rounds."""
     peak_activation_bytes: float = 0.0
+    peak_saved_bytes: float = 0.0
+    """The peak without op transients (only when asked for: `simulate(..., saved_tensor_peaks=True)`)."""
     last_backward: LastBackward | None = None
 
     @property
@@ -111,8 +117,11 @@ class SimulationError(ValueError):
     """The plan cannot be executed (e.g. its schedules deadlock); validate_plan reports why."""
 
 
-def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool = True) -> SimulationResult:
-    """Simulate `plan` on `batch` with `cost`; `record_events=False` skips the Gantt events (faster in solvers).
+def simulate(
+    plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool = True, saved_tensor_peaks: bool = False
+) -> SimulationResult:
+    """Simulate `plan` on `batch` with `cost`; `record_events=False` skips the Gantt events (faster in solvers);
+    `saved_tensor_peaks=True` also gives each rank's peak without op transients (`SimulationResult`).
 
     The plan's own `options` (ZeRO stage) are what the executor will run, so they override `cost.options`.
     Raises `SimulationError` when the plan does not fit the cost model's cluster or its schedules deadlock.
@@ -135,7 +144,8 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
 
     per_lane: list[list[_StageTotals]] = []
     for lane in plan.lanes:
-        per_lane.append(_simulate_lane(lane, plan, cost, collectives, lengths, events if record_events else None))
+        lane_events = events if record_events else None
+        per_lane.append(_simulate_lane(lane, plan, cost, collectives, lengths, lane_events, saved_tensor_peaks))
     if cost.profile.devices_per_compute_unit > 1:
         events = _share_compute_units(plan, per_lane, cost.profile.devices_per_compute_unit, events)
     lane_s = [max((t.finish_s for t in totals), default=0.0) for totals in per_lane]
@@ -146,13 +156,16 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
 
     state_bytes = [cost.model_state_bytes(p, pipeline, dp_size) for p in range(num_stages)]
     peak = [0.0] * num_devices
+    saved_peak = [0.0] * num_devices
     busy_total = 0.0
     busiest = (-1.0, 0.0, 0.0, 0.0)  # (busy, compute, comm, recompute)
     for lane, totals in zip(plan.lanes, per_lane, strict=True):
         for p, t in enumerate(totals):
             mem = cost.memory_reserve_bytes + state_bytes[p] + t.peak_activation_bytes
+            saved = cost.memory_reserve_bytes + state_bytes[p] + t.peak_saved_bytes
             for r in lane.ranks[p]:
                 peak[r] = mem
+                saved_peak[r] = saved
             busy = t.busy_s
             busy_total += busy * lane.sp_degree
             if busy > busiest[0]:
@@ -173,7 +186,11 @@ def simulate(plan: Plan, batch: Batch, cost: CostModel, *, record_events: bool =
         recompute_s=busiest[3],
         grad_sync_s=max(times.total_s(max_chunks) for times in collectives),
     )
-    return SimulationResult(predicted=predicted, events=tuple(events))
+    return SimulationResult(
+        predicted=predicted,
+        events=tuple(events),
+        saved_tensor_peak_bytes=tuple(saved_peak) if saved_tensor_peaks else (),
+    )
 
 
 def _share_compute_units(
@@ -340,6 +357,7 @@ def _simulate_lane(
     collectives: list[StageCollectiveTimes],
     lengths: dict[int, int],
     events: list[TimelineEvent] | None,
+    saved_tensor_peaks: bool = False,
 ) -> list[_StageTotals]:
     """Time and memory of every stage of one lane."""
     pipeline = plan.pipeline
@@ -443,7 +461,7 @@ def _simulate_lane(
     for p in range(num_stages):
         totals[p].finish_s = free[p]
 
-    _lane_memory(lane, plan, cost, shapes, lengths, totals)
+    _lane_memory(lane, plan, cost, shapes, lengths, totals, saved_tensor_peaks)
     return totals
 
 
@@ -485,10 +503,13 @@ def _lane_memory(
     shapes: list[ChunkShape],
     lengths: dict[int, int],
     totals: list[_StageTotals],
+    saved_tensor_peaks: bool = False,
 ) -> None:
-    """Peak activation-side bytes per stage of a lane, from each stage's op order."""
+    """Peak activation-side bytes per stage of a lane, from each stage's op order (and without op transients)."""
     tokens = [sh.num_tokens for sh in shapes]
     prefix_rows = [sh.prefix_kv_rows for sh in shapes]
     for p in range(plan.pipeline.num_stages):
         memory = stage_memory(lane, plan.pipeline, p, cost, lengths, tokens, prefix_rows)
         totals[p].peak_activation_bytes = memory.peak(lane.recompute[p])
+        if saved_tensor_peaks:
+            totals[p].peak_saved_bytes = memory.peak(lane.recompute[p], transients=False)

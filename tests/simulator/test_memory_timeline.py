@@ -44,3 +44,20 @@ def test_whole_sequence_lanes_match_per_chunk_cost_calls(model_name: str, sp_deg
         assert memory.per_layer == tuple(held(c, 1) - held(c, 0) for c in range(len(chunks)))
         working = [cost.transient_bytes(chunk, sp_degree=sp_degree, is_last_stage=last) for chunk in chunks]
         assert memory.op_constant == tuple(working[op.chunk] for op in lane.schedule[p])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_saved_tensor_peak_is_the_peak_without_op_transients(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`simulate(..., saved_tensor_peaks=True)` leaves out exactly the ops' working memory and keeps everything
+    held (activations, checkpoints, K/V of earlier slices, dK/dV accumulators): it equals the full peak of the same
+    plan under a cost model whose transient working memory is zero. Random plans cover slices and recompute."""
+    from planner_service.simulator import simulate
+    from tests.simulator.test_simulator import random_plan
+
+    plan, batch, _, _, cost = random_plan(seed)
+    result = simulate(plan, batch, cost, record_events=False, saved_tensor_peaks=True)
+    assert simulate(plan, batch, cost, record_events=False).saved_tensor_peak_bytes == ()
+    monkeypatch.setattr(CostModel, "transient_bytes", lambda self, *args, **kwargs: 0.0)
+    without = simulate(plan, batch, cost, record_events=False).predicted.peak_memory_bytes
+    assert list(result.saved_tensor_peak_bytes) == pytest.approx(without, rel=1e-12)
+    assert all(s <= p for s, p in zip(result.saved_tensor_peak_bytes, result.predicted.peak_memory_bytes, strict=True))

@@ -75,3 +75,12 @@ def test_a_service_plan_for_another_zero_stage_is_replaced_before_it_runs() -> N
         service.close()
     assert sourced.origin == "fallback" and "ZeRO-2, the job runs ZeRO-0" in sourced.reason, sourced.reason
     assert sourced.plan.options.zero_stage == job.options.zero_stage
+
+
+def test_feedback_says_what_the_peak_memory_measured() -> None:
+    """CUDA reports the allocator's peak; CPU the probe's saved tensors, which the service compares with the
+    prediction without op transients (`Feedback.peak_memory_source`)."""
+    from executor.train.trainer import peak_memory_source
+
+    assert peak_memory_source("cuda") == "allocator"
+    assert peak_memory_source("cpu") == "saved_tensors"
