@@ -8,7 +8,7 @@ planner's memory model calls activations:
   `torch.autograd.graph.saved_tensors_hooks` (inside a checkpointed layer autograd saves nothing; the
   checkpoint's own saved inputs are counted), excluding parameters;
 - every tensor the step holds on purpose beside the graph (the K/V cache leaves of earlier slices and
-  their accumulated gradients), via a `held` callback.
+  their accumulated gradients, the GEMM operands queued for W ops), via a `held` callback.
 
 Bytes are counted per storage, once, however many saved tensors or views share it. A saved tensor stops
 counting when autograd frees it (after the backward of its node). The peak is sampled whenever a tensor
