@@ -6,6 +6,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,19 @@ def stdlib_batches(args: argparse.Namespace, seed: int) -> list[Batch]:
     ]
 
 
-def time_cases_round_robin(
-    cluster: ClusterSpec, model: ModelSpec, cases: list[Any], repeats: int
-) -> tuple[list[float], list[float]]:
+@dataclass(frozen=True)
+class RoundRobinRun:
+    """Per case, in the order given: its min seconds, its (max - min) / median spread, and its largest rank's peak
+    bytes (on CPU model states plus the tensors held for backward: compare with `predicted_saved_peak`)."""
+
+    seconds: list[float]
+    spreads: list[float]
+    peaks: list[float]
+
+
+def time_cases_round_robin(cluster: ClusterSpec, model: ModelSpec, cases: list[Any], repeats: int) -> RoundRobinRun:
     """Run `cases` (`executor.profile.step_timing.PlanCase`) on the cluster's CPU ranks, one pinned per core,
-    round-robin with 1 warm-up and `repeats` timed steps each: (each case's min seconds, its (max - min) / median
-    spread)."""
+    round-robin with 1 warm-up and `repeats` timed steps each."""
     import statistics
 
     from executor.profile.step_timing import StepTimingSettings, time_plans
@@ -105,7 +113,16 @@ def time_cases_round_robin(
     timings = launch_local(time_plans, (cluster, model, cases, settings), world_size=cluster.num_devices)[0]
     measured = [summarize(list(t.seconds), "min") for t in timings]
     spreads = [(max(t.seconds) - min(t.seconds)) / statistics.median(t.seconds) for t in timings]
-    return measured, spreads
+    return RoundRobinRun(measured, spreads, [max(t.peak_memory_bytes) for t in timings])
+
+
+def predicted_saved_peak(plan: Any, batch: Batch, cost: Any) -> float:
+    """The plan's largest rank's predicted peak without op transients, less the reserve: what the CPU probe
+    measures (model states plus the tensors held for backward)."""
+    from planner_service.simulator import simulate
+
+    result = simulate(plan, batch, cost, record_events=False, saved_tensor_peaks=True)
+    return max(result.saved_tensor_peak_bytes) - cost.memory_reserve_bytes
 
 
 def cpu_check_meta(

@@ -30,6 +30,7 @@ from bench_common import (
     cpu_check_meta,
     measured_cpu_profile,
     parse_cpu_check_arguments,
+    predicted_saved_peak,
     stdlib_batches,
     time_cases_round_robin,
     write_table,
@@ -80,11 +81,13 @@ def main() -> None:
         for name, deferred in (("after send", after_send), ("in gaps", in_gaps)):
             priced = deferred.model_copy(update={"predicted": simulate(deferred, batch, cost).predicted}).with_id()
             cases.append(PlanCase(key=f"{b}/{name}", batch=batch, plan=priced, token_seed=b + 1))
-    measured, spreads = time_cases_round_robin(cluster, model, cases, args.repeats)
+    run = time_cases_round_robin(cluster, model, cases, args.repeats)
+    measured, spreads = run.seconds, run.spreads
     loads["after run"] = os.getloadavg()
 
     rows = []
     gains: dict[str, list[tuple[float, float]]] = {"after send": [], "in gaps": []}
+    memory: list[tuple[float, float]] = []  # (predicted, measured) peak bytes of every case
     for i in range(0, len(cases), 3):
         b = i // 3
         plain = cases[i].plan
@@ -95,6 +98,10 @@ def main() -> None:
             pd, md = cases[i + k].plan.predicted.iteration_s, measured[i + k]
             gains[name].append((pp / pd, mp / md))
             row += [pd, md, pp / pd, mp / md]
+        for k in range(3):  # plain, after send, in gaps
+            predicted_peak = predicted_saved_peak(cases[i + k].plan, batches[b], cost)
+            memory.append((predicted_peak, run.peaks[i + k]))
+            row.append(f"{predicted_peak / 2**20:.2f} / {run.peaks[i + k] / 2**20:.2f}")
         rows.append(row)
     meta = cpu_check_meta(
         args,
@@ -106,9 +113,14 @@ def main() -> None:
         loads=loads,
         began=began,
         results={
-            f"{name} over plain, geometric mean": f"predicted {statistics.geometric_mean(x for x, _ in g):.3f}x, "
-            f"measured {statistics.geometric_mean(y for _, y in g):.3f}x"
-            for name, g in gains.items()
+            **{
+                f"{name} over plain, geometric mean": f"predicted {statistics.geometric_mean(x for x, _ in g):.3f}x, "
+                f"measured {statistics.geometric_mean(y for _, y in g):.3f}x"
+                for name, g in gains.items()
+            },
+            "peak memory, predicted vs measured (states + tensors held for backward, the CPU probe; W operands "
+            "included)": f"MAPE {100 * statistics.mean(abs(p / m - 1) for p, m in memory):.1f}%, worst "
+            f"{100 * max(abs(p / m - 1) for p, m in memory):.1f}%",
         },
     )
     md = write_table(
@@ -117,7 +129,8 @@ def main() -> None:
         ["batch", "tokens", "chunks per lane", "plain predicted s", "plain measured s",
          "after send predicted s", "after send measured s", "after send predicted speedup",
          "after send measured speedup", "in gaps predicted s", "in gaps measured s", "in gaps predicted speedup",
-         "in gaps measured speedup"],
+         "in gaps measured speedup", "plain MiB pred / meas", "after send MiB pred / meas",
+         "in gaps MiB pred / meas"],
         rows,
         meta,
     )  # fmt: skip

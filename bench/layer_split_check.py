@@ -79,7 +79,8 @@ def main() -> None:
                 )  # fmt: skip
                 cases.append(PlanCase(key=f"P{num_stages}/{b}/{name}", batch=batch, plan=plan, token_seed=b + 1))
                 labels.append((num_stages, b, name, split))
-    measured, spreads = time_cases_round_robin(cluster, model, cases, args.repeats)
+    run = time_cases_round_robin(cluster, model, cases, args.repeats)
+    measured, spreads = run.seconds, run.spreads
     loads["after run"] = os.getloadavg()
 
     rows = []

@@ -113,7 +113,8 @@ def main() -> None:
             validate_plan(plan, batch, cluster, model)
         cases.append(PlanCase(key=f"{b}/plain", batch=batch, plan=plain, token_seed=b + 1))
         cases.append(PlanCase(key=f"{b}/grouped", batch=batch, plan=grouped, token_seed=b + 1))
-    measured, spreads = time_cases_round_robin(cluster, model, cases, args.repeats)
+    run = time_cases_round_robin(cluster, model, cases, args.repeats)
+    measured, spreads = run.seconds, run.spreads
     loads["after run"] = os.getloadavg()
 
     rows = []
