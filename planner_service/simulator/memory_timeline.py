@@ -62,16 +62,29 @@ class StageMemory:
         return out
 
     def peak(self, recompute: Sequence[int], *, transients: bool = True) -> float:
-        """Peak bytes over the op order with `recompute[c]` layers recomputed per chunk; `transients=False` leaves
-        out each op's working memory (what the executor's CPU probe counts: tensors held for backward)."""
+        """Peak bytes over the op order with `recompute[c]` layers recomputed per chunk. `transients=False` gives
+        what the executor's CPU probe counts: the tensors held for backward (activations, checkpoints, K/V of
+        earlier slices and their gradients), without each op's working memory and without the GEMM operands kept
+        for W ops (the probe does not see those: `executor.parallel.pipeline.memory_probe`)."""
+        if not transients:
+            constants = self.op_constant
+            if self.op_transient:
+                constants = tuple(c - t for c, t in zip(self.op_constant, self.op_transient, strict=True))
+            return StageMemory(
+                num_layers=self.num_layers,
+                base=self.base,
+                per_layer=self.per_layer,
+                op_chunks=self.op_chunks,
+                op_is_forward=self.op_is_forward,
+                op_constant=constants,
+                weight_grads_held=(0.0,) * len(self.base) if self.op_is_weight_grads else (),
+                op_is_weight_grads=self.op_is_weight_grads,
+            ).peak(recompute)
         held = 0.0
         waiting = 0.0  # weight-gradient operands kept for later W ops
         peak = 0.0
         is_w = self.op_is_weight_grads or (False,) * len(self.op_chunks)
-        constants = self.op_constant
-        if not transients and self.op_transient:
-            constants = tuple(c - t for c, t in zip(self.op_constant, self.op_transient, strict=True))
-        for c, fwd, w, const in zip(self.op_chunks, self.op_is_forward, is_w, constants, strict=True):
+        for c, fwd, w, const in zip(self.op_chunks, self.op_is_forward, is_w, self.op_constant, strict=True):
             kept = self.num_layers - recompute[c]
             if w:
                 peak = max(peak, held + waiting + const)

@@ -8,16 +8,17 @@ planner's memory model calls activations:
   `torch.autograd.graph.saved_tensors_hooks` (inside a checkpointed layer autograd saves nothing; the
   checkpoint's own saved inputs are counted), excluding parameters;
 - every tensor the step holds on purpose beside the graph (the K/V cache leaves of earlier slices and
-  their accumulated gradients, the GEMM operands queued for W ops), via a `held` callback.
+  their accumulated gradients), via a `held` callback. The GEMM operands a backward op queues for a W op are
+  not counted: counting them (tried) put the verify suite's W-op cases up to 22% below the memory model's
+  `weight_grads_held` term, which prices every GEMM's operands; why they differ is still open.
 
 Bytes are counted per storage, once, however many saved tensors or views share it. A saved tensor stops
 counting when autograd frees it (after the backward of its node). The peak is sampled whenever a tensor
-is saved or unpacked and at op boundaries, which brackets every moment the count can reach a maximum. The held
-tensors are walked at op boundaries only (they change there; a save that is also held moves its bytes from the
-held count to the saved one): walking them at every save made a step with many operands queued for W ops 20%
-slower on CPU
+is saved or unpacked and at op boundaries, which brackets every moment the count can reach a maximum
 (transient working memory of an op, e.g. gradients being computed, is not counted: the planner models it
-separately as `transient_bytes`).
+separately as `transient_bytes`). The held tensors are walked at op boundaries only, where they change; a save
+that is also held moves its bytes from the held count to the saved one. Walking them at every save cost a step
+with many held tensors up to 20% on CPU.
 """
 
 from __future__ import annotations
