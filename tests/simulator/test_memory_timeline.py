@@ -50,7 +50,8 @@ def test_whole_sequence_lanes_match_per_chunk_cost_calls(model_name: str, sp_deg
 def test_saved_tensor_peak_is_the_peak_without_op_transients(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """`simulate(..., saved_tensor_peaks=True)` leaves out exactly the ops' working memory and keeps everything
     held (activations, checkpoints, K/V of earlier slices, dK/dV accumulators): it equals the full peak of the same
-    plan under a cost model whose transient working memory is zero. Random plans cover slices and recompute."""
+    plan under a cost model whose transient working memory is zero. Random plans cover slices and recompute (no W
+    ops, whose queued operands the saved-tensor peak also leaves out, as the CPU probe does)."""
     from planner_service.simulator import simulate
     from tests.simulator.test_simulator import random_plan
 
@@ -61,3 +62,26 @@ def test_saved_tensor_peak_is_the_peak_without_op_transients(seed: int, monkeypa
     without = simulate(plan, batch, cost, record_events=False).predicted.peak_memory_bytes
     assert list(result.saved_tensor_peak_bytes) == pytest.approx(without, rel=1e-12)
     assert all(s <= p for s, p in zip(result.saved_tensor_peak_bytes, result.predicted.peak_memory_bytes, strict=True))
+
+
+def test_saved_tensor_peak_leaves_out_working_memory_and_w_operands() -> None:
+    """By hand: F0 B0 W0, 100 bytes of activations, 10 of working memory per F/B, a deferring B0 holding 5 bytes
+    per kept layer of output gradients, 7 per kept layer queued for W0 after it. The full peak is B0's
+    100 + 10 + 2 x 5 = 120; what the CPU probe sees is the activations alone, 100."""
+    from planner_service.simulator.memory_timeline import StageMemory
+
+    memory = StageMemory(
+        num_layers=2,
+        base=(100.0,),
+        per_layer=(-40.0,),
+        op_chunks=(0, 0, 0),
+        op_is_forward=(True, False, False),
+        op_constant=(10.0, 10.0, 0.0),
+        deferred=(5.0,),
+        weight_grads_held=(7.0,),
+        op_is_weight_grads=(False, False, True),
+        op_transient=(10.0, 10.0, 0.0),
+    )
+    assert memory.peak([0]) == 120.0
+    assert memory.peak([0], transients=False) == 100.0
+    assert memory.peak([1], transients=False) == 60.0  # one recomputed layer: 100 - 40
