@@ -9,8 +9,9 @@ planner's memory model calls activations:
   checkpoint's own saved inputs are counted), excluding parameters;
 - every tensor the step holds on purpose beside the graph (the K/V cache leaves of earlier slices and
   their accumulated gradients), via a `held` callback. The GEMM operands a backward op queues for a W op are
-  not counted: counting them (tried) put the verify suite's W-op cases up to 22% below the memory model's
-  `weight_grads_held` term, which prices every GEMM's operands; why they differ is still open.
+  not counted: with them counted (tried), the verify suite's W-op cases measured up to 22% below the prediction
+  that includes the memory model's `weight_grads_held` term, which prices every GEMM's operands; why is still
+  open. `simulate(..., saved_tensor_peaks=True)` leaves them out likewise.
 
 Bytes are counted per storage, once, however many saved tensors or views share it. A saved tensor stops
 counting when autograd frees it (after the backward of its node). The peak is sampled whenever a tensor
