@@ -66,38 +66,28 @@ class StageMemory:
         what the executor's CPU probe counts: the tensors held for backward (activations, checkpoints, K/V of
         earlier slices and their gradients), without each op's working memory and without the GEMM operands kept
         for W ops (the probe does not see those: `executor.parallel.pipeline.memory_probe`)."""
-        if not transients:
-            constants = self.op_constant
-            if self.op_transient:
-                constants = tuple(c - t for c, t in zip(self.op_constant, self.op_transient, strict=True))
-            return StageMemory(
-                num_layers=self.num_layers,
-                base=self.base,
-                per_layer=self.per_layer,
-                op_chunks=self.op_chunks,
-                op_is_forward=self.op_is_forward,
-                op_constant=constants,
-                weight_grads_held=(0.0,) * len(self.base) if self.op_is_weight_grads else (),
-                op_is_weight_grads=self.op_is_weight_grads,
-            ).peak(recompute)
         held = 0.0
-        waiting = 0.0  # weight-gradient operands kept for later W ops
+        waiting = 0.0  # weight-gradient operands kept for later W ops (full peak only)
         peak = 0.0
         is_w = self.op_is_weight_grads or (False,) * len(self.op_chunks)
-        for c, fwd, w, const in zip(self.op_chunks, self.op_is_forward, is_w, self.op_constant, strict=True):
+        left_out = self.op_transient if not transients and self.op_transient else (0.0,) * len(self.op_chunks)
+        ops = zip(self.op_chunks, self.op_is_forward, is_w, self.op_constant, left_out, strict=True)
+        for c, fwd, w, const, transient in ops:
+            const -= transient
             kept = self.num_layers - recompute[c]
             if w:
                 peak = max(peak, held + waiting + const)
-                waiting -= self.weight_grads_held[c] * kept
+                if transients:
+                    waiting -= self.weight_grads_held[c] * kept
                 continue
             size = self.base[c] + self.per_layer[c] * recompute[c]
             if fwd:
                 held += size
-            extra = self.deferred[c] * kept if self.deferred and not fwd else 0.0
+            extra = self.deferred[c] * kept if transients and self.deferred and not fwd else 0.0
             peak = max(peak, held + waiting + const + extra)
             if not fwd:
                 held -= size
-                if self.weight_grads_held:
+                if transients and self.weight_grads_held:
                     waiting += self.weight_grads_held[c] * kept
         return peak
 
