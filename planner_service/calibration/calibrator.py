@@ -147,20 +147,25 @@ class Calibrator:
         batch = batch if batch is not None else batch_of_plan(plan)
         with self._lock:
             scales, phi, additive = dict(self._scales), self._memory_scale, self._additive
-        comps = time_components(plan, batch, self._cost_at(phi, additive), scales)
+        comps_cost = self._cost_at(phi, additive)
+        comps = time_components(plan, batch, comps_cost, scales)
         uncalibrated = all(v == 1.0 for v in scales.values()) and phi == 1.0 and not any(additive)
         width_rate = dict(comps.width_rates)
         widths = (width_rate.get(s, 0.0) / (1.0 + d) for s, d in zip(self._widths, additive[1:], strict=True))
         additive_rates = (comps.op_rate, *widths)  # the widths' per unit of relative change from the base scale
-        base = comps.predicted if uncalibrated else simulate(plan, batch, self._cost, record_events=False).predicted
+        measured = list(feedback.peak_memory_bytes)
+        saved = bool(measured) and feedback.peak_memory_source == "saved_tensors"  # compare like with like
+        base = comps.predicted
+        base_peaks: Sequence[float] = base.peak_memory_bytes
+        if saved or not uncalibrated:
+            result = simulate(plan, batch, self._cost, record_events=False, saved_tensor_peaks=saved)
+            base = result.predicted
+            base_peaks = result.saved_tensor_peak_bytes if saved else base.peak_memory_bytes
+        calibrated_peaks: Sequence[float] = comps.predicted.peak_memory_bytes
+        if saved:  # uncalibrated, the calibrated cost is the base one
+            calibrated_peaks = base_peaks if uncalibrated else self._saved_tensor_peaks(plan, batch, comps_cost)
         states = self._state_bytes(plan)
         reserve = self._cost.memory_reserve_bytes
-        measured = list(feedback.peak_memory_bytes)
-        base_peaks: Sequence[float] = base.peak_memory_bytes
-        calibrated_peaks: Sequence[float] = comps.predicted.peak_memory_bytes
-        if measured and feedback.peak_memory_source == "saved_tensors":  # compare like with like: no op transients
-            base_peaks = self._saved_tensor_peaks(plan, batch, self._cost)
-            calibrated_peaks = self._saved_tensor_peaks(plan, batch, self._cost_at(phi, additive))
         base_act = tuple(p - reserve - s for p, s in zip(base_peaks, states, strict=True))
         measured_act = tuple(m - s for m, s in zip(measured, states, strict=True)) if measured else ()
         observation = _Observation(
