@@ -116,13 +116,41 @@ def time_cases_round_robin(cluster: ClusterSpec, model: ModelSpec, cases: list[A
     return RoundRobinRun(measured, spreads, [max(t.peak_memory_bytes) for t in timings])
 
 
-def predicted_saved_peak(plan: Any, batch: Batch, cost: Any) -> float:
-    """The plan's largest rank's predicted peak without op transients, less the reserve: what the CPU probe
-    measures (model states plus the tensors held for backward)."""
+def predicted_time_and_saved_peak(plan: Any, batch: Batch, cost: Any) -> tuple[float, float]:
+    """The plan's predicted iteration seconds and its largest rank's predicted peak without op transients, less the
+    reserve: what the CPU probe measures (model states plus the tensors held for backward)."""
     from planner_service.simulator import simulate
 
     result = simulate(plan, batch, cost, record_events=False, saved_tensor_peaks=True)
-    return max(result.saved_tensor_peak_bytes) - cost.memory_reserve_bytes
+    return result.predicted.iteration_s, max(result.saved_tensor_peak_bytes) - cost.memory_reserve_bytes
+
+
+@dataclass(frozen=True)
+class CpuCheckStart:
+    """What every CPU check begins with: the cluster, the measured profile, its cost model, and the clock and load
+    readings the table's header reports."""
+
+    cluster: ClusterSpec
+    profile: CostProfile
+    cost: Any
+    began: float
+    loads: dict[str, Any]
+
+
+def start_cpu_check(args: argparse.Namespace, model: ModelSpec, profile_name: str) -> CpuCheckStart:
+    """Resolve `--cluster`, measure (or load the cached) profile of `model` on it, and say how long that took."""
+    import os
+
+    from planner_service.cost_model import CostModel
+    from planner_service.presets import resolve_cluster
+
+    cluster = resolve_cluster(args.cluster)
+    began = time.perf_counter()
+    loads = {"start": os.getloadavg()}
+    profile = measured_cpu_profile(cluster, model, profile_name)
+    print(f"profile: {profile.name} ({time.perf_counter() - began:.0f} s)", flush=True)
+    cost = CostModel.from_specs(cluster, model, profile=profile)
+    return CpuCheckStart(cluster, profile, cost, began, loads)
 
 
 def cpu_check_meta(

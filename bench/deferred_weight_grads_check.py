@@ -23,23 +23,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 from bench_common import (
     add_cpu_check_arguments,
     cpu_check_meta,
-    measured_cpu_profile,
     parse_cpu_check_arguments,
-    predicted_saved_peak,
+    predicted_time_and_saved_peak,
+    start_cpu_check,
     stdlib_batches,
     time_cases_round_robin,
     write_table,
 )
 
 from executor.profile.step_timing import PlanCase
-from planner_service.cost_model import CostModel
 from planner_service.planner import make_plan
-from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.presets import resolve_model
 from planner_service.simulator import simulate
 from planner_service.simulator.weight_grad_placement import place_weight_grads
 from proto import ModelSpec
@@ -65,12 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_cpu_check_arguments(parser, batches=4, batch_size=8)
     args = parse_cpu_check_arguments(parser)
-    cluster, model = resolve_cluster(args.cluster), deep_model()
-    began = time.perf_counter()
-    loads = {"start": os.getloadavg()}
-    profile = measured_cpu_profile(cluster, model, "deferred_weight_grads_check_profile")
-    print(f"profile: {profile.name} ({time.perf_counter() - began:.0f} s)", flush=True)
-    cost = CostModel.from_specs(cluster, model, profile=profile)
+    model = deep_model()
+    start = start_cpu_check(args, model, "deferred_weight_grads_check_profile")
+    cluster, profile, cost, began, loads = start.cluster, start.profile, start.cost, start.began, start.loads
     no_deferral = TORCH_EXECUTOR.model_copy(update={"deferred_weight_grads": False})
 
     batches = stdlib_batches(args, SEED)
@@ -105,7 +100,7 @@ def main() -> None:
             gains[name].append((pp / pd, mp / md))
             row += [pd, md, pp / pd, mp / md]
         for k in range(3):  # plain, after send, in gaps
-            predicted_peak = predicted_saved_peak(cases[i + k].plan, batches[b], cost)
+            predicted_peak = predicted_time_and_saved_peak(cases[i + k].plan, batches[b], cost)[1]
             memory.append((predicted_peak, run.peaks[i + k]))
             row.append(f"{predicted_peak / 2**20:.2f} / {run.peaks[i + k] / 2**20:.2f}")
         rows.append(row)

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench_common import RESULTS, machine
+from bench_common import RESULTS, machine, predicted_time_and_saved_peak
 
 from executor.profile.grid import GRIDS, ProfileSettings
 from executor.profile.profile_run import ProfileTarget, cached_document, run_profile_rank
@@ -47,7 +47,6 @@ from planner_service.cost_model.profile_document import ProfileDocument, default
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.report import batch_of_plan
-from planner_service.simulator.pipeline_simulator import simulate
 from planner_service.workloads import load_workload
 from proto import Batch, ClusterSpec, CostProfile, Feedback, ModelSpec, Plan
 
@@ -141,9 +140,7 @@ def calibrate(
 def predict(plan: Plan, cluster: ClusterSpec, model: ModelSpec, profile: CostProfile) -> tuple[float, float]:
     """(iteration seconds, largest rank's peak less the reserve) of `plan` priced with `profile`. The peak is the one
     without op transients: what the CPU probe measures (model states + tensors held for backward)."""
-    cost = CostModel.from_specs(cluster, model, profile)
-    result = simulate(plan, batch_of_plan(plan), cost, record_events=False, saved_tensor_peaks=True)
-    return result.predicted.iteration_s, max(result.saved_tensor_peak_bytes) - cost.memory_reserve_bytes
+    return predicted_time_and_saved_peak(plan, batch_of_plan(plan), CostModel.from_specs(cluster, model, profile))
 
 
 def strategy_summary(rows: list[dict[str, Any]], predicted_key: str, measured_key: str) -> dict[str, dict[str, float]]:

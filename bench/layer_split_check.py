@@ -22,23 +22,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 from bench_common import (
     add_cpu_check_arguments,
     cpu_check_meta,
-    measured_cpu_profile,
     parse_cpu_check_arguments,
+    start_cpu_check,
     stdlib_batches,
     time_cases_round_robin,
     write_table,
 )
 
 from executor.profile.step_timing import PlanCase
-from planner_service.cost_model import CostModel
 from planner_service.layout.layer_split import head_balanced_split
 from planner_service.planner import make_plan
-from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.presets import resolve_model
 from proto import ModelSpec, PipelineSpec
 
 SEED = 4100
@@ -58,12 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_cpu_check_arguments(parser, batches=3, batch_size=16)
     args = parse_cpu_check_arguments(parser)
-    cluster, model = resolve_cluster(args.cluster), head_heavy_model()
-    began = time.perf_counter()
-    loads = {"start": os.getloadavg()}
-    profile = measured_cpu_profile(cluster, model, "layer_split_check_profile")
-    print(f"profile: {profile.name} ({time.perf_counter() - began:.0f} s)", flush=True)
-    cost = CostModel.from_specs(cluster, model, profile=profile)
+    model = head_heavy_model()
+    start = start_cpu_check(args, model, "layer_split_check_profile")
+    cluster, profile, cost, began, loads = start.cluster, start.profile, start.cost, start.began, start.loads
 
     batches = stdlib_batches(args, SEED)
     cases: list[PlanCase] = []

@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 from bench_common import (
     add_cpu_check_arguments,
     cpu_check_meta,
-    measured_cpu_profile,
     parse_cpu_check_arguments,
+    start_cpu_check,
     stdlib_batches,
     time_cases_round_robin,
     write_table,
@@ -39,7 +38,7 @@ from bench_common import (
 from executor.profile.step_timing import PlanCase
 from planner_service.cost_model import CostModel
 from planner_service.planner import make_plan
-from planner_service.presets import resolve_cluster, resolve_model
+from planner_service.presets import resolve_model
 from planner_service.schedules import build_schedule
 from planner_service.simulator import simulate
 from planner_service.simulator.weight_grad_tail import with_weight_grad_tail
@@ -86,12 +85,9 @@ def main() -> None:
     add_cpu_check_arguments(parser, batches=4, batch_size=6)
     parser.set_defaults(max_len=48)
     args = parse_cpu_check_arguments(parser)
-    cluster, model = resolve_cluster(args.cluster), wide_model()
-    began = time.perf_counter()
-    loads = {"start": os.getloadavg()}
-    profile = measured_cpu_profile(cluster, model, "weight_grad_tail_check_profile")
-    print(f"profile: {profile.name} ({time.perf_counter() - began:.0f} s)", flush=True)
-    cost = CostModel.from_specs(cluster, model, profile=profile)
+    model = wide_model()
+    start = start_cpu_check(args, model, "weight_grad_tail_check_profile")
+    cluster, profile, cost, began, loads = start.cluster, start.profile, start.cost, start.began, start.loads
     no_deferral = TORCH_EXECUTOR.model_copy(update={"deferred_weight_grads": False})
 
     no_overhead = CostModel.from_specs(
