@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from proto.cluster import MAX_BANDWIDTH, MAX_LATENCY_S, MAX_NAME_CHARS, MAX_SOURCE_CHARS, MIN_BANDWIDTH
-from proto.wire_types import AS_FINITE_NUMBER
+from proto.wire_types import AS_EXACT_INT, AS_FINITE_NUMBER
 
 # Bounds of the coefficients (documented in the README): they refuse absurd values (1e308, 5e-324) and keep
 # every cost-model sum finite, and they hold every profile derived from specs within the cluster and model
@@ -118,11 +118,8 @@ class CostProfile(BaseModel):
             "counts; 0 in presets.",
         )
     )
-    devices_per_compute_unit: int = Field(
+    devices_per_compute_unit: Annotated[int, Field(ge=1, le=MAX_DEVICES_PER_COMPUTE_UNIT), AS_EXACT_INT] = Field(
         default=1,
-        ge=1,
-        le=MAX_DEVICES_PER_COMPUTE_UNIT,
-        strict=True,
         description="Devices that time-share one compute unit in the profiled run: k contiguous ranks "
         "[u*k, (u+1)*k) per unit (CPU ranks pinned k to a core by `helix profile`); 1 on GPUs and in presets. The "
         "timings were taken with all k busy, so they include the sharing; while only m < k of a unit's devices "
