@@ -120,7 +120,7 @@ def main() -> None:
                 for name, g in gains.items()
             },
             "peak memory, predicted vs measured (states + tensors held for backward, as the CPU probe counts them: "
-            "without the operands queued for W ops)": memory_errors(memory),
+            "with the operands queued for W ops)": memory_errors(memory),
         },
     )
     md = write_table(

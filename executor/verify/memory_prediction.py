@@ -3,10 +3,11 @@
 The planner (`planner_service.simulator.memory_timeline.stage_memory`) prices a (lane, stage) along its
 op order: chunk c holds `chunk_activation_bytes` (+ K/V of its recomputed layers if later slices read it)
 from F(c) to the end of B(c); earlier slices hold dK/dV accumulators from the backward of the sequence's
-last slice; every op adds `transient_bytes` of working memory. The probe measures the held part only
-(saved tensors and K/V leaves and their gradients), so the comparison uses the held peak: the same op
-walk without the transient term. `peak_with_transient` is the planner's full activation figure
-(`Predicted.peak_memory_bytes` less model states and reserve).
+last slice; a chunk that defers its weight gradients keeps its GEMMs' operands from its backward to its W op;
+every op adds `transient_bytes` of working memory. The probe measures the held part only (saved tensors, K/V
+leaves and their gradients, queued W operands), so the comparison uses the held peak: the same op walk without
+the transient term (`StageMemory.peak(..., transients=False)`). `peak_with_transient` is the planner's full
+activation figure (`Predicted.peak_memory_bytes` less model states and reserve).
 
 Two profiles price the same walk:
 
@@ -41,7 +42,8 @@ class RankMemoryPrediction:
     lane_id: int
     stage: int
     held_peak_bytes: float
-    """Peak of held activations + K/V (+ dK/dV accumulators) along the op order; comparable to the probe."""
+    """Peak of held activations + K/V (+ dK/dV accumulators, + queued W operands) along the op order; comparable
+    to the probe."""
     peak_with_transient: float
     """The planner's activation peak (held + one op's transient working memory, and a deferring backward op's
     queued output gradients)."""
@@ -98,28 +100,12 @@ def predict_activation_memory(
     cost = CostModel.from_specs(cluster, model, profile=profile, options=plan.options)
     lengths: Mapping[int, int] = batch.length_of()
     out: dict[int, RankMemoryPrediction] = {}
-    last_stage = plan.pipeline.num_stages - 1
     for lane in plan.lanes:
         tokens = [chunk.num_tokens for chunk in lane.chunks]
         for stage in range(plan.pipeline.num_stages):
             memory = stage_memory(lane, plan.pipeline, stage, cost, lengths, tokens)
             recompute = lane.recompute[stage]
-            transient = [
-                cost.transient_bytes(chunk, sp_degree=lane.sp_degree, is_last_stage=stage == last_stage)
-                for chunk in lane.chunks
-            ]
-            held, held_peak = 0.0, 0.0
-            weight_grad_ops = memory.op_is_weight_grads or (False,) * len(memory.op_chunks)
-            walk = zip(memory.op_chunks, memory.op_is_forward, weight_grad_ops, memory.op_constant, strict=True)
-            for c, fwd, w, const in walk:
-                if w:  # a W op holds no saved tensors (its operands are the store's, not autograd's)
-                    continue
-                size = memory.base[c] + memory.per_layer[c] * recompute[c]
-                if fwd:
-                    held += size
-                held_peak = max(held_peak, held + const - transient[c])
-                if not fwd:
-                    held -= size
+            held_peak = memory.peak(recompute, transients=False)
             full = memory.peak(recompute)
             for rank in lane.ranks[stage]:
                 out[rank] = RankMemoryPrediction(rank, lane.lane_id, stage, held_peak, full)

@@ -346,8 +346,27 @@ class CostModel:
         )
 
     def deferred_grad_bytes(self, num_tokens: int, sp_degree: int) -> float:
-        """Bytes per device per kept layer that a backward op deferring its weight gradients holds for them."""
+        """Bytes per device per kept layer of the GEMM output gradients a backward op deferring its weight gradients
+        queues for them."""
         return comm_model.tokens_per_device(num_tokens, sp_degree) * self.profile.deferred_grad_bytes_per_token_layer
+
+    def layer_activation_bytes(self, num_tokens: int, sp_degree: int) -> float:
+        """Bytes per device that one kept layer of a chunk holds for backward (without a prefix's K/V): what that
+        layer's backward frees."""
+        per_token = memory_model.kept_layer_bytes_per_token(self.profile, self.model, sp_degree)
+        return comm_model.tokens_per_device(num_tokens, sp_degree) * per_token
+
+    def deferring_backward_bytes(self, num_tokens: int, sp_degree: int) -> float:
+        """Bytes per device per kept layer by which a backward op that defers its weight gradients peaks above what
+        its chunk held when it began.
+
+        Back-propagating a kept layer frees its saved activations but keeps its GEMMs' inputs (among them) and
+        their output gradients for the W op, so the chunk's bytes change by (operands - activations) per layer:
+        a straight line over the op, highest at its start or its end. Positive only when a layer's W operands
+        outweigh its activations (a layer whose attention width exceeds its hidden size); a chunk that attends to
+        a prefix frees that K/V too, so leaving it out keeps this an upper bound."""
+        operands = self.weight_grad_operand_bytes(num_tokens, sp_degree)
+        return max(0.0, operands - self.layer_activation_bytes(num_tokens, sp_degree))
 
     def weight_grad_operand_bytes(self, num_tokens: int, sp_degree: int) -> float:
         """Bytes per device per kept layer that a chunk keeps from its backward op until its W op: its GEMMs'

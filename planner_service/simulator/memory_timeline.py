@@ -10,8 +10,12 @@ attends to a prefix keeps, in each layer that does not recompute, the concatenat
 attention kernel saves it). From the backward of a sequence's last slice until an earlier slice's own
 backward ends, that earlier slice also holds dK/dV accumulators (`kv_grad`). Every op adds its transient
 working memory. A backward op that defers its weight gradients (`Plan.defer_weight_grads`: a chunk with a W op)
-also holds the output gradients of its kept layers' GEMMs (`deferred`), and the chunk keeps them and its GEMMs'
-inputs from the end of its backward until its W op (`weight_grads_held`).
+queues each kept layer's GEMM operands (inputs and output gradients) as it back-propagates that layer, while
+autograd frees the layer's other saved tensors; the chunk keeps the operands from the end of its backward until
+its W op (`weight_grads_held`). Layer by layer the chunk's bytes change by (operands - activations), so the B op's
+peak is at one of its ends: what it began with, or that plus every kept layer's (operands - activations) when the
+operands are the larger (`deferred`, usually 0: a layer's GEMM inputs are among its saved activations, and its
+output gradients are about the size of the rest).
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ class StageMemory:
     op_constant: tuple[float, ...]
     """op_constant[t]: transient bytes of op t plus dK/dV accumulators held while it runs."""
     deferred: tuple[float, ...] = ()
-    """deferred[c]: bytes per kept (not recomputed) layer that B(c) holds for its deferred weight gradients;
-    empty when the stage's backward ops do not defer them. Not in `held_at` rows: the recompute ILP plans the
-    stage without deferral (`Plan.defer_weight_grads` is only switched on for a plan whose peak still fits)."""
+    """deferred[c]: bytes per kept (not recomputed) layer by which a B(c) that defers its weight gradients peaks
+    above what was held when it began (`CostModel.deferring_backward_bytes`: the layer's W operands less the
+    activations its backward frees, when positive); empty when the stage's backward ops do not defer them. Not in
+    `held_at` rows: the recompute ILP plans the stage without deferral (`Plan.defer_weight_grads` is only switched
+    on for a plan whose peak still fits)."""
     weight_grads_held: tuple[float, ...] = ()
     """weight_grads_held[c]: bytes per kept layer chunk c keeps from the end of B(c) to the end of W(c) (0: no W
     op); `op_is_weight_grads` marks the W ops in the op order."""
@@ -64,10 +70,10 @@ class StageMemory:
     def peak(self, recompute: Sequence[int], *, transients: bool = True) -> float:
         """Peak bytes over the op order with `recompute[c]` layers recomputed per chunk. `transients=False` gives
         what the executor's CPU probe counts: the tensors held for backward (activations, checkpoints, K/V of
-        earlier slices and their gradients), without each op's working memory and without the GEMM operands kept
-        for W ops (the probe does not see those: `executor.parallel.pipeline.memory_probe`)."""
+        earlier slices and their gradients, the GEMM operands kept for W ops), without each op's working memory
+        (`executor.parallel.pipeline.memory_probe`)."""
         held = 0.0
-        waiting = 0.0  # weight-gradient operands kept for later W ops (full peak only)
+        waiting = 0.0  # weight-gradient operands kept for later W ops
         peak = 0.0
         is_w = self.op_is_weight_grads or (False,) * len(self.op_chunks)
         left_out = self.op_transient if not transients and self.op_transient else (0.0,) * len(self.op_chunks)
@@ -77,17 +83,16 @@ class StageMemory:
             kept = self.num_layers - recompute[c]
             if w:
                 peak = max(peak, held + waiting + const)
-                if transients:
-                    waiting -= self.weight_grads_held[c] * kept
+                waiting -= self.weight_grads_held[c] * kept
                 continue
             size = self.base[c] + self.per_layer[c] * recompute[c]
             if fwd:
                 held += size
-            extra = self.deferred[c] * kept if transients and self.deferred and not fwd else 0.0
+            extra = self.deferred[c] * kept if self.deferred and not fwd else 0.0
             peak = max(peak, held + waiting + const + extra)
             if not fwd:
                 held -= size
-                if transients and self.weight_grads_held:
+                if self.weight_grads_held:
                     waiting += self.weight_grads_held[c] * kept
         return peak
 
@@ -168,7 +173,7 @@ def stage_memory(
         op_chunks=tuple(op.chunk for op in ops),
         op_is_forward=tuple(op.kind == "F" for op in ops),
         op_constant=tuple(constants),
-        deferred=tuple(cost.deferred_grad_bytes(n, s) if c in w_chunks else 0.0 for c, n in enumerate(tokens))
+        deferred=tuple(cost.deferring_backward_bytes(n, s) if c in w_chunks else 0.0 for c, n in enumerate(tokens))
         if w_chunks
         else (),
         weight_grads_held=tuple(

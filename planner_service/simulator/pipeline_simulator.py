@@ -86,8 +86,8 @@ class SimulationResult:
     predicted: Predicted
     events: tuple[TimelineEvent, ...]
     saved_tensor_peak_bytes: tuple[float, ...] = ()
-    """Per rank, like `Predicted.peak_memory_bytes` but without the ops' transient working memory and the operands
-    queued for W ops: reserve, model states and the tensors held for backward, what the executor's CPU probe
+    """Per rank, like `Predicted.peak_memory_bytes` but without the ops' transient working memory: reserve, model
+    states and the tensors held for backward (with the operands queued for W ops), what the executor's CPU probe
     measures (`Feedback.peak_memory_source` 'saved_tensors'). Empty unless `simulate(..., saved_tensor_peaks=True)`."""
 
 

@@ -15,8 +15,9 @@ not started yet) can take when it is not. A W that would only delay the next op 
 Memory decides per chunk, against what the device has for activations beside the stage's model states: a B
 queues its W (`queue=True`) only while the chunks in flight, the queued W ops' operands (their GEMMs' inputs and
 output gradients, `CostModel.weight_grad_operand_bytes`), room for one more chunk and the stage's largest working
-memory of one op still fit; otherwise its W follows it at once when its output gradients fit beside what is held
-(not on the first stage, which sends nothing, so gains nothing); otherwise the chunk is not split. The
+memory of one op still fit; otherwise its W follows it at once when the B's rise fits beside what is held (its
+operands less the activations its layers free, `CostModel.deferring_backward_bytes`; not on the first stage,
+which sends nothing, so gains nothing); otherwise the chunk is not split. The
 simulator's peak has the last word on memory. W ops still queued when the stage has nothing else to do run at
 its end. The result is the plan with explicit W ops in its stages' op orders, which the executor follows.
 """
@@ -80,7 +81,7 @@ class _StageRoom:
     held: tuple[float, ...]
     """held[c]: chunk c's activations from its F to its B."""
     gradients: tuple[float, ...]
-    """gradients[c]: the output gradients B(c) queues when it defers (held during the B)."""
+    """gradients[c]: what B(c) adds at its peak when it defers (`CostModel.deferring_backward_bytes`)."""
     operands: tuple[float, ...]
     """operands[c]: what chunk c keeps from its B to its W."""
 
@@ -98,7 +99,7 @@ class _StageRoom:
         return cls(
             room=room - max(memory.op_constant, default=0.0),
             held=tuple(memory.base[c] + memory.per_layer[c] * r for c, r in enumerate(recompute)),
-            gradients=tuple(cost.deferred_grad_bytes(n, s) * k for n, k in zip(tokens, kept, strict=True)),
+            gradients=tuple(cost.deferring_backward_bytes(n, s) * k for n, k in zip(tokens, kept, strict=True)),
             operands=tuple(cost.weight_grad_operand_bytes(n, s) * k for n, k in zip(tokens, kept, strict=True)),
         )
 

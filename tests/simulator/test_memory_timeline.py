@@ -3,6 +3,8 @@ chunk gives."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -64,24 +66,32 @@ def test_saved_tensor_peak_is_the_peak_without_op_transients(seed: int, monkeypa
     assert all(s <= p for s, p in zip(result.saved_tensor_peak_bytes, result.predicted.peak_memory_bytes, strict=True))
 
 
-def test_saved_tensor_peak_leaves_out_working_memory_and_w_operands() -> None:
-    """By hand: F0 B0 W0, 100 bytes of activations, 10 of working memory per F/B, a deferring B0 holding 5 bytes
-    per kept layer of output gradients, 7 per kept layer queued for W0 after it. The full peak is B0's
-    100 + 10 + 2 x 5 = 120; what the CPU probe sees is the activations alone, 100."""
+def test_saved_tensor_peak_leaves_out_working_memory_but_counts_w_operands() -> None:
+    """By hand: F0 F1 B0 B1 W0 W1 over two layers, 100 bytes of activations per chunk, 10 of working memory per F/B,
+    a deferring B peaking 5 bytes per kept layer above its start (operands outweighing the activations they
+    replace), 30 per kept layer of operands kept from each B to its W.
+
+    Full: B0 runs with both chunks held (200), 10 of working memory and 2 x 5 of rise: 220; then B1 with chunk 1
+    (100), B0's operands (60), 10 and 10: 180. The CPU probe sees no working memory but does see the operands: 210
+    at B0, and after B1 the two chunks' operands (120) wait for the W ops. One recomputed layer of chunk 0 (-40)
+    and its 1 kept layer: B0 at 160 + 10 + 5 = 175."""
     from planner_service.simulator.memory_timeline import StageMemory
 
     memory = StageMemory(
         num_layers=2,
-        base=(100.0,),
-        per_layer=(-40.0,),
-        op_chunks=(0, 0, 0),
-        op_is_forward=(True, False, False),
-        op_constant=(10.0, 10.0, 0.0),
-        deferred=(5.0,),
-        weight_grads_held=(7.0,),
-        op_is_weight_grads=(False, False, True),
-        op_transient=(10.0, 10.0, 0.0),
+        base=(100.0, 100.0),
+        per_layer=(-40.0, -40.0),
+        op_chunks=(0, 1, 0, 1, 0, 1),
+        op_is_forward=(True, True, False, False, False, False),
+        op_constant=(10.0, 10.0, 10.0, 10.0, 0.0, 0.0),
+        deferred=(5.0, 5.0),
+        weight_grads_held=(30.0, 30.0),
+        op_is_weight_grads=(False, False, False, False, True, True),
+        op_transient=(10.0, 10.0, 10.0, 10.0, 0.0, 0.0),
     )
-    assert memory.peak([0]) == 120.0
-    assert memory.peak([0], transients=False) == 100.0
-    assert memory.peak([1], transients=False) == 60.0  # one recomputed layer: 100 - 40
+    assert memory.peak([0, 0]) == 220.0
+    assert memory.peak([0, 0], transients=False) == 210.0
+    assert memory.peak([1, 0], transients=False) == 175.0 - 10.0
+    heavy = replace(memory, weight_grads_held=(200.0, 200.0))  # after B1 both chunks' operands wait: 2 x 2 x 200
+    assert heavy.peak([0, 0], transients=False) == 800.0
+    assert replace(heavy, deferred=(0.0, 0.0)).peak([0, 0]) == 800.0  # the full peak: no working memory at W0

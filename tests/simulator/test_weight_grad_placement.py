@@ -65,9 +65,8 @@ def test_uniform_pipeline_by_hand(num_stages: int, num_chunks: int) -> None:
 
 
 def test_placement_keeps_operands_out_of_memory_it_lacks() -> None:
-    """Memory decides per chunk: with room, W ops are queued into the gaps; with room for a B's output gradients
-    but not for queued operands, each W follows its B at once (after the first stage); with no room at all, no
-    chunk is split."""
+    """Memory decides per chunk: with room, W ops are queued into the gaps; with no room at all, no chunk is split,
+    and none is either when the W operands alone fit no device (a B ends holding them, whenever its W runs)."""
     plan, batch, _, _, cost = _uniform(4, 8)
     flagged = plan.model_copy(update={"defer_weight_grads": True})
     roomy = place_weight_grads(flagged, batch, cost)
@@ -77,14 +76,11 @@ def test_placement_keeps_operands_out_of_memory_it_lacks() -> None:
     huge = [room] * 4
     none = place_weight_grads(flagged, batch, cost, margin_bytes=huge)
     assert none.lanes[0].schedule == plan.lanes[0].schedule
-    # queued operands that fit no device (GEMM inputs of 100 MB per token), output gradients that do
+    # GEMM inputs of 100 MB per token fit no device: a B that queues them for its W, even one right after it, ends
+    # holding them (they replace only the layers' activations), so no chunk is split
     bulky = {"deferred_grad_bytes_per_token_layer": 1.0, "deferred_input_bytes_per_token_layer": 1e8}
-    inline = place_weight_grads(flagged, batch, replace(cost, profile=cost.profile.model_copy(update=bulky)))
-    first, *later = inline.lanes[0].schedule
-    assert first == plan.lanes[0].schedule[0]
-    for ops in later:
-        assert [op for op in ops if op.kind == "W"], ops
-        assert all(ops[ops.index(op) - 1] == op_of("B", op.chunk) for op in ops if op.kind == "W")
+    unsplit = place_weight_grads(flagged, batch, replace(cost, profile=cost.profile.model_copy(update=bulky)))
+    assert unsplit.lanes[0].schedule == plan.lanes[0].schedule
 
 
 @given(seeds)

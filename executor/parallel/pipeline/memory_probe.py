@@ -8,10 +8,9 @@ planner's memory model calls activations:
   `torch.autograd.graph.saved_tensors_hooks` (inside a checkpointed layer autograd saves nothing; the
   checkpoint's own saved inputs are counted), excluding parameters;
 - every tensor the step holds on purpose beside the graph (the K/V cache leaves of earlier slices and
-  their accumulated gradients), via a `held` callback. The GEMM operands a backward op queues for a W op are
-  not counted: with them counted (tried), the verify suite's W-op cases measured up to 22% below the prediction
-  that includes the memory model's `weight_grads_held` term, which prices every GEMM's operands; why is still
-  open. `simulate(..., saved_tensor_peaks=True)` leaves them out likewise.
+  their accumulated gradients, the GEMM operands a backward op queues for its W op), via a `held` callback.
+  The memory model counts the same (`StageMemory.peak(..., transients=False)`, `simulate(...,
+  saved_tensor_peaks=True)`); the verify suite's W-op cases measure 0.93-1.07x that prediction.
 
 Bytes are counted per storage, once, however many saved tensors or views share it. A saved tensor stops
 counting when autograd frees it (after the backward of its node). The peak is sampled whenever a tensor

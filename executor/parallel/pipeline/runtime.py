@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -192,6 +192,13 @@ class StageRuntime:
     """The W ops after the stage's last B op, run with it."""
     _idle: list[torch.Tensor] = field(default_factory=list)
 
+    def _held_tensors(self) -> Iterator[torch.Tensor]:
+        """What the step holds beside the autograd graph: the K/V of earlier slices (and their gradients), and the
+        operands of deferred weight gradients waiting for their W ops."""
+        yield from self._cache.held_tensors()
+        if self.weight_grads is not None:
+            yield from self.weight_grads.store.held_tensors()
+
     def run(self) -> StageRunResult:
         role, lane = self.role, self.lane
         links = StageLinks(
@@ -203,7 +210,7 @@ class StageRuntime:
             timeout_s=self.settings.recv_timeout_s,
         )
         probe = ActivationMemoryProbe(
-            exclude=self.module.parameters(), held=self._cache.held_tensors, device=self.settings.device
+            exclude=self.module.parameters(), held=self._held_tensors, device=self.settings.device
         )
         local_loss, local_tokens = 0.0, 0
         rounds = list(lane.schedule[role.stage]) if self.rounds is None else list(self.rounds)

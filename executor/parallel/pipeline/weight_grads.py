@@ -78,6 +78,14 @@ class WeightGradStore:
     def pending_keys(self) -> list[int]:
         return sorted(self._queues)
 
+    def held_tensors(self) -> Iterator[torch.Tensor]:
+        """The operands queued for deferred weight gradients (held beside the graph until their W runs), for the
+        CPU memory probe (`memory_probe`), as the memory model counts them."""
+        for queue in self._queues.values():
+            for entry in queue:
+                yield entry.inputs
+                yield entry.grad_output
+
     def flush(self, key: int = 0) -> None:
         """Compute the weight gradients queued under `key` and accumulate them into `.grad` (hooks included) in one
         autograd call: one engine run per op rather than one per weight (on small layers the per-call cost is

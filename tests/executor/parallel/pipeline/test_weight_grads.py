@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from executor.model import DecoderStage, build_stage
 from executor.parallel.data import AdamWConfig
 from executor.parallel.pipeline import runtime as runtime_module
-from executor.parallel.pipeline.runtime import StageRunSettings, StageRuntime
+from executor.parallel.pipeline.runtime import StageRunResult, StageRunSettings, StageRuntime
 from executor.parallel.pipeline.weight_grads import DeferrableStage, WeightGradStore, install_deferrable_linears
 from executor.parallel.zero.flat_region import FlatRegion
 from executor.parallel.zero.model_states import BucketedStates, StatesConfig
@@ -117,10 +117,11 @@ def _run_stage(
     stage: int = 1,
     order: str | None = None,
     states: Callable[[DecoderStage], BucketedStates] | None = None,
+    results: list[StageRunResult] | None = None,
 ) -> tuple[DecoderStage, list[tuple[int, Any, int]]]:
     """Stage `stage` of two (the first: the embedding and one block; the last: three blocks and the head) runs
     three chunks in 1F1B order, or in `order` (e.g. with W ops), with recompute of 0, 2 and 1 blocks; `states`
-    builds the model states that hear of its backward ops (none by default)."""
+    builds the model states that hear of its backward ops (none by default); `results` receives the run's result."""
     model = tiny_model(num_layers=4)
     module = build_stage(model, seed=SEED, layer_range=LAYERS if stage == 1 else (0, 1), dtype=torch.float64)
     hooks = states(module) if states is not None else None
@@ -158,7 +159,9 @@ def _run_stage(
         weight_grads=deferrable if defer else None,
         **({"hooks": hooks} if hooks is not None else {}),
     )
-    runtime.run()
+    result = runtime.run()
+    if results is not None:
+        results.append(result)
     if hooks is not None:
         hooks.finish_step(idle_backward_rounds=0)
     return module, list(_RecordingLinks.sent)
@@ -191,6 +194,22 @@ def test_w_ops_compute_their_chunks_weight_gradients_later(monkeypatch: pytest.M
     for (_, want, _), (_, got, _) in zip(plain_sent, deferred_sent, strict=True):
         assert torch.equal(got, want)
     _assert_same_gradients(deferred, plain)
+
+
+def test_memory_probe_counts_operands_queued_for_w_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU probe counts the GEMM operands queued for W ops, held beside the graph after their backward, as the
+    memory model does (`weight_grads_held`): with every W op after the last backward, chunks 0 and 1 keep theirs
+    while B2 runs, so the measured peak exceeds the plain run's (same F/B order); with each W op right after its B,
+    nothing waits and the peak is the plain one's."""
+    plain: list[StageRunResult] = []
+    late: list[StageRunResult] = []
+    prompt: list[StageRunResult] = []
+    _run_stage(monkeypatch, defer=False, order="F0 B0 F1 B1 F2 B2", results=plain)
+    _run_stage(monkeypatch, defer=True, order="F0 B0 F1 B1 F2 B2 W0 W1 W2", results=late)
+    _run_stage(monkeypatch, defer=True, order="F0 B0 W0 F1 B1 W1 F2 B2 W2", results=prompt)
+    queued_inputs = 7 * 20 * 8  # chunk 0 alone: 7 GEMM inputs per kept block, 20 tokens, >= 8 bytes per row
+    assert late[0].peak_activation_bytes > plain[0].peak_activation_bytes + queued_inputs
+    assert prompt[0].peak_activation_bytes <= plain[0].peak_activation_bytes * 1.5
 
 
 def test_first_stage_defers_only_chunks_with_w_ops(monkeypatch: pytest.MonkeyPatch) -> None:
