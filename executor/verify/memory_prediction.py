@@ -45,8 +45,8 @@ class RankMemoryPrediction:
     """Peak of held activations + K/V (+ dK/dV accumulators, + queued W operands) along the op order; comparable
     to the probe."""
     peak_with_transient: float
-    """The planner's activation peak (held + one op's transient working memory, and a deferring backward op's
-    queued output gradients)."""
+    """The planner's activation peak (held + one op's transient working memory, and a deferring backward op's rise:
+    W operands beyond the activations its layers free, `CostModel.deferring_backward_bytes`)."""
 
 
 def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[str, float | bool]:

@@ -345,11 +345,6 @@ class CostModel:
             prefix_kv_rows=shape.prefix_kv_rows,
         )
 
-    def deferred_grad_bytes(self, num_tokens: int, sp_degree: int) -> float:
-        """Bytes per device per kept layer of the GEMM output gradients a backward op deferring its weight gradients
-        queues for them."""
-        return comm_model.tokens_per_device(num_tokens, sp_degree) * self.profile.deferred_grad_bytes_per_token_layer
-
     def layer_activation_bytes(self, num_tokens: int, sp_degree: int) -> float:
         """Bytes per device that one kept layer of a chunk holds for backward (without a prefix's K/V): what that
         layer's backward frees."""
@@ -363,8 +358,8 @@ class CostModel:
         Back-propagating a kept layer frees its saved activations but keeps its GEMMs' inputs (among them) and
         their output gradients for the W op, so the chunk's bytes change by (operands - activations) per layer:
         a straight line over the op, highest at its start or its end. Positive only when a layer's W operands
-        outweigh its activations (a layer whose attention width exceeds its hidden size); a chunk that attends to
-        a prefix frees that K/V too, so leaving it out keeps this an upper bound."""
+        outweigh its activations (with the presets: a layer whose attention width exceeds its hidden size); a chunk
+        that attends to a prefix frees that K/V too, so leaving it out keeps this an upper bound."""
         operands = self.weight_grad_operand_bytes(num_tokens, sp_degree)
         return max(0.0, operands - self.layer_activation_bytes(num_tokens, sp_degree))
 
