@@ -55,8 +55,9 @@ def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[s
     Per layer, in elements of the activation dtype (h hidden, kv = kv_dim, f = ffn hidden):
       RMSNorm (x * rsqrt(mean(x^2) + eps) * w), twice: input x, rstd (1), x*rstd, and its output (saved
         by the next projection): 3h + 1;
-      attention: q, k, v after RoPE (h + 2kv; under Ulysses one packed head-sharded tensor), kept by the
-        input-saving attention (`executor.attention.prefix`), and the out-projection input (h);
+      attention: q, k, v after RoPE (q + 2kv with q = q_dim, heads x head_dim; under Ulysses one packed
+        head-sharded tensor), kept by the input-saving attention (`executor.attention.prefix`), and the
+        out-projection input (q);
       SwiGLU unfused: gate (f), silu(gate) (f), up (f) and their product, the down-projection input (f);
       GELU MLP: fc1 output (f) and GELU output (f).
     Head (last stage): final RMSNorm 3h + 1, log-softmax output (V), and int64 targets (1).
@@ -64,10 +65,10 @@ def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[s
     The input-saving attention keeps neither its output (so Ulysses adds no second copy of it) nor a
     concatenated prefix K/V (it keeps the pieces, which are the K/V cache's own leaves).
     """
-    h, kv, f, e = model.hidden_size, model.kv_dim, model.ffn_hidden_size, element_bytes
+    h, q, kv, f, e = model.hidden_size, model.q_dim, model.kv_dim, model.ffn_hidden_size, element_bytes
     mlp = (4 if model.gated_mlp else 2) * f
     return {
-        "activation_bytes_per_token_layer": float(e * (2 * (3 * h + 1) + h + 2 * kv + h + mlp)),
+        "activation_bytes_per_token_layer": float(e * (2 * (3 * h + 1) + q + 2 * kv + q + mlp)),
         "checkpoint_bytes_per_token_layer": float(e * h),
         "kv_bytes_per_token_layer": float(e * 2 * kv),
         "head_activation_bytes_per_token": float(e * (3 * h + 1 + model.vocab_size) + 8),

@@ -44,14 +44,16 @@ def ulysses_kv_width(model: ModelSpec, sp_degree: int) -> int:
 def ulysses_layer_bytes(model: ModelSpec, *, num_tokens: int, sp_degree: int) -> tuple[float, ...]:
     """Bytes each device sends in each of the 4 forward all-to-alls of one layer (q, k, v, out).
 
-    A device holds tokens/s tokens of every head and keeps 1/s of them: it sends (s−1)/s of its shard.
+    A device holds tokens/s tokens of every head and keeps 1/s of them: it sends (s−1)/s of its shard. q and the
+    attention output are heads x head_dim wide (`q_dim`, not always the hidden size), k and v the (replicated)
+    K/V width.
     """
     if sp_degree <= 1 or num_tokens <= 0:
         return (0.0, 0.0, 0.0, 0.0)
     keep = (sp_degree - 1) / sp_degree
     base = tokens_per_device(num_tokens, sp_degree) * model.bytes_per_element * keep
     kv = ulysses_kv_width(model, sp_degree)
-    return (base * model.hidden_size, base * kv, base * kv, base * model.hidden_size)
+    return (base * model.q_dim, base * kv, base * kv, base * model.q_dim)
 
 
 @dataclass(frozen=True, slots=True)

@@ -358,8 +358,9 @@ class CostModel:
         Back-propagating a kept layer frees its saved activations but keeps its GEMMs' inputs (among them) and
         their output gradients for the W op, so the chunk's bytes change by (operands - activations) per layer:
         a straight line over the op, highest at its start or its end. Positive only when a layer's W operands
-        outweigh its activations (with the presets: a layer whose attention width exceeds its hidden size); a chunk
-        that attends to a prefix frees that K/V too, so leaving it out keeps this an upper bound."""
+        outweigh its activations (never with the presets, whose operands are the activations less fp32 statistics;
+        a measured profile may differ); a chunk that attends to a prefix frees that K/V too, so leaving it out keeps
+        this an upper bound."""
         operands = self.weight_grad_operand_bytes(num_tokens, sp_degree)
         return max(0.0, operands - self.layer_activation_bytes(num_tokens, sp_degree))
 

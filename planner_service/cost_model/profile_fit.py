@@ -626,7 +626,9 @@ def _efficiency(profile: CostProfile, m: ProfileMeasurements, cluster: ClusterSp
         if m.layer and profile.linear_s_per_token > 0
         else None
     )
-    attention = 2.0 * h / profile.attn_s_per_token2 if m.layer and profile.attn_s_per_token2 > 0 else None
+    attention = (
+        2.0 * model.q_dim / profile.attn_s_per_token2 if m.layer and profile.attn_s_per_token2 > 0 else None
+    )  # FLOPs per unit of the attention term (profile_presets.preset_profile)
     measured = m.gemm_flops_per_s
     return Efficiency(
         peak_flops=peak,

@@ -98,30 +98,33 @@ def logit_bytes(model: ModelSpec) -> int:
 
 
 def ulysses_extra_bytes_per_token_layer(model: ModelSpec) -> float:
-    """With SP degree > 1, flash attention saves its head-sharded output (h elements per token of the device's
-    share) while the out-projection saves the all-to-all's sequence-sharded copy of it; at s = 1 both are one
-    tensor, counted once in `activation_bytes_per_token_layer`."""
-    return float(model.hidden_size * model.bytes_per_element)
+    """With SP degree > 1, flash attention saves its head-sharded output (q_dim = heads x head_dim elements per
+    token of the device's share) while the out-projection saves the all-to-all's sequence-sharded copy of it; at
+    s = 1 both are one tensor, counted once in `activation_bytes_per_token_layer`."""
+    return float(model.q_dim * model.bytes_per_element)
 
 
 def activation_bytes_per_token_layer(model: ModelSpec) -> float:
     """Bytes saved for backward per token by one Llama/GPT block with flash attention and no recompute.
 
-    With h = hidden, kv = kv_dim, f = ffn_hidden, e = bytes_per_element, a = num_heads:
-      attention half: norm input (h) + norm output = QKV-GEMM input (h) + q (h) + k (kv) + v (kv)
-                      + attention output = out-proj input (h) + softmax stats (a fp32) + norm rstd (fp32)
+    With h = hidden, q = q_dim (heads x head_dim), kv = kv_dim, f = ffn_hidden, e = bytes_per_element,
+    a = num_heads:
+      attention half: norm input (h) + norm output = QKV-GEMM input (h) + q (q) + k (kv) + v (kv)
+                      + attention output = out-proj input (q) + softmax stats (a fp32) + norm rstd (fp32)
       MLP half:       norm input (h) + norm output = MLP input (h) + rstd (fp32)
                       gated (SwiGLU, fused activation): gate (f) + up (f) + act product = down-proj input (f)
                       non-gated (GELU): fc1 output = GELU input (f) + GELU output = fc2 input (f)
-    bytes = e·(6h + 2kv + (3f | 2f)) + 4·a + 2·4.
+    bytes = e·(4h + 2q + 2kv + (3f | 2f)) + 4·a + 2·4, i.e. e·(6h + 2kv + ...) when q = h (most models; not
+    e.g. Qwen3-4B, whose 32 x 128 query width exceeds its 2560 hidden).
     No dropout masks (Llama trains without dropout) and no s×s score matrix (flash attention).
     Sanity check (tests): a GPT block (MHA, f = 4h, GELU, e = 2) gives 32·h bytes (+ a few fp32 stats) against
     Korthikanti et al. 2022's 34·h bytes per token per layer (16-bit, no recompute) once flash attention removes
     their 5·a·s score/softmax/dropout term; the 2·h difference is their two 1-byte dropout masks.
     """
-    h, kv, f, e = model.hidden_size, model.kv_dim, model.ffn_hidden_size, model.bytes_per_element
+    h, q, kv, f = model.hidden_size, model.q_dim, model.kv_dim, model.ffn_hidden_size
     mlp_inner = (3 if model.gated_mlp else 2) * f
-    return e * (6 * h + 2 * kv + mlp_inner) + SOFTMAX_STATS_BYTES * model.num_heads + 2 * NORM_STATS_BYTES
+    e = model.bytes_per_element
+    return e * (4 * h + 2 * q + 2 * kv + mlp_inner) + SOFTMAX_STATS_BYTES * model.num_heads + 2 * NORM_STATS_BYTES
 
 
 def deferred_grad_bytes_per_token_layer(model: ModelSpec) -> float:
@@ -171,14 +174,15 @@ def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
     """The documented-assumption profile for this (cluster, model) pair.
 
     Compute: forward linear FLOPs per token per layer = 2·(matmul params); causal attention of a segment of
-    length L after context C has ((C+L)^2 − C^2)/2 query-key pairs at 4·hidden FLOPs each (QK^T and PV, 2 FLOPs
-    per MAC), so a2 = 2·hidden / (peak·ATTENTION_EFFICIENCY) and t_attn = a2·((C+L)^2 − C^2).
+    length L after context C has ((C+L)^2 − C^2)/2 query-key pairs at 4·q_dim FLOPs each (QK^T and PV over every
+    query head's head_dim, 2 FLOPs per MAC; q_dim = heads x head_dim, the hidden size in most models), so
+    a2 = 2·q_dim / (peak·ATTENTION_EFFICIENCY) and t_attn = a2·((C+L)^2 − C^2).
     """
     h = model.hidden_size
     matmul_params = model.params_per_layer - 2 * h  # the two norm weight vectors do no GEMM
     peak = cluster.peak_flops
     linear_s = 2.0 * matmul_params / (peak * MATMUL_MFU)
-    attn_s = 2.0 * h / (peak * ATTENTION_EFFICIENCY)
+    attn_s = 2.0 * model.q_dim / (peak * ATTENTION_EFFICIENCY)
     head_s = 2.0 * h * model.vocab_size / (peak * MATMUL_MFU) * (1.0 + LOSS_OVERHEAD_FRACTION)
     intra, inter = cluster.intra_node_bandwidth, cluster.inter_node_bandwidth
     e = model.bytes_per_element

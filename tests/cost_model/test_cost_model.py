@@ -137,6 +137,17 @@ def test_gqa_kv_heads_are_replicated_when_fewer_than_sp_degree() -> None:
     assert COST.kv_bytes(160, 2, 3) == pytest.approx(80 * 8 * 1 * 3)
 
 
+def test_query_and_output_alltoalls_carry_the_query_width() -> None:
+    """q and the attention output are heads x head_dim wide: with head_dim doubled (q_dim 128 against hidden 64) the
+    q and out all-to-alls carry twice the hidden width, k and v the K/V width (2 K/V heads x 16, at s=2)."""
+    wide = MODEL.model_copy(update={"head_dim": 2 * MODEL.head_dim})
+    assert wide.q_dim == 2 * wide.hidden_size
+    per_width = 80 * 2 * 0.5  # 160 tokens / 2 devices, 2 bytes, keep 1/2
+    assert comm_model.ulysses_layer_bytes(wide, num_tokens=160, sp_degree=2) == pytest.approx(
+        (per_width * 128, per_width * 32, per_width * 32, per_width * 128)
+    )
+
+
 def test_p2p_intra_and_inter() -> None:
     # 150 tokens over s=2 -> 75 * 64 hidden * 2 bytes = 9600 bytes
     assert COST.p2p_s(150, 2, crosses_nodes=False) == pytest.approx(9600 / 1e9 + 1e-5)

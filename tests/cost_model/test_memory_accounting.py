@@ -94,10 +94,8 @@ def test_logits_follow_the_loss_dtype() -> None:
 def test_a_deferring_backward_rises_only_by_operands_beyond_the_activations_they_replace(sp_degree: int) -> None:
     """Back-propagating a kept layer frees its activations and queues its GEMMs' inputs and output gradients for the
     W op. With the preset's fused-kernel bytes a Llama layer's operands (inputs 2h + q + f, gradients q + 2kv + 2h
-    + 2f) come to its activations (6h + 2kv + 3f) less the fp32 norm and softmax statistics, so the B op peaks at
-    its start (rise 0). The preset prices q and the attention output at h elements each, so for a model whose
-    attention width exceeds its hidden size (q = 2h here) the operands come out 2(q - h) elements per token larger
-    than the activations, and the B rises by that (less the statistics) per kept layer."""
+    + 2f) come to its activations (4h + 2q + 2kv + 3f) less the fp32 norm and softmax statistics, so the B op peaks
+    at its start (rise 0), also for a model whose attention width q exceeds its hidden size."""
     cluster = CLUSTERS["a800-80g-4x8"]
     llama = MODELS["llama2-7b"]
     cost = CostModel.from_specs(cluster, llama)
@@ -105,9 +103,26 @@ def test_a_deferring_backward_rises_only_by_operands_beyond_the_activations_they
     assert cost.weight_grad_operand_bytes(4096, sp_degree) <= cost.layer_activation_bytes(4096, sp_degree)
     wide = llama.model_copy(update={"name": "wide-attention", "head_dim": 2 * llama.head_dim})
     wide_cost = CostModel.from_specs(cluster, wide)
+    assert wide_cost.deferring_backward_bytes(4096, sp_degree) == 0.0
     tokens = 4096 // sp_degree
     stats = profile_presets.SOFTMAX_STATS_BYTES * wide.num_heads + 2 * profile_presets.NORM_STATS_BYTES
-    per_token = wide.bytes_per_element * 2 * (wide.num_heads * wide.head_dim - wide.hidden_size) - stats
-    if sp_degree > 1:  # Ulysses keeps a second attention output (h) and replicates no K/V here (32 kv heads >= 4)
-        per_token -= profile_presets.ulysses_extra_bytes_per_token_layer(wide)
-    assert wide_cost.deferring_backward_bytes(4096, sp_degree) == pytest.approx(tokens * per_token)
+    operands = wide_cost.weight_grad_operand_bytes(4096, sp_degree)
+    extra = profile_presets.ulysses_extra_bytes_per_token_layer(wide) if sp_degree > 1 else 0.0
+    assert wide_cost.layer_activation_bytes(4096, sp_degree) == pytest.approx(operands + tokens * (stats + extra))
+
+
+def test_query_width_tensors_are_priced_at_the_query_width() -> None:
+    """q and the attention output (the out-projection's input) have heads x head_dim elements per token, which
+    differs from the hidden size in e.g. Qwen3-4B (32 x 128 = 4096 against 2560): doubling head_dim adds
+    2 (q - h) elements per token to a layer's activations besides the wider k and v, and the Ulysses copy of the
+    output is q wide."""
+    llama = MODELS["llama2-7b"]
+    wide = llama.model_copy(update={"name": "wide-attention", "head_dim": 2 * llama.head_dim})
+    e, h = llama.bytes_per_element, llama.hidden_size
+    assert wide.q_dim == 2 * h
+    grown = profile_presets.activation_bytes_per_token_layer(wide) - profile_presets.activation_bytes_per_token_layer(
+        llama
+    )
+    assert grown == e * (2 * (wide.q_dim - h) + 2 * (wide.kv_dim - llama.kv_dim))
+    assert profile_presets.ulysses_extra_bytes_per_token_layer(wide) == e * wide.q_dim
+    assert profile_presets.ulysses_extra_bytes_per_token_layer(llama) == e * h
