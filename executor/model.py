@@ -105,9 +105,20 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
         self.mlp = MLP(spec)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn, *, recompute_mlp: bool = False
+    ) -> torch.Tensor:
+        """`recompute_mlp`: the MLP half keeps only its input and reruns its forward during backward (activation
+        checkpointing of the half that holds most of the layer's bytes and little of its time on long sequences);
+        the attention half keeps its activations."""
         x = x + self.attn(self.attn_norm(x), cos, sin, attend)
-        return x + self.mlp(self.mlp_norm(x))
+        if recompute_mlp:
+            return x + checkpoint(self.mlp_branch, x, use_reentrant=False)
+        return x + self.mlp_branch(x)
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP half without its residual: norm, then MLP."""
+        return self.mlp(self.mlp_norm(x))
 
 
 class DecoderStage(nn.Module):
@@ -137,11 +148,18 @@ class DecoderStage(nn.Module):
         )
 
     def forward(
-        self, inputs: torch.Tensor, positions: torch.Tensor, attend: AttendFn, recompute_layers: int = 0
+        self,
+        inputs: torch.Tensor,
+        positions: torch.Tensor,
+        attend: AttendFn,
+        recompute_layers: int = 0,
+        *,
+        recompute_mlp_only: bool = False,
     ) -> torch.Tensor:
         """inputs: (T,) token ids on the first stage, else (T, H) hidden. Returns (T, V) logits on the
         last stage, else (T, H) hidden. The first `recompute_layers` blocks keep no activations and
-        recompute their forward during backward (activation checkpointing)."""
+        recompute their forward during backward (activation checkpointing); with `recompute_mlp_only` they
+        keep their attention half's activations and recompute only their MLP half (`RecomputeScope.MLP`)."""
         assert 0 <= recompute_layers <= len(self.layers), f"recompute {recompute_layers} of {len(self.layers)} layers"
         if self.is_first:
             assert self.embed is not None
@@ -152,10 +170,12 @@ class DecoderStage(nn.Module):
             x = inputs
         cos, sin = rope_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta, x.dtype)
         for i, block in enumerate(self.layers.values()):
-            if i < recompute_layers:
-                x = checkpoint(block, x, cos, sin, attend, use_reentrant=False)
-            else:
+            if i >= recompute_layers:
                 x = block(x, cos, sin, attend)
+            elif recompute_mlp_only:
+                x = block(x, cos, sin, attend, recompute_mlp=True)
+            else:
+                x = checkpoint(block, x, cos, sin, attend, use_reentrant=False)
         if not self.is_last:
             return x
         assert self.norm is not None

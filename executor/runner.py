@@ -49,7 +49,7 @@ from proto.batch import Batch
 from proto.capabilities import TORCH_EXECUTOR
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
-from proto.plan import Lane, PipelineSpec, Plan
+from proto.plan import Lane, PipelineSpec, Plan, RecomputeScope
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,15 @@ class PlanExecutor:
         rounds = self._rounds(plan, role)
         self.states.begin_step()
         deferring = self.deferrable if plan.defer_weight_grads else None
-        run = self._run_schedule(lane, role, batch, tokens=tokens, rounds=rounds, weight_grads=deferring)
+        run = self._run_schedule(
+            lane,
+            role,
+            batch,
+            tokens=tokens,
+            rounds=rounds,
+            weight_grads=deferring,
+            recompute_scope=plan.options.recompute_scope,
+        )
         # every lane has ranks in every stage block: the block's busiest lane is the plan's
         busiest = max_chunks_in_block([len(other.chunks) for other in plan.lanes])
         self.states.finish_step(idle_backward_rounds=busiest - len(lane.chunks))
@@ -270,6 +278,7 @@ class PlanExecutor:
         tokens: TokenSource,
         rounds: list[Round] | None,
         weight_grads: DeferrableStage | None,
+        recompute_scope: RecomputeScope,
     ) -> StageRunResult:
         lengths = batch.length_of()
         runtime = StageRuntime(
@@ -290,5 +299,6 @@ class PlanExecutor:
             hooks=self.states,
             rounds=rounds,
             weight_grads=weight_grads,
+            recompute_scope=recompute_scope,
         )
         return runtime.run()

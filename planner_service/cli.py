@@ -36,7 +36,7 @@ from planner_service.store import StoreError
 from planner_service.store.commands import register as register_store_commands
 from planner_service.strategies.registry import STRATEGIES
 from planner_service.workloads import WorkloadError
-from proto import ClusterSpec, ModelSpec, Plan, PlanOptions, ZeroStage
+from proto import ClusterSpec, ModelSpec, Plan, PlanOptions, RecomputeScope, ZeroStage
 
 USER_ERRORS = (
     PlanningError,
@@ -93,6 +93,14 @@ MaxLenOpt = Annotated[
     int | None, typer.Option("--max-len", help="Truncate sequences to this many tokens.", min=1, max=INT64_MAX)
 ]
 ZeroOpt = Annotated[int, typer.Option("--zero", help="ZeRO stage 0-3: shard optimizer/grads/params per stage.")]
+RecomputeScopeOpt = Annotated[
+    RecomputeScope,
+    typer.Option(
+        "--recompute-scope",
+        help="What a recomputed layer reruns: 'layer' (all of it) or 'mlp' (its MLP half; keeps attention's "
+        "activations, no attention or all-to-all rerun: cheaper on long sequences, frees about half the bytes).",
+    ),
+]
 StagesOpt = Annotated[int | None, typer.Option("--stages", help="Fix the pipeline degree P (default: search).")]
 MAX_TIME_LIMIT_S = 600.0
 """The longest planning call the CLI accepts (the wire contract's `PlanRequest.time_limit_s` cap)."""
@@ -130,6 +138,7 @@ def plan_command(
     max_len: MaxLenOpt = None,
     strategy: Annotated[str, typer.Option("--strategy", "-s", help="Planning strategy.")] = "static",
     zero: ZeroOpt = 0,
+    recompute_scope: RecomputeScopeOpt = RecomputeScope.LAYER,
     stages: StagesOpt = None,
     time_limit: TimeLimitOpt = 2.0,
     solver: SolverOpt = "cpsat",
@@ -146,7 +155,7 @@ def plan_command(
         cluster=work.cluster,
         model=work.model,
         strategy=strategy,
-        options=PlanOptions(zero_stage=ZeroStage(zero)),
+        options=PlanOptions(zero_stage=ZeroStage(zero), recompute_scope=recompute_scope),
         profile=load_profile_for(profile, work.cluster, work.model) if profile else None,
         time_limit_s=time_limit,
         solver=solver,
@@ -174,6 +183,7 @@ def compare_command(
     max_len: MaxLenOpt = None,
     strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategies.")] = ",".join(STRATEGIES),
     zero: ZeroOpt = 0,
+    recompute_scope: RecomputeScopeOpt = RecomputeScope.LAYER,
     time_limit: TimeLimitOpt = 2.0,
     solver: SolverOpt = "cpsat",
     profile: ProfileOpt = None,
@@ -189,7 +199,9 @@ def compare_command(
         raise UserError(f"--strategies: unknown {unknown or 'empty list'}; choose from {', '.join(STRATEGIES)}")
     work = load_named_workload(cluster, model, lengths, dataset, batch_size, seed, max_len)
     measured = load_profile_for(profile, work.cluster, work.model) if profile else None
-    report, _ = compare_results(work, names, time_limit, solver, zero, profile=measured)
+    report, _ = compare_results(
+        work, names, time_limit, solver, zero, profile=measured, recompute_scope=recompute_scope
+    )
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:

@@ -302,7 +302,7 @@ def unsliced_sequences_s(cost: CostModel, pipeline: PipelineSpec, degrees: list[
             if r:
                 shape = ChunkShape(num_tokens=n, attn_pairs=float(n) * n)
                 terms = [cost.layer_terms(shape, sp_degree=s, spans_nodes=spans) for spans in span_choices(cost, s)]
-                extra += s * r * min(t.forward_s + t.alltoall_s for t in terms)
+                extra += s * r * min(t.recompute_s for t in terms)
             best = min(best, extra)
         total += best
     return total
@@ -335,7 +335,7 @@ def longest_sequence_lane(
         for spans in span_choices(cost, s):
             t = cost.layer_terms(shape, sp_degree=s, spans_nodes=spans)
             per_layer = t.forward_s + t.backward_s + 2 * t.alltoall_s
-            per_layer += (recompute or 0) * (t.forward_s + t.alltoall_s) / pipeline.layers_of(0)
+            per_layer += (recompute or 0) * t.recompute_s / pipeline.layers_of(0)
             for p in range(pipeline.num_stages):
                 last = p == pipeline.num_stages - 1
                 busy = pipeline.layers_of(p) * per_layer + (t.head_s + t.head_backward_s if last else 0.0)

@@ -28,6 +28,7 @@ from proto import (
     PipelineSpec,
     Plan,
     PlanOptions,
+    RecomputeScope,
     SolverStatus,
     ZeroStage,
     validate_plan,
@@ -107,6 +108,13 @@ def make_plan(
         budget=budget,
         defer_weight_grads=executor.deferred_weight_grads,
     )
+    unpriced = ctx.cost.profile.mlp_recompute_freed_bytes_per_token_layer <= 0
+    if options.recompute_scope is RecomputeScope.MLP and unpriced:
+        raise InfeasibleWorkload(
+            "options.recompute_scope='mlp' needs a profile that prices it: profile "
+            f"{ctx.cost.profile.name!r} has mlp_recompute_freed_bytes_per_token_layer = 0",
+            field="options",
+        )
     strategy_fn = get_strategy(strategy)
     try:
         plan = strategy_fn(ctx)

@@ -24,7 +24,7 @@ from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from planner_service.schedules import max_in_flight
 from planner_service.workloads import load_workload
-from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, ZeroStage
+from proto import Batch, ClusterSpec, CostProfile, ModelSpec, Plan, PlanOptions, RecomputeScope, ZeroStage
 
 JOB_SAMPLE_BATCHES = 3
 """Batches (other seeds of the same source) a `megatron` job is tuned on before the compared batch is planned."""
@@ -115,13 +115,14 @@ def compare_results(
     profile: CostProfile | None = None,
     *,
     units_only: bool = False,
+    recompute_scope: RecomputeScope = RecomputeScope.LAYER,
 ) -> tuple[dict[str, Any], dict[str, Plan]]:
     """The comparison report (the `--json` object) and the plans of the feasible strategies (priced with
     `profile`, or the preset).
 
     `units_only`: every strategy gets the work units of `time_limit` and no wall-clock net, i.e. what it plans on
     the reference machine whatever this one's load (benchmarks of plan quality)."""
-    options = PlanOptions(zero_stage=ZeroStage(zero))
+    options = PlanOptions(zero_stage=ZeroStage(zero), recompute_scope=recompute_scope)
     ideal = CostModel.from_specs(work.cluster, work.model, profile=profile, options=options).ideal_s(work.batch)
     results = []
     plans: dict[str, Plan] = {}

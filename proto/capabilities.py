@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from proto.model import ModelSpec
-from proto.plan import Plan, ZeroStage
+from proto.plan import Plan, RecomputeScope, ZeroStage
 
 
 class ExecutorCapabilities(BaseModel):
@@ -34,6 +34,11 @@ class ExecutorCapabilities(BaseModel):
         "(`Plan.defer_weight_grads`).",
     )
 
+    mlp_only_recompute: bool = Field(
+        default=False,
+        description="Recomputed layers that rerun only their MLP half (`PlanOptions.recompute_scope` 'mlp').",
+    )
+
     def plan_problem(self, plan: Plan, model: ModelSpec) -> str | None:
         """Why this executor cannot run `plan` for `model` (None when it can)."""
         if plan.options.zero_stage not in self.zero_stages:
@@ -48,6 +53,8 @@ class ExecutorCapabilities(BaseModel):
             )
         if plan.defer_weight_grads and not self.deferred_weight_grads:
             return f"the plan defers weight gradients (defer_weight_grads) and {self.name} cannot"
+        if plan.options.recompute_scope is RecomputeScope.MLP and not self.mlp_only_recompute:
+            return f"the plan recomputes MLP halves only (options.recompute_scope='mlp') and {self.name} cannot"
         return None
 
 
@@ -59,7 +66,8 @@ TORCH_EXECUTOR = ExecutorCapabilities(
     parameter_dtypes=("float32", "float64"),
     compute_dtypes=("float32", "float64", "bfloat16"),
     deferred_weight_grads=True,
+    mlp_only_recompute=True,
 )
 """`executor/` as of this schema version: ZeRO-0/1/2 bucketed sync, ZeRO-3 with FSDP2, tied embeddings at any P,
 the attention backends of `executor.attention.backends`, float32/float64 parameters, bf16 mixed precision on CUDA,
-deferred weight gradients (ZeRO-0/1)."""
+deferred weight gradients (ZeRO-0/1), whole-layer or MLP-only recompute."""

@@ -261,6 +261,16 @@ class FixedLayout(BaseModel):
     full_recompute: bool = Field(default=False, description="Activation checkpointing of every layer.")
 
 
+class RecomputeScope(str, Enum):
+    """What a recomputed layer (`Lane.recompute`) drops after its forward and reruns in its backward."""
+
+    LAYER = "layer"
+    """The whole layer: it keeps only its input (the residual stream) and reruns attention and MLP."""
+    MLP = "mlp"
+    """Only the MLP half: it keeps the attention half's activations (no attention or all-to-all rerun, which
+    dominate long sequences) and drops the MLP's, which hold most of a layer's bytes at a fraction of its time."""
+
+
 class PlanOptions(BaseModel):
     """Job options that change the plan's memory and sync costs, and the job's fixed layout if it has one."""
 
@@ -281,6 +291,12 @@ class PlanOptions(BaseModel):
         description="Dtype of the data-parallel gradient reductions: 'float32' (a 16-bit model's gradients are "
         "upcast first; the executor's default under mixed precision) or 'model' (the model's own dtype). "
         "The gradient sync volume follows it.",
+    )
+    recompute_scope: RecomputeScope = Field(
+        default=RecomputeScope.LAYER,
+        description="What each recomputed layer (Lane.recompute) recomputes: 'layer' (all of it: it keeps only its "
+        "input) or 'mlp' (its MLP half: it keeps its attention half's activations, and reruns no attention or "
+        "all-to-all). Every strategy plans with the job's scope; the executor follows the plan's.",
     )
     fixed_layout: FixedLayout | None = Field(
         default=None,

@@ -97,6 +97,12 @@ class CostProfile(BaseModel):
         "weight gradients: a backward op that defers them (Plan.defer_weight_grads) sends its input gradient that "
         "much earlier. 0.5 for GEMMs: the input and the weight gradient each repeat the forward's FLOPs.",
     )
+    mlp_linear_share: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False), AS_FINITE_NUMBER] = Field(
+        default=0.0,
+        description="Share of a layer's GEMM term (linear_s_per_token) spent in its MLP: what a layer that recomputes "
+        "only its MLP (PlanOptions.recompute_scope 'mlp') reruns: the MLP's share of the layer's GEMM FLOPs (the "
+        "preset computes it from the model's widths).",
+    )
     deferred_layer_overhead_s: Annotated[
         float, Field(ge=0, le=MAX_LAYER_OVERHEAD_S, allow_inf_nan=False), AS_FINITE_NUMBER
     ] = Field(
@@ -196,6 +202,14 @@ class CostProfile(BaseModel):
     checkpoint_bytes_per_token_layer: Annotated[
         float, Field(ge=MIN_BYTES_PER_TOKEN_LAYER, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
     ] = Field(description="Bytes kept per token per recomputed layer (its input), s=1.")
+    mlp_recompute_freed_bytes_per_token_layer: Annotated[
+        float, Field(ge=0, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
+    ] = Field(
+        default=0.0,
+        description="Bytes per token per layer (s=1) that recomputing only a layer's MLP frees from "
+        "activation_bytes_per_token_layer: the MLP's saved tensors but its input. 0: the profile does not price "
+        "MLP-only recompute, and planning with recompute_scope 'mlp' is refused.",
+    )
     kv_bytes_per_token_layer: Annotated[
         float, Field(ge=MIN_BYTES_PER_TOKEN_LAYER, le=MAX_BYTES_PER_TOKEN_LAYER, allow_inf_nan=False), AS_FINITE_NUMBER
     ] = Field(description="K and V bytes per token per layer, s=1.")

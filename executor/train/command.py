@@ -22,7 +22,7 @@ from executor.data.tokenizer import TokenizerError
 from executor.train.checkpoint import CheckpointError, find_latest_checkpoint
 from executor.train.config import LOCAL_PLANNER, ResumeMode, TrainConfig
 from executor.train.summary import run_table
-from proto import ModelSpec, PlanOptions, ZeroStage
+from proto import ModelSpec, PlanOptions, RecomputeScope, ZeroStage
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ def train_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of weights and data order.")] = 0,
     stages: Annotated[int | None, typer.Option("--stages", min=1, help="Fix the pipeline degree P.")] = None,
     zero: Annotated[int, typer.Option("--zero", min=0, max=3, help="ZeRO stage 0-3 over each stage's devices.")] = 0,
+    recompute_scope: Annotated[
+        RecomputeScope,
+        typer.Option("--recompute-scope", help="What a recomputed layer reruns: 'layer' (all), 'mlp' (its MLP half)."),
+    ] = RecomputeScope.LAYER,
     init: Annotated[
         Path | None, typer.Option("--init", help="Start from a Hugging Face Llama checkpoint folder.")
     ] = None,
@@ -121,7 +125,7 @@ def train_command(
         strategy=_strategy(strategy),
         solver=solver,
         time_limit_s=time_limit,
-        options=PlanOptions(zero_stage=ZeroStage(zero)),
+        options=PlanOptions(zero_stage=ZeroStage(zero), recompute_scope=recompute_scope),
         stages=stages,
         plan_deadline_s=plan_deadline,
         profile=measured,

@@ -61,7 +61,8 @@ def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[s
       SwiGLU unfused: gate (f), silu(gate) (f), up (f) and their product, the down-projection input (f);
       GELU MLP: fc1 output (f) and GELU output (f).
     Head (last stage): final RMSNorm 3h + 1, log-softmax output (V), and int64 targets (1).
-    A recomputed layer keeps its input (h); K/V of a slice is 2kv per token and layer.
+    A recomputed layer keeps its input (h), or frees its MLP half's 2h + 1 + MLP elements when only that half
+    recomputes; K/V of a slice is 2kv per token and layer.
     The input-saving attention keeps neither its output (so Ulysses adds no second copy of it) nor a
     concatenated prefix K/V (it keeps the pieces, which are the K/V cache's own leaves).
     """
@@ -70,6 +71,8 @@ def executor_memory_coefficients(model: ModelSpec, element_bytes: int) -> dict[s
     return {
         "activation_bytes_per_token_layer": float(e * (2 * (3 * h + 1) + q + 2 * kv + q + mlp)),
         "checkpoint_bytes_per_token_layer": float(e * h),
+        # the MLP half rerun from its input: its RMSNorm's 3h + 1 and the MLP's tensors, less that input (h)
+        "mlp_recompute_freed_bytes_per_token_layer": float(e * (2 * h + 1 + mlp)),
         "kv_bytes_per_token_layer": float(e * 2 * kv),
         "head_activation_bytes_per_token": float(e * (3 * h + 1 + model.vocab_size) + 8),
         "ulysses_extra_bytes_per_token_layer": 0.0,

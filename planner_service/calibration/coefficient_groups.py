@@ -55,6 +55,7 @@ TIME_FIELDS: Mapping[str, tuple[tuple[str, int], ...]] = {
 MEMORY_FIELDS = (
     "activation_bytes_per_token_layer",
     "checkpoint_bytes_per_token_layer",
+    "mlp_recompute_freed_bytes_per_token_layer",
     "kv_bytes_per_token_layer",
     "ulysses_extra_bytes_per_token_layer",
     "deferred_grad_bytes_per_token_layer",

@@ -97,6 +97,15 @@ def layer_weight_grad_s(profile: CostProfile, *, num_tokens: float, sp_degree: i
     return scale * profile.weight_grad_share * linear
 
 
+def layer_mlp_forward_s(profile: CostProfile, *, num_tokens: float, sp_degree: int) -> float:
+    """Forward seconds of one layer's MLP half on each device of the lane: `mlp_linear_share` of its GEMM term
+    (no attention, no all-to-all): what a layer that recomputes only its MLP reruns in backward."""
+    if num_tokens <= 0:
+        return 0.0
+    scale, _ = sp_degree_cost(profile, sp_degree)
+    return scale * profile.mlp_linear_share * profile.linear_s_per_token * num_tokens / sp_degree
+
+
 def layer_forward_segments_s(profile: CostProfile, segments: Iterable[tuple[int, int]], sp_degree: int) -> float:
     """`layer_forward_s` for explicit (context, length) segments."""
     segs = list(segments)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from planner_service.cost_model import comm_model, compute_model, data_parallel, memory_model
 from planner_service.cost_model.profile_presets import profile_for
-from proto import Batch, Chunk, ClusterSpec, CostProfile, ModelSpec, PipelineSpec, PlanOptions
+from proto import Batch, Chunk, ClusterSpec, CostProfile, ModelSpec, PipelineSpec, PlanOptions, RecomputeScope
 from proto.topology import Topology
 
 
@@ -84,6 +84,11 @@ class LayerTerms(NamedTuple):
     """The all-to-alls split by link class."""
     weight_grad_s: float = 0.0
     """The part of `backward_s` that computes the layer's weight gradients (what a W op takes over)."""
+    recompute_s: float = 0.0
+    """What one recomputed layer reruns in backward under the options' `recompute_scope`: its forward and
+    all-to-alls ('layer'), or its MLP half's forward ('mlp')."""
+    recompute_alltoalls: int = 1
+    """Layers' worth of all-to-alls that one recomputed layer reruns (1 for 'layer', 0 for 'mlp')."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -128,14 +133,22 @@ class CostModel:
         shape = ChunkShape.of(chunk)
         pairs, tokens, p = shape.attn_pairs, shape.num_tokens, self.profile
         a2a = self.alltoall_layer_links(tokens, sp_degree, spans_nodes)
+        forward = compute_model.layer_forward_s(p, attn_pairs=pairs, num_tokens=tokens, sp_degree=sp_degree)
+        mlp_only = self.options.recompute_scope is RecomputeScope.MLP
         return LayerTerms(
-            forward_s=compute_model.layer_forward_s(p, attn_pairs=pairs, num_tokens=tokens, sp_degree=sp_degree),
+            forward_s=forward,
             alltoall_s=a2a.duration_s,
             head_s=compute_model.head_forward_s(p, num_tokens=tokens, sp_degree=sp_degree),
             backward_s=compute_model.layer_backward_s(p, attn_pairs=pairs, num_tokens=tokens, sp_degree=sp_degree),
             head_backward_s=compute_model.head_backward_s(p, num_tokens=tokens, sp_degree=sp_degree),
             alltoall=a2a,
             weight_grad_s=compute_model.layer_weight_grad_s(p, num_tokens=tokens, sp_degree=sp_degree),
+            recompute_s=(
+                compute_model.layer_mlp_forward_s(p, num_tokens=tokens, sp_degree=sp_degree)
+                if mlp_only
+                else forward + a2a.duration_s
+            ),
+            recompute_alltoalls=0 if mlp_only else 1,
         )
 
     def stage_forward_s(
@@ -167,7 +180,7 @@ class CostModel:
             + (t.head_backward_s if is_last_stage else 0.0)
             + self.profile.op_overhead_s,
             comm_s=num_layers * t.alltoall_s,
-            recompute_s=r * (t.forward_s + t.alltoall_s),
+            recompute_s=r * t.recompute_s,
         )
 
     def chunk_cost_s(
@@ -325,6 +338,7 @@ class CostModel:
             recompute_layers=recompute_layers,
             is_last_stage=is_last_stage,
             prefix_kv_rows=shape.prefix_kv_rows,
+            recompute_scope=self.options.recompute_scope,
         )
 
     def kv_bytes(self, num_tokens: int, sp_degree: int, num_layers: int) -> float:

@@ -9,7 +9,7 @@ across the stage's N/P devices.
 from __future__ import annotations
 
 from planner_service.cost_model.comm_model import kv_head_replication
-from proto import CostProfile, ModelSpec, PipelineSpec
+from proto import CostProfile, ModelSpec, PipelineSpec, RecomputeScope
 
 ZERO3_GATHERED_LAYERS = 2
 """With ZeRO-3 a device materialises the full parameters of the layer it is running plus the next one
@@ -85,22 +85,30 @@ def chunk_activation_bytes(
     recompute_layers: int,
     is_last_stage: bool,
     prefix_kv_rows: int = 0,
+    recompute_scope: RecomputeScope = RecomputeScope.LAYER,
 ) -> float:
     """Bytes a chunk keeps on a device from the end of its forward until its backward finishes.
 
-    Layers that recompute keep only their input (checkpoint); the others keep everything backward needs, and,
-    when the attention kernel saves the concatenated prefix K/V (`attention_saves_prefix_kv`), the
-    `prefix_kv_rows` rows of it (see `ChunkShape.prefix_kv_rows`). The last stage also keeps the LM head's
-    activations (final norm, logits).
+    Layers that recompute keep only their input (checkpoint) under `recompute_scope` 'layer', and everything
+    but their MLP's saved tensors under 'mlp'; the others keep everything backward needs, and, when the
+    attention kernel saves the concatenated prefix K/V (`attention_saves_prefix_kv`), the `prefix_kv_rows` rows
+    of it (see `ChunkShape.prefix_kv_rows`; an MLP-only recompute keeps its attention's). The last stage also
+    keeps the LM head's activations (final norm, logits).
     """
     r = min(max(recompute_layers, 0), num_layers)
-    per_token = kept_layer_bytes_per_token(profile, model, sp_degree) * (num_layers - r)
-    per_token += profile.checkpoint_bytes_per_token_layer * r
+    kept = kept_layer_bytes_per_token(profile, model, sp_degree)
+    mlp_only = recompute_scope is RecomputeScope.MLP
+    per_token = kept * (num_layers - r)
+    if mlp_only:
+        per_token += max(0.0, kept - profile.mlp_recompute_freed_bytes_per_token_layer) * r
+    else:
+        per_token += profile.checkpoint_bytes_per_token_layer * r
     if is_last_stage:
         per_token += profile.head_activation_bytes_per_token
     held = tokens_per_device * per_token
     if profile.attention_saves_prefix_kv:
-        held += kv_bytes(profile, model, num_tokens=prefix_kv_rows, sp_degree=sp_degree, num_layers=num_layers - r)
+        kv_layers = num_layers if mlp_only else num_layers - r
+        held += kv_bytes(profile, model, num_tokens=prefix_kv_rows, sp_degree=sp_degree, num_layers=kv_layers)
     return held
 
 

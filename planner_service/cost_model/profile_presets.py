@@ -149,6 +149,21 @@ def checkpoint_bytes_per_token_layer(model: ModelSpec) -> float:
     return float(model.hidden_size * model.bytes_per_element)
 
 
+def mlp_recompute_freed_bytes_per_token_layer(model: ModelSpec) -> float:
+    """What a layer that recomputes only its MLP half drops (see `activation_bytes_per_token_layer`): the MLP
+    norm's output (h) and rstd and the MLP's inner tensors (3f gated, 2f not); it keeps the norm's input (h), the
+    checkpoint it reruns from."""
+    mlp_inner = (3 if model.gated_mlp else 2) * model.ffn_hidden_size
+    return float(model.bytes_per_element * (model.hidden_size + mlp_inner) + NORM_STATS_BYTES)
+
+
+def mlp_linear_share(model: ModelSpec) -> float:
+    """The MLP's share of a layer's GEMM FLOPs: (3 gated | 2)·h·f over all matmul parameters (q, k, v, o and MLP)."""
+    mlp = (3 if model.gated_mlp else 2) * model.hidden_size * model.ffn_hidden_size
+    attention = 2 * model.hidden_size * (model.q_dim + model.kv_dim)
+    return mlp / (mlp + attention)
+
+
 def kv_bytes_per_token_layer(model: ModelSpec) -> float:
     """K and V of one token in one layer: 2·kv_dim elements."""
     return float(2 * model.kv_dim * model.bytes_per_element)
@@ -212,6 +227,8 @@ def preset_profile(cluster: ClusterSpec, model: ModelSpec) -> CostProfile:
         activation_bytes_per_token_layer=activation_bytes_per_token_layer(model),
         checkpoint_bytes_per_token_layer=checkpoint_bytes_per_token_layer(model),
         kv_bytes_per_token_layer=kv_bytes_per_token_layer(model),
+        mlp_recompute_freed_bytes_per_token_layer=mlp_recompute_freed_bytes_per_token_layer(model),
+        mlp_linear_share=mlp_linear_share(model),
         ulysses_extra_bytes_per_token_layer=ulysses_extra_bytes_per_token_layer(model),
         deferred_grad_bytes_per_token_layer=deferred_grad_bytes_per_token_layer(model),
         deferred_input_bytes_per_token_layer=deferred_input_bytes_per_token_layer(model),

@@ -86,7 +86,7 @@ def lane_recompute(
         recompute=[[0] * len(chunks) for _ in range(p_count)],
     )
     spans = sp_degree > ctx.cluster.devices_per_node
-    layer_s = [sum(cost.layer_terms(c, sp_degree=sp_degree, spans_nodes=spans)[:2]) for c in chunks]
+    layer_s = [cost.layer_terms(c, sp_degree=sp_degree, spans_nodes=spans).recompute_s for c in chunks]
     out = []
     for p in range(p_count):
         memory = stage_memory(lane, pipeline, p, cost, lengths, tokens)

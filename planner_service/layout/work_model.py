@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner_service.cost_model import ChunkShape, CostModel
-from proto import PipelineSpec
+from proto import PipelineSpec, RecomputeScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +182,8 @@ def simulated_work(
     if sliced:
         kv = cost.kv_bytes(probe, s, layers)
         held += kv  # dK/dV accumulators of the earlier slices while the later ones run backward
-        saved -= kv / max(layers, 1)  # a recomputed layer of a non-final slice keeps its K/V
+        if cost.options.recompute_scope is RecomputeScope.LAYER:  # an MLP-only recompute never frees its K/V
+            saved -= kv / max(layers, 1)  # a recomputed layer of a non-final slice keeps its K/V
     dp = cost.dp_size(pipeline)
     budget = cost.usable_memory_bytes - max(cost.model_state_bytes(p, pipeline, dp) for p in range(pipeline.num_stages))
     budget -= cost.transient_bytes(probe, sp_degree=s, is_last_stage=last)  # one op's working memory

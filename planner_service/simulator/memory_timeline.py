@@ -5,7 +5,8 @@ per op), so the solver budgets exactly what the simulator will predict.
 
 Model (see pipeline_simulator's docstring): chunk c is held from F(c) until B(c) ends, costing
 `base[c] + per_layer[c] * r_c` bytes with r_c recomputed layers (activations of recomputed layers
-shrink to checkpoints; a non-final slice keeps the K/V of those layers for later slices; a chunk that
+shrink to checkpoints, or lose their MLP half's under `RecomputeScope.MLP`; a non-final slice keeps the K/V of
+whole recomputed layers for later slices (an MLP-only recompute keeps them with its attention); a chunk that
 attends to a prefix keeps, in each layer that does not recompute, the concatenated prefix K/V when the
 attention kernel saves it). From the backward of a sequence's last slice until an earlier slice's own
 backward ends, that earlier slice also holds dK/dV accumulators (`kv_grad`). Every op adds its transient
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from planner_service.cost_model import ChunkShape, CostModel
 from planner_service.cost_model.comm_model import tokens_per_device
-from proto import Lane, PipelineSpec
+from proto import Lane, PipelineSpec, RecomputeScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +145,8 @@ def stage_memory(
             act = cost.chunk_activation_bytes(
                 shapes[c], sp_degree=s, num_layers=layers, recompute_layers=r, is_last_stage=last
             )
-            return act + (cost.kv_bytes(slice_tokens[c], s, r) if slice_tokens[c] and r else 0.0)
+            copies = r if cost.options.recompute_scope is RecomputeScope.LAYER else 0  # MLP-only: K/V kept anyway
+            return act + (cost.kv_bytes(slice_tokens[c], s, copies) if slice_tokens[c] and copies else 0.0)
 
         base = tuple(held_bytes(c, 0) for c in range(num_chunks))
         per_layer = tuple(held_bytes(c, 1) - base[c] if layers else 0.0 for c in range(num_chunks))

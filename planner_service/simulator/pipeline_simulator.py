@@ -324,8 +324,9 @@ def lane_op_costs(
             forward = layers * term.forward_s + (term.head_s if last else 0.0) + op_overhead
             backward = layers * term.backward_s + (term.head_backward_s if last else 0.0) + op_overhead
             fp.append(_op_times(0.0, forward, comm, term.alltoall.scaled(layers), collectives[p].forward))
-            recompute = r * (term.forward_s + term.alltoall_s)
-            b_op = _op_times(recompute, backward, comm, term.alltoall.scaled(layers + r), collectives[p].backward)
+            recompute = r * term.recompute_s
+            links = term.alltoall.scaled(layers + r * term.recompute_alltoalls)
+            b_op = _op_times(recompute, backward, comm, links, collectives[p].backward)
             if not defers:  # validation allows deferral at ZeRO-0/1 only: no per-op collectives to fit around
                 bp.append(b_op)
                 sp_.append(b_op)

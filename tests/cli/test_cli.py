@@ -55,6 +55,27 @@ def test_plan_then_inspect_with_gantt(tmp_path: Path, capsys: pytest.CaptureFixt
     assert gantt.stat().st_size > 10_000 and gantt.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plan_records_the_recompute_scope_and_refuses_an_unknown_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--recompute-scope mlp` plans with MLP-only recompute (32 sequences of 32K tokens on A100 40 GB: FlexSP's
+    SP-8 lanes must recompute) and the plan says so; an unknown scope is a usage error naming the option."""
+    lengths = write_lengths(tmp_path, "32768\n" * 32)
+    plan_path = tmp_path / "plan.json"
+    common = ("plan", "--cluster", "a100-40g-8x8", "--model", "llama2-7b", "--lengths", str(lengths))
+    code, _, err = run(
+        capsys, *common, "--batch-size", "32", "--strategy", "flexsp", "--recompute-scope", "mlp",
+        "--time-limit", "1", "--out", str(plan_path),
+    )  # fmt: skip
+    assert code == 0, err
+    plan = Plan.model_validate_json(plan_path.read_text())
+    assert plan.options.recompute_scope.value == "mlp"
+    assert any(any(map(any, lane.recompute)) for lane in plan.lanes)
+    code, _, err = run(capsys, *common, "--recompute-scope", "attention", "--out", str(plan_path))
+    assert code == 2
+    assert "--recompute-scope" in err and "Traceback" not in err
+
+
 def test_compare_json_is_exactly_one_object(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(
         capsys, "compare", "--cluster", "a800-80g-4x8", "--model", "llama2-7b", "--dataset", "github",

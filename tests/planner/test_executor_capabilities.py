@@ -9,7 +9,7 @@ import pytest
 from planner_service.errors import InfeasibleWorkload
 from planner_service.planner import make_plan
 from planner_service.presets import resolve_cluster, resolve_model
-from proto import Batch, PlanOptions, ZeroStage
+from proto import Batch, PlanOptions, RecomputeScope, ZeroStage
 from proto.capabilities import TORCH_EXECUTOR
 
 pytestmark = pytest.mark.timeout(120)
@@ -20,6 +20,7 @@ LIMITED = TORCH_EXECUTOR.model_copy(
         "name": "a ZeRO-1 executor",
         "zero_stages": (ZeroStage(0), ZeroStage(1)),
         "tied_embeddings_across_stages": False,
+        "mlp_only_recompute": False,
     }
 )
 
@@ -54,3 +55,11 @@ def test_a_smaller_executor_gets_an_error_not_a_plan() -> None:
     with pytest.raises(InfeasibleWorkload, match="ties its embeddings and the plan has 2 stages"):
         make_plan(batch=BATCH, cluster=cluster, model=tied, num_stages=2, executor=LIMITED)
     assert make_plan(batch=BATCH, cluster=cluster, model=tied, num_stages=1, executor=LIMITED).pipeline.num_stages == 1
+    mlp = PlanOptions(recompute_scope=RecomputeScope.MLP)
+    assert not LIMITED.mlp_only_recompute
+    with pytest.raises(InfeasibleWorkload, match=r"recompute_scope='mlp'\) and a ZeRO-1 executor cannot"):
+        make_plan(batch=BATCH, cluster=cluster, model=model, options=mlp, executor=LIMITED)
+    assert TORCH_EXECUTOR.mlp_only_recompute
+    assert (
+        make_plan(batch=BATCH, cluster=cluster, model=model, options=mlp).options.recompute_scope is RecomputeScope.MLP
+    )

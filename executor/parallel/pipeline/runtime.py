@@ -45,7 +45,7 @@ from executor.parallel.pipeline.weight_grads import DeferrableStage, WeightGradS
 from executor.parallel.ulysses import UlyssesAttention
 from executor.parallel.zero.block_rounds import IdleOp, Round
 from executor.role import RankRole
-from proto.plan import Lane
+from proto.plan import Lane, RecomputeScope
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,8 @@ class StageRuntime:
     """The rounds to run (ZeRO-3); None: the lane's schedule at this stage."""
     weight_grads: DeferrableStage | None = None
     """The stage's deferrable GEMMs, when the plan defers weight gradients (chunks with a W op)."""
+    recompute_scope: RecomputeScope = RecomputeScope.LAYER
+    """What the lane's recomputed layers recompute (`PlanOptions.recompute_scope`)."""
     _cache: SliceKVCache = field(default_factory=SliceKVCache)
     _in_flight: dict[int, _InFlight] = field(default_factory=dict)
     _w_chunks: set[int] = field(default_factory=set)
@@ -302,13 +304,14 @@ class StageRuntime:
             device=settings.device,
         )
         recompute = self.lane.recompute[role.stage][c]
+        mlp_only = self.recompute_scope is RecomputeScope.MLP
         kv = ChunkKVBinding(
             cache=self._cache,
             segments=layout.segments,
             cu_seqlens=layout.cu_seqlens,
             lengths=self.lengths,
             first_layer=self.module.lo,
-            recompute_layers=recompute,
+            recompute_layers=0 if mlp_only else recompute,  # an MLP-only recompute never reruns attention
         )
         attend = UlyssesAttention(
             group=self.sp_group,
@@ -328,9 +331,9 @@ class StageRuntime:
             if self._defers(c):
                 assert self.weight_grads is not None
                 with self.weight_grads.store.deferring(self.weight_grads.kept_weights(recompute), key=c):
-                    out = self.module(inputs, shard.positions, _opaque(attend), recompute)
+                    out = self.module(inputs, shard.positions, _opaque(attend), recompute, recompute_mlp_only=mlp_only)
             else:
-                out = self.module(inputs, shard.positions, _opaque(attend), recompute)
+                out = self.module(inputs, shard.positions, _opaque(attend), recompute, recompute_mlp_only=mlp_only)
         finally:  # the module outlives the step: a failed forward must not leave this step's hooks on it
             for handle in watching:
                 handle.remove()

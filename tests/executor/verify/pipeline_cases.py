@@ -14,7 +14,7 @@ from planner_service.planner import make_plan as make_planner_plan
 from planner_service.presets import resolve_cluster, resolve_model
 from proto.batch import Batch
 from proto.model import ModelSpec
-from proto.plan import PipelineSpec
+from proto.plan import PipelineSpec, RecomputeScope
 from tests.executor.executor_fixtures import (
     at_zero_stage,
     cpu_cluster,
@@ -38,10 +38,11 @@ NUM_PERTURBED = 3
 
 @dataclass(frozen=True)
 class RecomputePair:
-    """Two cases with the same batch and plan except recompute (none vs every layer)."""
+    """Cases with the same batch and plan except recompute: none, every layer, and every layer's MLP half only."""
 
     without: str
     with_all: str
+    mlp_only: str
 
 
 def tiny_preset(num_layers: int) -> ModelSpec:
@@ -77,7 +78,8 @@ def planner_cases(world: int) -> list[EquivalenceCase]:
 def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
     """A sequence in 3 uneven slices across chunks, a hybrid chunk (tail slice + short sequences), a
     head slice packed with a short sequence, under Ulysses over the whole stage block (kv heads 2 < s on
-    8 ranks), on an uneven 4-layer split; once without and once with recompute of every layer, once with
+    8 ranks), on an uneven 4-layer split; once without and once with recompute of every layer (whole layers,
+    and their MLP halves only with the attention halves' activations kept), once with
     the deep schedule warm-up (stage 0 forwards the second slice group before the first one's backwards), and
     once with deferred weight gradients where stage 1 recomputes one of its three layers in some chunks (its
     other layers' weight gradients wait for their W ops, the recomputed one's are computed in the backward)."""
@@ -98,12 +100,16 @@ def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
     variants = (
         ("slices", None, 0, False),
         ("slices-recompute", every, 0, False),
+        ("slices-recompute-mlp", every, 0, False),
         ("slices-deep-warmup", None, 2, False),
         ("slices-deferred-weight-grads", some, 0, True),
     )
     for name, recompute, depth, defer in variants:
         plan = make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=recompute, warmup_groups=depth)
         plan = with_deferred_weight_grads(plan, batch, cluster, model, queue=False) if defer else plan
+        if name.endswith("-mlp"):
+            options = plan.options.model_copy(update={"recompute_scope": RecomputeScope.MLP})
+            plan = plan.model_copy(update={"options": options}).with_id()
         cases.append(
             EquivalenceCase(
                 name=name,
@@ -113,7 +119,7 @@ def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
                 seed=2,
             )
         )
-    return cases, RecomputePair("slices", "slices-recompute")
+    return cases, RecomputePair("slices", "slices-recompute", "slices-recompute-mlp")
 
 
 def perturbed_cases(world: int, seed: int) -> list[EquivalenceCase]:

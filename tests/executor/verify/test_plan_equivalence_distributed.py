@@ -27,7 +27,7 @@ from planner_service.presets import resolve_cluster, resolve_model
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
-from proto.plan import Op, Plan
+from proto.plan import Op, Plan, RecomputeScope
 from tests.executor.executor_fixtures import (
     at_zero_stage,
     cpu_cluster,
@@ -250,14 +250,18 @@ def test_pipeline_cases_cover_slices_and_stages(suite: Suite) -> None:
 
 @pytest.mark.timeout(240)
 def test_recompute_on_and_off_give_identical_gradients(suite: Suite) -> None:
-    """The same sliced plan with no recompute and with every layer recomputed (K/V of earlier slices kept as
-    copies while their layers recompute) gives the same gradients, to round-off."""
+    """The same sliced plan with no recompute, with every layer recomputed (K/V of earlier slices kept as copies
+    while their layers recompute) and with every layer's MLP half recomputed (`RecomputeScope.MLP`: attention
+    not rerun, K/V leaves kept as in a kept layer) gives the same gradients, to round-off."""
     pair = suite.recompute_pair
-    dirs = [Path(suite.out_dir) / f"case{suite.index(name):03d}" for name in (pair.without, pair.with_all)]
-    for stage_file in sorted(p.name for p in dirs[0].glob("grads_step0_stage*.pt")):
-        plain, recomputed = (torch.load(d / stage_file, weights_only=True) for d in dirs)
-        assert max_rel_error(recomputed, plain) <= 1e-13, stage_file
-    for name in (pair.without, pair.with_all):
+    for recomputing in (pair.with_all, pair.mlp_only):
+        dirs = [Path(suite.out_dir) / f"case{suite.index(name):03d}" for name in (pair.without, recomputing)]
+        stage_files = sorted(p.name for p in dirs[0].glob("grads_step0_stage*.pt"))
+        assert stage_files
+        for stage_file in stage_files:
+            plain, recomputed = (torch.load(d / stage_file, weights_only=True) for d in dirs)
+            assert max_rel_error(recomputed, plain) <= 1e-13, (recomputing, stage_file)
+    for name in (pair.without, pair.with_all, pair.mlp_only):
         assert suite.report(name).ok
 
 
@@ -289,7 +293,10 @@ def test_measured_activation_memory_matches_the_planner_model(suite: Suite) -> N
     Below: the walk holds a chunk's activations and its earlier slices' dK/dV accumulators for the whole
     B op, while backward frees one layer's activations before the next layer's dK/dV exist. With the
     planner's preset coefficients (fused bf16-era kernels, fp32 logits) scaled to float64, measured is
-    0.9-1.75x the prediction: see `executor.verify.memory_prediction`.
+    0.9-1.75x the prediction: see `executor.verify.memory_prediction`. Not for the MLP-only recompute case
+    (0.79-0.88x): its layers keep their attention, so the preset charges the fused kernel's concatenated prefix
+    K/V on every layer, which the exact CPU path keeps as references to the cache's leaves, while the MLP halves
+    whose larger CPU footprint makes up for it elsewhere are dropped on both sides.
     """
     ratios = []
     for case in suite.cases:
@@ -315,7 +322,8 @@ def test_measured_activation_memory_matches_the_planner_model(suite: Suite) -> N
                 where = (case.name, k, rank, measured, matched, preset)
                 assert 0.85 * matched.held_peak_bytes - slack <= measured, where
                 assert measured <= 1.06 * matched.held_peak_bytes + slack, where
-                assert 0.9 * preset.held_peak_bytes <= measured <= 1.75 * preset.held_peak_bytes + slack, where
+                if step.plan.options.recompute_scope is RecomputeScope.LAYER:
+                    assert 0.9 * preset.held_peak_bytes <= measured <= 1.75 * preset.held_peak_bytes + slack, where
                 ratios.append((measured / matched.held_peak_bytes, measured / preset.held_peak_bytes))
     assert ratios
     lo, hi = min(r for r, _ in ratios), max(r for r, _ in ratios)

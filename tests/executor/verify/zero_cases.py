@@ -2,7 +2,8 @@
 
 - `uneven-zero{0..3}`: one P = 2 plan whose two lanes in each stage block run different chunk counts (3 and 1)
   and SP degrees, with a sliced sequence, under every ZeRO stage, with small gradient buckets so a stage has
-  several; their collectives are counted (`contract_counts`).
+  several; their collectives are counted (`contract_counts`). Also at ZeRO-3 with every layer recomputing its
+  MLP half (`uneven-zero3-mlp-recompute`).
 - `tied-zero{0..3}`: a tied-embedding model at P = 2 (the first and the last stage both hold the embedding),
   planner plans, gradients clipped to a global norm (exactness of clipping across stages and shards).
 - `helix-zero3`: the planner's helix plans at P = 2 on two batches (the lanes change between the steps).
@@ -20,7 +21,7 @@ from planner_service.planner import make_plan as make_planner_plan
 from planner_service.presets import resolve_cluster
 from proto.batch import Batch
 from proto.model import ModelSpec
-from proto.plan import PipelineSpec, Plan, PlanOptions, ZeroStage
+from proto.plan import PipelineSpec, Plan, PlanOptions, RecomputeScope, ZeroStage
 from tests.executor.executor_fixtures import at_zero_stage, cpu_cluster, make_pipeline_plan, tiny_model
 from tests.executor.verify.pipeline_cases import SKEWED, tiny_preset
 
@@ -41,6 +42,10 @@ def uneven_cases(world: int) -> list[EquivalenceCase]:
         (sp, sp, [[(6, 0, 17)]]),  # 1 chunk: joins the other lane's remaining per-chunk rounds idle
     ]
     plan = make_pipeline_plan(batch, cluster, model, pipeline, lanes)
+    every = [[[pipeline.layers_of(p)] * len(chunks) for p in range(2)] for _, _, chunks in lanes]
+    recomputed = make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=every)
+    mlp = recomputed.options.model_copy(update={"recompute_scope": RecomputeScope.MLP})
+    mlp_plan = at_zero_stage(recomputed.model_copy(update={"options": mlp}).with_id(), 3)
     return [
         EquivalenceCase(
             name=f"uneven-zero{zero}",
@@ -53,6 +58,16 @@ def uneven_cases(world: int) -> list[EquivalenceCase]:
             count_collectives=True,
         )
         for zero in range(4)
+    ] + [  # FSDP2 units whose blocks checkpoint their MLP halves
+        EquivalenceCase(
+            name="uneven-zero3-mlp-recompute",
+            cluster=cluster,
+            model=model,
+            steps=(StepInput(batch=batch, plan=mlp_plan, token_seed=4),),
+            seed=6,
+            zero_stage=3,
+            grad_bucket_bytes=SMALL_BUCKET_BYTES,
+        )
     ]
 
 
