@@ -202,8 +202,9 @@ class LayerBench:
         return [summarize(values, s.statistic) for values in samples]
 
     def saved_bytes(self, num_tokens: int, *, kind: str) -> float:
-        """Bytes the forward of the layer ('layer', 'checkpointed_layer') or of the head ('head') keeps for backward:
-        the activation probe's count on CPU, the allocator's growth less the output on CUDA."""
+        """Bytes the forward of the layer ('layer', 'checkpointed_layer', 'mlp_checkpointed_layer': only its MLP half
+        checkpointed) or of the head ('head') keeps for backward: the activation probe's count on CPU, the
+        allocator's growth less the output on CUDA."""
         shape = GridChunk(1, num_tokens, 0)
         x, cos, sin, attend = self.layer_inputs(shape)
         with _counting(self) as count:
@@ -213,6 +214,8 @@ class LayerBench:
                     out = F.cross_entropy(F.linear(self.norm(x), self.head.weight), targets, reduction="sum")
                 elif kind == "checkpointed_layer":
                     out = checkpoint(self.block, x, cos, sin, attend, use_reentrant=False)
+                elif kind == "mlp_checkpointed_layer":
+                    out = self.block(x, cos, sin, attend, recompute_mlp=True)
                 else:
                     out = self.block(x, cos, sin, attend)
             count.output = out

@@ -46,7 +46,7 @@ def measure_on_rank(cluster: ClusterSpec, model: ModelSpec, settings: ProfileSet
     layer, head = _compute_rows(bench, settings)
     memory = [
         {"kind": kind, "num_tokens": t, "saved_bytes": bench.saved_bytes(t, kind=kind)}
-        for kind in ("layer", "checkpointed_layer", "head")
+        for kind in ("layer", "checkpointed_layer", "mlp_checkpointed_layer", "head")
         for t in settings.grid.memory_tokens
     ]
     param, grad, optimizer = bench.state_bytes_per_param()

@@ -531,6 +531,24 @@ def _slope_per_token(samples: list[MemorySample]) -> tuple[float, float] | None:
     return float(slope), float(const)
 
 
+def _fit_mlp_recompute(m: ProfileMeasurements, update: dict[str, Any]) -> FitReport:
+    """`mlp_recompute_freed_bytes_per_token_layer`: the whole layer's saved bytes per token less those of the layer
+    with its MLP half checkpointed (both slopes from the probe; the preset's formula stays without them)."""
+    key = "mlp_recompute_freed_bytes_per_token_layer"
+    samples = [s for s in m.memory if s.kind == "mlp_checkpointed_layer"]
+    fit = _slope_per_token(samples)
+    whole = update.get("activation_bytes_per_token_layer")
+    if fit is None or whole is None or fit[0] <= 0:
+        return _unmeasured("saved bytes: mlp_checkpointed_layer", [key], "no probe samples of it or of the layer")
+    update[key] = max(0.0, whole - fit[0])
+    return _report(
+        "saved bytes: mlp_checkpointed_layer",
+        {"bytes_per_token": fit[0], "constant_bytes": fit[1], key: update[key]},
+        [fit[0] * s.num_tokens + fit[1] for s in samples],
+        [s.saved_bytes for s in samples],
+    )
+
+
 def _fit_memory(m: ProfileMeasurements, model: ModelSpec) -> tuple[dict[str, Any], list[FitReport]]:
     update: dict[str, Any] = {}
     reports = []
@@ -553,6 +571,7 @@ def _fit_memory(m: ProfileMeasurements, model: ModelSpec) -> tuple[dict[str, Any
                 [s.saved_bytes for s in samples],
             )
         )
+    reports.append(_fit_mlp_recompute(m, update))
     update["kv_bytes_per_token_layer"] = float(2 * model.kv_dim * _element_bytes(m.dtype, model))
     update["attention_saves_prefix_kv"] = m.attention_saves_prefix_kv
     run_model = model.model_copy(update={"bytes_per_element": _element_bytes(m.dtype, model)})

@@ -92,7 +92,7 @@ class MemorySample(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["layer", "checkpointed_layer", "head"]
+    kind: Literal["layer", "checkpointed_layer", "mlp_checkpointed_layer", "head"]
     num_tokens: int = Field(ge=1)
     saved_bytes: float = Field(ge=0)
 

@@ -179,9 +179,11 @@ def synthetic_measurements(true: CostProfile, noise: float = 0.0, seed: int = 0)
                     sp_degree=s, per_node=k, nodes=nodes, num_tokens=tokens, forward_s=jitter(f), backward_s=jitter(b)
                 )
             )
-    memory = [MemorySample(kind="layer", num_tokens=t, saved_bytes=1234.0 * t + 512) for t in (256, 1024)] + [
-        MemorySample(kind="checkpointed_layer", num_tokens=t, saved_bytes=256.0 * t) for t in (256, 1024)
-    ]
+    memory = (
+        [MemorySample(kind="layer", num_tokens=t, saved_bytes=1234.0 * t + 512) for t in (256, 1024)]
+        + [MemorySample(kind="checkpointed_layer", num_tokens=t, saved_bytes=256.0 * t) for t in (256, 1024)]
+        + [MemorySample(kind="mlp_checkpointed_layer", num_tokens=t, saved_bytes=600.0 * t + 512) for t in (256, 1024)]
+    )
     return ProfileMeasurements(
         device="synthetic",
         backend="gloo",

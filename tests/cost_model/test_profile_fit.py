@@ -52,6 +52,7 @@ def test_fit_sets_memory_and_state_coefficients() -> None:
     fit = fit_profile(synthetic_measurements(TRUE), CLUSTER, MODEL)
     assert fit.profile.activation_bytes_per_token_layer == pytest.approx(1234.0)
     assert fit.profile.checkpoint_bytes_per_token_layer == pytest.approx(256.0)
+    assert fit.profile.mlp_recompute_freed_bytes_per_token_layer == pytest.approx(1234.0 - 600.0)
     assert fit.profile.bytes_per_param_state == 16.0
     assert fit.profile.kv_bytes_per_token_layer == 2 * MODEL.kv_dim * 4
     assert fit.profile.attention_saves_prefix_kv is False

@@ -86,6 +86,14 @@ def test_profile_measures_fits_writes_and_caches(tmp_path: Path) -> None:
     assert fits["per-op overhead"].rows == 1
     assert profile.op_overhead_s == fits["per-op overhead"].coefficients["op_overhead_s"] >= 0
     assert not m.attention_saves_prefix_kv and profile.attention_saves_prefix_kv is False
+    # MLP-only recompute frees what the probe measures: the layer's saved bytes less those with its MLP checkpointed
+    assert fits["saved bytes: mlp_checkpointed_layer"].rows > 0
+    freed = (
+        profile.activation_bytes_per_token_layer
+        - fits["saved bytes: mlp_checkpointed_layer"].coefficients["bytes_per_token"]
+    )
+    assert freed > 0
+    assert profile.mlp_recompute_freed_bytes_per_token_layer == pytest.approx(freed)
     # float32 AdamW: param, grad, exp_avg, exp_avg_sq (+ one 4-byte step counter per tensor)
     assert profile.bytes_per_param_state == pytest.approx(16.0, rel=1e-3)
     e = doc.efficiency
