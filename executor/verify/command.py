@@ -29,7 +29,7 @@ from executor.verify.equivalence import DTYPES, CaseReport, EquivalenceCase, Ste
 from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.model import ModelSpec
-from proto.plan import Plan, PlanOptions, ZeroStage
+from proto.plan import Plan, PlanOptions, RecomputeScope, ZeroStage
 from proto.validation import PlanValidationError, validate_plan
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ def verify_command(
             help="ZeRO stage per stage block: 0 replicated, 1 AdamW state sharded, 2 + gradients, 3 + parameters.",
         ),
     ] = 0,
+    recompute_scope: Annotated[
+        RecomputeScope,
+        typer.Option("--recompute-scope", help="What a recomputed layer reruns: 'layer' (all), 'mlp' (its MLP half)."),
+    ] = RecomputeScope.LAYER,
     plan_file: Annotated[
         Path | None, typer.Option("--plan-file", help="Verify this plan (for the --seed batch, every step).")
     ] = None,
@@ -110,6 +114,7 @@ def verify_command(
         plan_file=plan_file,
         time_limit=time_limit,
         stages=stages,
+        recompute_scope=recompute_scope,
     )
     log.info("planned %d steps in %.2f s", steps, time.perf_counter() - planned_at)
     case = EquivalenceCase(
@@ -207,6 +212,7 @@ def _step_inputs(
     plan_file: Path | None,
     time_limit: float,
     stages: int | None = None,
+    recompute_scope: RecomputeScope = RecomputeScope.LAYER,
 ) -> list[StepInput]:
     from planner_service.pipeline_degree import choose_pipeline_degree
     from planner_service.planner import make_plan
@@ -233,7 +239,7 @@ def _step_inputs(
                 param_hint="--plan-file",
             ) from err
         return [StepInput(batch=batch, plan=plan, token_seed=token_seed_of(seed, k)) for k in range(steps)]
-    options = PlanOptions(zero_stage=ZeroStage(zero), max_zero_stage=ZeroStage(zero))
+    options = PlanOptions(zero_stage=ZeroStage(zero), max_zero_stage=ZeroStage(zero), recompute_scope=recompute_scope)
 
     def plan_at(batch: Batch, num_stages: int | None, step: int = 0) -> Plan:
         return make_plan(

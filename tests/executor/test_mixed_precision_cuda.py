@@ -66,3 +66,39 @@ def test_bf16_compute_over_fp32_states(zero: int, one_gpu_world: None) -> None:
     for name, g in grads.items():
         expected = reference.grads[name]
         assert float((g.cpu() - expected).norm()) <= BF16_TOL * max(float(expected.norm()), 1e-6), name
+
+
+@pytest.mark.parametrize("zero", [0, 3])
+def test_mlp_only_recompute_in_bf16_matches_whole_layer_recompute(zero: int, one_gpu_world: None) -> None:
+    """The same plan with every layer recomputed, once whole (`layer`) and once its MLP half only (`mlp`), under bf16
+    autocast (ZeRO-0) and FSDP2 mixed precision (ZeRO-3): the same loss and gradients to bf16 accuracy, and the
+    MLP-only step holds more activation memory than the whole-layer one (its attention halves stay) and less than
+    no recompute."""
+    from proto.plan import RecomputeScope
+
+    cluster, model = cpu_cluster(1, 1), tiny_model(num_layers=2)
+    batch = Batch(seq_ids=[3, 5], lengths=[400, 170])
+    layers = model.num_layers
+    results = {}
+    for name, recompute, scope in (
+        ("none", [[0, 0]], RecomputeScope.LAYER),
+        ("layer", [[layers, layers]], RecomputeScope.LAYER),
+        ("mlp", [[layers, layers]], RecomputeScope.MLP),
+    ):
+        plan = make_plan(batch, cluster, model, [([0], [[3], [5]])], recompute=recompute)
+        options = plan.options.model_copy(update={"recompute_scope": scope})
+        plan = at_zero_stage(plan.model_copy(update={"options": options}), zero)
+        groups = create_process_groups(cluster, [1])
+        config = ExecutorConfig(
+            seed=1, dtype=torch.float32, device="cuda", zero_stage=zero, compute_dtype=torch.bfloat16
+        )
+        executor = PlanExecutor(model=model, cluster=cluster, pipeline=plan.pipeline, groups=groups, config=config)
+        result = executor.forward_backward(plan, batch, tokens=SyntheticTokens(7, model.vocab_size))
+        results[name] = (result, {k: v.cpu() for k, v in executor.full_gradients().items()})
+    whole, mlp = results["layer"], results["mlp"]
+    assert abs(mlp[0].loss - whole[0].loss) <= BF16_TOL * abs(whole[0].loss)
+    for key, g in mlp[1].items():
+        expected = whole[1][key]
+        assert float((g - expected).norm()) <= BF16_TOL * max(float(expected.norm()), 1e-6), key
+    held = {name: r.peak_activation_bytes for name, (r, _) in results.items()}
+    assert held["layer"] < held["mlp"] < held["none"], held

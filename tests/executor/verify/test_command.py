@@ -113,6 +113,23 @@ def test_plan_file_for_another_batch_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_recompute_scope_reaches_the_verified_plans_and_a_bad_one_is_a_usage_error() -> None:
+    """`--recompute-scope mlp` plans every verified step with MLP-only recompute (planned before any launch);
+    an unknown scope exits 2 naming the option."""
+    from executor.verify.command import _step_inputs
+    from proto.plan import RecomputeScope
+
+    inputs = _step_inputs(
+        cluster=resolve_cluster("cpu-2x2"), model=resolve_model("tiny"), strategy="static", lengths=None,
+        dataset="github", batch_size=6, seed=1, max_len=96, steps=2, zero=0, plan_file=None, time_limit=1.0,
+        recompute_scope=RecomputeScope.MLP,
+    )  # fmt: skip
+    assert [step.plan.options.recompute_scope for step in inputs] == [RecomputeScope.MLP] * 2
+    result = CliRunner().invoke(_app(), ["verify", *WORKLOAD, "--recompute-scope", "attention"])
+    assert result.exit_code == 2 and "--recompute-scope" in result.output
+
+
+@pytest.mark.timeout(60)
 def test_bad_dtype_is_a_usage_error() -> None:
     result = CliRunner().invoke(_app(), ["verify", *WORKLOAD, "--dtype", "float16"])
     assert result.exit_code == 2 and "float16" in result.output
