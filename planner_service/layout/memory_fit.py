@@ -4,7 +4,7 @@ that keeps a pipeline's in-flight chunks in memory without recompute."""
 from __future__ import annotations
 
 from planner_service.cost_model import CostModel
-from proto import PipelineSpec
+from proto import PipelineSpec, RecomputeScope
 
 MIN_SLICE_TOKENS_PER_DEVICE = 512
 """Smallest slice worth running per device: below ~512 tokens per GPU, GEMMs and attention kernels lose
@@ -52,6 +52,7 @@ def sequence_fits(cost: CostModel, pipeline: PipelineSpec, length: int, sp_degre
 
     Unsliced: its checkpoints plus one layer's working memory for the whole sequence. Sliced: its
     checkpoints, the K/V of every slice and their dK/dV accumulators, and one minimal slice's working memory.
+    Under `RecomputeScope.MLP` the "checkpoints" are the attention halves, which hold the slices' K/V.
     """
     dp = cost.dp_size(pipeline)
     for p in range(pipeline.num_stages):
@@ -61,8 +62,9 @@ def sequence_fits(cost: CostModel, pipeline: PipelineSpec, length: int, sp_degre
         need += cost.chunk_activation_bytes(
             length, sp_degree=sp_degree, num_layers=layers, recompute_layers=layers, is_last_stage=last
         )
-        if sliced:
-            need += 2 * cost.kv_bytes(length, sp_degree, layers)
+        if sliced:  # the K/V leaves (an MLP-only recompute's kept attention holds them already) and their dK/dV
+            copies = 2 if cost.options.recompute_scope is RecomputeScope.LAYER else 1
+            need += copies * cost.kv_bytes(length, sp_degree, layers)
             need += cost.transient_bytes(
                 min(length, MIN_SLICE_TOKENS_PER_DEVICE * sp_degree), sp_degree=sp_degree, is_last_stage=last
             )
