@@ -239,6 +239,7 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
         "bubble_fraction": p.bubble_fraction,
         "comm_s": p.comm_s,
         "recompute_s": p.recompute_s,
+        "recompute_scope": plan.options.recompute_scope.value,
         "grad_sync_s": p.grad_sync_s,
         "peak_memory_gib": max(p.peak_memory_bytes, default=0.0) / 2**30,
         "solver": plan.solver.model_dump(),
@@ -248,6 +249,7 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
 
 def render_summary(summary: dict[str, Any]) -> list[RenderableType]:
     """The `plan_summary` for a terminal: a header, a table of lanes, and where the Gantt chart went."""
+    mlp_note = " (MLP halves only)" if summary.get("recompute_scope") == "mlp" else ""
     header = (
         f"[bold]plan {summary['plan_id']}[/] strategy={summary['strategy']} cluster={summary['cluster']} "
         f"model={summary['model']}\n"
@@ -256,7 +258,7 @@ def render_summary(summary: dict[str, Any]) -> list[RenderableType]:
         f"predicted {summary['iteration_s']:.3f} s "
         f"({summary['ratio_to_ideal']:.2f}x ideal {summary['ideal_s']:.3f} s), "
         f"bubbles {summary['bubble_fraction']:.1%}, comm {summary['comm_s']:.3f} s, "
-        f"recompute {summary['recompute_s']:.3f} s, grad sync {summary['grad_sync_s']:.3f} s, "
+        f"recompute {summary['recompute_s']:.3f} s{mlp_note}, grad sync {summary['grad_sync_s']:.3f} s, "
         f"peak {summary['peak_memory_gib']:.1f} GiB; solver {summary['solver']['backend']} "
         f"{summary['solver']['status']}"
     )

@@ -71,6 +71,12 @@ def test_plan_records_the_recompute_scope_and_refuses_an_unknown_one(
     plan = Plan.model_validate_json(plan_path.read_text())
     assert plan.options.recompute_scope.value == "mlp"
     assert any(any(map(any, lane.recompute)) for lane in plan.lanes)
+    code, out, err = run(capsys, "inspect", str(plan_path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["recompute_scope"] == "mlp"
+    code, out, err = run(capsys, "inspect", str(plan_path))
+    assert code == 0, err
+    assert "(MLP halves only)" in " ".join(out.split())
     code, _, err = run(capsys, *common, "--recompute-scope", "attention", "--out", str(plan_path))
     assert code == 2
     assert "--recompute-scope" in err and "Traceback" not in err
