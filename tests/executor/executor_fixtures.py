@@ -16,7 +16,7 @@ from proto.batch import Batch
 from proto.cluster import ClusterSpec
 from proto.fingerprint import fingerprint
 from proto.model import ModelSpec
-from proto.plan import Chunk, Lane, Op, PipelineSpec, Plan, Predicted, Segment, ZeroStage
+from proto.plan import Chunk, Lane, Op, PipelineSpec, Plan, Predicted, RecomputeScope, Segment, ZeroStage
 from proto.topology import sp_degree_problem
 from proto.validation import validate_plan
 
@@ -194,6 +194,12 @@ def at_zero_stage(plan: Plan, zero_stage: int) -> Plan:
     layout is unchanged, so exactness is tested on the same lanes under every stage."""
     stage = ZeroStage(zero_stage)
     options = plan.options.model_copy(update={"zero_stage": stage, "max_zero_stage": stage})
+    return plan.model_copy(update={"options": options}).with_id()
+
+
+def with_recompute_scope(plan: Plan, scope: RecomputeScope) -> Plan:
+    """The plan (same layout and recompute counts) declared for `scope`: what its recomputed layers rerun."""
+    options = plan.options.model_copy(update={"recompute_scope": scope})
     return plan.model_copy(update={"options": options}).with_id()
 
 

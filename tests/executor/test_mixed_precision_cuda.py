@@ -19,7 +19,13 @@ from executor.runner import ExecutorConfig, PlanExecutor
 from executor.verify.reference import ReferenceTrainer
 from executor.verify.synthetic_tokens import SyntheticTokens
 from proto.batch import Batch
-from tests.executor.executor_fixtures import at_zero_stage, cpu_cluster, make_plan, tiny_model
+from tests.executor.executor_fixtures import (
+    at_zero_stage,
+    cpu_cluster,
+    make_plan,
+    tiny_model,
+    with_recompute_scope,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -86,8 +92,7 @@ def test_mlp_only_recompute_in_bf16_matches_whole_layer_recompute(zero: int, one
         ("mlp", [[layers, layers]], RecomputeScope.MLP),
     ):
         plan = make_plan(batch, cluster, model, [([0], [[3], [5]])], recompute=recompute)
-        options = plan.options.model_copy(update={"recompute_scope": scope})
-        plan = at_zero_stage(plan.model_copy(update={"options": options}), zero)
+        plan = at_zero_stage(with_recompute_scope(plan, scope), zero)
         groups = create_process_groups(cluster, [1])
         config = ExecutorConfig(
             seed=1, dtype=torch.float32, device="cuda", zero_stage=zero, compute_dtype=torch.bfloat16

@@ -25,6 +25,7 @@ from tests.executor.executor_fixtures import (
     tiny_model,
     with_deferred_weight_grads,
     with_full_weight_grad_tail,
+    with_recompute_scope,
 )
 
 SKEWED = (
@@ -107,9 +108,7 @@ def slice_cases(world: int) -> tuple[list[EquivalenceCase], RecomputePair]:
     for name, recompute, depth, defer in variants:
         plan = make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=recompute, warmup_groups=depth)
         plan = with_deferred_weight_grads(plan, batch, cluster, model, queue=False) if defer else plan
-        if name.endswith("-mlp"):
-            options = plan.options.model_copy(update={"recompute_scope": RecomputeScope.MLP})
-            plan = plan.model_copy(update={"options": options}).with_id()
+        plan = with_recompute_scope(plan, RecomputeScope.MLP) if name.endswith("-mlp") else plan
         cases.append(
             EquivalenceCase(
                 name=name,

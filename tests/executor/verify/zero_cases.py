@@ -22,7 +22,13 @@ from planner_service.presets import resolve_cluster
 from proto.batch import Batch
 from proto.model import ModelSpec
 from proto.plan import PipelineSpec, Plan, PlanOptions, RecomputeScope, ZeroStage
-from tests.executor.executor_fixtures import at_zero_stage, cpu_cluster, make_pipeline_plan, tiny_model
+from tests.executor.executor_fixtures import (
+    at_zero_stage,
+    cpu_cluster,
+    make_pipeline_plan,
+    tiny_model,
+    with_recompute_scope,
+)
 from tests.executor.verify.pipeline_cases import SKEWED, tiny_preset
 
 SMALL_BUCKET_BYTES = 64 * 2**10
@@ -44,8 +50,7 @@ def uneven_cases(world: int) -> list[EquivalenceCase]:
     plan = make_pipeline_plan(batch, cluster, model, pipeline, lanes)
     every = [[[pipeline.layers_of(p)] * len(chunks) for p in range(2)] for _, _, chunks in lanes]
     recomputed = make_pipeline_plan(batch, cluster, model, pipeline, lanes, recompute=every)
-    mlp = recomputed.options.model_copy(update={"recompute_scope": RecomputeScope.MLP})
-    mlp_plan = at_zero_stage(recomputed.model_copy(update={"options": mlp}).with_id(), 3)
+    mlp_plan = at_zero_stage(with_recompute_scope(recomputed, RecomputeScope.MLP), 3)
     return [
         EquivalenceCase(
             name=f"uneven-zero{zero}",
